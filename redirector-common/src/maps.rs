@@ -1,0 +1,136 @@
+//! Map names, sizes and the `#[repr(C)]` keys and values stored in them.
+//!
+//! Byte order is part of each field's name where it is not host order. Padding is
+//! explicit so that the kernel's hash of a key never sees uninitialised bytes.
+
+/// Map of rules: key `u16` FROM port (host order) → [`Rule`].
+pub const RULES_MAP: &str = "RULES";
+/// LRU hash of tracked flows: [`FlowKey`] → [`FlowValue`].
+pub const FLOWS_MAP: &str = "FLOWS";
+/// LPM trie of allowed source prefixes: `Key<[u8; 16]>` → `u32` (unused, 1).
+pub const ALLOW_MAP: &str = "ALLOW";
+/// One-element array holding the [`Config`].
+pub const CONFIG_MAP: &str = "CONFIG";
+/// Per-CPU array of global counters, indexed by [`crate::stats::Counter`].
+pub const STATS_MAP: &str = "STATS";
+/// Per-CPU array of [`RuleStats`], indexed by [`Rule::slot`].
+pub const RULE_STATS_MAP: &str = "RULE_STATS";
+
+/// Name of the XDP ingress program in the object file.
+pub const PROG_XDP_INGRESS: &str = "redirector_xdp_ingress";
+/// Name of the TC ingress program (used in `tc` mode instead of XDP).
+pub const PROG_TC_INGRESS: &str = "redirector_tc_ingress";
+/// Name of the TC egress program that rewrites replies.
+pub const PROG_TC_EGRESS: &str = "redirector_tc_egress";
+
+/// Maximum number of rules (size of [`RULES_MAP`] and [`RULE_STATS_MAP`]).
+pub const MAX_RULES: u32 = 64;
+/// Maximum number of allowed source prefixes.
+pub const MAX_ALLOW: u32 = 1024;
+/// Default number of tracked flows.
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 65_536;
+
+/// A redirect rule, the value of [`RULES_MAP`] keyed by the FROM port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Port new flows are redirected to, host byte order.
+    pub to_port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: u16,
+    /// 1 if new flows are redirected, 0 if the rule is disabled (existing flows keep
+    /// being rewritten through their conntrack entry either way).
+    pub enabled: u32,
+    /// Index of this rule's counters in [`RULE_STATS_MAP`].
+    pub slot: u32,
+}
+
+/// Key of a tracked flow, from the client's point of view.
+///
+/// The server port is deliberately not part of the key: ingress sees the FROM port
+/// and egress the TO port, and both must find the same entry with one lookup. The
+/// value records both ports and each side checks its port against it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address (IPv4 as IPv4-mapped IPv6), network order.
+    pub client_addr: [u8; 16],
+    /// Server address the client connected to, same encoding.
+    pub server_addr: [u8; 16],
+    /// Client TCP port, network byte order.
+    pub client_port_be: u16,
+    /// Explicit padding, always zero.
+    pub _pad: u16,
+}
+
+/// State of a tracked flow, the value of [`FLOWS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Port the client connected to (the rule's FROM), host order.
+    pub orig_port: u16,
+    /// Port the server listens on (the rule's TO), host order.
+    pub target_port: u16,
+    /// TCP state, one of `conntrack::STATE_*`.
+    pub state: u8,
+    /// FIN bits seen, `conntrack::FIN_*`.
+    pub fin_flags: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u16,
+    /// Index of the creating rule's counters in [`RULE_STATS_MAP`].
+    pub rule_slot: u32,
+    /// Explicit padding, always zero.
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet seen in either direction.
+    pub last_seen_ns: u64,
+}
+
+/// Global configuration, the single element of [`CONFIG_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bit set of `CONFIG_F_*`.
+    pub flags: u32,
+}
+
+/// Only sources matching [`ALLOW_MAP`] may create flows.
+pub const CONFIG_F_FILTER_SOURCES: u32 = 1;
+
+/// Per-rule counters, one per CPU, in [`RULE_STATS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    /// Client→server packets rewritten FROM→TO.
+    pub packets_in: u64,
+    /// Bytes (L3 length) of those packets.
+    pub bytes_in: u64,
+    /// Server→client packets rewritten TO→FROM.
+    pub packets_out: u64,
+    /// Bytes (L3 length) of those packets.
+    pub bytes_out: u64,
+    /// Flows created by this rule.
+    pub flows_new: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Rule>() == 12);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 4);
+const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte arrays,
+    // with every padding byte an explicit field, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::Rule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RuleStats {}
+}

@@ -1,0 +1,119 @@
+//! Global counters: why packets were passed untouched (fail-open reasons) and flow events.
+
+/// Index into the per-CPU [`crate::maps::STATS_MAP`] array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Ethertype neither IPv4 nor IPv6 (ARP, LLDP, …). Normal traffic.
+    PassNotIp = 0,
+    /// IP packet that is not TCP (UDP, ICMP, …). Normal traffic.
+    PassNotTcp,
+    /// Headers cut short before the TCP ports and flags (fail open).
+    PassTruncated,
+    /// Malformed IP header: bad version or IHL (fail open).
+    PassBadIpHeader,
+    /// IPv4 or IPv6 fragment that is not the first one (no TCP header; fail open).
+    PassFragment,
+    /// IPv6 extension header we do not walk (ESP, unknown, or too many; fail open).
+    PassIpv6ExtUnsupported,
+    /// More VLAN tags than we walk (fail open).
+    PassVlanDepth,
+    /// TCP packet that belongs to no tracked flow and creates none. Normal traffic.
+    PassUntracked,
+    /// SYN to a rule's FROM port while the rule is disabled.
+    PassRuleDisabled,
+    /// SYN to a rule's FROM port from a source outside the allow list.
+    PassSourceDenied,
+    /// Packet of a tracked client tuple but to/from a port other than the entry's.
+    PassPortMismatch,
+    /// A flow entry was created by a SYN.
+    FlowCreated,
+    /// Creating a flow entry failed (table full or map error); the SYN passed untouched.
+    FlowInsertFailed,
+    /// A flow entry was removed because of a RST.
+    FlowClosedRst,
+    /// A flow saw FIN in both directions (entry kept until reaped).
+    FlowClosedFin,
+    /// A client→server packet was rewritten FROM→TO.
+    RewriteIngress,
+    /// A server→client packet was rewritten TO→FROM.
+    RewriteEgress,
+    /// A kernel checksum/store helper failed; the packet passed unmodified.
+    RewriteFailed,
+}
+
+impl Counter {
+    /// Number of counters (size of the stats array).
+    pub const COUNT: u32 = 18;
+
+    /// Every counter, in index order.
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::PassNotIp,
+        Counter::PassNotTcp,
+        Counter::PassTruncated,
+        Counter::PassBadIpHeader,
+        Counter::PassFragment,
+        Counter::PassIpv6ExtUnsupported,
+        Counter::PassVlanDepth,
+        Counter::PassUntracked,
+        Counter::PassRuleDisabled,
+        Counter::PassSourceDenied,
+        Counter::PassPortMismatch,
+        Counter::FlowCreated,
+        Counter::FlowInsertFailed,
+        Counter::FlowClosedRst,
+        Counter::FlowClosedFin,
+        Counter::RewriteIngress,
+        Counter::RewriteEgress,
+        Counter::RewriteFailed,
+    ];
+
+    /// Stable snake_case name used in output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::PassNotIp => "pass_not_ip",
+            Counter::PassNotTcp => "pass_not_tcp",
+            Counter::PassTruncated => "pass_truncated",
+            Counter::PassBadIpHeader => "pass_bad_ip_header",
+            Counter::PassFragment => "pass_fragment",
+            Counter::PassIpv6ExtUnsupported => "pass_ipv6_ext_unsupported",
+            Counter::PassVlanDepth => "pass_vlan_depth",
+            Counter::PassUntracked => "pass_untracked",
+            Counter::PassRuleDisabled => "pass_rule_disabled",
+            Counter::PassSourceDenied => "pass_source_denied",
+            Counter::PassPortMismatch => "pass_port_mismatch",
+            Counter::FlowCreated => "flow_created",
+            Counter::FlowInsertFailed => "flow_insert_failed",
+            Counter::FlowClosedRst => "flow_closed_rst",
+            Counter::FlowClosedFin => "flow_closed_fin",
+            Counter::RewriteIngress => "rewrite_ingress",
+            Counter::RewriteEgress => "rewrite_egress",
+            Counter::RewriteFailed => "rewrite_failed",
+        }
+    }
+
+    /// True for reasons where the program did not understand the packet and failed open.
+    pub const fn is_fail_open(self) -> bool {
+        matches!(
+            self,
+            Counter::PassTruncated
+                | Counter::PassBadIpHeader
+                | Counter::PassFragment
+                | Counter::PassIpv6ExtUnsupported
+                | Counter::PassVlanDepth
+                | Counter::RewriteFailed
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.name());
+        }
+    }
+}

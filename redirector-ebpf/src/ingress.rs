@@ -1,0 +1,53 @@
+//! Client→server direction: rewrite FROM→TO on XDP (or TC ingress in `tc` mode).
+
+use aya_ebpf::{
+    bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},
+    programs::{TcContext, XdpContext},
+};
+use redirector_common::stats::Counter;
+
+use crate::{
+    flow,
+    maps::{count, with_rule_stats},
+    packet::{parse_tc, PacketBuf},
+    parse::{parse_tcp, TcpPacket, TCP_DPORT_OFF},
+};
+
+/// XDP entry: always `XDP_PASS`; the packet is rewritten in place when it belongs to a flow.
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext) -> u32 {
+    let result = parse_tcp(&ctx.bounds()).and_then(|pkt| apply(ctx, &pkt));
+    if let Err(reason) = result {
+        count(reason);
+    }
+    XDP_PASS
+}
+
+/// TC ingress entry: `TC_ACT_UNSPEC` hands the packet to the next program / the stack.
+#[inline(always)]
+pub fn tc(ctx: &TcContext) -> i32 {
+    let result = parse_tc(ctx).and_then(|pkt| apply(ctx, &pkt));
+    if let Err(reason) = result {
+        count(reason);
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Looks the packet up in conntrack and rewrites its destination port if it is tracked.
+#[inline(always)]
+fn apply<P: PacketBuf>(ctx: &P, pkt: &TcpPacket) -> Result<(), Counter> {
+    let rewrite = flow::ingress(pkt)?;
+    ctx.rewrite_port(
+        pkt.l4_off,
+        TCP_DPORT_OFF,
+        rewrite.old_port_be,
+        rewrite.new_port_be,
+    )?;
+    count(Counter::RewriteIngress);
+    let bytes = pkt.l3_len as u64;
+    with_rule_stats(rewrite.rule_slot, |s| {
+        s.packets_in += 1;
+        s.bytes_in += bytes;
+    });
+    Ok(())
+}

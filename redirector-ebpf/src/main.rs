@@ -1,0 +1,48 @@
+//! redirector kernel side: entry points only. Each returns the verdict its handler computed.
+//!
+//! The programs never drop: everything they do not understand passes untouched and is
+//! counted (fail open). XDP ingress (or TC ingress in `tc` mode) rewrites the destination
+//! port of tracked flows FROM→TO; TC egress rewrites the source port of replies TO→FROM.
+#![no_std]
+#![no_main]
+
+mod egress;
+mod flow;
+mod ingress;
+mod maps;
+mod packet;
+mod parse;
+
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// XDP ingress: the fast path for client→server packets.
+#[xdp]
+pub fn redirector_xdp_ingress(ctx: XdpContext) -> u32 {
+    ingress::xdp(&ctx)
+}
+
+/// TC ingress: the same logic as XDP, for `--mode tc`.
+#[classifier]
+pub fn redirector_tc_ingress(ctx: TcContext) -> i32 {
+    ingress::tc(&ctx)
+}
+
+/// TC egress: rewrites server→client replies of tracked flows.
+#[classifier]
+pub fn redirector_tc_egress(ctx: TcContext) -> i32 {
+    egress::tc(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible licence, required for the helpers used here.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

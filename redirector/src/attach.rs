@@ -1,0 +1,167 @@
+//! Attaching the programs to an interface: the hook mode for ingress, TC for egress.
+
+use std::{fmt, io, str::FromStr};
+
+use aya::programs::{tc::TcAttachType, ProgramError, XdpMode};
+
+use crate::dataplane::{Dataplane, DataplaneError};
+
+/// Requested ingress hook (`--mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Native XDP, else generic XDP, else TC ingress.
+    #[default]
+    Auto,
+    /// Native (driver) XDP only.
+    Xdp,
+    /// Generic (skb) XDP only.
+    XdpGeneric,
+    /// TC ingress (TCX) only.
+    Tc,
+}
+
+/// The ingress hook actually in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Native XDP.
+    XdpNative,
+    /// Generic XDP.
+    XdpGeneric,
+    /// TC ingress.
+    TcIngress,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::XdpNative => "xdp",
+            Hook::XdpGeneric => "xdp-generic",
+            Hook::TcIngress => "tc",
+        })
+    }
+}
+
+/// `--mode` text that is not a mode.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid mode `{0}`: expected auto, xdp, xdp-generic or tc")]
+pub struct ModeParseError(String);
+
+impl FromStr for Mode {
+    type Err = ModeParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "xdp" => Ok(Mode::Xdp),
+            "xdp-generic" => Ok(Mode::XdpGeneric),
+            "tc" => Ok(Mode::Tc),
+            _ => Err(ModeParseError(s.to_string())),
+        }
+    }
+}
+
+/// Attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// Another XDP program is on the interface; we never replace it.
+    #[error("interface {iface} already has an XDP program attached (see `ip link show dev {iface}`); redirector will not replace it: detach it first or use --mode tc")]
+    ForeignXdp {
+        /// Interface name.
+        iface: String,
+    },
+    /// XDP attach failed for another reason.
+    #[error("attaching XDP ({mode}) to {iface} failed: {source}")]
+    Xdp {
+        /// Interface name.
+        iface: String,
+        /// Hook tried.
+        mode: Hook,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// TC attach failed.
+    #[error("attaching TC {direction} to {iface} failed: {source}")]
+    Tc {
+        /// Interface name.
+        iface: String,
+        /// "ingress" or "egress".
+        direction: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// Program lookup failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// Attaches ingress (per `mode`) and egress programs to `iface`; returns the ingress hook.
+///
+/// On error nothing stays attached by this call beyond what the `Dataplane` owns: the
+/// caller drops it, which detaches every link.
+pub fn attach(dp: &mut Dataplane, iface: &str, mode: Mode) -> Result<Hook, AttachError> {
+    let hook = match mode {
+        Mode::Xdp => attach_xdp(dp, iface, Hook::XdpNative)?,
+        Mode::XdpGeneric => attach_xdp(dp, iface, Hook::XdpGeneric)?,
+        Mode::Tc => attach_tc(dp, iface, TcAttachType::Ingress).map(|()| Hook::TcIngress)?,
+        Mode::Auto => attach_auto(dp, iface)?,
+    };
+    attach_tc(dp, iface, TcAttachType::Egress)?;
+    Ok(hook)
+}
+
+fn attach_auto(dp: &mut Dataplane, iface: &str) -> Result<Hook, AttachError> {
+    for hook in [Hook::XdpNative, Hook::XdpGeneric] {
+        match attach_xdp(dp, iface, hook) {
+            Ok(hook) => return Ok(hook),
+            Err(e @ (AttachError::ForeignXdp { .. } | AttachError::Dataplane(_))) => return Err(e),
+            Err(e) => log::info!("{e}; trying the next mode"),
+        }
+    }
+    attach_tc(dp, iface, TcAttachType::Ingress)?;
+    Ok(Hook::TcIngress)
+}
+
+fn attach_xdp(dp: &mut Dataplane, iface: &str, hook: Hook) -> Result<Hook, AttachError> {
+    let mode = match hook {
+        Hook::XdpGeneric => XdpMode::Skb,
+        _ => XdpMode::Driver,
+    };
+    match dp.xdp_ingress()?.attach(iface, mode) {
+        Ok(_) => Ok(hook),
+        Err(source) if is_busy(&source) => Err(AttachError::ForeignXdp {
+            iface: iface.to_string(),
+        }),
+        Err(source) => Err(AttachError::Xdp {
+            iface: iface.to_string(),
+            mode: hook,
+            source,
+        }),
+    }
+}
+
+fn attach_tc(dp: &mut Dataplane, iface: &str, direction: TcAttachType) -> Result<(), AttachError> {
+    let (program, name) = match direction {
+        TcAttachType::Ingress => (dp.tc_ingress()?, "ingress"),
+        _ => (dp.tc_egress()?, "egress"),
+    };
+    program
+        .attach(iface, direction)
+        .map(|_| ())
+        .map_err(|source| AttachError::Tc {
+            iface: iface.to_string(),
+            direction: name,
+            source,
+        })
+}
+
+/// EBUSY: a program is attached in this mode; EEXIST: one is attached in the other mode.
+fn is_busy(err: &ProgramError) -> bool {
+    let code = match err {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    };
+    matches!(code, Some(libc::EBUSY) | Some(libc::EEXIST))
+        || matches!(err, ProgramError::SyscallError(e) if e.io_error.kind() == io::ErrorKind::AlreadyExists)
+}

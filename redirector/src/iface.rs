@@ -1,0 +1,122 @@
+//! Network interfaces: name → index, and the default-route interface.
+
+use std::{ffi::CString, fs};
+
+/// Interface lookup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    /// No interface of that name in this network namespace.
+    #[error("unknown interface `{name}` (interfaces here: {})", available.join(", "))]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// What exists.
+        available: Vec<String>,
+    },
+    /// No default route to infer `--iface` from.
+    #[error("no default route found: pass --iface IFACE")]
+    NoDefaultRoute,
+}
+
+/// Returns the interface index of `name`.
+pub fn ifindex(name: &str) -> Result<u32, IfaceError> {
+    let unknown = || IfaceError::Unknown {
+        name: name.to_string(),
+        available: list(),
+    };
+    let c_name = CString::new(name).map_err(|_| unknown())?;
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        Err(unknown())
+    } else {
+        Ok(index)
+    }
+}
+
+/// Names of all interfaces in this network namespace.
+pub fn list() -> Vec<String> {
+    let mut names: Vec<String> = fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The interface of the IPv4 (else IPv6) default route with the lowest metric.
+pub fn default_route_interface() -> Result<String, IfaceError> {
+    let v4 = fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v6 = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    default_v4(&v4)
+        .or_else(|| default_v6(&v6))
+        .ok_or(IfaceError::NoDefaultRoute)
+}
+
+/// `/proc/net/route`: Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+fn default_v4(table: &str) -> Option<String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000")
+                .then(|| (f[6].parse::<u32>().unwrap_or(u32::MAX), f[0].to_string()))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// `/proc/net/ipv6_route`: dst dst_len src src_len next_hop metric refcnt use flags iface.
+fn default_v6(table: &str) -> Option<String> {
+    table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let is_default = f.len() == 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00";
+            (is_default && f[9] != "lo").then(|| {
+                (
+                    u32::from_str_radix(f[5], 16).unwrap_or(u32::MAX),
+                    f[9].to_string(),
+                )
+            })
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_lowest_metric_default_v4() {
+        let table =
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+            eth1\t00000000\t0102A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+            eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(default_v4(table).as_deref(), Some("eth0"));
+        assert_eq!(default_v4("Iface\n"), None);
+    }
+
+    #[test]
+    fn default_v6_skips_loopback() {
+        let zeros = "00000000000000000000000000000000";
+        let table = format!(
+            "{zeros} 00 {zeros} 00 {zeros} ffffffff 00000001 00000000 00200200 lo\n\
+             {zeros} 00 {zeros} 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 ens3\n"
+        );
+        assert_eq!(default_v6(&table).as_deref(), Some("ens3"));
+    }
+
+    #[test]
+    fn loopback_exists_and_unknown_is_reported() {
+        assert!(ifindex("lo").is_ok());
+        let err = ifindex("definitely-not-here0").unwrap_err();
+        assert!(err.to_string().contains("definitely-not-here0"));
+    }
+}

@@ -1,0 +1,14 @@
+//! redirector: load, configure and attach the eBPF port redirector; read its state.
+//!
+//! The `redirector` binary is a thin CLI over this library; the tests drive it directly
+//! (e.g. `BPF_PROG_TEST_RUN` on the loaded programs).
+
+pub mod attach;
+pub mod dataplane;
+pub mod iface;
+pub mod instance;
+pub mod privileges;
+pub mod reaper;
+pub mod rules;
+pub mod source_filter;
+pub mod stats;

@@ -1,0 +1,92 @@
+//! `redirector run`: load, configure, attach, serve until a signal, detach, report.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redirector::{
+    attach, dataplane::Dataplane, iface, instance, privileges, reaper, rules, stats::Snapshot,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::RunArgs;
+
+/// How often closed and idle flows are reclaimed.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the loader in the foreground.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let rules = if args.redirects.is_empty() {
+        rules::DEFAULT_RULES.to_vec()
+    } else {
+        args.redirects.clone()
+    };
+    rules::validate(&rules)?;
+    privileges::check()?;
+    let ifaces = if args.ifaces.is_empty() {
+        vec![iface::default_route_interface()?]
+    } else {
+        args.ifaces.clone()
+    };
+    for name in &ifaces {
+        iface::ifindex(name)?;
+    }
+    let _locks = ifaces
+        .iter()
+        .map(|name| instance::lock(name))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut dp = Dataplane::load(args.conntrack_size)?;
+    dp.set_rules(&rules)?;
+    dp.set_allowed_sources(&args.allow)?;
+    let mut hooks = Vec::new();
+    for name in &ifaces {
+        let hook = attach::attach(&mut dp, name, args.mode)?;
+        log::info!("attached to {name}: ingress {hook}, egress tc");
+        hooks.push(format!("{name} ({hook})"));
+    }
+    let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
+    println!(
+        "redirector ready: {} rules {} conntrack-size {}",
+        hooks.join(", "),
+        rule_list.join(" "),
+        args.conntrack_size
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(&mut dp))?;
+
+    let snapshot = Snapshot::read(&dp, &rules)?;
+    drop(dp); // Detaches every program and frees the maps.
+    println!(
+        "redirector stopped: programs detached from {}",
+        ifaces.join(", ")
+    );
+    print!("{snapshot}");
+    Ok(())
+}
+
+/// Reaps expired flows until SIGINT or SIGTERM.
+async fn serve(dp: &mut Dataplane) -> anyhow::Result<()> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    let timeouts = reaper::Timeouts::default();
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {
+                match reaper::reap(dp, &timeouts) {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("reclaimed {n} closed or idle flows"),
+                    Err(e) => log::warn!("reaping flows: {e}"),
+                }
+            }
+        }
+    }
+    log::info!("signal received, detaching");
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The loader's refusals: bad flags, missing privileges, unknown interfaces, an XDP
+//! program that is not ours, a second instance. Each must fail clearly and attach nothing.
+
+use std::{process::Output, time::Duration};
+
+use aya::programs::XdpMode;
+use redirector::dataplane::Dataplane;
+use redirector_tests::{
+    bins,
+    netns::{must, Netns},
+    process::Proc,
+};
+
+fn run_in(ns: &Netns, args: &[&str]) -> Output {
+    ns.cmd(bins::redirector())
+        .arg("run")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn assert_fails(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr lacks `{needle}`:\n{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+}
+
+/// A namespace with one veth pair (`v0` ↔ `v1`), both up.
+fn veth_ns(tag: &str) -> Netns {
+    let ns = Netns::new(&format!("rdrt-cli-{tag}-{}", std::process::id()));
+    must(
+        ns.cmd("ip")
+            .args(["link", "add", "v0", "type", "veth", "peer", "name", "v1"]),
+    );
+    must(ns.cmd("ip").args(["link", "set", "v0", "up"]));
+    must(ns.cmd("ip").args(["link", "set", "v1", "up"]));
+    ns
+}
+
+fn xdp_attached(ns: &Netns) -> bool {
+    let out = must(ns.cmd("ip").args(["-d", "link", "show", "dev", "v0"]));
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn invalid_flags_are_rejected_with_a_reason() {
+    let ns = veth_ns("flags");
+    for (args, needle) in [
+        (vec!["--redirect", "80:80"], "same port"),
+        (vec!["--redirect", "0:8080"], "ports are 1-65535"),
+        (vec!["--redirect", "80:70000"], "ports are 1-65535"),
+        (vec!["--redirect", "80"], "expected FROM:TO"),
+        (
+            vec!["--redirect", "80:8080", "--redirect", "80:9090"],
+            "duplicate rule for port 80",
+        ),
+        (vec!["--mode", "fast"], "invalid mode"),
+        (vec!["--allow", "10.0.0.0/33"], "invalid --allow prefix"),
+        (vec!["--conntrack-size", "0"], "at least 1"),
+    ] {
+        let mut all = vec!["--iface", "v0"];
+        all.extend(args);
+        assert_fails(&run_in(&ns, &all), needle);
+        assert!(!xdp_attached(&ns));
+    }
+}
+
+#[test]
+fn unknown_interface_is_named() {
+    let ns = veth_ns("iface");
+    let out = run_in(&ns, &["--iface", "nosuch0"]);
+    assert_fails(&out, "unknown interface `nosuch0`");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("v0"),
+        "lists what exists"
+    );
+}
+
+#[test]
+fn missing_privileges_are_explained() {
+    let ns = veth_ns("priv");
+    // Drop to nobody with no capabilities at all.
+    let out = ns
+        .cmd("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(bins::redirector())
+        .args(["run", "--iface", "v0"])
+        .output()
+        .unwrap();
+    assert_fails(&out, "insufficient privileges");
+    assert!(!xdp_attached(&ns));
+}
+
+#[test]
+fn foreign_xdp_program_is_not_replaced() {
+    let ns = veth_ns("foreign");
+    // Attach an XDP program from this process (not through the loader) inside the namespace.
+    let mut dp = Dataplane::load(16).unwrap();
+    let status = std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(&ns.name);
+            dp.xdp_ingress()
+                .unwrap()
+                .attach("v0", XdpMode::Skb)
+                .map(|_| ())
+        })
+        .join()
+        .unwrap()
+    });
+    status.expect("attach foreign program");
+    for mode in ["auto", "xdp", "xdp-generic"] {
+        assert_fails(
+            &run_in(&ns, &["--iface", "v0", "--mode", mode]),
+            "already has an XDP program",
+        );
+    }
+    drop(dp);
+    assert!(!xdp_attached(&ns), "our stand-in program detaches on drop");
+}
+
+#[test]
+fn second_instance_on_the_same_interface_is_refused() {
+    let ns = veth_ns("twice");
+    let mut cmd = ns.cmd(bins::redirector());
+    cmd.args(["run", "--iface", "v0", "--mode", "tc"]);
+    let mut first = Proc::spawn("first", cmd, false);
+    first.wait_line("redirector ready", Duration::from_secs(30));
+    assert_fails(
+        &run_in(&ns, &["--iface", "v0", "--mode", "tc"]),
+        "already handled by a running redirector",
+    );
+    first.signal(libc::SIGTERM);
+    let (status, _) = first.wait_exit(Duration::from_secs(10));
+    assert!(status.success());
+}
+
+/// Moves the calling thread into network namespace `name` (for in-process attaches).
+fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    // SAFETY: setns on a valid namespace fd; affects only this (scoped) thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}

@@ -1,0 +1,75 @@
+//! Command line of `cargo xtask`: clap derives only; the doc comments are the `--help` text.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::build::Profile;
+
+/// Developer tasks for redirector: set up the toolchain, build, run the demo, run the tests.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install or verify everything the build and the demo need.
+    ///
+    /// Idempotent and fast when everything is present. Checks, in order: root, the Debian
+    /// packages (apt-get), rust-src for the nightly toolchain, bpf-linker 0.13.0 built
+    /// against the nightly's own LLVM, and the bpffs mount at /sys/fs/bpf.
+    ///
+    /// Example: cargo xtask setup
+    Setup,
+    /// Run setup, then build `redirector`, `ws-echo` and `ws-client`.
+    ///
+    /// Example: cargo xtask build
+    Build(BuildArgs),
+    /// Run build, then show the redirector at work between two network namespaces.
+    ///
+    /// Creates namespaces rdr-demo-cli and rdr-demo-srv joined by veth rdrd-c/rdrd-s,
+    /// runs ws-echo on 8080/8443 and the redirector on rdrd-s in the server namespace,
+    /// and sends WebSocket echoes to ports 80 and 443 over IPv4 and IPv6 from the client
+    /// namespace. Everything is torn down at the end, also on error or Ctrl-C.
+    ///
+    /// Example: cargo xtask demo --hold
+    Demo(DemoArgs),
+    /// Run setup, lint (rustfmt, clippy), build, then the whole test suite.
+    ///
+    /// Arguments after `--` go to `cargo test`.
+    ///
+    /// Example: cargo xtask test -- redirect_ipv6 -- --nocapture
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build the debug profile (target/debug) instead of release.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+impl BuildArgs {
+    pub fn profile(&self) -> Profile {
+        if self.debug {
+            Profile::Debug
+        } else {
+            Profile::Release
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// After the echoes, keep everything up for trying it by hand until Ctrl-C.
+    #[arg(long)]
+    pub hold: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Extra arguments for `cargo test` (a test name filter, `-- --nocapture`, ...).
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}

@@ -1,0 +1,273 @@
+//! Running external programs: every error names the full command line and, when the output was
+//! captured, what the program printed.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::Read;
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::interrupt;
+
+/// How often bounded waits look at the child again.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Prints a step header, the line a reader scans for.
+pub fn heading(title: impl fmt::Display) {
+    println!("\n==> {title}");
+}
+
+/// A command line to run; `Display` shows it the way a user would type it.
+pub struct Cmd {
+    command: Command,
+    argv: Vec<OsString>,
+}
+
+/// What a program printed, and how it ended (`None`: killed after its time ran out).
+pub struct TimedOutput {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        let program = program.as_ref();
+        let mut command = Command::new(program);
+        // Nothing here is interactive, and CI has no stdin at all.
+        command.stdin(Stdio::null());
+        Self {
+            command,
+            argv: vec![program.to_owned()],
+        }
+    }
+
+    /// `cargo` from PATH, so that rustup picks the toolchain as it would for the user.
+    pub fn cargo() -> Self {
+        Self::new("cargo")
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.command.arg(arg.as_ref());
+        self.argv.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I>(mut self, args: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<OsStr>,
+    {
+        for arg in args {
+            self = self.arg(arg);
+        }
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.command.current_dir(dir);
+        self
+    }
+
+    /// Echoes the command line, runs it with the terminal as its output and fails unless it
+    /// exits 0.
+    pub fn run(mut self) -> Result<()> {
+        println!("$ {self}");
+        let status = self.command.status().with_context(|| self.start_error())?;
+        if !status.success() {
+            bail!("`{self}` failed ({status})");
+        }
+        Ok(())
+    }
+
+    /// Runs it quietly and returns its stdout; fails unless it exits 0, quoting its output.
+    pub fn run_captured(self) -> Result<String> {
+        let shown = self.to_string();
+        let output = self.output()?;
+        if !output.status.success() {
+            bail!(
+                "`{shown}` failed ({}){}",
+                output.status,
+                describe_output(
+                    &String::from_utf8_lossy(&output.stdout),
+                    &String::from_utf8_lossy(&output.stderr)
+                )
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs it quietly; fails only if it cannot be started at all.
+    pub fn output(mut self) -> Result<Output> {
+        self.command.output().with_context(|| self.start_error())
+    }
+
+    /// Runs it quietly for at most `timeout` (or until Ctrl-C), then kills it.
+    pub fn output_timeout(mut self, timeout: Duration) -> Result<TimedOutput> {
+        let mut child = self
+            .command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| self.start_error())?;
+        let stdout = child
+            .stdout
+            .take()
+            .map(|pipe| thread::spawn(|| read_all(pipe)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|pipe| thread::spawn(|| read_all(pipe)));
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().with_context(|| self.wait_error())? {
+                break Some(status);
+            }
+            if Instant::now() >= deadline || interrupt::requested() {
+                // Not yet reaped, so the PID is still ours to kill.
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            thread::sleep(POLL_INTERVAL);
+        };
+        let join = |reader: Option<thread::JoinHandle<String>>| {
+            reader
+                .and_then(|handle| handle.join().ok())
+                .unwrap_or_default()
+        };
+        Ok(TimedOutput {
+            status,
+            stdout: join(stdout),
+            stderr: join(stderr),
+        })
+    }
+
+    /// Starts it in its own process group (so a Ctrl-C at the terminal reaches only xtask,
+    /// which then stops it in order) with stdout and stderr piped.
+    pub fn spawn_piped(mut self) -> Result<Child> {
+        self.command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .with_context(|| self.start_error())
+    }
+
+    fn start_error(&self) -> String {
+        format!(
+            "could not start `{self}` (is `{}` installed and on PATH?)",
+            self.argv[0].to_string_lossy()
+        )
+    }
+
+    fn wait_error(&self) -> String {
+        format!("could not wait for `{self}`")
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let words: Vec<String> = self
+            .argv
+            .iter()
+            .map(|arg| shell_quote(&arg.to_string_lossy()))
+            .collect();
+        f.write_str(&words.join(" "))
+    }
+}
+
+impl TimedOutput {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|status| status.success())
+    }
+
+    /// "exit status: 1", or that it was killed after `timeout`.
+    pub fn describe_end(&self, timeout: Duration) -> String {
+        match self.status {
+            Some(status) => status.to_string(),
+            None => format!("killed: no exit within {} s", timeout.as_secs()),
+        }
+    }
+}
+
+/// Quotes a word for a POSIX shell only when it needs it, so commands can be copied.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The last lines of a failed program's output, for an error message.
+pub fn describe_output(stdout: &str, stderr: &str) -> String {
+    const LAST_LINES: usize = 20;
+    let mut text = String::new();
+    for (name, stream) in [("stdout", stdout), ("stderr", stderr)] {
+        let lines: Vec<&str> = stream.lines().collect();
+        if lines.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("\n  --- {name} ---"));
+        for line in &lines[lines.len().saturating_sub(LAST_LINES)..] {
+            text.push_str(&format!("\n  {line}"));
+        }
+    }
+    text
+}
+
+fn read_all(mut pipe: impl Read) -> String {
+    let mut bytes = Vec::new();
+    let _ = pipe.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_only_words_that_need_it() {
+        let cmd = Cmd::new("ss").args(["-tn", "( sport = :8080 )", "it's", ""]);
+        assert_eq!(cmd.to_string(), r"ss -tn '( sport = :8080 )' 'it'\''s' ''");
+        let url = Cmd::new("ws-client").args(["--url", "ws://[fd00:200::2]:80/"]);
+        // Brackets would be a glob pattern to the shell.
+        assert_eq!(url.to_string(), "ws-client --url 'ws://[fd00:200::2]:80/'");
+    }
+
+    #[test]
+    fn output_timeout_kills_a_program_that_overruns() {
+        let output = Cmd::new("sleep")
+            .arg("5")
+            .output_timeout(Duration::from_millis(200))
+            .unwrap();
+        assert!(output.status.is_none());
+        assert!(!output.success());
+    }
+
+    #[test]
+    fn run_captured_quotes_the_output_of_a_failure() {
+        let err = Cmd::new("sh")
+            .args(["-c", "echo oops >&2; exit 3"])
+            .run_captured()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exit status: 3"), "{err}");
+        assert!(err.contains("oops"), "{err}");
+    }
+}

@@ -1,0 +1,331 @@
+//! `cargo xtask demo`: build, then show the redirector at work: a client namespace sends
+//! WebSocket echoes to ports 80 and 443 (IPv4 and IPv6) of a server namespace whose echo
+//! server listens only on 8080 and 8443; the redirector on the server's veth bridges the gap.
+//! Everything it starts is torn down by one RAII guard, also on error, panic or Ctrl-C.
+
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use nix::sys::signal::Signal;
+
+use crate::build::{self, Binaries, Profile};
+use crate::cli::DemoArgs;
+use crate::cmd::{describe_output, heading};
+use crate::interrupt;
+use crate::netns::{Topology, CLIENT, SERVER};
+use crate::process::Background;
+
+/// Text sent by every client; its echo must come back as `echo: <MESSAGE>`.
+const MESSAGE: &str = "hello server";
+/// ws-echo prints one `listening ...` line per listener: ws and wss, IPv4 and IPv6.
+const ECHO_LISTENERS: usize = 4;
+const ECHO_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The loader prints a line starting with this once its programs are attached.
+const LOADER_READY_PREFIX: &str = "redirector ready";
+const LOADER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the loader gets to print its final counters and exit after SIGINT.
+const LOADER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `--hold` checks on Ctrl-C and on its processes.
+const HOLD_POLL: Duration = Duration::from_millis(200);
+
+/// Everything the demo set up; dropping it tears it down in order: loader, echo server, then
+/// the namespaces (fields drop after `Drop::drop`).
+struct Demo {
+    topology: Topology,
+    echo_server: Option<Background>,
+    loader: Option<Background>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        heading("teardown");
+        drop(self.loader.take());
+        drop(self.echo_server.take());
+    }
+}
+
+/// One echo through the redirector.
+struct Probe {
+    url: String,
+    tls: bool,
+}
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    interrupt::install()?;
+    let binaries = build::run(Profile::Release)?;
+    interrupt::check()?;
+
+    heading(format!(
+        "topology: {} <-> {} (veth {} / {})",
+        CLIENT.netns, SERVER.netns, CLIENT.veth, SERVER.veth
+    ));
+    let mut demo = Demo {
+        topology: Topology::create()?,
+        echo_server: None,
+        loader: None,
+    };
+
+    heading(format!(
+        "ws-echo in {}: ws on 8080, wss on 8443",
+        SERVER.netns
+    ));
+    demo.echo_server = Some(start_echo_server(&demo.topology, &binaries.ws_echo)?);
+
+    heading(format!(
+        "redirector on {}: 80 -> 8080, 443 -> 8443",
+        SERVER.veth
+    ));
+    demo.loader = Some(start_loader(&demo.topology, &binaries.redirector)?);
+
+    heading(format!(
+        "echoes from {} to ports 80 and 443 of the server",
+        CLIENT.netns
+    ));
+    let failures = send_echoes(&demo.topology, &binaries.ws_client);
+    interrupt::check()?;
+    show_sockets(&demo.topology);
+
+    if args.hold {
+        hold(&mut demo, &binaries)?;
+    }
+
+    heading("redirect counters");
+    show_stats(&demo.topology, &binaries.redirector);
+    if let Some(loader) = demo.loader.as_mut() {
+        stop_loader(loader)?;
+    }
+    drop(demo);
+
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} echoes failed: {}",
+            failures.len(),
+            probes().len(),
+            failures.join("; ")
+        );
+    }
+    heading(format!(
+        "demo passed: all {} echoes came back",
+        probes().len()
+    ));
+    Ok(())
+}
+
+fn start_echo_server(topology: &Topology, ws_echo: &Path) -> Result<Background> {
+    let command = topology
+        .server
+        .exec(ws_echo)
+        .args(["--listen", "0.0.0.0:8080", "--listen", "[::]:8080"])
+        .args(["--tls-listen", "0.0.0.0:8443", "--tls-listen", "[::]:8443"])
+        .args(["--cert-name", SERVER.ipv4, "--cert-name", SERVER.ipv6]);
+    let mut echo_server = Background::spawn("ws-echo", command)?;
+    let mut listening = 0;
+    echo_server.wait_for_stdout(
+        &format!("{ECHO_LISTENERS} `listening ...` lines"),
+        ECHO_READY_TIMEOUT,
+        |line| {
+            if line.starts_with("listening") {
+                listening += 1;
+            }
+            listening == ECHO_LISTENERS
+        },
+    )?;
+    Ok(echo_server)
+}
+
+/// Starts `redirector run` in the server's network namespace.
+///
+/// Through nsenter rather than `ip netns exec`: the latter mounts a private /sys, which hides
+/// the bpffs at /sys/fs/bpf, so pins made by `run` would be invisible to `stats`.
+fn start_loader(topology: &Topology, redirector: &Path) -> Result<Background> {
+    let command = topology
+        .server
+        .enter_net_only(redirector)
+        .args(["run", "--iface", SERVER.veth]);
+    let mut loader = Background::spawn("redirector", command)?;
+    loader.wait_for_stdout(
+        &format!("a `{LOADER_READY_PREFIX}` line"),
+        LOADER_READY_TIMEOUT,
+        |line| line.starts_with(LOADER_READY_PREFIX),
+    )?;
+    Ok(loader)
+}
+
+/// ws and wss, to the IPv4 and the IPv6 address of the server, on the ports that nothing
+/// listens on: only the redirector makes them work.
+fn probes() -> Vec<Probe> {
+    let hosts = [SERVER.ipv4.to_owned(), format!("[{}]", SERVER.ipv6)];
+    hosts
+        .iter()
+        .flat_map(|host| {
+            [
+                Probe {
+                    url: format!("ws://{host}:80/"),
+                    tls: false,
+                },
+                Probe {
+                    url: format!("wss://{host}:443/"),
+                    tls: true,
+                },
+            ]
+        })
+        .collect()
+}
+
+/// Runs every probe, showing its output; returns a description of each failure.
+fn send_echoes(topology: &Topology, ws_client: &Path) -> Vec<String> {
+    let expected = format!("echo: {MESSAGE}");
+    let mut failures = Vec::new();
+    for probe in probes() {
+        if interrupt::requested() {
+            failures.push(format!("{}: not tried (Ctrl-C)", probe.url));
+            continue;
+        }
+        let mut command = topology.client.exec(ws_client).args(["--url", &probe.url]);
+        if probe.tls {
+            // ws-echo's certificate is self-signed.
+            command = command.arg("--insecure");
+        }
+        let command = command.args(["--message", MESSAGE]);
+        println!("$ {command}");
+        let output = match command.output_timeout(CLIENT_TIMEOUT) {
+            Ok(output) => output,
+            Err(err) => {
+                println!("  FAILED: {err:#}");
+                failures.push(format!("{}: {err:#}", probe.url));
+                continue;
+            }
+        };
+        for line in output.stdout.lines() {
+            println!("  {line}");
+        }
+        let echoed = output.stdout.lines().any(|line| line.trim() == expected);
+        if output.success() && echoed {
+            println!("  ok: {}", probe.url);
+        } else {
+            let reason = if output.success() {
+                format!("exited 0 without printing `{expected}`")
+            } else {
+                output.describe_end(CLIENT_TIMEOUT)
+            };
+            println!(
+                "  FAILED: {} ({reason}){}",
+                probe.url,
+                describe_output("", &output.stderr)
+            );
+            failures.push(format!("{}: {reason}", probe.url));
+        }
+    }
+    failures
+}
+
+/// Shows both views of the same connections: the client talked to 80/443, the server
+/// answered on 8080/8443. Informational only.
+fn show_sockets(topology: &Topology) {
+    heading("the same connections seen from both ends");
+    let views = [
+        (&topology.client, "( dport = :80 or dport = :443 )"),
+        (&topology.server, "( sport = :8080 or sport = :8443 )"),
+    ];
+    for (netns, filter) in views {
+        let command = netns.exec("ss").args(["-tn", "state", "connected", filter]);
+        println!("$ {command}");
+        match command.run_captured() {
+            Ok(table) => table.lines().for_each(|line| println!("  {line}")),
+            Err(err) => println!("  (not shown: {err:#})"),
+        }
+    }
+}
+
+/// `--hold`: keeps everything up until Ctrl-C, printing how to try it by hand.
+fn hold(demo: &mut Demo, binaries: &Binaries) -> Result<()> {
+    heading("holding: try it by hand from another terminal");
+    let client = &demo.topology.client;
+    let examples = [
+        client
+            .exec(&binaries.ws_client)
+            .arg("--url")
+            .arg(format!("ws://{}:80/", SERVER.ipv4))
+            .arg("--interactive"),
+        client
+            .exec(&binaries.ws_client)
+            .arg("--url")
+            .arg(format!("wss://[{}]:443/", SERVER.ipv6))
+            .args(["--insecure", "--interactive"]),
+        demo.topology
+            .server
+            .enter_net_only(&binaries.redirector)
+            .arg("stats"),
+        demo.topology.server.exec("ss").args(["-tn"]),
+    ];
+    for example in examples {
+        println!("  {example}");
+    }
+    println!("Press Ctrl-C here to stop the demo and tear everything down.");
+    while !interrupt::take() {
+        for process in [&mut demo.echo_server, &mut demo.loader]
+            .into_iter()
+            .flatten()
+        {
+            process.ensure_running()?;
+        }
+        thread::sleep(HOLD_POLL);
+    }
+    Ok(())
+}
+
+/// Runs `redirector stats` if the loader has that verb; informational only.
+fn show_stats(topology: &Topology, redirector: &Path) {
+    let command = topology.server.enter_net_only(redirector).arg("stats");
+    println!("$ {command}");
+    match command.output_timeout(STATS_TIMEOUT) {
+        Ok(output) if output.success() => {
+            output.stdout.lines().for_each(|line| println!("  {line}"));
+        }
+        Ok(output) => println!(
+            "  (no counters from `redirector stats`: {}; the final counters follow below){}",
+            output.describe_end(STATS_TIMEOUT),
+            describe_output("", &output.stderr)
+        ),
+        Err(err) => println!("  (`redirector stats` did not run: {err:#})"),
+    }
+}
+
+/// Sends SIGINT to the loader, which prints its final counters (echoed with the
+/// `[redirector]` prefix) and detaches; SIGKILL if it takes too long.
+fn stop_loader(loader: &mut Background) -> Result<()> {
+    println!(
+        "stopping the {} with SIGINT; it prints its final counters:",
+        loader.label()
+    );
+    let status = loader.stop(Signal::SIGINT, LOADER_EXIT_TIMEOUT)?;
+    if status.success() {
+        println!("  {} exited cleanly", loader.label());
+    } else {
+        println!("  warning: {} exited with {status}", loader.label());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_cover_both_schemes_and_both_families() {
+        let urls: Vec<String> = probes().into_iter().map(|probe| probe.url).collect();
+        assert_eq!(
+            urls,
+            [
+                "ws://10.200.0.2:80/",
+                "wss://10.200.0.2:443/",
+                "ws://[fd00:200::2]:80/",
+                "wss://[fd00:200::2]:443/",
+            ]
+        );
+    }
+}
