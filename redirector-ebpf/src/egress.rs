@@ -1,13 +1,12 @@
 //! Server→client direction: rewrite the reply's source port TO→FROM on TC egress.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use redirector_common::stats::Counter;
+use redirector_common::{conntrack::Direction, stats::Counter};
 
 use crate::{
     flow,
-    maps::{count, with_rule_stats},
-    packet::{parse_tc, PacketBuf},
-    parse::TCP_SPORT_OFF,
+    maps::count,
+    packet::{self, parse_tc},
 };
 
 /// TC egress entry: `TC_ACT_UNSPEC` hands the packet on unchanged or rewritten.
@@ -24,17 +23,5 @@ pub fn tc(ctx: &TcContext) -> i32 {
 fn apply(ctx: &TcContext) -> Result<(), Counter> {
     let pkt = parse_tc(ctx)?;
     let rewrite = flow::egress(&pkt)?;
-    ctx.rewrite_port(
-        pkt.l4_off,
-        TCP_SPORT_OFF,
-        rewrite.old_port_be,
-        rewrite.new_port_be,
-    )?;
-    count(Counter::RewriteEgress);
-    let bytes = pkt.l3_len as u64;
-    with_rule_stats(rewrite.rule_slot, |s| {
-        s.packets_out += 1;
-        s.bytes_out += bytes;
-    });
-    Ok(())
+    packet::apply(ctx, &pkt, rewrite, Direction::ToClient)
 }

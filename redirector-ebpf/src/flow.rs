@@ -37,11 +37,11 @@ pub fn ingress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
     let dst_port = u16::from_be(pkt.dst_port_be);
     if conntrack::is_initial_syn(pkt.flags) {
         // SAFETY: the key lives on the stack for the lookup; the map is only read here.
-        if let Some(rule) = unsafe { RULES.get(&dst_port) } {
+        if let Some(rule) = unsafe { RULES.get(dst_port) } {
             return new_flow(&key, pkt, dst_port, *rule);
         }
     }
-    let entry = FLOWS.get_ptr_mut(&key).ok_or(Counter::PassUntracked)?;
+    let entry = FLOWS.get_ptr_mut(key).ok_or(Counter::PassUntracked)?;
     // SAFETY: a successful lookup returns a pointer to the map value, valid for this
     // program run (RCU); concurrent writers on other CPUs only race on plain integers.
     let flow = unsafe { &mut *entry };
@@ -65,7 +65,7 @@ pub fn egress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
         client_port_be: pkt.dst_port_be,
         _pad: 0,
     };
-    let entry = FLOWS.get_ptr_mut(&key).ok_or(Counter::PassUntracked)?;
+    let entry = FLOWS.get_ptr_mut(key).ok_or(Counter::PassUntracked)?;
     // SAFETY: as in `ingress`.
     let flow = unsafe { &mut *entry };
     if flow.target_port != u16::from_be(pkt.src_port_be) {
@@ -112,7 +112,7 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
         last_seen_ns: now,
     };
     FLOWS
-        .insert(key, &value, 0)
+        .insert(key, value, 0)
         .map_err(|_| Counter::FlowInsertFailed)?;
     count(Counter::FlowCreated);
     crate::maps::with_rule_stats(rule.slot, |s| s.flows_new += 1);

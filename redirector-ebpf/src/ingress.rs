@@ -4,13 +4,13 @@ use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},
     programs::{TcContext, XdpContext},
 };
-use redirector_common::stats::Counter;
+use redirector_common::{conntrack::Direction, stats::Counter};
 
 use crate::{
     flow,
-    maps::{count, with_rule_stats},
-    packet::{parse_tc, PacketBuf},
-    parse::{parse_tcp, TcpPacket, TCP_DPORT_OFF},
+    maps::count,
+    packet::{self, parse_tc, PacketBuf},
+    parse::{parse_tcp, TcpPacket},
 };
 
 /// XDP entry: always `XDP_PASS`; the packet is rewritten in place when it belongs to a flow.
@@ -37,17 +37,5 @@ pub fn tc(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn apply<P: PacketBuf>(ctx: &P, pkt: &TcpPacket) -> Result<(), Counter> {
     let rewrite = flow::ingress(pkt)?;
-    ctx.rewrite_port(
-        pkt.l4_off,
-        TCP_DPORT_OFF,
-        rewrite.old_port_be,
-        rewrite.new_port_be,
-    )?;
-    count(Counter::RewriteIngress);
-    let bytes = pkt.l3_len as u64;
-    with_rule_stats(rewrite.rule_slot, |s| {
-        s.packets_in += 1;
-        s.bytes_in += bytes;
-    });
-    Ok(())
+    packet::apply(ctx, pkt, rewrite, Direction::ToServer)
 }

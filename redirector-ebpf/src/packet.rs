@@ -7,9 +7,13 @@
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::tcp::TcpHdr;
-use redirector_common::{csum, stats::Counter};
+use redirector_common::{conntrack::Direction, csum, stats::Counter};
 
-use crate::parse::{Bounds, TCP_CHECK_OFF};
+use crate::{
+    flow::Rewrite,
+    maps::{count, with_rule_stats},
+    parse::{Bounds, TcpPacket, TCP_CHECK_OFF, TCP_DPORT_OFF, TCP_SPORT_OFF},
+};
 
 /// A hook's packet buffer: where its bytes are and how to rewrite a TCP port.
 pub trait PacketBuf {
@@ -107,3 +111,42 @@ pub fn parse_tc(ctx: &TcContext) -> Result<crate::parse::TcpPacket, Counter> {
 
 /// Bytes pulled into the linear area when headers are split across fragments.
 const PULL_LEN: usize = 256;
+
+/// Rewrites the port `rewrite` names (destination towards the server, source towards the
+/// client) and accounts for it in the global and per-rule counters.
+#[inline(always)]
+pub fn apply<P: PacketBuf>(
+    ctx: &P,
+    pkt: &TcpPacket,
+    rewrite: Rewrite,
+    dir: Direction,
+) -> Result<(), Counter> {
+    let port_off = match dir {
+        Direction::ToServer => TCP_DPORT_OFF,
+        Direction::ToClient => TCP_SPORT_OFF,
+    };
+    ctx.rewrite_port(
+        pkt.l4_off,
+        port_off,
+        rewrite.old_port_be,
+        rewrite.new_port_be,
+    )?;
+    let bytes = pkt.l3_len as u64;
+    match dir {
+        Direction::ToServer => {
+            count(Counter::RewriteIngress);
+            with_rule_stats(rewrite.rule_slot, |s| {
+                s.packets_in += 1;
+                s.bytes_in += bytes;
+            });
+        }
+        Direction::ToClient => {
+            count(Counter::RewriteEgress);
+            with_rule_stats(rewrite.rule_slot, |s| {
+                s.packets_out += 1;
+                s.bytes_out += bytes;
+            });
+        }
+    }
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! exactly what it created (by name or PID) when dropped, also when a test panics.
 
 pub mod bins;
+pub mod error_text;
 pub mod netns;
 pub mod packets;
 pub mod process;

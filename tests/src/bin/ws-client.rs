@@ -163,24 +163,8 @@ fn main() -> ExitCode {
 }
 
 fn fail(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {}", describe(err));
+    eprintln!("error: {}", redirector_tests::error_text::describe(err));
     ExitCode::FAILURE
-}
-
-/// Formats an error with its causes, leaving out causes whose text the message already contains
-/// (tungstenite and rustls errors repeat their source in their own message).
-fn describe(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&cause);
-        }
-    }
-    text
 }
 
 /// Runs the whole session within `--timeout`.
@@ -754,12 +738,5 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("inf").is_err());
         assert!(parse_seconds("soon").is_err());
-    }
-
-    #[test]
-    fn describe_drops_repeated_causes() {
-        let inner = anyhow!("reset");
-        let err = inner.context("protocol error: reset").context("reading");
-        assert_eq!(describe(&err), "reading: protocol error: reset");
     }
 }

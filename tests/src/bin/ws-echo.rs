@@ -91,26 +91,13 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("ws-echo: error: {}", describe(&err));
+            eprintln!(
+                "ws-echo: error: {}",
+                redirector_tests::error_text::describe(&err)
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// Formats an error with its causes, leaving out causes whose text the message already contains
-/// (tungstenite and rustls errors repeat their source in their own message).
-fn describe(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&cause);
-        }
-    }
-    text
 }
 
 /// Binds every listener, announces them, then serves until SIGINT or SIGTERM.
@@ -206,7 +193,10 @@ async fn accept_loop(listener: TcpListener, transport: Transport, config: WebSoc
                 let transport = transport.clone();
                 tokio::spawn(async move {
                     if let Err(err) = serve_connection(tcp, transport, config).await {
-                        eprintln!("ws-echo: connection from {peer}: {}", describe(&err));
+                        eprintln!(
+                            "ws-echo: connection from {peer}: {}",
+                            redirector_tests::error_text::describe(&err)
+                        );
                     }
                 });
             }
