@@ -3,7 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::io::Read;
+use std::io::{BufRead as _, BufReader, Read};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -84,6 +84,36 @@ impl Cmd {
     pub fn run(mut self) -> Result<()> {
         println!("$ {self}");
         let status = self.command.status().with_context(|| self.start_error())?;
+        if !status.success() {
+            bail!("`{self}` failed ({status})");
+        }
+        Ok(())
+    }
+
+    /// Like `run`, but also hands each stdout line to `on_line` after echoing it.
+    pub fn run_tee(mut self, mut on_line: impl FnMut(&str)) -> Result<()> {
+        println!("$ {self}");
+        let mut child = self
+            .command
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| self.start_error())?;
+        if let Some(stdout) = child.stdout.take() {
+            let mut reader = BufReader::new(stdout);
+            let mut raw = Vec::new();
+            // read_until, not lines(): a non-UTF-8 line must not end the echo early.
+            while reader
+                .read_until(b'\n', &mut raw)
+                .is_ok_and(|read| read > 0)
+            {
+                let line = String::from_utf8_lossy(&raw);
+                let line = line.trim_end_matches(['\n', '\r']);
+                println!("{line}");
+                on_line(line);
+                raw.clear();
+            }
+        }
+        let status = child.wait().with_context(|| self.wait_error())?;
         if !status.success() {
             bail!("`{self}` failed ({status})");
         }

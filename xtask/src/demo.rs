@@ -286,6 +286,9 @@ fn show_stats(topology: &Topology, redirector: &Path) {
         Ok(output) if output.success() => {
             output.stdout.lines().for_each(|line| println!("  {line}"));
         }
+        Ok(output) if output.stderr.contains("unrecognized subcommand") => {
+            println!("  (this redirector has no `stats` verb; the final counters follow below)");
+        }
         Ok(output) => println!(
             "  (no counters from `redirector stats`: {}; the final counters follow below){}",
             output.describe_end(STATS_TIMEOUT),

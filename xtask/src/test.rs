@@ -8,9 +8,10 @@ use crate::cli::TestArgs;
 use crate::cmd::{heading, Cmd};
 use crate::setup;
 
-/// Built only for bpfel-unknown-none, by aya-build from redirector's build.rs. Clippy checks it
-/// for the host like every member, but its test harness cannot link for the host
-/// (`#![no_std]`, `#![no_main]`), which is also why it is not among the default-members.
+/// Built only for bpfel-unknown-none, by aya-build from redirector's build.rs. For the host it
+/// neither links (`cargo test`) nor reliably checks (`cargo clippy --all-targets`: the test
+/// harness's std clashes with its `#[panic_handler]`), which is also why it is not among the
+/// workspace's default-members; `--workspace` alone would pull it in.
 const EBPF_PACKAGE: &str = "redirector-ebpf";
 
 pub fn run(args: &TestArgs) -> Result<()> {
@@ -40,7 +41,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let binaries = build::build_binaries(Profile::Release).context("test step `build` failed")?;
 
     heading("tests");
-    Cmd::cargo()
+    let mut totals = TestTotals::default();
+    let tests = Cmd::cargo()
         .args([
             "test",
             "--release",
@@ -53,9 +55,78 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("WS_ECHO_BIN", &binaries.ws_echo)
         .env("WS_CLIENT_BIN", &binaries.ws_client)
         .current_dir(workspace_root())
-        .run()
-        .context("test step `cargo test` failed")?;
+        .run_tee(|line| totals.add(line));
+    match tests {
+        Ok(()) => {
+            heading("all test steps passed");
+            totals.print();
+            Ok(())
+        }
+        Err(err) => {
+            totals.print();
+            Err(err.context("test step `cargo test` failed"))
+        }
+    }
+}
 
-    heading("all test steps passed");
-    Ok(())
+/// Tests counted over every `test result:` line of `cargo test`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    /// Adds the counts of a libtest summary line such as
+    /// `test result: ok. 10 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ...`.
+    fn add(&mut self, line: &str) {
+        let Some(summary) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in summary.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
+
+    /// The last line of the run, in the plain `N passed, N failed` form: doc-test sections
+    /// that run nothing come last in cargo's output and must not read as "no tests ran".
+    fn print(&self) {
+        println!("tests: {} passed, {} failed", self.passed, self.failed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_every_summary_line() {
+        let mut totals = TestTotals::default();
+        for line in [
+            "test result: ok. 10 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "running 3 tests",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.53s",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ] {
+            totals.add(line);
+        }
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 12,
+                failed: 1
+            }
+        );
+    }
 }
