@@ -174,6 +174,14 @@ mod tests {
     }
 
     #[test]
+    fn state_names() {
+        assert_eq!(state_name(STATE_SYN_SENT), "syn_sent");
+        assert_eq!(state_name(STATE_ESTABLISHED), "established");
+        assert_eq!(state_name(STATE_CLOSING), "closing");
+        assert_eq!(state_name(0), "unknown");
+    }
+
+    #[test]
     fn closed_states_are_reusable() {
         assert!(is_reusable(STATE_CLOSING));
         assert!(is_reusable(STATE_FIN_WAIT));

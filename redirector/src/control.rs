@@ -273,3 +273,65 @@ pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, Contro
     }
     Ok(doomed.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use redirector_common::{addr::v4_mapped, conntrack::STATE_ESTABLISHED};
+
+    use super::*;
+
+    fn flow(client_addr: [u8; 16], server_addr: [u8; 16]) -> (FlowKey, FlowValue) {
+        let key = FlowKey {
+            client_addr,
+            server_addr,
+            client_port_be: 40000u16.to_be(),
+            _pad: 0,
+        };
+        let value = FlowValue {
+            orig_port: 443,
+            target_port: 8443,
+            state: STATE_ESTABLISHED,
+            fin_flags: 0,
+            _pad: 0,
+            rule_slot: 1,
+            _pad2: 0,
+            created_ns: 1_000_000_000,
+            last_seen_ns: 9_500_000_000,
+        };
+        (key, value)
+    }
+
+    #[test]
+    fn flow_json_of_v4_and_v6() {
+        let (k, v) = flow(v4_mapped([10, 0, 0, 1]), v4_mapped([10, 0, 0, 2]));
+        let j = flow_json(&k, &v, 11_000_000_000);
+        assert_eq!(j.client, "10.0.0.1:40000");
+        assert_eq!(j.server_addr, "10.0.0.2");
+        assert_eq!((j.orig_port, j.target_port), (443, 8443));
+        assert_eq!(j.state, "established");
+        assert_eq!((j.age_secs, j.idle_secs), (10, 1));
+
+        let v6: Ipv6Addr = "fd00::1".parse().unwrap();
+        let (k, v) = flow(v6.octets(), v6.octets());
+        let j = flow_json(&k, &v, 0);
+        assert_eq!(j.client, "[fd00::1]:40000");
+        assert_eq!((j.age_secs, j.idle_secs), (0, 0), "clock before creation");
+    }
+
+    #[test]
+    fn flow_json_field_names_are_stable() {
+        let (k, v) = flow(v4_mapped([10, 0, 0, 1]), v4_mapped([10, 0, 0, 2]));
+        let text = serde_json::to_string(&flow_json(&k, &v, 0)).unwrap();
+        for field in [
+            "\"client\"",
+            "\"server_addr\"",
+            "\"orig_port\"",
+            "\"target_port\"",
+            "\"state\"",
+            "\"age_secs\"",
+            "\"idle_secs\"",
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+    }
+}

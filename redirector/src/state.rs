@@ -301,3 +301,40 @@ fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo)>, StateError
     live.sort_by(|a, b| a.1.key_iface().cmp(b.1.key_iface()));
     Ok(live)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_file_round_trips() {
+        let info = InstanceInfo {
+            format: INSTANCE_FORMAT,
+            version: "0.1.0".into(),
+            pid: 42,
+            netns_inode: 4026531840,
+            mode: "auto".into(),
+            interfaces: vec![
+                InterfaceInfo {
+                    name: "eth0".into(),
+                    ingress_hook: "xdp".into(),
+                },
+                InterfaceInfo {
+                    name: "eth1".into(),
+                    ingress_hook: "tc".into(),
+                },
+            ],
+            conntrack_size: 1024,
+            rules: vec![RuleInfo {
+                from_port: 80,
+                to_port: 8080,
+                slot: 0,
+            }],
+            next_slot: 1,
+        };
+        let text = serde_json::to_string(&info).unwrap();
+        assert_eq!(serde_json::from_str::<InstanceInfo>(&text).unwrap(), info);
+        assert_eq!(info.key_iface(), "eth0");
+        assert!(text.contains("\"next_slot\":1"), "{text}");
+    }
+}
