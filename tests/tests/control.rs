@@ -389,3 +389,50 @@ fn instance_file_and_pins_exist_only_while_running() {
     assert!(!Path::new(&file).exists(), "{file} left behind");
     assert_no_program_loaded();
 }
+
+#[test]
+fn several_loaders_in_one_namespace_are_told_apart_by_iface() {
+    let _serial = serial();
+    let ns = Netns::new(&format!("rdrt-ctl-two-{}", std::process::id()));
+    for (a, b) in [("v0", "v1"), ("v2", "v3")] {
+        must(
+            ns.cmd("ip")
+                .args(["link", "add", a, "type", "veth", "peer", "name", b]),
+        );
+        must(ns.cmd("ip").args(["link", "set", a, "up"]));
+    }
+    let spawn = |iface: &str, rule: &str| {
+        let mut cmd = ns.cmd(bins::redirector());
+        cmd.args(["run", "--iface", iface, "--mode", "tc", "--redirect", rule]);
+        let mut loader = Proc::spawn(iface, cmd, false);
+        loader.wait_line("redirector ready", Duration::from_secs(30));
+        loader
+    };
+    let first = spawn("v0", "80:8080");
+    let second = spawn("v2", "81:8081");
+    ctl_fails(&ns, &["status"], "choose one with --iface");
+    ctl_fails(&ns, &["disable", "80"], "choose one with --iface");
+    let v0 = ctl_json(&ns, &["status", "--iface", "v0"]);
+    assert!(has_rule(&v0, 80) && !has_rule(&v0, 81), "{v0}");
+    let v2 = ctl_json(&ns, &["status", "--iface", "v2"]);
+    assert!(has_rule(&v2, 81) && !has_rule(&v2, 80), "{v2}");
+    ctl_fails(
+        &ns,
+        &["disable", "81", "--iface", "v0"],
+        "no rule for port 81",
+    );
+    ctl_ok(&ns, &["disable", "81", "--iface", "v2"]);
+    let v2 = ctl_json(&ns, &["status", "--iface", "v2"]);
+    assert_eq!(rule(&v2, 81)["enabled"], false, "{v2}");
+    ctl_fails(
+        &ns,
+        &["status", "--iface", "v1"],
+        "no redirector running on v1 in this network namespace",
+    );
+    stop_loader(second);
+    // One left: no --iface needed any more.
+    let only = ctl_json(&ns, &["status"]);
+    assert_eq!(only["interfaces"][0]["name"], "v0", "{only}");
+    stop_loader(first);
+    assert_no_program_loaded();
+}
