@@ -14,6 +14,18 @@ pub const STATE_FIN_WAIT: u8 = 4;
 /// Both sides sent FIN; the entry lingers briefly for retransmissions and final ACKs.
 pub const STATE_CLOSING: u8 = 5;
 
+/// Stable lower-case name of a `STATE_*` value (used in output and JSON).
+pub const fn state_name(state: u8) -> &'static str {
+    match state {
+        STATE_SYN_SENT => "syn_sent",
+        STATE_SYN_RECV => "syn_recv",
+        STATE_ESTABLISHED => "established",
+        STATE_FIN_WAIT => "fin_wait",
+        STATE_CLOSING => "closing",
+        _ => "unknown",
+    }
+}
+
 /// FIN seen from the client.
 pub const FIN_CLIENT: u8 = 1;
 /// FIN seen from the server.
@@ -159,6 +171,14 @@ mod tests {
         assert!(!is_initial_syn(SYN | ACK));
         assert!(!is_initial_syn(SYN | RST));
         assert!(!is_initial_syn(ACK));
+    }
+
+    #[test]
+    fn state_names() {
+        assert_eq!(state_name(STATE_SYN_SENT), "syn_sent");
+        assert_eq!(state_name(STATE_ESTABLISHED), "established");
+        assert_eq!(state_name(STATE_CLOSING), "closing");
+        assert_eq!(state_name(0), "unknown");
     }
 
     #[test]

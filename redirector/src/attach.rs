@@ -20,6 +20,17 @@ pub enum Mode {
     Tc,
 }
 
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::Xdp => "xdp",
+            Mode::XdpGeneric => "xdp-generic",
+            Mode::Tc => "tc",
+        })
+    }
+}
+
 /// The ingress hook actually in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {

@@ -9,6 +9,9 @@ use redirector_common::maps::DEFAULT_CONNTRACK_SIZE;
 /// Rewrites the destination port of new TCP flows (80→8080, 443→8443 by default) at
 /// XDP ingress and the source port of their replies at TC egress, so servers listen
 /// on 8080/8443 while clients only ever see 80/443.
+///
+/// `run` is the loader; every other command talks to the loader running in the same
+/// network namespace (through its pinned maps), e.g. `ip netns exec NS redirector status`.
 #[derive(Debug, Parser)]
 #[command(name = "redirector", version, about, long_about)]
 pub struct Cli {
@@ -24,12 +27,45 @@ pub enum Command {
     ///
     /// Example: redirector run --iface eth0 --redirect 80:8080 --redirect 443:8443
     Run(RunArgs),
+    /// Show the running instance: interfaces, hook mode, rules, conntrack fill.
+    ///
+    /// Example: redirector status --json
+    Status(ReadArgs),
+    /// Show per-rule and global counters.
+    ///
+    /// Example: redirector stats --json
+    Stats(ReadArgs),
+    /// List tracked flows: client, ports, TCP state, age.
+    ///
+    /// Example: redirector flows --port 443 --json
+    Flows(FlowsArgs),
+    /// Redirect new connections to PORT again (after `disable`).
+    ///
+    /// Example: redirector enable 443
+    Enable(PortArgs),
+    /// Stop redirecting new connections to PORT; established ones keep working.
+    ///
+    /// Example: redirector disable 443
+    Disable(PortArgs),
+    /// Add a rule at runtime: new connections to FROM go to TO.
+    ///
+    /// Example: redirector add 8000:8080
+    Add(AddArgs),
+    /// Remove the rule on FROM; its established connections keep working.
+    ///
+    /// Example: redirector remove 8000
+    Remove(PortArgs),
+    /// Forget tracked flows (their connections break: packets are no longer rewritten).
+    ///
+    /// Example: redirector flush --port 80
+    Flush(FlushArgs),
 }
 
 /// Arguments of `redirector run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Interface to attach to (repeatable). Default: the default-route interface.
+    /// The first one names the instance (`--iface` of the other commands accepts any).
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
 
@@ -51,4 +87,66 @@ pub struct RunArgs {
     /// when full).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONNTRACK_SIZE)]
     pub conntrack_size: u32,
+}
+
+/// Which running instance to talk to.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The instance attached to IFACE. Needed only when several run in this network
+    /// namespace.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+}
+
+/// Arguments of `status` and `stats`.
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    /// Print JSON (field names are stable; see docs/CONTROL.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `flows`.
+#[derive(Debug, clap::Args)]
+pub struct FlowsArgs {
+    /// Only flows to this FROM port.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Print JSON (field names are stable; see docs/CONTROL.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `enable`, `disable` and `remove`.
+#[derive(Debug, clap::Args)]
+pub struct PortArgs {
+    /// The rule's FROM port.
+    #[arg(value_name = "PORT")]
+    pub port: u16,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `add`.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The new rule.
+    #[arg(value_name = "FROM:TO")]
+    pub rule: RedirectRule,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `flush`.
+#[derive(Debug, clap::Args)]
+pub struct FlushArgs {
+    /// Only flows to this FROM port.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub target: Target,
 }

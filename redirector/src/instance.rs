@@ -3,12 +3,11 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{Read, Seek, Write},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::fd::AsRawFd,
     path::PathBuf,
 };
 
-/// Directory of lock files (not remounted by `ip netns exec`, unlike /sys).
-const LOCK_DIR: &str = "/run/redirector";
+use crate::pin;
 
 /// Could not take the instance lock.
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +41,12 @@ pub struct InstanceLock {
 
 /// Takes the lock for `iface` in the current network namespace.
 pub fn lock(iface: &str) -> Result<InstanceLock, InstanceError> {
-    let netns = fs::metadata("/proc/self/ns/net")
-        .map(|m| m.ino())
-        .unwrap_or(0);
-    let path = PathBuf::from(LOCK_DIR).join(format!("netns-{netns}-{iface}.lock"));
+    let path = pin::lock_file(pin::netns_inode(), iface);
     let io = |source| InstanceError::Io {
         path: path.clone(),
         source,
     };
-    fs::create_dir_all(LOCK_DIR).map_err(io)?;
+    fs::create_dir_all(pin::RUN_DIR).map_err(io)?;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -72,4 +68,36 @@ pub fn lock(iface: &str) -> Result<InstanceLock, InstanceError> {
     file.rewind().map_err(io)?;
     writeln!(file, "{}", std::process::id()).map_err(io)?;
     Ok(InstanceLock { _file: file })
+}
+
+/// True if a live loader holds the lock at `path` (probed without taking it for long:
+/// a shared lock is tried and released at once).
+pub fn is_held(path: &std::path::Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0
+}
+
+/// An exclusive lock on `path`, waited for and held until dropped.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+}
+
+/// Takes an exclusive lock on `path` (created if missing), waiting for it.
+pub fn lock_exclusive(path: &std::path::Path) -> std::io::Result<FileLock> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(FileLock { _file: file })
 }

@@ -4,11 +4,15 @@
 //! (e.g. `BPF_PROG_TEST_RUN` on the loaded programs).
 
 pub mod attach;
+pub mod control;
 pub mod dataplane;
 pub mod iface;
 pub mod instance;
+pub mod maps;
+pub mod pin;
 pub mod privileges;
 pub mod reaper;
 pub mod rules;
 pub mod source_filter;
+pub mod state;
 pub mod stats;

@@ -1,6 +1,7 @@
 //! `redirector` binary: parses the command line and dispatches to one module per verb.
 
 mod cli;
+mod commands;
 mod run;
 
 use std::process::ExitCode;
@@ -12,6 +13,14 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Status(args) => commands::status::run(args),
+        cli::Command::Stats(args) => commands::stats::run(args),
+        cli::Command::Flows(args) => commands::flows::run(args),
+        cli::Command::Enable(args) => commands::enable::run(args),
+        cli::Command::Disable(args) => commands::disable::run(args),
+        cli::Command::Add(args) => commands::add::run(args),
+        cli::Command::Remove(args) => commands::remove::run(args),
+        cli::Command::Flush(args) => commands::flush::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ const CAP_BPF: u32 = 39;
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
     /// Effective capabilities lack CAP_BPF/CAP_SYS_ADMIN or CAP_NET_ADMIN.
-    #[error("insufficient privileges: loading and attaching eBPF programs needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run as root, e.g. `sudo redirector ...`")]
+    #[error("insufficient privileges: loading and attaching eBPF programs, and using their maps, needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run as root, e.g. `sudo redirector ...`")]
     Missing,
     /// /proc/self/status could not be read or parsed.
     #[error("cannot read capabilities from /proc/self/status: {0}")]

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use redirector::{
-    attach, dataplane::Dataplane, iface, instance, privileges, reaper, rules, stats::Snapshot,
+    attach,
+    dataplane::Dataplane,
+    iface, instance, pin, privileges, reaper, rules,
+    state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
+    stats::Snapshot,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -39,11 +43,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     dp.set_rules(&rules)?;
     dp.set_allowed_sources(&args.allow)?;
     let mut hooks = Vec::new();
+    let mut interfaces = Vec::new();
     for name in &ifaces {
         let hook = attach::attach(&mut dp, name, args.mode)?;
         log::info!("attached to {name}: ingress {hook}, egress tc");
         hooks.push(format!("{name} ({hook})"));
+        interfaces.push(InterfaceInfo {
+            name: name.clone(),
+            ingress_hook: hook.to_string(),
+        });
     }
+    let info = InstanceInfo {
+        format: INSTANCE_FORMAT,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        netns_inode: pin::netns_inode(),
+        mode: args.mode.to_string(),
+        interfaces,
+        conntrack_size: args.conntrack_size,
+        rules: rules
+            .iter()
+            .enumerate()
+            .map(|(slot, r)| RuleInfo {
+                from_port: r.from_port,
+                to_port: r.to_port,
+                slot: slot as u32,
+            })
+            .collect(),
+        next_slot: rules.len() as u32,
+    };
+    let pinned = PinnedInstance::create(&dp, &info).context("pinning the maps")?;
+    log::info!("maps pinned in {}", pinned.dir().display());
     let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
     println!(
         "redirector ready: {} rules {} conntrack-size {}",
@@ -58,7 +88,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(serve(&mut dp))?;
 
-    let snapshot = Snapshot::read(&dp, &rules)?;
+    // Unpin first, so control commands stop finding a stopping instance.
+    drop(pinned);
+    // Rules may have changed at runtime: the snapshot reads them from the RULES map.
+    let snapshot = Snapshot::read(dp.maps())?;
     drop(dp); // Detaches every program and frees the maps.
     println!(
         "redirector stopped: programs detached from {}",

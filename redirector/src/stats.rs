@@ -1,37 +1,61 @@
-//! A point-in-time view of the counters, and its text rendering.
+//! A point-in-time view of the counters, its text rendering and its JSON form.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use redirector_common::stats::Counter;
+use serde::Serialize;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, RuleCounters},
+    maps::{Maps, MapsError, RuleCounters},
     rules::RedirectRule,
 };
 
 /// Counters of every rule and every global counter.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    /// Per rule, in rule order.
-    pub rules: Vec<(RedirectRule, RuleCounters)>,
+    /// Per rule, in counter-slot order.
+    pub rules: Vec<RuleSnapshot>,
     /// Global counters, indexed like `Counter::ALL`.
     pub counters: [u64; Counter::COUNT as usize],
     /// Tracked flows right now.
     pub flows: usize,
 }
 
+/// One rule in a [`Snapshot`].
+#[derive(Clone, Copy, Debug)]
+pub struct RuleSnapshot {
+    /// FROM and TO ports.
+    pub rule: RedirectRule,
+    /// Index of its counters.
+    pub slot: u32,
+    /// New flows are redirected.
+    pub enabled: bool,
+    /// Its counters, summed over CPUs.
+    pub counters: RuleCounters,
+}
+
 impl Snapshot {
-    /// Reads the counters of `dp`, whose rules are `rules` (slot = index).
-    pub fn read(dp: &Dataplane, rules: &[RedirectRule]) -> Result<Self, DataplaneError> {
-        let rules = rules
-            .iter()
-            .enumerate()
-            .map(|(slot, rule)| Ok((*rule, dp.rule_counters(slot as u32)?)))
-            .collect::<Result<_, DataplaneError>>()?;
+    /// Reads the rules (from the RULES map), their counters and the global counters.
+    pub fn read(maps: &Maps) -> Result<Self, MapsError> {
+        let rules = maps
+            .rules()?
+            .into_iter()
+            .map(|(from_port, rule)| {
+                Ok(RuleSnapshot {
+                    rule: RedirectRule {
+                        from_port,
+                        to_port: rule.to_port,
+                    },
+                    slot: rule.slot,
+                    enabled: rule.enabled != 0,
+                    counters: maps.rule_counters(rule.slot)?,
+                })
+            })
+            .collect::<Result<_, MapsError>>()?;
         Ok(Snapshot {
             rules,
-            counters: dp.counters()?,
-            flows: dp.flows()?.len(),
+            counters: maps.counters()?,
+            flows: maps.flows()?.len(),
         })
     }
 
@@ -39,17 +63,78 @@ impl Snapshot {
     pub fn get(&self, counter: Counter) -> u64 {
         self.counters[counter as usize]
     }
+
+    /// The stable JSON form (see docs/CONTROL.md).
+    pub fn to_json(&self) -> StatsJson {
+        StatsJson {
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RuleStatsJson {
+                    from_port: r.rule.from_port,
+                    to_port: r.rule.to_port,
+                    slot: r.slot,
+                    enabled: r.enabled,
+                    flows_new: r.counters.flows_new,
+                    packets_in: r.counters.packets_in,
+                    bytes_in: r.counters.bytes_in,
+                    packets_out: r.counters.packets_out,
+                    bytes_out: r.counters.bytes_out,
+                })
+                .collect(),
+            counters: Counter::ALL
+                .iter()
+                .map(|c| (c.name(), self.get(*c)))
+                .collect(),
+            flows_tracked: self.flows,
+        }
+    }
+}
+
+/// `redirector stats --json`.
+#[derive(Debug, Serialize)]
+pub struct StatsJson {
+    /// Per rule, in slot order.
+    pub rules: Vec<RuleStatsJson>,
+    /// Every global counter by its stable name (`Counter::name`).
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Entries in the conntrack table.
+    pub flows_tracked: usize,
+}
+
+/// One rule's counters in [`StatsJson`].
+#[derive(Debug, Serialize)]
+pub struct RuleStatsJson {
+    /// Port clients connect to.
+    pub from_port: u16,
+    /// Port the server listens on.
+    pub to_port: u16,
+    /// Counter slot.
+    pub slot: u32,
+    /// New flows are redirected.
+    pub enabled: bool,
+    /// Flows created by this rule.
+    pub flows_new: u64,
+    /// Client→server packets rewritten.
+    pub packets_in: u64,
+    /// Bytes (L3) of those.
+    pub bytes_in: u64,
+    /// Server→client packets rewritten.
+    pub packets_out: u64,
+    /// Bytes (L3) of those.
+    pub bytes_out: u64,
 }
 
 impl fmt::Display for Snapshot {
     /// One `rule` line per rule, one `counter` line per global counter, one `flows` line:
     /// `key=value` pairs, stable for scripts.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (rule, c) in &self.rules {
+        for r in &self.rules {
+            let c = &r.counters;
             writeln!(
                 f,
-                "rule {rule}: flows_new={} packets_in={} bytes_in={} packets_out={} bytes_out={}",
-                c.flows_new, c.packets_in, c.bytes_in, c.packets_out, c.bytes_out
+                "rule {}: flows_new={} packets_in={} bytes_in={} packets_out={} bytes_out={}",
+                r.rule, c.flows_new, c.packets_in, c.bytes_in, c.packets_out, c.bytes_out
             )?;
         }
         for counter in Counter::ALL {

@@ -1,0 +1,23 @@
+//! `redirector flows`: the tracked flows.
+
+use redirector::control;
+
+use crate::cli::FlowsArgs;
+
+/// Lists the tracked flows of the instance of this network namespace.
+pub fn run(args: FlowsArgs) -> anyhow::Result<()> {
+    let instance = control::open(args.target.iface.as_deref())?;
+    let flows = control::flows(&instance, args.port)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&flows)?);
+        return Ok(());
+    }
+    for f in &flows {
+        println!(
+            "{} -> {} port {}->{} {} age {}s idle {}s",
+            f.client, f.server_addr, f.orig_port, f.target_port, f.state, f.age_secs, f.idle_secs
+        );
+    }
+    println!("{} flows", flows.len());
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! `redirector status`: interfaces, hook mode, rules, conntrack fill.
+
+use redirector::control;
+
+use crate::cli::ReadArgs;
+
+/// Prints the status of the instance of this network namespace.
+pub fn run(args: ReadArgs) -> anyhow::Result<()> {
+    let instance = control::open(args.target.iface.as_deref())?;
+    let status = control::status(&instance)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "redirector {} running (pid {}), mode {}",
+        status.version, status.pid, status.mode
+    );
+    for iface in &status.interfaces {
+        println!(
+            "interface {}: ingress {}, egress tc",
+            iface.name, iface.ingress_hook
+        );
+    }
+    for rule in &status.rules {
+        let state = if rule.enabled { "enabled" } else { "disabled" };
+        println!(
+            "rule {}->{}: {state} (slot {})",
+            rule.from_port, rule.to_port, rule.slot
+        );
+    }
+    println!(
+        "conntrack {}/{} flows tracked",
+        status.conntrack.tracked, status.conntrack.size
+    );
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! What the control commands do to a running instance, and the JSON they print.
+//!
+//! Noun commands (`status`, `stats`, `flows`) only read; verb commands (`enable`,
+//! `disable`, `add`, `remove`, `flush`) change the pinned maps. Flows already tracked
+//! keep being rewritten through their conntrack entry whatever happens to their rule.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use redirector_common::{
+    addr::as_v4,
+    conntrack,
+    maps::{FlowKey, FlowValue, MAX_RULES},
+};
+use serde::Serialize;
+
+use crate::{
+    maps::MapsError,
+    privileges::{self, PrivilegeError},
+    reaper::monotonic_ns,
+    rules::{RedirectRule, RuleError},
+    state::{Instance, RuleInfo, StateError},
+};
+
+/// A control command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Not root.
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    /// No instance, several, or its state is unreadable.
+    #[error(transparent)]
+    State(Box<StateError>),
+    /// A map operation failed.
+    #[error(transparent)]
+    Maps(Box<MapsError>),
+    /// No rule on that FROM port.
+    #[error("no rule for port {0} (see `redirector status`)")]
+    UnknownPort(u16),
+    /// `add` of a FROM port that already has a rule.
+    #[error("port {0} already has a rule; remove it first")]
+    RuleExists(u16),
+    /// The rule is invalid (e.g. as many rules as the map holds).
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// Every counter slot is in use by a rule or by flows of a removed rule.
+    #[error("no free rule slot: all {MAX_RULES} are used by rules or by flows of removed rules (try `redirector flush`)")]
+    NoFreeSlot,
+}
+
+impl From<StateError> for ControlError {
+    fn from(e: StateError) -> Self {
+        ControlError::State(Box::new(e))
+    }
+}
+
+impl From<MapsError> for ControlError {
+    fn from(e: MapsError) -> Self {
+        ControlError::Maps(Box::new(e))
+    }
+}
+
+/// Checks privileges and opens the instance of this network namespace.
+pub fn open(iface: Option<&str>) -> Result<Instance, ControlError> {
+    privileges::check()?;
+    Ok(Instance::find(iface)?)
+}
+
+/// `redirector status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// Loader pid.
+    pub pid: u32,
+    /// Loader version.
+    pub version: String,
+    /// Requested `--mode`.
+    pub mode: String,
+    /// Interfaces and the ingress hook on each.
+    pub interfaces: Vec<InterfaceJson>,
+    /// Rules in slot order.
+    pub rules: Vec<RuleJson>,
+    /// Conntrack fill.
+    pub conntrack: ConntrackJson,
+}
+
+/// One interface in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct InterfaceJson {
+    /// Interface name.
+    pub name: String,
+    /// `xdp`, `xdp-generic` or `tc`.
+    pub ingress_hook: String,
+}
+
+/// One rule in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct RuleJson {
+    /// Port clients connect to.
+    pub from_port: u16,
+    /// Port the server listens on.
+    pub to_port: u16,
+    /// Counter slot.
+    pub slot: u32,
+    /// New flows are redirected.
+    pub enabled: bool,
+}
+
+/// Conntrack fill in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct ConntrackJson {
+    /// Entries in the table.
+    pub tracked: usize,
+    /// Capacity (`--conntrack-size`).
+    pub size: u32,
+}
+
+/// Reads the status of `instance`.
+pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
+    let info = &instance.info;
+    Ok(StatusJson {
+        pid: info.pid,
+        version: info.version.clone(),
+        mode: info.mode.clone(),
+        interfaces: info
+            .interfaces
+            .iter()
+            .map(|i| InterfaceJson {
+                name: i.name.clone(),
+                ingress_hook: i.ingress_hook.clone(),
+            })
+            .collect(),
+        rules: instance
+            .maps
+            .rules()?
+            .into_iter()
+            .map(|(from_port, rule)| RuleJson {
+                from_port,
+                to_port: rule.to_port,
+                slot: rule.slot,
+                enabled: rule.enabled != 0,
+            })
+            .collect(),
+        conntrack: ConntrackJson {
+            tracked: instance.maps.flows()?.len(),
+            size: info.conntrack_size,
+        },
+    })
+}
+
+/// Enables or disables new-flow redirection on `port`.
+pub fn set_enabled(instance: &mut Instance, port: u16, enabled: bool) -> Result<(), ControlError> {
+    if instance.maps.set_rule_enabled(port, enabled)? {
+        Ok(())
+    } else {
+        Err(ControlError::UnknownPort(port))
+    }
+}
+
+/// Adds `rule` (enabled); returns its counter slot.
+///
+/// Slots are handed out from the instance file's `next_slot`, so a removed rule's slot
+/// (still fed by its surviving flows) is not reused while fresh ones remain; after
+/// that, the lowest slot used by no rule and no flow is reused with zeroed counters.
+pub fn add_rule(instance: &mut Instance, rule: RedirectRule) -> Result<u32, ControlError> {
+    let _lock = instance.lock_rules()?;
+    instance.reload_info()?;
+    let rules = instance.maps.rules()?;
+    if rules.iter().any(|(from, _)| *from == rule.from_port) {
+        return Err(ControlError::RuleExists(rule.from_port));
+    }
+    if rules.len() >= MAX_RULES as usize {
+        return Err(RuleError::TooMany(rules.len() + 1).into());
+    }
+    let slot = if instance.info.next_slot < MAX_RULES {
+        instance.info.next_slot += 1;
+        instance.info.next_slot - 1
+    } else {
+        let flows = instance.maps.flows()?;
+        let slot = (0..MAX_RULES)
+            .find(|s| {
+                !rules.iter().any(|(_, r)| r.slot == *s)
+                    && !flows.iter().any(|(_, f)| f.rule_slot == *s)
+            })
+            .ok_or(ControlError::NoFreeSlot)?;
+        instance.maps.reset_rule_counters(slot)?;
+        slot
+    };
+    instance.maps.insert_rule(rule, slot)?;
+    instance.info.rules.push(RuleInfo {
+        from_port: rule.from_port,
+        to_port: rule.to_port,
+        slot,
+    });
+    instance.save_info()?;
+    Ok(slot)
+}
+
+/// Removes the rule on `port`; its tracked flows keep working until they close.
+pub fn remove_rule(instance: &mut Instance, port: u16) -> Result<(), ControlError> {
+    let _lock = instance.lock_rules()?;
+    instance.reload_info()?;
+    if !instance.maps.remove_rule(port)? {
+        return Err(ControlError::UnknownPort(port));
+    }
+    instance.info.rules.retain(|r| r.from_port != port);
+    instance.save_info()?;
+    Ok(())
+}
+
+/// One flow in `redirector flows --json`.
+#[derive(Debug, Serialize)]
+pub struct FlowJson {
+    /// Client address and port, e.g. `10.0.0.1:40000` or `[fd00::1]:40000`.
+    pub client: String,
+    /// Server address the client connected to.
+    pub server_addr: String,
+    /// Port the client connected to (the rule's FROM).
+    pub orig_port: u16,
+    /// Port the server listens on (the rule's TO).
+    pub target_port: u16,
+    /// `syn_sent`, `syn_recv`, `established`, `fin_wait`, `closing` (else `unknown`).
+    pub state: &'static str,
+    /// Seconds since the SYN.
+    pub age_secs: u64,
+    /// Seconds since the last packet (1 s granularity).
+    pub idle_secs: u64,
+}
+
+fn ip(addr: &[u8; 16]) -> IpAddr {
+    match as_v4(addr) {
+        Some(v4) => IpAddr::from(v4),
+        None => IpAddr::V6(Ipv6Addr::from(*addr)),
+    }
+}
+
+fn flow_json(key: &FlowKey, value: &FlowValue, now_ns: u64) -> FlowJson {
+    let secs = |ns: u64| now_ns.saturating_sub(ns) / 1_000_000_000;
+    FlowJson {
+        client: SocketAddr::new(ip(&key.client_addr), u16::from_be(key.client_port_be)).to_string(),
+        server_addr: ip(&key.server_addr).to_string(),
+        orig_port: value.orig_port,
+        target_port: value.target_port,
+        state: conntrack::state_name(value.state),
+        age_secs: secs(value.created_ns),
+        idle_secs: secs(value.last_seen_ns),
+    }
+}
+
+/// Tracked flows, to `port` (the FROM port) only if given, oldest first.
+pub fn flows(instance: &Instance, port: Option<u16>) -> Result<Vec<FlowJson>, ControlError> {
+    let now = monotonic_ns();
+    let mut flows: Vec<(FlowKey, FlowValue)> = instance
+        .maps
+        .flows()?
+        .into_iter()
+        .filter(|(_, v)| port.is_none_or(|p| v.orig_port == p))
+        .collect();
+    flows.sort_by_key(|(_, v)| v.created_ns);
+    Ok(flows.iter().map(|(k, v)| flow_json(k, v, now)).collect())
+}
+
+/// Forgets tracked flows (to `port` only, if given); returns how many were removed.
+/// Their connections break: further packets are no longer rewritten.
+pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, ControlError> {
+    let doomed: Vec<FlowKey> = instance
+        .maps
+        .flows()?
+        .into_iter()
+        .filter(|(_, v)| port.is_none_or(|p| v.orig_port == p))
+        .map(|(k, _)| k)
+        .collect();
+    for key in &doomed {
+        instance.maps.remove_flow(key)?;
+    }
+    Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use redirector_common::{addr::v4_mapped, conntrack::STATE_ESTABLISHED};
+
+    use super::*;
+
+    fn flow(client_addr: [u8; 16], server_addr: [u8; 16]) -> (FlowKey, FlowValue) {
+        let key = FlowKey {
+            client_addr,
+            server_addr,
+            client_port_be: 40000u16.to_be(),
+            _pad: 0,
+        };
+        let value = FlowValue {
+            orig_port: 443,
+            target_port: 8443,
+            state: STATE_ESTABLISHED,
+            fin_flags: 0,
+            _pad: 0,
+            rule_slot: 1,
+            _pad2: 0,
+            created_ns: 1_000_000_000,
+            last_seen_ns: 9_500_000_000,
+        };
+        (key, value)
+    }
+
+    #[test]
+    fn flow_json_of_v4_and_v6() {
+        let (k, v) = flow(v4_mapped([10, 0, 0, 1]), v4_mapped([10, 0, 0, 2]));
+        let j = flow_json(&k, &v, 11_000_000_000);
+        assert_eq!(j.client, "10.0.0.1:40000");
+        assert_eq!(j.server_addr, "10.0.0.2");
+        assert_eq!((j.orig_port, j.target_port), (443, 8443));
+        assert_eq!(j.state, "established");
+        assert_eq!((j.age_secs, j.idle_secs), (10, 1));
+
+        let v6: Ipv6Addr = "fd00::1".parse().unwrap();
+        let (k, v) = flow(v6.octets(), v6.octets());
+        let j = flow_json(&k, &v, 0);
+        assert_eq!(j.client, "[fd00::1]:40000");
+        assert_eq!((j.age_secs, j.idle_secs), (0, 0), "clock before creation");
+    }
+
+    #[test]
+    fn flow_json_field_names_are_stable() {
+        let (k, v) = flow(v4_mapped([10, 0, 0, 1]), v4_mapped([10, 0, 0, 2]));
+        let text = serde_json::to_string(&flow_json(&k, &v, 0)).unwrap();
+        for field in [
+            "\"client\"",
+            "\"server_addr\"",
+            "\"orig_port\"",
+            "\"target_port\"",
+            "\"state\"",
+            "\"age_secs\"",
+            "\"idle_secs\"",
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Typed access to the redirector's maps, whether owned by a loaded object or opened
+//! from their pins by another process (`redirector status`, `enable`, …).
+
+use std::path::Path;
+
+use aya::maps::{
+    lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+};
+use redirector_common::{
+    maps::{
+        Config, FlowKey, FlowValue, Rule, RuleStats, ALLOW_MAP, CONFIG_F_FILTER_SOURCES,
+        CONFIG_MAP, FLOWS_MAP, RULES_MAP, RULE_STATS_MAP, STATS_MAP,
+    },
+    stats::Counter,
+};
+
+use crate::{rules::RedirectRule, source_filter::SourcePrefix};
+
+/// Every map that `redirector run` pins, by name (the pin file is named after the map).
+pub const PINNED_MAPS: [&str; 6] = [
+    RULES_MAP,
+    FLOWS_MAP,
+    ALLOW_MAP,
+    CONFIG_MAP,
+    STATS_MAP,
+    RULE_STATS_MAP,
+];
+
+/// A map operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("eBPF map `{name}`")]
+pub struct MapsError {
+    /// Map name.
+    pub name: &'static str,
+    /// Cause.
+    #[source]
+    pub source: MapError,
+}
+
+/// Summed (over CPUs) counters of one rule.
+pub type RuleCounters = RuleStats;
+
+fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError { name, source }
+}
+
+fn missing(name: &'static str) -> MapsError {
+    MapsError {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_string(),
+        },
+    }
+}
+
+fn is_enoent(e: &MapError) -> bool {
+    matches!(e, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+        || matches!(e, MapError::KeyNotFound)
+}
+
+/// The six maps of one redirector instance.
+pub struct Maps {
+    rules: Map,
+    flows: Map,
+    allow: Map,
+    config: Map,
+    stats: Map,
+    rule_stats: Map,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object (its programs keep their own references).
+    pub fn take_from(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name| ebpf.take_map(name).ok_or_else(|| missing(name));
+        Ok(Maps {
+            rules: take(RULES_MAP)?,
+            flows: take(FLOWS_MAP)?,
+            allow: take(ALLOW_MAP)?,
+            config: take(CONFIG_MAP)?,
+            stats: take(STATS_MAP)?,
+            rule_stats: take(RULE_STATS_MAP)?,
+        })
+    }
+
+    /// Opens the maps pinned in `dir` (one file per map, named after it).
+    pub fn from_pins(dir: &Path) -> Result<Self, MapsError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(dir.join(name))
+                .and_then(Map::from_map_data)
+                .map_err(err(name))
+        };
+        Ok(Maps {
+            rules: open(RULES_MAP)?,
+            flows: open(FLOWS_MAP)?,
+            allow: open(ALLOW_MAP)?,
+            config: open(CONFIG_MAP)?,
+            stats: open(STATS_MAP)?,
+            rule_stats: open(RULE_STATS_MAP)?,
+        })
+    }
+
+    /// Pins every map into `dir` (which must exist on a bpffs).
+    pub fn pin(&self, dir: &Path) -> Result<(), MapsError> {
+        for (name, map) in [
+            (RULES_MAP, &self.rules),
+            (FLOWS_MAP, &self.flows),
+            (ALLOW_MAP, &self.allow),
+            (CONFIG_MAP, &self.config),
+            (STATS_MAP, &self.stats),
+            (RULE_STATS_MAP, &self.rule_stats),
+        ] {
+            map.pin(dir.join(name)).map_err(|e| {
+                err(name)(MapError::PinError {
+                    name: Some(name.to_string()),
+                    error: e,
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    fn rules_map(&mut self) -> Result<HashMap<&mut MapData, u16, Rule>, MapsError> {
+        HashMap::try_from(&mut self.rules).map_err(err(RULES_MAP))
+    }
+
+    /// Installs `rules` (enabled); rule `i` uses counter slot `i`.
+    pub fn set_rules(&mut self, rules: &[RedirectRule]) -> Result<(), MapsError> {
+        for (slot, rule) in rules.iter().enumerate() {
+            self.insert_rule(*rule, slot as u32)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts (or replaces) the enabled rule `rule` with counters in `slot`.
+    pub fn insert_rule(&mut self, rule: RedirectRule, slot: u32) -> Result<(), MapsError> {
+        let value = Rule {
+            to_port: rule.to_port,
+            _pad: 0,
+            enabled: 1,
+            slot,
+        };
+        self.rules_map()?
+            .insert(rule.from_port, value, 0)
+            .map_err(err(RULES_MAP))
+    }
+
+    /// Removes the rule on `from_port`; returns false if there was none.
+    pub fn remove_rule(&mut self, from_port: u16) -> Result<bool, MapsError> {
+        match self.rules_map()?.remove(&from_port) {
+            Ok(()) => Ok(true),
+            Err(e) if is_enoent(&e) => Ok(false),
+            Err(e) => Err(err(RULES_MAP)(e)),
+        }
+    }
+
+    /// Every rule: FROM port and value, ordered by counter slot.
+    pub fn rules(&self) -> Result<Vec<(u16, Rule)>, MapsError> {
+        let map: HashMap<&MapData, u16, Rule> =
+            HashMap::try_from(&self.rules).map_err(err(RULES_MAP))?;
+        let mut rules: Vec<(u16, Rule)> = map.iter().filter_map(Result::ok).collect();
+        rules.sort_by_key(|(_, rule)| rule.slot);
+        Ok(rules)
+    }
+
+    /// Enables or disables new-flow redirection for the rule on `from_port`; returns false
+    /// if there is no such rule.
+    pub fn set_rule_enabled(&mut self, from_port: u16, enabled: bool) -> Result<bool, MapsError> {
+        let mut map = self.rules_map()?;
+        let mut rule = match map.get(&from_port, 0) {
+            Ok(rule) => rule,
+            Err(e) if is_enoent(&e) => return Ok(false),
+            Err(e) => return Err(err(RULES_MAP)(e)),
+        };
+        rule.enabled = u32::from(enabled);
+        map.insert(from_port, rule, 0).map_err(err(RULES_MAP))?;
+        Ok(true)
+    }
+
+    /// Restricts flow creation to sources in `prefixes`; an empty list allows every source.
+    pub fn set_allowed_sources(&mut self, prefixes: &[SourcePrefix]) -> Result<(), MapsError> {
+        {
+            let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
+                LpmTrie::try_from(&mut self.allow).map_err(err(ALLOW_MAP))?;
+            for prefix in prefixes {
+                let (len, addr) = prefix.lpm_key();
+                trie.insert(&Key::new(len, addr), 1, 0)
+                    .map_err(err(ALLOW_MAP))?;
+            }
+        }
+        let mut config: Array<&mut MapData, Config> =
+            Array::try_from(&mut self.config).map_err(err(CONFIG_MAP))?;
+        let flags = if prefixes.is_empty() {
+            0
+        } else {
+            CONFIG_F_FILTER_SOURCES
+        };
+        config.set(0, Config { flags }, 0).map_err(err(CONFIG_MAP))
+    }
+
+    /// Global counters summed over CPUs, indexed like `Counter::ALL`.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], MapsError> {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(&self.stats).map_err(err(STATS_MAP))?;
+        let mut out = [0u64; Counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = map.get(&(i as u32), 0).map_err(err(STATS_MAP))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Counters of the rule in `slot`, summed over CPUs.
+    pub fn rule_counters(&self, slot: u32) -> Result<RuleCounters, MapsError> {
+        let map: PerCpuArray<&MapData, RuleStats> =
+            PerCpuArray::try_from(&self.rule_stats).map_err(err(RULE_STATS_MAP))?;
+        let per_cpu = map.get(&slot, 0).map_err(err(RULE_STATS_MAP))?;
+        Ok(per_cpu.iter().fold(RuleStats::default(), |mut sum, s| {
+            sum.packets_in += s.packets_in;
+            sum.bytes_in += s.bytes_in;
+            sum.packets_out += s.packets_out;
+            sum.bytes_out += s.bytes_out;
+            sum.flows_new += s.flows_new;
+            sum
+        }))
+    }
+
+    /// Zeroes the counters of `slot` (before a new rule reuses it).
+    pub fn reset_rule_counters(&mut self, slot: u32) -> Result<(), MapsError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, io_error)| {
+            err(RULE_STATS_MAP)(MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error,
+            }))
+        })?;
+        let zero =
+            PerCpuValues::try_from(vec![RuleStats::default(); cpus]).map_err(|io_error| {
+                err(RULE_STATS_MAP)(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "per-cpu values",
+                    io_error,
+                }))
+            })?;
+        let mut map: PerCpuArray<&mut MapData, RuleStats> =
+            PerCpuArray::try_from(&mut self.rule_stats).map_err(err(RULE_STATS_MAP))?;
+        map.set(slot, zero, 0).map_err(err(RULE_STATS_MAP))
+    }
+
+    /// A snapshot of every tracked flow (entries may change while it is taken).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapsError> {
+        let map: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(&self.flows).map_err(err(FLOWS_MAP))?;
+        // An entry deleted between key iteration and lookup yields KeyNotFound: skip it.
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Inserts a flow entry directly (tests and tooling).
+    pub fn insert_flow(&mut self, key: FlowKey, value: FlowValue) -> Result<(), MapsError> {
+        let mut map: HashMap<&mut MapData, FlowKey, FlowValue> =
+            HashMap::try_from(&mut self.flows).map_err(err(FLOWS_MAP))?;
+        map.insert(key, value, 0).map_err(err(FLOWS_MAP))
+    }
+
+    /// Removes a flow entry; a missing entry is not an error (it may have just closed).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), MapsError> {
+        let mut map: HashMap<&mut MapData, FlowKey, FlowValue> =
+            HashMap::try_from(&mut self.flows).map_err(err(FLOWS_MAP))?;
+        match map.remove(key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(e) => Err(err(FLOWS_MAP)(e)),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The pinned state of a running instance: created atomically by `redirector run`,
+//! found and opened by the control commands (`status`, `enable`, …) of the same
+//! network namespace. Paths come from [`crate::pin`].
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError},
+    instance,
+    maps::{Maps, MapsError},
+    pin,
+};
+
+/// Version of the instance file format.
+pub const INSTANCE_FORMAT: u32 = 1;
+
+/// The instance file: what the loader was started with, plus the rule slots in use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// [`INSTANCE_FORMAT`].
+    pub format: u32,
+    /// Version of the redirector that wrote it.
+    pub version: String,
+    /// Loader process id.
+    pub pid: u32,
+    /// Inode of its network namespace.
+    pub netns_inode: u64,
+    /// Requested `--mode`.
+    pub mode: String,
+    /// Interfaces, in `--iface` order; the first one keys the instance.
+    pub interfaces: Vec<InterfaceInfo>,
+    /// Size of the conntrack table.
+    pub conntrack_size: u32,
+    /// Current rules (the RULES map holds whether each is enabled).
+    pub rules: Vec<RuleInfo>,
+    /// Next never-used counter slot.
+    pub next_slot: u32,
+}
+
+/// One interface of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceInfo {
+    /// Interface name.
+    pub name: String,
+    /// Ingress hook in use: `xdp`, `xdp-generic` or `tc`.
+    pub ingress_hook: String,
+}
+
+/// One rule of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    /// Port clients connect to.
+    pub from_port: u16,
+    /// Port the server listens on.
+    pub to_port: u16,
+    /// Index of its counters.
+    pub slot: u32,
+}
+
+impl InstanceInfo {
+    /// The interface that keys the instance's files.
+    pub fn key_iface(&self) -> &str {
+        self.interfaces.first().map_or("", |i| i.name.as_str())
+    }
+}
+
+/// Creating, finding or opening the pinned state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No live instance in this network namespace.
+    #[error("no redirector running in this network namespace")]
+    NotRunning,
+    /// No live instance on that interface.
+    #[error("no redirector running on {0} in this network namespace")]
+    NotOnIface(String),
+    /// Several instances and no `--iface` to choose.
+    #[error("several redirectors run in this network namespace (on {}); choose one with --iface", .0.join(", "))]
+    Ambiguous(Vec<String>),
+    /// The instance is starting or stopping: its pins are not (or no longer) there.
+    #[error("redirector (pid {pid}) is starting or stopping: cannot open its maps in {}", dir.display())]
+    Unavailable {
+        /// Its pid.
+        pid: u32,
+        /// Pin directory tried.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: MapsError,
+    },
+    /// bpffs could not be mounted.
+    #[error("mounting bpffs at {path}", path = pin::BPFFS)]
+    Mount(#[source] io::Error),
+    /// Filesystem error.
+    #[error("{}", path.display())]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The instance file is not valid JSON of the expected shape.
+    #[error("instance file {}", path.display())]
+    Json {
+        /// Path involved.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Pinning failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `info` to its instance file atomically (temporary file, then rename).
+pub fn write_info(info: &InstanceInfo) -> Result<PathBuf, StateError> {
+    let path = pin::instance_file(info.netns_inode, info.key_iface());
+    fs::create_dir_all(pin::RUN_DIR).map_err(io_err(Path::new(pin::RUN_DIR)))?;
+    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+    let text = serde_json::to_string_pretty(info).map_err(|source| StateError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(path)
+}
+
+/// Reads an instance file.
+pub fn read_info(path: &Path) -> Result<InstanceInfo, StateError> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|source| StateError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The loader's pinned state; removed (maps unpinned, files deleted) on drop.
+#[derive(Debug)]
+pub struct PinnedInstance {
+    dir: PathBuf,
+    info_path: PathBuf,
+}
+
+impl PinnedInstance {
+    /// Pins the maps of `dp` and writes `info`, atomically: everything is pinned into a
+    /// temporary directory next to the final one, which is then renamed into place.
+    ///
+    /// The caller must hold the instance lock of `info.key_iface()` (a leftover
+    /// directory of a crashed loader is then safe to replace).
+    pub fn create(dp: &Dataplane, info: &InstanceInfo) -> Result<Self, StateError> {
+        pin::ensure_bpffs().map_err(StateError::Mount)?;
+        let dir = pin::pin_dir(info.netns_inode, info.key_iface());
+        let tmp = pin::pin_tmp_dir(info.netns_inode, info.key_iface(), info.pid);
+        for parent in [dir.parent(), tmp.parent()].into_iter().flatten() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        for stale in [&dir, &tmp] {
+            match fs::remove_dir_all(stale) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(stale)(e)),
+                _ => {}
+            }
+        }
+        let info_path = write_info(info)?;
+        let pinned = (|| {
+            fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+            dp.pin_maps(&tmp)?;
+            let link = tmp.join(pin::INSTANCE_LINK);
+            std::os::unix::fs::symlink(&info_path, &link).map_err(io_err(&link))?;
+            fs::rename(&tmp, &dir).map_err(io_err(&dir))
+        })();
+        if let Err(e) = pinned {
+            let _ = fs::remove_dir_all(&tmp);
+            let _ = fs::remove_file(&info_path);
+            return Err(e);
+        }
+        Ok(PinnedInstance { dir, info_path })
+    }
+
+    /// The pin directory (as seen by this process).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for PinnedInstance {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            log::warn!("removing {}: {e}", self.dir.display());
+        }
+        let _ = fs::remove_file(&self.info_path);
+        // Empty parents go too; a non-empty one (another instance) stays.
+        if let Some(netns_dir) = self.dir.parent() {
+            let _ = fs::remove_dir(netns_dir);
+        }
+        let _ = fs::remove_dir(pin::PIN_TMP);
+        let _ = fs::remove_dir(pin::PIN_ROOT);
+    }
+}
+
+/// A running instance of this network namespace, opened through its pins.
+pub struct Instance {
+    /// Its instance file.
+    pub info: InstanceInfo,
+    /// Its maps.
+    pub maps: Maps,
+    /// Where the instance file is.
+    pub info_path: PathBuf,
+}
+
+impl Instance {
+    /// Finds the live instance of this network namespace (on `iface`, if given) and
+    /// opens its maps.
+    pub fn find(iface: Option<&str>) -> Result<Self, StateError> {
+        let netns = pin::netns_inode();
+        let mut live = live_instances(netns)?;
+        if let Some(iface) = iface {
+            live.retain(|(_, info)| info.interfaces.iter().any(|i| i.name == iface));
+            if live.is_empty() {
+                return Err(StateError::NotOnIface(iface.to_string()));
+            }
+        }
+        let (info_path, info) = match live.len() {
+            0 => return Err(StateError::NotRunning),
+            1 => live.remove(0),
+            _ => {
+                return Err(StateError::Ambiguous(
+                    live.iter()
+                        .map(|(_, i)| format!("{} (pid {})", i.key_iface(), i.pid))
+                        .collect(),
+                ))
+            }
+        };
+        let dir = pin::pin_dir_of(info.pid, netns, info.key_iface());
+        let maps = Maps::from_pins(&dir).map_err(|source| StateError::Unavailable {
+            pid: info.pid,
+            dir,
+            source,
+        })?;
+        Ok(Instance {
+            info,
+            maps,
+            info_path,
+        })
+    }
+
+    /// Rewrites the instance file (atomically) after `info` changed.
+    pub fn save_info(&self) -> Result<(), StateError> {
+        write_info(&self.info).map(|_| ())
+    }
+
+    /// Serialises rule changes with other control commands; held until dropped.
+    pub fn lock_rules(&self) -> Result<instance::FileLock, StateError> {
+        let path = pin::control_lock_file(self.info.netns_inode, self.info.key_iface());
+        instance::lock_exclusive(&path).map_err(io_err(&path))
+    }
+
+    /// Re-reads the instance file (after taking [`Instance::lock_rules`]).
+    pub fn reload_info(&mut self) -> Result<(), StateError> {
+        self.info = read_info(&self.info_path)?;
+        Ok(())
+    }
+}
+
+/// Instance files of `netns` whose loader still holds its lock.
+fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo)>, StateError> {
+    let entries = match fs::read_dir(pin::RUN_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(Path::new(pin::RUN_DIR))(e)),
+    };
+    let prefix = pin::run_prefix(netns);
+    let mut live = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(&prefix) && name.ends_with(".json")) {
+            continue;
+        }
+        let path = entry.path();
+        // A file that vanished or is half-written belongs to a stopping/starting loader.
+        let Ok(info) = read_info(&path) else { continue };
+        if info.netns_inode == netns && instance::is_held(&pin::lock_file(netns, info.key_iface()))
+        {
+            live.push((path, info));
+        }
+    }
+    live.sort_by(|a, b| a.1.key_iface().cmp(b.1.key_iface()));
+    Ok(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_file_round_trips() {
+        let info = InstanceInfo {
+            format: INSTANCE_FORMAT,
+            version: "0.1.0".into(),
+            pid: 42,
+            netns_inode: 4026531840,
+            mode: "auto".into(),
+            interfaces: vec![
+                InterfaceInfo {
+                    name: "eth0".into(),
+                    ingress_hook: "xdp".into(),
+                },
+                InterfaceInfo {
+                    name: "eth1".into(),
+                    ingress_hook: "tc".into(),
+                },
+            ],
+            conntrack_size: 1024,
+            rules: vec![RuleInfo {
+                from_port: 80,
+                to_port: 8080,
+                slot: 0,
+            }],
+            next_slot: 1,
+        };
+        let text = serde_json::to_string(&info).unwrap();
+        assert_eq!(serde_json::from_str::<InstanceInfo>(&text).unwrap(), info);
+        assert_eq!(info.key_iface(), "eth0");
+        assert!(text.contains("\"next_slot\":1"), "{text}");
+    }
+}

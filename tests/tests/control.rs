@@ -1,0 +1,438 @@
+//! Runtime control of a running loader from another process of the same network
+//! namespace (`ip netns exec NS redirector status|stats|flows|enable|disable|add|remove|
+//! flush`), with the real loader, real eBPF programs and real WebSocket traffic.
+
+use std::{
+    io::Write,
+    path::Path,
+    process::Output,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use redirector_tests::{
+    bins,
+    netns::{must, Netns, Topology},
+    process::Proc,
+};
+use serde_json::Value;
+
+/// Tests that start loaders run one at a time (as in tests/redirect.rs).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// ws-echo in the server namespace on 8080 (ws) and 8443 (wss), IPv4.
+fn start_echo(topo: &Topology) -> Proc {
+    let mut cmd = topo.server.cmd(bins::ws_echo());
+    cmd.args(["--listen", "0.0.0.0:8080", "--tls-listen", "0.0.0.0:8443"]);
+    cmd.args(["--cert-name", &topo.server_v4]);
+    let mut echo = Proc::spawn("ws-echo", cmd, false);
+    for _ in 0..2 {
+        echo.wait_line("listening", Duration::from_secs(10));
+    }
+    echo
+}
+
+/// `redirector run` on the server veth; returns once it is attached and pinned.
+fn start_loader(topo: &Topology, args: &[&str]) -> Proc {
+    let mut cmd = topo.server.cmd(bins::redirector());
+    cmd.args(["run", "--iface", topo.server_if]).args(args);
+    let mut loader = Proc::spawn("redirector", cmd, false);
+    loader.wait_line("redirector ready", Duration::from_secs(30));
+    loader
+}
+
+fn stop_loader(mut loader: Proc) {
+    loader.signal(libc::SIGTERM);
+    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "loader exit {status}: {lines:?}");
+}
+
+/// Runs `redirector ARGS` in `ns` (a control command).
+fn ctl(ns: &Netns, args: &[&str]) -> Output {
+    ns.cmd(bins::redirector()).args(args).output().unwrap()
+}
+
+/// Runs a control command that must succeed; returns its stdout.
+fn ctl_ok(ns: &Netns, args: &[&str]) -> String {
+    let out = ctl(ns, args);
+    assert!(
+        out.status.success(),
+        "redirector {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a control command with `--json` and parses its output.
+fn ctl_json(ns: &Netns, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let text = ctl_ok(ns, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+}
+
+/// Asserts a control command fails with `needle` in its error.
+fn ctl_fails(ns: &Netns, args: &[&str], needle: &str) {
+    let out = ctl(ns, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} must fail");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: `{needle}` not in {stderr}"
+    );
+}
+
+fn ws_client(topo: &Topology, url: &str, args: &[&str]) -> Output {
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args(["--url", url, "--insecure", "--timeout", "60"])
+        .args(args);
+    cmd.output().expect("spawn ws-client")
+}
+
+fn assert_echo(topo: &Topology, url: &str) {
+    let out = ws_client(topo, url, &["--message", "hello"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("echo: hello"),
+        "{url}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_refused(topo: &Topology, url: &str) {
+    let out = ws_client(topo, url, &["--message", "x", "--connect-timeout", "3"]);
+    assert!(!out.status.success(), "{url} must not be reachable");
+}
+
+/// An open interactive WebSocket session that has exchanged one message.
+fn open_session(topo: &Topology, url: &str) -> Proc {
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args([
+        "--url",
+        url,
+        "--insecure",
+        "--interactive",
+        "--timeout",
+        "60",
+    ]);
+    let mut session = Proc::spawn("ws-client (session)", cmd, true);
+    session.wait_line("connected", Duration::from_secs(10));
+    exchange(&mut session, "first");
+    session
+}
+
+fn exchange(session: &mut Proc, text: &str) {
+    writeln!(session.stdin(), "{text}").unwrap();
+    session.wait_line(&format!("echo: {text}"), Duration::from_secs(10));
+}
+
+fn close_session(mut session: Proc) {
+    session.close_stdin();
+    let (status, _) = session.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "session: {}", session.stderr_text());
+}
+
+/// The entry of `rules` (status or stats JSON) for FROM port `port`.
+fn rule(json: &Value, port: u64) -> &Value {
+    json["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["from_port"] == port)
+        .unwrap_or_else(|| panic!("no rule {port} in {json}"))
+}
+
+fn has_rule(json: &Value, port: u64) -> bool {
+    json["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["from_port"] == port)
+}
+
+/// Waits until no program named redirector_* is loaded (program release is deferred).
+fn assert_no_program_loaded() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|p| p.name_as_str().map(str::to_string))
+            .filter(|n| n.starts_with("redirector_"))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "programs still loaded: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn commands_fail_clearly_when_nothing_runs() {
+    let ns = Netns::new(&format!("rdrt-ctl-none-{}", std::process::id()));
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["stats"],
+        &["flows"],
+        &["enable", "443"],
+        &["disable", "443"],
+        &["add", "81:8081"],
+        &["remove", "80"],
+        &["flush"],
+    ] {
+        ctl_fails(&ns, args, "no redirector running in this network namespace");
+    }
+    let out = ns
+        .cmd("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(bins::redirector())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("insufficient privileges"));
+}
+
+#[test]
+fn disable_stops_new_connections_but_keeps_open_ones() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-dis");
+    let _echo = start_echo(&topo);
+    let loader = start_loader(&topo, &[]);
+    let wss = topo.url("wss", false, 443);
+
+    let mut open = open_session(&topo, &wss);
+    ctl_ok(&topo.server, &["disable", "443"]);
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(rule(&status, 443)["enabled"], false, "{status}");
+    assert_eq!(rule(&status, 80)["enabled"], true, "{status}");
+
+    // Nothing listens on 443: a new connection that is not redirected fails...
+    assert_refused(&topo, &wss);
+    // ...while the open one keeps being rewritten through its conntrack entry.
+    exchange(&mut open, "while disabled");
+    assert_echo(&topo, &topo.url("ws", false, 80)); // other rules unaffected
+
+    ctl_ok(&topo.server, &["enable", "443"]);
+    assert_echo(&topo, &wss);
+    exchange(&mut open, "after enable");
+    close_session(open);
+
+    let stats = ctl_json(&topo.server, &["stats"]);
+    assert_eq!(rule(&stats, 443)["flows_new"], 2, "{stats}");
+    assert!(
+        stats["counters"]["pass_rule_disabled"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    ctl_fails(&topo.server, &["disable", "1234"], "no rule for port 1234");
+
+    stop_loader(loader);
+    ctl_fails(
+        &topo.server,
+        &["status"],
+        "no redirector running in this network namespace",
+    );
+    assert_no_program_loaded();
+}
+
+#[test]
+fn status_stats_and_flows_describe_live_traffic_and_flush_drops_flows() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-obs");
+    let _echo = start_echo(&topo);
+    let loader = start_loader(
+        &topo,
+        &["--mode", "xdp-generic", "--conntrack-size", "1024"],
+    );
+
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["mode"], "xdp-generic", "{status}");
+    assert_eq!(status["interfaces"][0]["name"], topo.server_if, "{status}");
+    assert_eq!(status["interfaces"][0]["ingress_hook"], "xdp-generic");
+    assert_eq!(status["conntrack"]["size"], 1024);
+    assert_eq!(status["conntrack"]["tracked"], 0);
+    assert_eq!(rule(&status, 80)["to_port"], 8080);
+    assert_eq!(rule(&status, 443)["to_port"], 8443);
+
+    let mut open = open_session(&topo, &topo.url("ws", false, 80));
+    let flows = ctl_json(&topo.server, &["flows"]);
+    let flows = flows.as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let flow = &flows[0];
+    assert!(
+        flow["client"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", topo.client_v4)),
+        "{flow}"
+    );
+    assert_eq!(flow["server_addr"], topo.server_v4.as_str());
+    assert_eq!(flow["orig_port"], 80);
+    assert_eq!(flow["target_port"], 8080);
+    assert_eq!(flow["state"], "established");
+    assert!(flow["age_secs"].as_u64().unwrap() < 60);
+    let none = ctl_json(&topo.server, &["flows", "--port", "443"]);
+    assert_eq!(none.as_array().unwrap().len(), 0, "{none}");
+
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["conntrack"]["tracked"], 1, "{status}");
+    let stats = ctl_json(&topo.server, &["stats"]);
+    let r80 = rule(&stats, 80);
+    assert_eq!(r80["flows_new"], 1, "{stats}");
+    assert!(r80["packets_in"].as_u64().unwrap() > 0, "{stats}");
+    assert!(r80["bytes_out"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(rule(&stats, 443)["flows_new"], 0);
+    assert!(stats["counters"]["flow_created"].as_u64().unwrap() >= 1);
+    assert_eq!(stats["counters"]["rewrite_failed"], 0);
+    assert_eq!(stats["flows_tracked"], 1);
+    let text = ctl_ok(&topo.server, &["stats"]);
+    assert!(text.contains("rule 80->8080: flows_new=1"), "{text}");
+
+    // Nothing to flush on 443; the 80 flow goes, and with it the connection: its next
+    // packet reaches the server's port 80 unrewritten and is reset.
+    assert!(ctl_ok(&topo.server, &["flush", "--port", "443"]).contains("flushed 0 flows"));
+    assert!(ctl_ok(&topo.server, &["flush", "--port", "80"]).contains("flushed 1 flows"));
+    let flows = ctl_json(&topo.server, &["flows"]);
+    assert_eq!(flows.as_array().unwrap().len(), 0, "{flows}");
+    let _ = writeln!(open.stdin(), "after flush");
+    let (status, _) = open.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "a flushed connection cannot go on");
+    assert_echo(&topo, &topo.url("ws", false, 80)); // new flows are tracked again
+    stop_loader(loader);
+}
+
+#[test]
+fn rules_are_added_and_removed_at_runtime() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-rules");
+    let _echo = start_echo(&topo);
+    let loader = start_loader(&topo, &[]);
+    let url = topo.url("ws", false, 9000);
+    assert_refused(&topo, &url);
+
+    let out = ctl_ok(&topo.server, &["add", "9000:8080"]);
+    assert!(out.contains("rule 9000->8080 added (slot 2)"), "{out}");
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(rule(&status, 9000)["to_port"], 8080);
+    assert_eq!(rule(&status, 9000)["enabled"], true);
+    assert_echo(&topo, &url);
+    ctl_fails(&topo.server, &["add", "9000:8443"], "already has a rule");
+    ctl_fails(&topo.server, &["add", "9001:9001"], "same port");
+
+    let mut open = open_session(&topo, &url);
+    ctl_ok(&topo.server, &["remove", "9000"]);
+    let status = ctl_json(&topo.server, &["status"]);
+    assert!(!has_rule(&status, 9000), "{status}");
+    assert_refused(&topo, &url);
+    exchange(&mut open, "after remove"); // its flow is still tracked
+    close_session(open);
+    ctl_fails(&topo.server, &["remove", "9000"], "no rule for port 9000");
+
+    // The removed rule's slot still counts its surviving flows: it is not handed out.
+    let out = ctl_ok(&topo.server, &["add", "9001:8080"]);
+    assert!(out.contains("(slot 3)"), "{out}");
+    assert_echo(&topo, &topo.url("ws", false, 9001));
+    let stats = ctl_json(&topo.server, &["stats"]);
+    assert_eq!(rule(&stats, 9001)["flows_new"], 1, "{stats}");
+    stop_loader(loader);
+}
+
+#[test]
+fn instance_file_and_pins_exist_only_while_running() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-pins");
+    let loader = start_loader(&topo, &["--mode", "tc"]);
+    let status = ctl_json(&topo.server, &["status"]);
+    let pid = status["pid"].as_u64().unwrap();
+    // What the loader sees in its own mount namespace, through /proc/PID/root.
+    let netns = must(
+        topo.server
+            .cmd("stat")
+            .args(["-L", "-c", "%i", "/proc/self/ns/net"]),
+    );
+    let netns = String::from_utf8_lossy(&netns.stdout).trim().to_string();
+    let dir = format!(
+        "/proc/{pid}/root/sys/fs/bpf/redirector/netns-{netns}/{}",
+        topo.server_if
+    );
+    for pin in [
+        "RULES",
+        "FLOWS",
+        "ALLOW",
+        "CONFIG",
+        "STATS",
+        "RULE_STATS",
+        "instance",
+    ] {
+        assert!(Path::new(&dir).join(pin).exists(), "{dir}/{pin} missing");
+    }
+    let file = format!("/run/redirector/netns-{netns}-{}.json", topo.server_if);
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(info["pid"], pid);
+    assert_eq!(info["mode"], "tc");
+    assert_eq!(info["rules"][1]["from_port"], 443);
+    assert_eq!(info["rules"][1]["slot"], 1);
+    stop_loader(loader);
+    assert!(!Path::new(&file).exists(), "{file} left behind");
+    assert_no_program_loaded();
+}
+
+#[test]
+fn several_loaders_in_one_namespace_are_told_apart_by_iface() {
+    let _serial = serial();
+    let ns = Netns::new(&format!("rdrt-ctl-two-{}", std::process::id()));
+    for (a, b) in [("v0", "v1"), ("v2", "v3")] {
+        must(
+            ns.cmd("ip")
+                .args(["link", "add", a, "type", "veth", "peer", "name", b]),
+        );
+        must(ns.cmd("ip").args(["link", "set", a, "up"]));
+    }
+    let spawn = |iface: &str, rule: &str| {
+        let mut cmd = ns.cmd(bins::redirector());
+        cmd.args(["run", "--iface", iface, "--mode", "tc", "--redirect", rule]);
+        let mut loader = Proc::spawn(iface, cmd, false);
+        loader.wait_line("redirector ready", Duration::from_secs(30));
+        loader
+    };
+    let first = spawn("v0", "80:8080");
+    let second = spawn("v2", "81:8081");
+    ctl_fails(&ns, &["status"], "choose one with --iface");
+    ctl_fails(&ns, &["disable", "80"], "choose one with --iface");
+    let v0 = ctl_json(&ns, &["status", "--iface", "v0"]);
+    assert!(has_rule(&v0, 80) && !has_rule(&v0, 81), "{v0}");
+    let v2 = ctl_json(&ns, &["status", "--iface", "v2"]);
+    assert!(has_rule(&v2, 81) && !has_rule(&v2, 80), "{v2}");
+    ctl_fails(
+        &ns,
+        &["disable", "81", "--iface", "v0"],
+        "no rule for port 81",
+    );
+    ctl_ok(&ns, &["disable", "81", "--iface", "v2"]);
+    let v2 = ctl_json(&ns, &["status", "--iface", "v2"]);
+    assert_eq!(rule(&v2, 81)["enabled"], false, "{v2}");
+    ctl_fails(
+        &ns,
+        &["status", "--iface", "v1"],
+        "no redirector running on v1 in this network namespace",
+    );
+    stop_loader(second);
+    // One left: no --iface needed any more.
+    let only = ctl_json(&ns, &["status"]);
+    assert_eq!(only["interfaces"][0]["name"], "v0", "{only}");
+    stop_loader(first);
+    assert_no_program_loaded();
+}
