@@ -1,0 +1,6 @@
+//! `redirector sniff`: a user-space TCP proxy that tells WebSocket upgrades from plain
+//! HTTP by reading the start of each connection, then relays it to the matching backend.
+//!
+//! - [`detect`]: the pure decision over the bytes read so far.
+
+pub mod detect;
