@@ -1,6 +1,10 @@
 //! `redirector sniff`: a user-space TCP proxy that tells WebSocket upgrades from plain
 //! HTTP by reading the start of each connection, then relays it to the matching backend.
 //!
-//! - [`detect`]: the pure decision over the bytes read so far.
+//! - [`detect`]: the pure decision over the bytes read so far;
+//! - [`prefixed`]: a stream that replays those bytes to the backend;
+//! - [`relay`]: the bidirectional copy with an idle timeout.
 
 pub mod detect;
+pub mod prefixed;
+pub mod relay;
