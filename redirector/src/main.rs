@@ -2,6 +2,7 @@
 
 mod cli;
 mod run;
+mod sniff_cmd;
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Sniff(args) => sniff_cmd::sniff(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,8 +3,12 @@
 //!
 //! - [`detect`]: the pure decision over the bytes read so far;
 //! - [`prefixed`]: a stream that replays those bytes to the backend;
-//! - [`relay`]: the bidirectional copy with an idle timeout.
+//! - [`relay`]: the bidirectional copy with an idle timeout;
+//! - [`server`]: accept loop, limits, timeouts and routing;
+//! - [`counters`]: what happened, for the exit report.
 
+pub mod counters;
 pub mod detect;
 pub mod prefixed;
 pub mod relay;
+pub mod server;
