@@ -3,6 +3,7 @@
 //!
 //! - [`detect`]: the pure decision over the bytes read so far;
 //! - [`prefixed`]: a stream that replays those bytes to the backend;
+//! - [`sni`]: the server name of a TLS ClientHello, for the TLS listener;
 //! - [`relay`]: the bidirectional copy with an idle timeout;
 //! - [`server`]: accept loop, limits, timeouts and routing;
 //! - [`counters`]: what happened, for the exit report.
@@ -12,3 +13,4 @@ pub mod detect;
 pub mod prefixed;
 pub mod relay;
 pub mod server;
+pub mod sni;
