@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use redirector::{
     attach::Mode,
     rules::RedirectRule,
-    sniff::{detect::DEFAULT_MAX_HEADER_BYTES, server::NotHttpPolicy},
+    sniff::{
+        detect::DEFAULT_MAX_HEADER_BYTES, proxy_protocol::ProxyProtocol, server::NotHttpPolicy,
+        sni::SniPattern,
+    },
     source_filter::SourcePrefix,
 };
 use redirector_common::maps::DEFAULT_CONNTRACK_SIZE;
@@ -40,7 +43,8 @@ pub enum Command {
     /// allowed), on one of the --ws-path prefixes if given. The bytes read are replayed
     /// to the backend, then both directions are relayed untouched. Prints
     /// `redirector sniff ready: listening on ADDR` once bound and `sniff counter NAME=VALUE`
-    /// lines on exit. Needs no privileges.
+    /// lines on exit. Needs no privileges. With --tls-listen, TLS clients are also
+    /// accepted and routed by the server name of their ClientHello, without decrypting.
     ///
     /// Example: redirector sniff --listen 0.0.0.0:80 --websocket 127.0.0.1:8080 --http 127.0.0.1:8000 --ws-path /ws/
     Sniff(SniffArgs),
@@ -121,6 +125,30 @@ pub struct SniffArgs {
     /// knowledge, other protocols): close, or relay them to the --http backend.
     #[arg(long, value_name = "close|http", default_value = "close")]
     pub not_http: NotHttpPolicy,
+
+    /// Also accept TLS clients on ADDR:PORT and route them, without decrypting, by the
+    /// server name (SNI) of their ClientHello: names matching --ws-sni go to
+    /// --tls-websocket, all others (and clients sending no name) to --tls-http.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_websocket", "tls_http"])]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// Backend of TLS connections whose server name matches --ws-sni.
+    #[arg(long, value_name = "ADDR:PORT", requires = "tls_listen")]
+    pub tls_websocket: Option<SocketAddr>,
+
+    /// Backend of all other TLS connections.
+    #[arg(long, value_name = "ADDR:PORT", requires = "tls_listen")]
+    pub tls_http: Option<SocketAddr>,
+
+    /// Server name routed to --tls-websocket: a host name, or *.DOMAIN for every name
+    /// under DOMAIN (repeatable; case-insensitive).
+    #[arg(long = "ws-sni", value_name = "PATTERN", requires = "tls_listen")]
+    pub ws_sni: Vec<SniPattern>,
+
+    /// Send a PROXY protocol header (v1: text, v2: binary) to every backend before the
+    /// client's bytes, so backends learn the client address. Default: none.
+    #[arg(long, value_name = "v1|v2")]
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// A `--ws-path` must be an absolute path prefix.

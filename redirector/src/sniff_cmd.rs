@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use redirector::sniff::{
     detect::DetectConfig,
-    server::{SniffConfig, SniffServer},
+    server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -14,6 +14,7 @@ use crate::cli::SniffArgs;
 
 /// Runs the sniffing proxy in the foreground.
 pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
+    let tls = tls_route(&args);
     let config = SniffConfig {
         listen: args.listen,
         websocket_backend: args.websocket,
@@ -27,6 +28,8 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         connect_timeout: Duration::from_secs(args.connect_timeout),
         not_http: args.not_http,
+        tls,
+        proxy_protocol: args.proxy_protocol,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -36,14 +39,24 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let server = SniffServer::bind(config).await?;
-        let addr = server.local_addr().context("reading the bound address")?;
+        let addrs = server.local_addrs().context("reading the bound address")?;
         let counters = server.counters();
         log::info!(
             "websocket upgrades -> {}, other http -> {}",
             args.websocket,
             args.http
         );
-        println!("redirector sniff ready: listening on {addr}");
+        let listening: Vec<String> = addrs
+            .iter()
+            .map(|(addr, kind)| match kind {
+                ListenerKind::Http => addr.to_string(),
+                ListenerKind::Tls => format!("{addr} (tls)"),
+            })
+            .collect();
+        println!(
+            "redirector sniff ready: listening on {}",
+            listening.join(", ")
+        );
         server
             .serve(async {
                 tokio::select! {
@@ -59,4 +72,14 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
     println!("redirector sniff stopped");
     print!("{counters}");
     Ok(())
+}
+
+/// The TLS listener's routes, if `--tls-listen` was given (clap requires both backends).
+fn tls_route(args: &SniffArgs) -> Option<TlsRoute> {
+    Some(TlsRoute {
+        listen: args.tls_listen?,
+        websocket_backend: args.tls_websocket?,
+        http_backend: args.tls_http?,
+        ws_sni: args.ws_sni.clone(),
+    })
 }

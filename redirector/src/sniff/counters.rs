@@ -36,11 +36,17 @@ pub enum Counter {
     BytesBackendToClient,
     /// `accept(2)` failures of the listener (e.g. out of file descriptors).
     AcceptError,
+    /// TLS connections whose server name matched `--ws-sni`.
+    TlsWebsocket,
+    /// TLS connections routed to `--tls-http` (other names, or none).
+    TlsHttp,
+    /// Connections on the TLS listener that did not start with a ClientHello; closed.
+    NotTls,
 }
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 17;
 
     /// Every counter, in printing order.
     pub const ALL: [Counter; Self::COUNT] = [
@@ -58,6 +64,9 @@ impl Counter {
         Counter::BytesClientToBackend,
         Counter::BytesBackendToClient,
         Counter::AcceptError,
+        Counter::TlsWebsocket,
+        Counter::TlsHttp,
+        Counter::NotTls,
     ];
 
     /// Stable name, as printed.
@@ -77,6 +86,9 @@ impl Counter {
             Counter::BytesClientToBackend => "bytes_client_to_backend",
             Counter::BytesBackendToClient => "bytes_backend_to_client",
             Counter::AcceptError => "accept_error",
+            Counter::TlsWebsocket => "tls_websocket",
+            Counter::TlsHttp => "tls_http",
+            Counter::NotTls => "not_tls",
         }
     }
 }
