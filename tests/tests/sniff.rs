@@ -112,7 +112,10 @@ fn start_proxy(ws: u16, http: u16, extra: &[&str]) -> (Proc, SocketAddr) {
         .args(extra);
     let mut proxy = Proc::spawn("redirector sniff", cmd, false);
     let line = proxy.wait_line("redirector sniff ready", Duration::from_secs(10));
-    assert_eq!(line, format!("redirector sniff ready: listening on {addr}"));
+    assert!(
+        line.starts_with(&format!("redirector sniff ready: listening on {addr}")),
+        "{line}"
+    );
     (proxy, addr)
 }
 
@@ -536,4 +539,108 @@ fn oversize_head_is_closed_and_counted() {
     assert!(closed_within(&mut stream, Duration::from_secs(2)));
     let counters = stop_proxy(proxy);
     assert_eq!(counters["too_large"], 1, "{counters:?}");
+}
+
+/// A raw TCP backend: accepts one connection, returns everything it receives until the
+/// client half-closes, then answers `reply` and closes.
+fn one_shot_backend(reply: &'static [u8]) -> (u16, thread::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received).unwrap();
+        conn.write_all(reply).unwrap();
+        received
+    });
+    (port, handle)
+}
+
+#[test]
+fn proxy_protocol_headers_precede_the_client_bytes() {
+    for version in ["v1", "v2"] {
+        let (backend_port, backend) = one_shot_backend(b"ok");
+        let unused = free_port();
+        let (proxy, addr) = start_proxy(unused, backend_port, &["--proxy-protocol", version]);
+        let mut stream = connect(addr);
+        let client = stream.local_addr().unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        stream.write_all(request).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"ok");
+        let received = backend.join().unwrap();
+        let mut expected = match version {
+            "v1" => format!(
+                "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+                client.port(),
+                addr.port()
+            )
+            .into_bytes(),
+            _ => {
+                let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+                header.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+                header.extend_from_slice(&client.port().to_be_bytes());
+                header.extend_from_slice(&addr.port().to_be_bytes());
+                header
+            }
+        };
+        expected.extend_from_slice(request);
+        assert_eq!(received, expected, "{version}");
+        let counters = stop_proxy(proxy);
+        assert_eq!(counters["http"], 1, "{counters:?}");
+    }
+}
+
+#[test]
+fn tls_is_routed_by_server_name_without_decrypting() {
+    let (ws_tls, other_tls) = (free_port(), free_port());
+    let mut cmd = Command::new(bins::ws_echo());
+    cmd.args(["--tls-listen", &local(ws_tls).to_string()])
+        .args(["--tls-listen", &local(other_tls).to_string()]);
+    let mut echo = Proc::spawn("ws-echo", cmd, false);
+    for _ in 0..2 {
+        echo.wait_line("listening wss", Duration::from_secs(10));
+    }
+    let tls_addr = local(free_port());
+    let unused = free_port();
+    let (proxy, _addr) = start_proxy(
+        unused,
+        unused,
+        &[
+            "--tls-listen",
+            &tls_addr.to_string(),
+            "--tls-websocket",
+            &local(ws_tls).to_string(),
+            "--tls-http",
+            &local(other_tls).to_string(),
+            "--ws-sni",
+            "LOCALHOST",
+        ],
+    );
+    // `localhost` sends SNI localhost; an IP address sends no SNI at all.
+    for host in ["localhost", "127.0.0.1", "localhost"] {
+        let out = Command::new(bins::ws_client())
+            .args(["--url", &format!("wss://{host}:{}/", tls_addr.port())])
+            .args(["--insecure", "--message", "over tls"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ws-client to {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("echo: over tls"));
+    }
+    // Plain HTTP on the TLS port is refused at its first byte.
+    let mut stream = connect(tls_addr);
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(2)));
+    let counters = stop_proxy(proxy);
+    assert_eq!(counters["tls_websocket"], 2, "{counters:?}");
+    assert_eq!(counters["tls_http"], 1, "{counters:?}");
+    assert_eq!(counters["not_tls"], 1, "{counters:?}");
+    assert_eq!(counters["relay_error"], 0, "{counters:?}");
 }
