@@ -388,7 +388,7 @@ fn thousand_mixed_connections_reach_the_right_backend_intact() {
 
 #[test]
 fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout() {
-    let stack = start_stack("slow", &["--header-timeout", "2"]);
+    let stack = start_stack("slow", &["--header-timeout", "3"]);
     let addr = stack.addr;
     let slow = thread::spawn(move || {
         let mut stream = connect(addr);
@@ -411,15 +411,16 @@ fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout() {
         } else {
             websocket_echo(addr, i, false);
         }
+        // Far under the header timeout, with room for a loaded machine.
         assert!(
-            t.elapsed() < Duration::from_secs(1),
+            t.elapsed() < Duration::from_millis(1500),
             "client {i} took {:?}",
             t.elapsed()
         );
     }
     let cut_after = slow.join().unwrap();
     assert!(
-        cut_after >= Duration::from_millis(1500) && cut_after < Duration::from_millis(4000),
+        cut_after >= Duration::from_millis(2500) && cut_after < Duration::from_millis(5000),
         "slow client cut after {cut_after:?}"
     );
     let counters = stop_proxy(stack.proxy);
