@@ -117,14 +117,17 @@ pub enum SniffError {
     /// The listening socket could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
-        /// The `--listen` address.
+        /// The `--listen` or `--tls-listen` address.
         addr: SocketAddr,
         /// Why.
         source: io::Error,
     },
-    /// The configuration is unusable.
-    #[error("{0}")]
-    Config(&'static str),
+    /// `max_conns` is 0 or more than a semaphore can count.
+    #[error("--max-conns must be between 1 and {max}")]
+    MaxConns {
+        /// The largest accepted value.
+        max: usize,
+    },
 }
 
 /// A bound sniffing proxy, ready to serve.
@@ -137,11 +140,10 @@ pub struct SniffServer {
 impl SniffServer {
     /// Validates `config` and binds its listening sockets.
     pub async fn bind(config: SniffConfig) -> Result<Self, SniffError> {
-        if config.max_conns == 0 {
-            return Err(SniffError::Config("--max-conns must be at least 1"));
-        }
-        if config.max_conns > Semaphore::MAX_PERMITS {
-            return Err(SniffError::Config("--max-conns is too large"));
+        if config.max_conns == 0 || config.max_conns > Semaphore::MAX_PERMITS {
+            return Err(SniffError::MaxConns {
+                max: Semaphore::MAX_PERMITS,
+            });
         }
         let mut listeners = vec![(bind(config.listen).await?, ListenerKind::Http)];
         if let Some(tls) = &config.tls {
