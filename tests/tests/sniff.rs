@@ -645,3 +645,29 @@ fn tls_is_routed_by_server_name_without_decrypting() {
     assert_eq!(counters["not_tls"], 1, "{counters:?}");
     assert_eq!(counters["relay_error"], 0, "{counters:?}");
 }
+
+#[test]
+fn idle_relays_are_closed_and_early_closes_counted() {
+    let stack = start_stack("idle", &["--idle-timeout", "1"]);
+    let mut stream = connect(stack.addr);
+    let request = format!(
+        "GET /idle HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    read_upgrade_response(&mut stream);
+    let idle_since = Instant::now();
+    assert!(closed_within(&mut stream, Duration::from_secs(5)));
+    let idle_for = idle_since.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(800) && idle_for < Duration::from_secs(3),
+        "closed after {idle_for:?} idle"
+    );
+    // A client that leaves before sending anything.
+    drop(connect(stack.addr));
+    thread::sleep(Duration::from_millis(300));
+    let counters = stop_proxy(stack.proxy);
+    assert_eq!(counters["idle_timeout"], 1, "{counters:?}");
+    assert_eq!(counters["client_closed_early"], 1, "{counters:?}");
+    assert_eq!(counters["websocket"], 1, "{counters:?}");
+}
