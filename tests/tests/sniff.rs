@@ -671,3 +671,33 @@ fn idle_relays_are_closed_and_early_closes_counted() {
     assert_eq!(counters["client_closed_early"], 1, "{counters:?}");
     assert_eq!(counters["websocket"], 1, "{counters:?}");
 }
+
+#[test]
+fn ipv6_listener_reports_tcp6_in_the_proxy_header() {
+    let (backend_port, backend) = one_shot_backend(b"ok");
+    let port = free_port();
+    let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let mut cmd = Command::new(bins::redirector());
+    cmd.arg("sniff")
+        .args(["--listen", &addr.to_string()])
+        .args(["--websocket", &local(free_port()).to_string()])
+        .args(["--http", &local(backend_port).to_string()])
+        .args(["--proxy-protocol", "v1"]);
+    let mut proxy = Proc::spawn("redirector sniff", cmd, false);
+    let line = proxy.wait_line("redirector sniff ready", Duration::from_secs(10));
+    assert_eq!(line, format!("redirector sniff ready: listening on {addr}"));
+    let mut stream = connect(addr);
+    let client = stream.local_addr().unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"ok");
+    let expected = format!(
+        "PROXY TCP6 ::1 ::1 {} {port}\r\nGET / HTTP/1.0\r\n\r\n",
+        client.port()
+    );
+    assert_eq!(String::from_utf8_lossy(&backend.join().unwrap()), expected);
+    let counters = stop_proxy(proxy);
+    assert_eq!(counters["http"], 1, "{counters:?}");
+}
