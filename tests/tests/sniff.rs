@@ -701,3 +701,49 @@ fn ipv6_listener_reports_tcp6_in_the_proxy_header() {
     let counters = stop_proxy(proxy);
     assert_eq!(counters["http"], 1, "{counters:?}");
 }
+
+#[test]
+fn bulk_full_duplex_transfer_is_relayed_intact() {
+    const BYTES: u64 = 16 << 20;
+    let stack = start_stack("bulk", &[]);
+    let out = Command::new(bins::ws_client())
+        .args(["--url", &format!("ws://{}/bulk", stack.addr)])
+        .args(["--bytes", &BYTES.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ws-client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "bulk: sent {BYTES} bytes, received {BYTES} bytes, verified"
+        )),
+        "{stdout}"
+    );
+    let counters = stop_proxy(stack.proxy);
+    assert_eq!(counters["websocket"], 1, "{counters:?}");
+    // Frame headers come on top of the payload in both directions.
+    assert!(counters["bytes_client_to_backend"] > BYTES, "{counters:?}");
+    assert!(counters["bytes_backend_to_client"] > BYTES, "{counters:?}");
+}
+
+#[test]
+fn listen_address_in_use_is_a_clear_error() {
+    let (ws_port, http_port) = (free_port(), free_port());
+    let (proxy, addr) = start_proxy(ws_port, http_port, &[]);
+    let out = Command::new(bins::redirector())
+        .arg("sniff")
+        .args(["--listen", &addr.to_string()])
+        .args(["--websocket", &local(ws_port).to_string()])
+        .args(["--http", &local(http_port).to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("binding {addr}")), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+    stop_proxy(proxy);
+}
