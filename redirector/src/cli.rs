@@ -1,7 +1,17 @@
 //! Command-line interface (clap derive); the doc comments are the `--help` text.
 
 use clap::{Parser, Subcommand};
-use redirector::{attach::Mode, rules::RedirectRule, source_filter::SourcePrefix};
+use std::net::SocketAddr;
+
+use redirector::{
+    attach::Mode,
+    rules::RedirectRule,
+    sniff::{
+        detect::DEFAULT_MAX_HEADER_BYTES, proxy_protocol::ProxyProtocol, server::NotHttpPolicy,
+        sni::SniPattern,
+    },
+    source_filter::SourcePrefix,
+};
 use redirector_common::maps::DEFAULT_CONNTRACK_SIZE;
 
 /// Kernel-level (eBPF) port redirector for WebSocket traffic.
@@ -59,6 +69,20 @@ pub enum Command {
     ///
     /// Example: redirector flush --port 80
     Flush(FlushArgs),
+
+    /// Proxy one TCP port to a WebSocket and an HTTP backend, by sniffing each connection.
+    ///
+    /// A user-space TCP proxy that runs in the foreground until SIGINT/SIGTERM.
+    /// A connection is WebSocket if its first request is an HTTP/1.1 GET with
+    /// `Upgrade: websocket` and `Connection: upgrade` (any case, any order, token lists
+    /// allowed), on one of the --ws-path prefixes if given. The bytes read are replayed
+    /// to the backend, then both directions are relayed untouched. Prints
+    /// `redirector sniff ready: listening on ADDR` once bound and `sniff counter NAME=VALUE`
+    /// lines on exit. Needs no privileges. With --tls-listen, TLS clients are also
+    /// accepted and routed by the server name of their ClientHello, without decrypting.
+    ///
+    /// Example: redirector sniff --listen 0.0.0.0:80 --websocket 127.0.0.1:8080 --http 127.0.0.1:8000 --ws-path /ws/
+    Sniff(SniffArgs),
 }
 
 /// Arguments of `redirector run`.
@@ -149,4 +173,89 @@ pub struct FlushArgs {
     pub port: Option<u16>,
     #[command(flatten)]
     pub target: Target,
+}
+
+/// Arguments of `redirector sniff`.
+#[derive(Debug, clap::Args)]
+pub struct SniffArgs {
+    /// Accept clients on ADDR:PORT, e.g. 0.0.0.0:80 or [::]:80.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    /// Backend of WebSocket upgrades.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub websocket: SocketAddr,
+
+    /// Backend of every other HTTP request.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: SocketAddr,
+
+    /// Only upgrades whose path starts with PREFIX count as WebSocket (repeatable);
+    /// others go to the HTTP backend. Default: any path.
+    #[arg(long = "ws-path", value_name = "PREFIX", value_parser = parse_ws_path)]
+    pub ws_paths: Vec<String>,
+
+    /// Most connections open at once; further ones are closed on accept and counted.
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_conns: u32,
+
+    /// Seconds a client has, from accept, to send its complete request head.
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+
+    /// Close relays that moved no byte in either direction for SECS; 0 never closes them.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub idle_timeout: u64,
+
+    /// Seconds allowed to connect to a backend.
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub connect_timeout: u64,
+
+    /// Largest request head read before deciding, in bytes; larger heads are closed.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_HEADER_BYTES as u32,
+          value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub max_header_bytes: u32,
+
+    /// What to do with connections that do not start with HTTP/1.x (TLS, HTTP/2 prior
+    /// knowledge, other protocols): close, or relay them to the --http backend.
+    #[arg(long, value_name = "close|http", default_value = "close")]
+    pub not_http: NotHttpPolicy,
+
+    /// Also accept TLS clients on ADDR:PORT and route them, without decrypting, by the
+    /// server name (SNI) of their ClientHello: names matching --ws-sni go to
+    /// --tls-websocket, all others (and clients sending no name) to --tls-http.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_websocket", "tls_http"])]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// Backend of TLS connections whose server name matches --ws-sni.
+    #[arg(long, value_name = "ADDR:PORT", requires = "tls_listen")]
+    pub tls_websocket: Option<SocketAddr>,
+
+    /// Backend of all other TLS connections.
+    #[arg(long, value_name = "ADDR:PORT", requires = "tls_listen")]
+    pub tls_http: Option<SocketAddr>,
+
+    /// Server name routed to --tls-websocket: a host name, or *.DOMAIN for every name
+    /// under DOMAIN (repeatable; case-insensitive).
+    #[arg(long = "ws-sni", value_name = "PATTERN", requires = "tls_listen")]
+    pub ws_sni: Vec<SniPattern>,
+
+    /// Send a PROXY protocol header (v1: text, v2: binary) to every backend before the
+    /// client's bytes, so backends learn the client address. Default: none.
+    #[arg(long, value_name = "v1|v2")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A `--ws-path` must be an absolute path prefix.
+fn parse_ws_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.contains(|c: char| c.is_ascii_whitespace()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid --ws-path `{s}`: expected a path prefix starting with /"
+        ))
+    }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod run;
+mod sniff_cmd;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         cli::Command::Add(args) => commands::add::run(args),
         cli::Command::Remove(args) => commands::remove::run(args),
         cli::Command::Flush(args) => commands::flush::run(args),
+        cli::Command::Sniff(args) => sniff_cmd::sniff(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,18 @@
+//! `redirector sniff`: a user-space TCP proxy that tells WebSocket upgrades from plain
+//! HTTP by reading the start of each connection, then relays it to the matching backend.
+//!
+//! - [`detect`]: the pure decision over the bytes read so far;
+//! - [`prefixed`]: a stream that replays those bytes to the backend;
+//! - [`sni`]: the server name of a TLS ClientHello, for the TLS listener;
+//! - [`proxy_protocol`]: PROXY protocol headers sent to backends;
+//! - [`relay`]: the bidirectional copy with an idle timeout;
+//! - [`server`]: accept loop, limits, timeouts and routing;
+//! - [`counters`]: what happened, for the exit report.
+
+pub mod counters;
+pub mod detect;
+pub mod prefixed;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod server;
+pub mod sni;

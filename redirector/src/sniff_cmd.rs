@@ -1,0 +1,85 @@
+//! `redirector sniff`: bind, announce, serve until a signal, report the counters (the library
+//! side is `redirector::sniff`).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redirector::sniff::{
+    detect::DetectConfig,
+    server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::SniffArgs;
+
+/// Runs the sniffing proxy in the foreground.
+pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
+    let tls = tls_route(&args);
+    let config = SniffConfig {
+        listen: args.listen,
+        websocket_backend: args.websocket,
+        http_backend: args.http,
+        detect: DetectConfig {
+            ws_paths: args.ws_paths,
+            max_header_bytes: args.max_header_bytes as usize,
+        },
+        max_conns: args.max_conns as usize,
+        header_timeout: Duration::from_secs(args.header_timeout),
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        not_http: args.not_http,
+        tls,
+        proxy_protocol: args.proxy_protocol,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let counters = runtime.block_on(async {
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let server = SniffServer::bind(config).await?;
+        let addrs = server.local_addrs().context("reading the bound address")?;
+        let counters = server.counters();
+        log::info!(
+            "websocket upgrades -> {}, other http -> {}",
+            args.websocket,
+            args.http
+        );
+        let listening: Vec<String> = addrs
+            .iter()
+            .map(|(addr, kind)| match kind {
+                ListenerKind::Http => addr.to_string(),
+                ListenerKind::Tls => format!("{addr} (tls)"),
+            })
+            .collect();
+        println!(
+            "redirector sniff ready: listening on {}",
+            listening.join(", ")
+        );
+        server
+            .serve(async {
+                tokio::select! {
+                    _ = sigint.recv() => {}
+                    _ = sigterm.recv() => {}
+                }
+            })
+            .await;
+        anyhow::Ok(counters)
+    })?;
+    // Connections still open are closed with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    println!("redirector sniff stopped");
+    print!("{counters}");
+    Ok(())
+}
+
+/// The TLS listener's routes, if `--tls-listen` was given (clap requires both backends).
+fn tls_route(args: &SniffArgs) -> Option<TlsRoute> {
+    Some(TlsRoute {
+        listen: args.tls_listen?,
+        websocket_backend: args.tls_websocket?,
+        http_backend: args.tls_http?,
+        ws_sni: args.ws_sni.clone(),
+    })
+}
