@@ -87,6 +87,13 @@ pub struct RunArgs {
     /// when full).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CONNTRACK_SIZE)]
     pub conntrack_size: u32,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default). Port 0 picks a
+    /// free port; the `redirector ready` line shows the address in use.
+    ///
+    /// Example: --metrics 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Which running instance to talk to.

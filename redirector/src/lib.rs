@@ -9,6 +9,8 @@ pub mod dataplane;
 pub mod iface;
 pub mod instance;
 pub mod maps;
+pub mod metrics;
+pub mod metrics_http;
 pub mod pin;
 pub mod privileges;
 pub mod reaper;

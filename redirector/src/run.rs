@@ -6,7 +6,10 @@ use anyhow::Context as _;
 use redirector::{
     attach,
     dataplane::Dataplane,
-    iface, instance, pin, privileges, reaper, rules,
+    iface, instance,
+    maps::Maps,
+    metrics::Labels,
+    metrics_http, pin, privileges, reaper, rules,
     state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
     stats::Snapshot,
 };
@@ -34,6 +37,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     for name in &ifaces {
         iface::ifindex(name)?;
     }
+    // Bound before anything is attached, so a busy address fails cleanly.
+    let metrics_listener = args
+        .metrics
+        .map(|addr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("listening on --metrics {addr}"))?;
+            listener.set_nonblocking(true)?;
+            anyhow::Ok(listener)
+        })
+        .transpose()?;
     let _locks = ifaces
         .iter()
         .map(|name| instance::lock(name))
@@ -74,9 +87,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let pinned = PinnedInstance::create(&dp, &info).context("pinning the maps")?;
     log::info!("maps pinned in {}", pinned.dir().display());
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            // Its own handles on the maps (through their pins), so scrapes never wait for
+            // the reaper's `&mut Dataplane`.
+            let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
+            let labels = Labels {
+                iface: ifaces[0].clone(),
+                conntrack_capacity: args.conntrack_size,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            Some((listener, maps, labels))
+        }
+        None => None,
+    };
     let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
+    let metrics_note = match &metrics {
+        Some((listener, _, _)) => format!(" metrics http://{}/metrics", listener.local_addr()?),
+        None => String::new(),
+    };
     println!(
-        "redirector ready: {} rules {} conntrack-size {}",
+        "redirector ready: {} rules {} conntrack-size {}{metrics_note}",
         hooks.join(", "),
         rule_list.join(" "),
         args.conntrack_size
@@ -86,7 +117,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(&mut dp))?;
+    runtime.block_on(serve(&mut dp, metrics))?;
 
     // Unpin first, so control commands stop finding a stopping instance.
     drop(pinned);
@@ -101,16 +132,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reaps expired flows until SIGINT or SIGTERM.
-async fn serve(dp: &mut Dataplane) -> anyhow::Result<()> {
+/// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM.
+async fn serve(
+    dp: &mut Dataplane,
+    metrics: Option<(std::net::TcpListener, Maps, Labels)>,
+) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let metrics = match metrics {
+        Some((listener, maps, labels)) => {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("registering the --metrics listener")?;
+            Some(metrics_http::serve(listener, maps, labels))
+        }
+        None => None,
+    };
+    let metrics = async move {
+        match metrics {
+            Some(server) => server.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(metrics);
     let mut tick = tokio::time::interval(REAP_INTERVAL);
     let timeouts = reaper::Timeouts::default();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            () = &mut metrics => unreachable!("the metrics server runs until dropped"),
             _ = tick.tick() => {
                 match reaper::reap(dp, &timeouts) {
                     Ok(0) => {}

@@ -1,0 +1,248 @@
+//! Operating a running loader: the `--metrics` endpoint scraped from inside the server
+//! namespace, with the real loader, real eBPF programs and real WebSocket traffic.
+
+use std::{process::Output, sync::Mutex, time::Duration};
+
+use redirector_tests::{bins, netns::Topology, process::Proc};
+use serde_json::Value;
+
+/// Tests that start loaders run one at a time (as in tests/redirect.rs).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// ws-echo in the server namespace on 8080 (ws), IPv4.
+fn start_echo(topo: &Topology) -> Proc {
+    let mut cmd = topo.server.cmd(bins::ws_echo());
+    cmd.args(["--listen", "0.0.0.0:8080"]);
+    let mut echo = Proc::spawn("ws-echo", cmd, false);
+    echo.wait_line("listening", Duration::from_secs(10));
+    echo
+}
+
+/// `redirector run` on the server veth; returns it and its `ready` line.
+fn start_loader(topo: &Topology, args: &[&str]) -> (Proc, String) {
+    let mut cmd = topo.server.cmd(bins::redirector());
+    cmd.args(["run", "--iface", topo.server_if]).args(args);
+    let mut loader = Proc::spawn("redirector", cmd, false);
+    let ready = loader.wait_line("redirector ready", Duration::from_secs(30));
+    (loader, ready)
+}
+
+fn stop_loader(mut loader: Proc) {
+    loader.signal(libc::SIGTERM);
+    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "loader exit {status}: {lines:?}");
+}
+
+/// Runs `redirector ARGS --json` in the server namespace and parses its output.
+fn ctl_json(topo: &Topology, args: &[&str]) -> Value {
+    let out = topo
+        .server
+        .cmd(bins::redirector())
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ws_client(topo: &Topology, url: &str, args: &[&str]) -> Output {
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args(["--url", url, "--timeout", "60"]).args(args);
+    cmd.output().expect("spawn ws-client")
+}
+
+fn assert_echo(topo: &Topology, url: &str) {
+    let out = ws_client(topo, url, &["--message", "hello"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("echo: hello"),
+        "{url}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `curl` inside the server namespace: (HTTP status, body).
+fn http_get(topo: &Topology, url: &str) -> (u16, String) {
+    let out = topo
+        .server
+        .cmd("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// The value of the sample whose name-and-labels part is exactly `series`.
+fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no `{series}` in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_endpoint_reports_the_traffic() {
+    let _serial = serial();
+    let topo = Topology::new("ops-met");
+    let _echo = start_echo(&topo);
+    let (loader, ready) = start_loader(
+        &topo,
+        &["--metrics", "127.0.0.1:9464", "--conntrack-size", "1024"],
+    );
+    assert!(
+        ready.ends_with("metrics http://127.0.0.1:9464/metrics"),
+        "{ready}"
+    );
+    let url = "http://127.0.0.1:9464/metrics";
+    let (code, before) = http_get(&topo, url);
+    assert_eq!(code, 200, "{before}");
+    assert!(before.contains("# TYPE redirector_rule_packets_total counter"));
+    assert!(before.contains(&format!(
+        "redirector_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    assert_echo(&topo, &topo.url("ws", false, 80));
+
+    let iface = format!("iface=\"{}\"", topo.server_if);
+    let r80 = format!("{iface},from_port=\"80\",to_port=\"8080\"");
+    let r443 = format!("{iface},from_port=\"443\",to_port=\"8443\"");
+    // The last ACKs of the closes may still be in flight: compare with `stats --json`
+    // until both agree (bounded).
+    let mut last = String::new();
+    for _ in 0..20 {
+        let (code, body) = http_get(&topo, url);
+        assert_eq!(code, 200);
+        let stats = ctl_json(&topo, &["stats"]);
+        let rule = stats["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["from_port"] == 80)
+            .unwrap()
+            .clone();
+        let counters = &stats["counters"];
+        let agree = [
+            (
+                "packets_in",
+                format!("redirector_rule_packets_total{{{r80},direction=\"in\"}}"),
+            ),
+            (
+                "packets_out",
+                format!("redirector_rule_packets_total{{{r80},direction=\"out\"}}"),
+            ),
+            (
+                "bytes_in",
+                format!("redirector_rule_bytes_total{{{r80},direction=\"in\"}}"),
+            ),
+            (
+                "bytes_out",
+                format!("redirector_rule_bytes_total{{{r80},direction=\"out\"}}"),
+            ),
+        ]
+        .iter()
+        .all(|(key, series)| rule[key].as_u64() == Some(sample(&body, series)))
+            && counters["rewrite_ingress"].as_u64()
+                == Some(sample(
+                    &body,
+                    &format!("redirector_rewrites_total{{{iface},result=\"in\"}}"),
+                ))
+            && counters["pass_untracked"].as_u64()
+                == Some(sample(
+                    &body,
+                    &format!("redirector_packets_passed_total{{{iface},reason=\"untracked\"}}"),
+                ));
+        last = body;
+        if agree {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let body = last;
+    assert_eq!(
+        sample(&body, &format!("redirector_rule_flows_new_total{{{r80}}}")),
+        2,
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &format!("redirector_rule_flows_new_total{{{r443}}}")),
+        0
+    );
+    assert_eq!(
+        sample(&body, &format!("redirector_rule_enabled{{{r80}}}")),
+        1
+    );
+    let packets_in = sample(
+        &body,
+        &format!("redirector_rule_packets_total{{{r80},direction=\"in\"}}"),
+    );
+    let packets_out = sample(
+        &body,
+        &format!("redirector_rule_packets_total{{{r80},direction=\"out\"}}"),
+    );
+    // Two handshakes, a request and an echo each way: well over 4 packets per direction.
+    assert!(packets_in >= 8 && packets_out >= 8, "{body}");
+    assert_eq!(
+        sample(
+            &body,
+            &format!("redirector_rewrites_total{{{iface},result=\"in\"}}")
+        ),
+        packets_in
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("redirector_rewrites_total{{{iface},result=\"out\"}}")
+        ),
+        packets_out
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("redirector_rewrites_total{{{iface},result=\"failed\"}}")
+        ),
+        0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("redirector_flow_events_total{{{iface},event=\"created\"}}")
+        ),
+        2
+    );
+    assert_eq!(
+        sample(&body, &format!("redirector_conntrack_capacity{{{iface}}}")),
+        1024
+    );
+    let tracked = ctl_json(&topo, &["status"])["conntrack"]["tracked"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        sample(&body, &format!("redirector_conntrack_entries{{{iface}}}")),
+        tracked
+    );
+
+    let (code, _) = http_get(&topo, "http://127.0.0.1:9464/");
+    assert_eq!(code, 404);
+    stop_loader(loader);
+}
