@@ -94,6 +94,22 @@ pub struct RunArgs {
     /// Example: --metrics 127.0.0.1:9464
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+
+    /// Forget an established flow idle for SECS seconds [default: 432000, 5 days].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_established: Option<u64>,
+
+    /// Forget a flow SECS seconds after FIN was seen in both directions [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_closing: Option<u64>,
+
+    /// Forget a flow idle for SECS seconds after FIN in one direction [default: 120].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_fin_wait: Option<u64>,
+
+    /// Forget a flow whose handshake has not completed after SECS seconds [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_handshake: Option<u64>,
 }
 
 /// Which running instance to talk to.

@@ -117,7 +117,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(&mut dp, metrics))?;
+    let defaults = reaper::Timeouts::default();
+    let secs = |given: Option<u64>, default| given.map_or(default, Duration::from_secs);
+    let timeouts = reaper::Timeouts {
+        established: secs(args.timeout_established, defaults.established),
+        closing: secs(args.timeout_closing, defaults.closing),
+        fin_wait: secs(args.timeout_fin_wait, defaults.fin_wait),
+        handshake: secs(args.timeout_handshake, defaults.handshake),
+    };
+    runtime.block_on(serve(&mut dp, &timeouts, metrics))?;
 
     // Unpin first, so control commands stop finding a stopping instance.
     drop(pinned);
@@ -135,6 +143,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM.
 async fn serve(
     dp: &mut Dataplane,
+    timeouts: &reaper::Timeouts,
     metrics: Option<(std::net::TcpListener, Maps, Labels)>,
 ) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -155,14 +164,13 @@ async fn serve(
     };
     tokio::pin!(metrics);
     let mut tick = tokio::time::interval(REAP_INTERVAL);
-    let timeouts = reaper::Timeouts::default();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             () = &mut metrics => unreachable!("the metrics server runs until dropped"),
             _ = tick.tick() => {
-                match reaper::reap(dp, &timeouts) {
+                match reaper::reap(dp, timeouts) {
                     Ok(0) => {}
                     Ok(n) => log::debug!("reclaimed {n} closed or idle flows"),
                     Err(e) => log::warn!("reaping flows: {e}"),

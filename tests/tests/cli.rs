@@ -61,6 +61,11 @@ fn invalid_flags_are_rejected_with_a_reason() {
         (vec!["--mode", "fast"], "invalid mode"),
         (vec!["--allow", "10.0.0.0/33"], "invalid --allow prefix"),
         (vec!["--conntrack-size", "0"], "at least 1"),
+        (
+            vec!["--timeout-closing", "0"],
+            "invalid value '0' for '--timeout-closing",
+        ),
+        (vec!["--timeout-established", "x"], "--timeout-established"),
     ] {
         let mut all = vec!["--iface", "v0"];
         all.extend(args);

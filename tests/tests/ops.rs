@@ -1,7 +1,8 @@
 //! Operating a running loader: the `--metrics` endpoint scraped from inside the server
-//! namespace, with the real loader, real eBPF programs and real WebSocket traffic.
+//! namespace, and the conntrack timeouts; with the real loader, real eBPF programs and real
+//! WebSocket traffic.
 
-use std::{process::Output, sync::Mutex, time::Duration};
+use std::{io::Write, process::Output, sync::Mutex, time::Duration};
 
 use redirector_tests::{bins, netns::Topology, process::Proc};
 use serde_json::Value;
@@ -244,5 +245,74 @@ fn metrics_endpoint_reports_the_traffic() {
 
     let (code, _) = http_get(&topo, "http://127.0.0.1:9464/");
     assert_eq!(code, 404);
+    stop_loader(loader);
+}
+
+/// Polls `redirector flows --json` until it lists no flow; panics after `limit`.
+fn wait_no_flows(topo: &Topology, limit: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let flows = ctl_json(topo, &["flows"]);
+        if flows.as_array().unwrap().is_empty() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "flows still tracked after {limit:?}: {flows}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn closed_flows_are_reaped_after_the_closing_timeout() {
+    let _serial = serial();
+    let topo = Topology::new("ops-tclose");
+    let _echo = start_echo(&topo);
+    let (loader, _) = start_loader(&topo, &["--timeout-closing", "1"]);
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    let stats = ctl_json(&topo, &["stats"]);
+    assert_eq!(stats["counters"]["flow_created"], 1, "{stats}");
+    // The default closing timeout is 10 s: well within it, the entry must be gone.
+    wait_no_flows(&topo, Duration::from_secs(5));
+    let stats = ctl_json(&topo, &["stats"]);
+    assert_eq!(
+        stats["counters"]["flow_closed_fin"], 1,
+        "closed by FIN: {stats}"
+    );
+    stop_loader(loader);
+}
+
+#[test]
+fn idle_established_flows_are_reaped_after_the_established_timeout() {
+    let _serial = serial();
+    let topo = Topology::new("ops-tidle");
+    let _echo = start_echo(&topo);
+    let (loader, _) = start_loader(&topo, &["--timeout-established", "2"]);
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args([
+        "--url",
+        &topo.url("ws", false, 80),
+        "--interactive",
+        "--timeout",
+        "60",
+    ]);
+    let mut session = Proc::spawn("ws-client (session)", cmd, true);
+    session.wait_line("connected", Duration::from_secs(10));
+    writeln!(session.stdin(), "first").unwrap();
+    session.wait_line("echo: first", Duration::from_secs(10));
+    let flows = ctl_json(&topo, &["flows"]);
+    assert_eq!(flows[0]["state"], "established", "{flows}");
+
+    // Idle for more than 2 s: reaped although the connection is open.
+    let waited = wait_no_flows(&topo, Duration::from_secs(8));
+    assert!(
+        waited >= Duration::from_secs(1),
+        "reaped too early ({waited:?})"
+    );
+    // Like a flush: the next packet is no longer rewritten and the server resets it.
+    let _ = writeln!(session.stdin(), "after reap");
+    let (status, _) = session.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "a reaped connection cannot go on");
     stop_loader(loader);
 }
