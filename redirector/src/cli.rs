@@ -2,7 +2,6 @@
 
 use clap::{Parser, Subcommand};
 use redirector::{attach::Mode, rules::RedirectRule, source_filter::SourcePrefix};
-use redirector_common::maps::DEFAULT_CONNTRACK_SIZE;
 
 /// Kernel-level (eBPF) port redirector for WebSocket traffic.
 ///
@@ -64,6 +63,13 @@ pub enum Command {
 /// Arguments of `redirector run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Read settings from a TOML file (same keys as these flags, see
+    /// dist/redirector.toml); flags given here override it.
+    ///
+    /// Example: --config /etc/redirector/redirector.toml
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Interface to attach to (repeatable). Default: the default-route interface.
     /// The first one names the instance (`--iface` of the other commands accepts any).
     #[arg(long = "iface", value_name = "IFACE")]
@@ -74,9 +80,10 @@ pub struct RunArgs {
     #[arg(long = "redirect", value_name = "FROM:TO")]
     pub redirects: Vec<RedirectRule>,
 
-    /// Ingress hook: auto (native XDP, else generic XDP, else TC), xdp, xdp-generic, tc.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub mode: Mode,
+    /// Ingress hook: auto (native XDP, else generic XDP, else TC), xdp, xdp-generic, tc
+    /// [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<Mode>,
 
     /// Only redirect flows from sources in this IPv4/IPv6 prefix (repeatable).
     /// Default: all sources.
@@ -84,9 +91,9 @@ pub struct RunArgs {
     pub allow: Vec<SourcePrefix>,
 
     /// Maximum number of tracked flows (LRU: the least recently used entry is evicted
-    /// when full).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONNTRACK_SIZE)]
-    pub conntrack_size: u32,
+    /// when full) [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub conntrack_size: Option<u32>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default). Port 0 picks a
     /// free port; the `redirector ready` line shows the address in use.

@@ -4,6 +4,7 @@
 //! (e.g. `BPF_PROG_TEST_RUN` on the loaded programs).
 
 pub mod attach;
+pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod iface;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use redirector::{
     attach,
+    config::{RunSettings, TimeoutSettings},
     dataplane::Dataplane,
     iface, instance,
     maps::Maps,
@@ -13,32 +14,62 @@ use redirector::{
     state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
     stats::Snapshot,
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::RunArgs;
 
 /// How often closed and idle flows are reclaimed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The flags as settings ("not given" kept apart from defaults).
+fn flag_settings(args: RunArgs) -> RunSettings {
+    RunSettings {
+        ifaces: args.ifaces,
+        redirects: args.redirects,
+        mode: args.mode,
+        allow: args.allow,
+        conntrack_size: args.conntrack_size,
+        metrics: args.metrics,
+        timeouts: TimeoutSettings {
+            established: args.timeout_established,
+            closing: args.timeout_closing,
+            fin_wait: args.timeout_fin_wait,
+            handshake: args.timeout_handshake,
+        },
+    }
+}
+
 /// Runs the loader in the foreground.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let rules = if args.redirects.is_empty() {
+    let config = args.config.clone();
+    let flags = flag_settings(args);
+    let settings = match config {
+        Some(path) => flags.or(RunSettings::load(&path)?),
+        None => flags,
+    };
+    serve_with(settings)
+}
+
+/// Loads, attaches and serves with the merged `settings`.
+fn serve_with(settings: RunSettings) -> anyhow::Result<()> {
+    let (mode, conntrack_size) = (settings.mode(), settings.conntrack_size());
+    let rules = if settings.redirects.is_empty() {
         rules::DEFAULT_RULES.to_vec()
     } else {
-        args.redirects.clone()
+        settings.redirects.clone()
     };
     rules::validate(&rules)?;
     privileges::check()?;
-    let ifaces = if args.ifaces.is_empty() {
+    let ifaces = if settings.ifaces.is_empty() {
         vec![iface::default_route_interface()?]
     } else {
-        args.ifaces.clone()
+        settings.ifaces.clone()
     };
     for name in &ifaces {
         iface::ifindex(name)?;
     }
     // Bound before anything is attached, so a busy address fails cleanly.
-    let metrics_listener = args
+    let metrics_listener = settings
         .metrics
         .map(|addr| {
             let listener = std::net::TcpListener::bind(addr)
@@ -52,13 +83,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|name| instance::lock(name))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut dp = Dataplane::load(args.conntrack_size)?;
+    let mut dp = Dataplane::load(conntrack_size)?;
     dp.set_rules(&rules)?;
-    dp.set_allowed_sources(&args.allow)?;
+    dp.set_allowed_sources(&settings.allow)?;
     let mut hooks = Vec::new();
     let mut interfaces = Vec::new();
     for name in &ifaces {
-        let hook = attach::attach(&mut dp, name, args.mode)?;
+        let hook = attach::attach(&mut dp, name, mode)?;
         log::info!("attached to {name}: ingress {hook}, egress tc");
         hooks.push(format!("{name} ({hook})"));
         interfaces.push(InterfaceInfo {
@@ -71,9 +102,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         netns_inode: pin::netns_inode(),
-        mode: args.mode.to_string(),
+        mode: mode.to_string(),
         interfaces,
-        conntrack_size: args.conntrack_size,
+        conntrack_size,
         rules: rules
             .iter()
             .enumerate()
@@ -94,12 +125,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
             let labels = Labels {
                 iface: ifaces[0].clone(),
-                conntrack_capacity: args.conntrack_size,
+                conntrack_capacity: conntrack_size,
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
             Some((listener, maps, labels))
         }
         None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Handlers are installed before `ready` is printed: a SIGTERM right after it must
+    // still detach cleanly instead of killing the process with its pins in place.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        }
     };
     let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
     let metrics_note = match &metrics {
@@ -110,22 +154,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "redirector ready: {} rules {} conntrack-size {}{metrics_note}",
         hooks.join(", "),
         rule_list.join(" "),
-        args.conntrack_size
+        conntrack_size
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let defaults = reaper::Timeouts::default();
-    let secs = |given: Option<u64>, default| given.map_or(default, Duration::from_secs);
-    let timeouts = reaper::Timeouts {
-        established: secs(args.timeout_established, defaults.established),
-        closing: secs(args.timeout_closing, defaults.closing),
-        fin_wait: secs(args.timeout_fin_wait, defaults.fin_wait),
-        handshake: secs(args.timeout_handshake, defaults.handshake),
-    };
-    runtime.block_on(serve(&mut dp, &timeouts, metrics))?;
+    let timeouts = settings.timeouts();
+    runtime.block_on(serve(&mut dp, &timeouts, signals, metrics))?;
 
     // Unpin first, so control commands stop finding a stopping instance.
     drop(pinned);
@@ -140,14 +173,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The signals that stop the loader.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
 /// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM.
 async fn serve(
     dp: &mut Dataplane,
     timeouts: &reaper::Timeouts,
+    mut signals: Signals,
     metrics: Option<(std::net::TcpListener, Maps, Labels)>,
 ) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let metrics = match metrics {
         Some((listener, maps, labels)) => {
             let listener = tokio::net::TcpListener::from_std(listener)
@@ -166,8 +204,8 @@ async fn serve(
     let mut tick = tokio::time::interval(REAP_INTERVAL);
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = signals.interrupt.recv() => break,
+            _ = signals.terminate.recv() => break,
             () = &mut metrics => unreachable!("the metrics server runs until dropped"),
             _ = tick.tick() => {
                 match reaper::reap(dp, timeouts) {
