@@ -33,7 +33,9 @@ pub enum Command {
     /// Show per-rule and global counters.
     ///
     /// Example: redirector stats --json
-    Stats(ReadArgs),
+    ///
+    /// Example: redirector stats --watch 2
+    Stats(StatsArgs),
     /// List tracked flows: client, ports, TCP state, age.
     ///
     /// Example: redirector flows --port 443 --json
@@ -128,12 +130,27 @@ pub struct Target {
     pub iface: Option<String>,
 }
 
-/// Arguments of `status` and `stats`.
+/// Arguments of `status`.
 #[derive(Debug, clap::Args)]
 pub struct ReadArgs {
     /// Print JSON (field names are stable; see docs/CONTROL.md).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `stats`.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Print JSON (field names are stable; see docs/CONTROL.md). With --watch, one
+    /// compact JSON document per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the counters again every SECS seconds until interrupted (Ctrl-C); stops
+    /// with an error when the loader goes away.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch: Option<u64>,
     #[command(flatten)]
     pub target: Target,
 }

@@ -1,6 +1,6 @@
 //! Operating a running loader: the `--metrics` endpoint scraped from inside the server
-//! namespace, and the conntrack timeouts; with the real loader, real eBPF programs and real
-//! WebSocket traffic.
+//! namespace, the conntrack timeouts, `stats --watch` and the default log level; with the
+//! real loader, real eBPF programs and real WebSocket traffic.
 
 use std::{io::Write, process::Output, sync::Mutex, time::Duration};
 
@@ -315,4 +315,49 @@ fn idle_established_flows_are_reaped_after_the_established_timeout() {
     let (status, _) = session.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "a reaped connection cannot go on");
     stop_loader(loader);
+}
+
+#[test]
+fn stats_watch_reprints_until_the_loader_stops_and_the_loader_is_quiet() {
+    let _serial = serial();
+    let topo = Topology::new("ops-watch");
+    let (loader, _) = start_loader(&topo, &[]);
+    let watch = |json: bool| {
+        let mut cmd = topo.server.cmd(bins::redirector());
+        cmd.args(["stats", "--watch", "1"]);
+        if json {
+            cmd.arg("--json");
+        }
+        Proc::spawn("stats --watch", cmd, false)
+    };
+    let mut text = watch(false);
+    let mut json = watch(true);
+    for _ in 0..2 {
+        text.wait_line("flows tracked=0", Duration::from_secs(10));
+        let line = json.wait_line("{", Duration::from_secs(10));
+        let doc: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(doc["flows_tracked"], 0, "{doc}");
+    }
+    assert!(
+        text.seen.iter().any(|l| l.is_empty()),
+        "rounds are separated by a blank line: {:?}",
+        text.seen
+    );
+    // Default log level is `warn`: a healthy start logs nothing.
+    let logs = loader.stderr_text();
+    assert!(
+        logs.is_empty(),
+        "loader logged at the default level:\n{logs}"
+    );
+
+    stop_loader(loader);
+    for mut w in [text, json] {
+        let (status, _) = w.wait_exit(Duration::from_secs(10));
+        assert!(!status.success(), "a watch ends when its loader stops");
+        assert!(
+            w.stderr_text().contains("no redirector running"),
+            "{}",
+            w.stderr_text()
+        );
+    }
 }
