@@ -54,7 +54,7 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
 }
 
 /// HELP text of each family, in output order.
-const FAMILIES: [(&str, &str, &str); 11] = [
+const FAMILIES: [(&str, &str, &str); 10] = [
     (
         "redirector_build_info",
         "gauge",
@@ -105,11 +105,6 @@ const FAMILIES: [(&str, &str, &str); 11] = [
         "gauge",
         "Size of the conntrack table (LRU: the least recently used flow is evicted when full).",
     ),
-    (
-        "redirector_up",
-        "gauge",
-        "1 while the loader serves this endpoint.",
-    ),
 ];
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -142,7 +137,6 @@ pub fn render(snapshot: &Snapshot, labels: &Labels) -> String {
             }
             "redirector_conntrack_entries" => sample(&iface, snapshot.flows as u64),
             "redirector_conntrack_capacity" => sample(&iface, u64::from(labels.conntrack_capacity)),
-            "redirector_up" => sample(&iface, 1),
             rule_family if rule_family.starts_with("redirector_rule_") => {
                 for r in &snapshot.rules {
                     let rule = format!(

@@ -47,11 +47,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => flags.or(RunSettings::load(&path)?),
         None => flags,
     };
-    serve_with(settings)
+    load_and_serve(settings)
 }
 
 /// Loads, attaches and serves with the merged `settings`.
-fn serve_with(settings: RunSettings) -> anyhow::Result<()> {
+fn load_and_serve(settings: RunSettings) -> anyhow::Result<()> {
     let (mode, conntrack_size) = (settings.mode(), settings.conntrack_size());
     let rules = if settings.redirects.is_empty() {
         rules::DEFAULT_RULES.to_vec()
