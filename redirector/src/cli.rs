@@ -12,7 +12,6 @@ use redirector::{
     },
     source_filter::SourcePrefix,
 };
-use redirector_common::maps::DEFAULT_CONNTRACK_SIZE;
 
 /// Kernel-level (eBPF) port redirector for WebSocket traffic.
 ///
@@ -44,7 +43,9 @@ pub enum Command {
     /// Show per-rule and global counters.
     ///
     /// Example: redirector stats --json
-    Stats(ReadArgs),
+    ///
+    /// Example: redirector stats --watch 2
+    Stats(StatsArgs),
     /// List tracked flows: client, ports, TCP state, age.
     ///
     /// Example: redirector flows --port 443 --json
@@ -88,6 +89,13 @@ pub enum Command {
 /// Arguments of `redirector run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Read settings from a TOML file (same keys as these flags, see
+    /// dist/redirector.toml); flags given here override it.
+    ///
+    /// Example: --config /etc/redirector/redirector.toml
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Interface to attach to (repeatable). Default: the default-route interface.
     /// The first one names the instance (`--iface` of the other commands accepts any).
     #[arg(long = "iface", value_name = "IFACE")]
@@ -98,9 +106,10 @@ pub struct RunArgs {
     #[arg(long = "redirect", value_name = "FROM:TO")]
     pub redirects: Vec<RedirectRule>,
 
-    /// Ingress hook: auto (native XDP, else generic XDP, else TC), xdp, xdp-generic, tc.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub mode: Mode,
+    /// Ingress hook: auto (native XDP, else generic XDP, else TC), xdp, xdp-generic, tc
+    /// [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<Mode>,
 
     /// Only redirect flows from sources in this IPv4/IPv6 prefix (repeatable).
     /// Default: all sources.
@@ -108,9 +117,32 @@ pub struct RunArgs {
     pub allow: Vec<SourcePrefix>,
 
     /// Maximum number of tracked flows (LRU: the least recently used entry is evicted
-    /// when full).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONNTRACK_SIZE)]
-    pub conntrack_size: u32,
+    /// when full) [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub conntrack_size: Option<u32>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default). Port 0 picks a
+    /// free port; the `redirector ready` line shows the address in use.
+    ///
+    /// Example: --metrics 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Forget an established flow idle for SECS seconds [default: 432000, 5 days].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_established: Option<u64>,
+
+    /// Forget a flow SECS seconds after FIN was seen in both directions [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_closing: Option<u64>,
+
+    /// Forget a flow idle for SECS seconds after FIN in one direction [default: 120].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_fin_wait: Option<u64>,
+
+    /// Forget a flow whose handshake has not completed after SECS seconds [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_handshake: Option<u64>,
 }
 
 /// Which running instance to talk to.
@@ -122,12 +154,27 @@ pub struct Target {
     pub iface: Option<String>,
 }
 
-/// Arguments of `status` and `stats`.
+/// Arguments of `status`.
 #[derive(Debug, clap::Args)]
 pub struct ReadArgs {
     /// Print JSON (field names are stable; see docs/CONTROL.md).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `stats`.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Print JSON (field names are stable; see docs/CONTROL.md). With --watch, one
+    /// compact JSON document per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the counters again every SECS seconds until interrupted (Ctrl-C); stops
+    /// with an error when the loader goes away.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch: Option<u64>,
     #[command(flatten)]
     pub target: Target,
 }

@@ -5,11 +5,14 @@
 //! (e.g. `BPF_PROG_TEST_RUN` on the loaded programs).
 
 pub mod attach;
+pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod iface;
 pub mod instance;
 pub mod maps;
+pub mod metrics;
+pub mod metrics_http;
 pub mod pin;
 pub mod privileges;
 pub mod reaper;

@@ -5,47 +5,91 @@ use std::time::Duration;
 use anyhow::Context as _;
 use redirector::{
     attach,
+    config::{RunSettings, TimeoutSettings},
     dataplane::Dataplane,
-    iface, instance, pin, privileges, reaper, rules,
+    iface, instance,
+    maps::Maps,
+    metrics::Labels,
+    metrics_http, pin, privileges, reaper, rules,
     state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
     stats::Snapshot,
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::cli::RunArgs;
 
 /// How often closed and idle flows are reclaimed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The flags as settings ("not given" kept apart from defaults).
+fn flag_settings(args: RunArgs) -> RunSettings {
+    RunSettings {
+        ifaces: args.ifaces,
+        redirects: args.redirects,
+        mode: args.mode,
+        allow: args.allow,
+        conntrack_size: args.conntrack_size,
+        metrics: args.metrics,
+        timeouts: TimeoutSettings {
+            established: args.timeout_established,
+            closing: args.timeout_closing,
+            fin_wait: args.timeout_fin_wait,
+            handshake: args.timeout_handshake,
+        },
+    }
+}
+
 /// Runs the loader in the foreground.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let rules = if args.redirects.is_empty() {
+    let config = args.config.clone();
+    let flags = flag_settings(args);
+    let settings = match config {
+        Some(path) => flags.or(RunSettings::load(&path)?),
+        None => flags,
+    };
+    load_and_serve(settings)
+}
+
+/// Loads, attaches and serves with the merged `settings`.
+fn load_and_serve(settings: RunSettings) -> anyhow::Result<()> {
+    let (mode, conntrack_size) = (settings.mode(), settings.conntrack_size());
+    let rules = if settings.redirects.is_empty() {
         rules::DEFAULT_RULES.to_vec()
     } else {
-        args.redirects.clone()
+        settings.redirects.clone()
     };
     rules::validate(&rules)?;
     privileges::check()?;
-    let ifaces = if args.ifaces.is_empty() {
+    let ifaces = if settings.ifaces.is_empty() {
         vec![iface::default_route_interface()?]
     } else {
-        args.ifaces.clone()
+        settings.ifaces.clone()
     };
     for name in &ifaces {
         iface::ifindex(name)?;
     }
+    // Bound before anything is attached, so a busy address fails cleanly.
+    let metrics_listener = settings
+        .metrics
+        .map(|addr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("listening on --metrics {addr}"))?;
+            listener.set_nonblocking(true)?;
+            anyhow::Ok(listener)
+        })
+        .transpose()?;
     let _locks = ifaces
         .iter()
         .map(|name| instance::lock(name))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut dp = Dataplane::load(args.conntrack_size)?;
+    let mut dp = Dataplane::load(conntrack_size)?;
     dp.set_rules(&rules)?;
-    dp.set_allowed_sources(&args.allow)?;
+    dp.set_allowed_sources(&settings.allow)?;
     let mut hooks = Vec::new();
     let mut interfaces = Vec::new();
     for name in &ifaces {
-        let hook = attach::attach(&mut dp, name, args.mode)?;
+        let hook = attach::attach(&mut dp, name, mode)?;
         log::info!("attached to {name}: ingress {hook}, egress tc");
         hooks.push(format!("{name} ({hook})"));
         interfaces.push(InterfaceInfo {
@@ -58,9 +102,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         netns_inode: pin::netns_inode(),
-        mode: args.mode.to_string(),
+        mode: mode.to_string(),
         interfaces,
-        conntrack_size: args.conntrack_size,
+        conntrack_size,
         rules: rules
             .iter()
             .enumerate()
@@ -74,19 +118,47 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let pinned = PinnedInstance::create(&dp, &info).context("pinning the maps")?;
     log::info!("maps pinned in {}", pinned.dir().display());
-    let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
-    println!(
-        "redirector ready: {} rules {} conntrack-size {}",
-        hooks.join(", "),
-        rule_list.join(" "),
-        args.conntrack_size
-    );
-
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            // Its own handles on the maps (through their pins), so scrapes never wait for
+            // the reaper's `&mut Dataplane`.
+            let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
+            let labels = Labels {
+                iface: ifaces[0].clone(),
+                conntrack_capacity: conntrack_size,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            Some((listener, maps, labels))
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(&mut dp))?;
+    // Handlers are installed before `ready` is printed: a SIGTERM right after it must
+    // still detach cleanly instead of killing the process with its pins in place.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        }
+    };
+    let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
+    let metrics_note = match &metrics {
+        Some((listener, _, _)) => format!(" metrics http://{}/metrics", listener.local_addr()?),
+        None => String::new(),
+    };
+    println!(
+        "redirector ready: {} rules {} conntrack-size {}{metrics_note}",
+        hooks.join(", "),
+        rule_list.join(" "),
+        conntrack_size
+    );
+
+    let timeouts = settings.timeouts();
+    runtime.block_on(serve(&mut dp, &timeouts, signals, metrics))?;
 
     // Unpin first, so control commands stop finding a stopping instance.
     drop(pinned);
@@ -101,18 +173,42 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reaps expired flows until SIGINT or SIGTERM.
-async fn serve(dp: &mut Dataplane) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+/// The signals that stop the loader.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+/// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM.
+async fn serve(
+    dp: &mut Dataplane,
+    timeouts: &reaper::Timeouts,
+    mut signals: Signals,
+    metrics: Option<(std::net::TcpListener, Maps, Labels)>,
+) -> anyhow::Result<()> {
+    let metrics = match metrics {
+        Some((listener, maps, labels)) => {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("registering the --metrics listener")?;
+            Some(metrics_http::serve(listener, maps, labels))
+        }
+        None => None,
+    };
+    let metrics = async move {
+        match metrics {
+            Some(server) => server.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(metrics);
     let mut tick = tokio::time::interval(REAP_INTERVAL);
-    let timeouts = reaper::Timeouts::default();
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = signals.interrupt.recv() => break,
+            _ = signals.terminate.recv() => break,
+            () = &mut metrics => unreachable!("the metrics server runs until dropped"),
             _ = tick.tick() => {
-                match reaper::reap(dp, &timeouts) {
+                match reaper::reap(dp, timeouts) {
                     Ok(0) => {}
                     Ok(n) => log::debug!("reclaimed {n} closed or idle flows"),
                     Err(e) => log::warn!("reaping flows: {e}"),

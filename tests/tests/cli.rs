@@ -61,6 +61,11 @@ fn invalid_flags_are_rejected_with_a_reason() {
         (vec!["--mode", "fast"], "invalid mode"),
         (vec!["--allow", "10.0.0.0/33"], "invalid --allow prefix"),
         (vec!["--conntrack-size", "0"], "at least 1"),
+        (
+            vec!["--timeout-closing", "0"],
+            "invalid value '0' for '--timeout-closing",
+        ),
+        (vec!["--timeout-established", "x"], "--timeout-established"),
     ] {
         let mut all = vec!["--iface", "v0"];
         all.extend(args);
@@ -151,4 +156,73 @@ fn enter_netns(name: &str) {
     // SAFETY: setns on a valid namespace fd; affects only this (scoped) thread.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// Writes `text` to a fresh file named after `tag` and this process; removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("rdrt-{tag}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn bad_config_files_are_rejected_with_the_key() {
+    let ns = veth_ns("badcfg");
+    for (tag, text, needles) in [
+        (
+            "unknown",
+            "ifaces = [\"v0\"]\nredirect = [\"80:8080\"]\n",
+            &["unknown field `redirect`", "line 2"][..],
+        ),
+        (
+            "value",
+            "ifaces = [\"v0\"]\nredirects = [\"80:80\"]\n",
+            &["`redirects`: invalid rule `80:80`"][..],
+        ),
+        ("syntax", "mode = tc\n", &["config file"][..]),
+    ] {
+        let file = TempFile::new(&format!("cfg-{tag}"), text);
+        let out = run_in(&ns, &["--config", file.path()]);
+        for needle in needles {
+            assert_fails(&out, needle);
+        }
+        assert_fails(&out, file.path());
+        assert!(!xdp_attached(&ns));
+    }
+    let out = run_in(&ns, &["--config", "/nonexistent/redirector.toml"]);
+    assert_fails(&out, "reading config file /nonexistent/redirector.toml");
+}
+
+#[test]
+fn config_file_is_used_and_flags_override_it() {
+    let ns = veth_ns("cfg");
+    let file = TempFile::new(
+        "cfg-ok",
+        "ifaces = [\"v0\"]\nredirects = [\"9000:8080\"]\nmode = \"tc\"\nconntrack_size = 512\n",
+    );
+    let mut cmd = ns.cmd(bins::redirector());
+    cmd.args(["run", "--config", file.path(), "--mode", "xdp-generic"]);
+    let mut loader = Proc::spawn("loader", cmd, false);
+    let ready = loader.wait_line("redirector ready", Duration::from_secs(30));
+    assert!(
+        ready.contains("v0 (xdp-generic) rules 9000->8080 conntrack-size 512"),
+        "{ready}"
+    );
+    loader.signal(libc::SIGTERM);
+    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{lines:?} {}", loader.stderr_text());
 }

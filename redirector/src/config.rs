@@ -1,0 +1,374 @@
+//! Settings of `redirector run`, from the command line and from `--config FILE` (TOML):
+//! the same keys as the flags; a flag given on the command line wins over the file.
+//!
+//! Every field is optional at this level: "not given" is kept apart from "the default",
+//! so that [`RunSettings::or`] can merge flags over the file before defaults apply.
+
+use std::{
+    fmt::Display,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use redirector_common::maps::DEFAULT_CONNTRACK_SIZE;
+use serde::Deserialize;
+
+use crate::{attach::Mode, reaper::Timeouts, rules::RedirectRule, source_filter::SourcePrefix};
+
+/// The configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, or a value of the wrong type.
+    #[error("config file {}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Cause (names the key and line).
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value of the right type that is not valid (a bad rule, mode, prefix, …).
+    #[error("config file {}: `{key}`: {message}", path.display())]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `redirects` or `timeouts.closing`.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The file as written: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    ifaces: Option<Vec<String>>,
+    redirects: Option<Vec<String>>,
+    mode: Option<String>,
+    allow: Option<Vec<String>>,
+    conntrack_size: Option<u32>,
+    metrics: Option<String>,
+    timeouts: Option<FileTimeouts>,
+}
+
+/// `[timeouts]`, in seconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTimeouts {
+    established: Option<u64>,
+    closing: Option<u64>,
+    fin_wait: Option<u64>,
+    handshake: Option<u64>,
+}
+
+/// Conntrack timeouts in seconds; `None` = not given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeoutSettings {
+    /// Idle established flows.
+    pub established: Option<u64>,
+    /// Both sides sent FIN.
+    pub closing: Option<u64>,
+    /// One side sent FIN.
+    pub fin_wait: Option<u64>,
+    /// Handshake in progress.
+    pub handshake: Option<u64>,
+}
+
+/// Settings of `run`; an empty list or `None` means "not given".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    /// `--iface` / `ifaces`.
+    pub ifaces: Vec<String>,
+    /// `--redirect` / `redirects`.
+    pub redirects: Vec<RedirectRule>,
+    /// `--mode` / `mode`.
+    pub mode: Option<Mode>,
+    /// `--allow` / `allow`.
+    pub allow: Vec<SourcePrefix>,
+    /// `--conntrack-size` / `conntrack_size`.
+    pub conntrack_size: Option<u32>,
+    /// `--metrics` / `metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// `--timeout-*` / `[timeouts]`.
+    pub timeouts: TimeoutSettings,
+}
+
+fn first<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() {
+        file
+    } else {
+        flag
+    }
+}
+
+impl RunSettings {
+    /// Reads and parses the TOML file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML `text` (`path` only names the file in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        fn parse_all<T: FromStr>(
+            key: &str,
+            items: Option<Vec<String>>,
+            invalid: &impl Fn(&str, String) -> ConfigError,
+        ) -> Result<Vec<T>, ConfigError>
+        where
+            T::Err: Display,
+        {
+            items
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.parse().map_err(|e: T::Err| invalid(key, e.to_string())))
+                .collect()
+        }
+        let t = file.timeouts.unwrap_or_default();
+        for (key, secs) in [
+            ("timeouts.established", t.established),
+            ("timeouts.closing", t.closing),
+            ("timeouts.fin_wait", t.fin_wait),
+            ("timeouts.handshake", t.handshake),
+        ] {
+            if secs == Some(0) {
+                return Err(invalid(key, "must be at least 1 (seconds)".into()));
+            }
+        }
+        Ok(RunSettings {
+            ifaces: file.ifaces.unwrap_or_default(),
+            redirects: parse_all("redirects", file.redirects, &invalid)?,
+            mode: file
+                .mode
+                .map(|m| {
+                    m.parse()
+                        .map_err(|e: crate::attach::ModeParseError| invalid("mode", e.to_string()))
+                })
+                .transpose()?,
+            allow: parse_all("allow", file.allow, &invalid)?,
+            conntrack_size: file.conntrack_size,
+            metrics: file
+                .metrics
+                .map(|m| {
+                    m.parse().map_err(|_| {
+                        invalid(
+                            "metrics",
+                            format!("invalid address `{m}`: expected IP:PORT, e.g. 127.0.0.1:9464"),
+                        )
+                    })
+                })
+                .transpose()?,
+            timeouts: TimeoutSettings {
+                established: t.established,
+                closing: t.closing,
+                fin_wait: t.fin_wait,
+                handshake: t.handshake,
+            },
+        })
+    }
+
+    /// These settings (the flags), falling back to `file` for whatever was not given.
+    pub fn or(self, file: RunSettings) -> RunSettings {
+        RunSettings {
+            ifaces: first(self.ifaces, file.ifaces),
+            redirects: first(self.redirects, file.redirects),
+            mode: self.mode.or(file.mode),
+            allow: first(self.allow, file.allow),
+            conntrack_size: self.conntrack_size.or(file.conntrack_size),
+            metrics: self.metrics.or(file.metrics),
+            timeouts: TimeoutSettings {
+                established: self.timeouts.established.or(file.timeouts.established),
+                closing: self.timeouts.closing.or(file.timeouts.closing),
+                fin_wait: self.timeouts.fin_wait.or(file.timeouts.fin_wait),
+                handshake: self.timeouts.handshake.or(file.timeouts.handshake),
+            },
+        }
+    }
+
+    /// The ingress mode, `auto` if not given.
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or_default()
+    }
+
+    /// The conntrack size, [`DEFAULT_CONNTRACK_SIZE`] if not given.
+    pub fn conntrack_size(&self) -> u32 {
+        self.conntrack_size.unwrap_or(DEFAULT_CONNTRACK_SIZE)
+    }
+
+    /// The reaper's timeouts, [`Timeouts::default`] for those not given.
+    pub fn timeouts(&self) -> Timeouts {
+        let d = Timeouts::default();
+        let secs =
+            |given: Option<u64>, default: Duration| given.map_or(default, Duration::from_secs);
+        Timeouts {
+            established: secs(self.timeouts.established, d.established),
+            closing: secs(self.timeouts.closing, d.closing),
+            fin_wait: secs(self.timeouts.fin_wait, d.fin_wait),
+            handshake: secs(self.timeouts.handshake, d.handshake),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RunSettings, ConfigError> {
+        RunSettings::parse(text, Path::new("test.toml"))
+    }
+
+    const FULL: &str = r#"
+        ifaces = ["eth0", "eth1"]
+        redirects = ["80:8080", "443:8443", "9000:9090"]
+        mode = "xdp-generic"
+        allow = ["10.0.0.0/8", "2001:db8::/32"]
+        conntrack_size = 1024
+        metrics = "127.0.0.1:9464"
+
+        [timeouts]
+        established = 3600
+        closing = 5
+        fin_wait = 30
+        handshake = 20
+    "#;
+
+    #[test]
+    fn parses_every_key() {
+        let s = parse(FULL).unwrap();
+        assert_eq!(s.ifaces, ["eth0", "eth1"]);
+        assert_eq!(s.redirects.len(), 3);
+        assert_eq!(s.redirects[2].to_string(), "9000->9090");
+        assert_eq!(s.mode(), Mode::XdpGeneric);
+        assert_eq!(s.allow[1].to_string(), "2001:db8::/32");
+        assert_eq!(s.conntrack_size(), 1024);
+        assert_eq!(s.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let t = s.timeouts();
+        assert_eq!(t.established, Duration::from_secs(3600));
+        assert_eq!(t.closing, Duration::from_secs(5));
+        assert_eq!(t.fin_wait, Duration::from_secs(30));
+        assert_eq!(t.handshake, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn shipped_example_parses_to_the_defaults() {
+        let s = parse(include_str!("../../dist/redirector.toml")).unwrap();
+        assert_eq!(s.ifaces, ["eth0"]);
+        assert_eq!(s.redirects, crate::rules::DEFAULT_RULES);
+        assert_eq!(s.mode(), Mode::Auto);
+        assert_eq!(s.conntrack_size(), DEFAULT_CONNTRACK_SIZE);
+        let (t, d) = (s.timeouts(), Timeouts::default());
+        assert_eq!(
+            (t.established, t.closing, t.fin_wait, t.handshake),
+            (d.established, d.closing, d.fin_wait, d.handshake)
+        );
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let s = parse("").unwrap();
+        assert_eq!(s, RunSettings::default());
+        assert_eq!(s.mode(), Mode::Auto);
+        assert_eq!(s.conntrack_size(), DEFAULT_CONNTRACK_SIZE);
+        assert_eq!(s.timeouts().closing, Timeouts::default().closing);
+        assert_eq!(s.timeouts().established, Timeouts::default().established);
+    }
+
+    #[test]
+    fn flags_override_the_file_key_by_key() {
+        let file = parse(FULL).unwrap();
+        let flags = RunSettings {
+            redirects: vec!["81:8081".parse().unwrap()],
+            mode: Some(Mode::Tc),
+            timeouts: TimeoutSettings {
+                closing: Some(1),
+                ..TimeoutSettings::default()
+            },
+            ..RunSettings::default()
+        };
+        let s = flags.or(file);
+        assert_eq!(s.redirects.len(), 1, "a list flag replaces the file's list");
+        assert_eq!(s.mode(), Mode::Tc);
+        assert_eq!(s.timeouts().closing, Duration::from_secs(1));
+        // Not given as flags: from the file.
+        assert_eq!(s.ifaces, ["eth0", "eth1"]);
+        assert_eq!(s.allow.len(), 2);
+        assert_eq!(s.conntrack_size(), 1024);
+        assert_eq!(s.timeouts().fin_wait, Duration::from_secs(30));
+        assert!(s.metrics.is_some());
+    }
+
+    fn error(text: &str) -> String {
+        let e = parse(text).unwrap_err();
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        msg
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = error("ifaces = [\"eth0\"]\nredirect = [\"80:8080\"]\n");
+        assert!(
+            e.contains("test.toml") && e.contains("unknown field `redirect`"),
+            "{e}"
+        );
+        let e = error("[timeouts]\nclosed = 1\n");
+        assert!(e.contains("unknown field `closed`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, needle) in [
+            (
+                "redirects = [\"80:80\"]",
+                "`redirects`: invalid rule `80:80`",
+            ),
+            ("mode = \"fast\"", "`mode`: invalid mode `fast`"),
+            (
+                "allow = [\"10.0.0.0/33\"]",
+                "`allow`: invalid --allow prefix",
+            ),
+            (
+                "metrics = \"localhost\"",
+                "`metrics`: invalid address `localhost`",
+            ),
+            (
+                "[timeouts]\nclosing = 0",
+                "`timeouts.closing`: must be at least 1",
+            ),
+            ("conntrack_size = \"big\"", "conntrack_size"),
+            ("ifaces = \"eth0\"", "ifaces"),
+            ("this is not toml", "test.toml"),
+        ] {
+            let e = error(text);
+            assert!(e.contains(needle), "{text}: `{needle}` not in {e}");
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Operating a running loader: the `--metrics` endpoint scraped from inside the server
+//! namespace, the conntrack timeouts, `stats --watch` and the default log level; with the
+//! real loader, real eBPF programs and real WebSocket traffic.
+
+use std::{io::Write, process::Output, sync::Mutex, time::Duration};
+
+use redirector_tests::{bins, netns::Topology, process::Proc};
+use serde_json::Value;
+
+/// Tests that start loaders run one at a time (as in tests/redirect.rs).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// ws-echo in the server namespace on 8080 (ws), IPv4.
+fn start_echo(topo: &Topology) -> Proc {
+    let mut cmd = topo.server.cmd(bins::ws_echo());
+    cmd.args(["--listen", "0.0.0.0:8080"]);
+    let mut echo = Proc::spawn("ws-echo", cmd, false);
+    echo.wait_line("listening", Duration::from_secs(10));
+    echo
+}
+
+/// `redirector run` on the server veth; returns it and its `ready` line.
+fn start_loader(topo: &Topology, args: &[&str]) -> (Proc, String) {
+    let mut cmd = topo.server.cmd(bins::redirector());
+    cmd.args(["run", "--iface", topo.server_if]).args(args);
+    let mut loader = Proc::spawn("redirector", cmd, false);
+    let ready = loader.wait_line("redirector ready", Duration::from_secs(30));
+    (loader, ready)
+}
+
+fn stop_loader(mut loader: Proc) {
+    loader.signal(libc::SIGTERM);
+    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "loader exit {status}: {lines:?}");
+}
+
+/// Runs `redirector ARGS --json` in the server namespace and parses its output.
+fn ctl_json(topo: &Topology, args: &[&str]) -> Value {
+    let out = topo
+        .server
+        .cmd(bins::redirector())
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ws_client(topo: &Topology, url: &str, args: &[&str]) -> Output {
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args(["--url", url, "--timeout", "60"]).args(args);
+    cmd.output().expect("spawn ws-client")
+}
+
+fn assert_echo(topo: &Topology, url: &str) {
+    let out = ws_client(topo, url, &["--message", "hello"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("echo: hello"),
+        "{url}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `curl` inside the server namespace: (HTTP status, body).
+fn http_get(topo: &Topology, url: &str) -> (u16, String) {
+    let out = topo
+        .server
+        .cmd("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// The value of the sample whose name-and-labels part is exactly `series`.
+fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no `{series}` in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_endpoint_reports_the_traffic() {
+    let _serial = serial();
+    let topo = Topology::new("ops-met");
+    let _echo = start_echo(&topo);
+    let (loader, ready) = start_loader(
+        &topo,
+        &["--metrics", "127.0.0.1:9464", "--conntrack-size", "1024"],
+    );
+    assert!(
+        ready.ends_with("metrics http://127.0.0.1:9464/metrics"),
+        "{ready}"
+    );
+    let url = "http://127.0.0.1:9464/metrics";
+    let (code, before) = http_get(&topo, url);
+    assert_eq!(code, 200, "{before}");
+    assert!(before.contains("# TYPE redirector_rule_packets_total counter"));
+    assert!(before.contains(&format!(
+        "redirector_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    assert_echo(&topo, &topo.url("ws", false, 80));
+
+    let iface = format!("iface=\"{}\"", topo.server_if);
+    let r80 = format!("{iface},from_port=\"80\",to_port=\"8080\"");
+    let r443 = format!("{iface},from_port=\"443\",to_port=\"8443\"");
+    // The last ACKs of the closes may still be in flight: compare with `stats --json`
+    // until both agree (bounded).
+    let mut last = String::new();
+    for _ in 0..20 {
+        let (code, body) = http_get(&topo, url);
+        assert_eq!(code, 200);
+        let stats = ctl_json(&topo, &["stats"]);
+        let rule = stats["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["from_port"] == 80)
+            .unwrap()
+            .clone();
+        let counters = &stats["counters"];
+        let agree = [
+            (
+                "packets_in",
+                format!("redirector_rule_packets_total{{{r80},direction=\"in\"}}"),
+            ),
+            (
+                "packets_out",
+                format!("redirector_rule_packets_total{{{r80},direction=\"out\"}}"),
+            ),
+            (
+                "bytes_in",
+                format!("redirector_rule_bytes_total{{{r80},direction=\"in\"}}"),
+            ),
+            (
+                "bytes_out",
+                format!("redirector_rule_bytes_total{{{r80},direction=\"out\"}}"),
+            ),
+        ]
+        .iter()
+        .all(|(key, series)| rule[key].as_u64() == Some(sample(&body, series)))
+            && counters["rewrite_ingress"].as_u64()
+                == Some(sample(
+                    &body,
+                    &format!("redirector_rewrites_total{{{iface},result=\"in\"}}"),
+                ))
+            && counters["pass_untracked"].as_u64()
+                == Some(sample(
+                    &body,
+                    &format!("redirector_packets_passed_total{{{iface},reason=\"untracked\"}}"),
+                ));
+        last = body;
+        if agree {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let body = last;
+    assert_eq!(
+        sample(&body, &format!("redirector_rule_flows_new_total{{{r80}}}")),
+        2,
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, &format!("redirector_rule_flows_new_total{{{r443}}}")),
+        0
+    );
+    assert_eq!(
+        sample(&body, &format!("redirector_rule_enabled{{{r80}}}")),
+        1
+    );
+    let packets_in = sample(
+        &body,
+        &format!("redirector_rule_packets_total{{{r80},direction=\"in\"}}"),
+    );
+    let packets_out = sample(
+        &body,
+        &format!("redirector_rule_packets_total{{{r80},direction=\"out\"}}"),
+    );
+    // Two handshakes, a request and an echo each way: well over 4 packets per direction.
+    assert!(packets_in >= 8 && packets_out >= 8, "{body}");
+    assert_eq!(
+        sample(
+            &body,
+            &format!("redirector_rewrites_total{{{iface},result=\"in\"}}")
+        ),
+        packets_in
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("redirector_rewrites_total{{{iface},result=\"out\"}}")
+        ),
+        packets_out
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("redirector_rewrites_total{{{iface},result=\"failed\"}}")
+        ),
+        0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("redirector_flow_events_total{{{iface},event=\"created\"}}")
+        ),
+        2
+    );
+    assert_eq!(
+        sample(&body, &format!("redirector_conntrack_capacity{{{iface}}}")),
+        1024
+    );
+    let tracked = ctl_json(&topo, &["status"])["conntrack"]["tracked"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        sample(&body, &format!("redirector_conntrack_entries{{{iface}}}")),
+        tracked
+    );
+
+    let (code, _) = http_get(&topo, "http://127.0.0.1:9464/");
+    assert_eq!(code, 404);
+    stop_loader(loader);
+}
+
+/// Polls `redirector flows --json` until it lists no flow; panics after `limit`.
+fn wait_no_flows(topo: &Topology, limit: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let flows = ctl_json(topo, &["flows"]);
+        if flows.as_array().unwrap().is_empty() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "flows still tracked after {limit:?}: {flows}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn closed_flows_are_reaped_after_the_closing_timeout() {
+    let _serial = serial();
+    let topo = Topology::new("ops-tclose");
+    let _echo = start_echo(&topo);
+    let (loader, _) = start_loader(&topo, &["--timeout-closing", "1"]);
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    let stats = ctl_json(&topo, &["stats"]);
+    assert_eq!(stats["counters"]["flow_created"], 1, "{stats}");
+    // The default closing timeout is 10 s: well within it, the entry must be gone.
+    wait_no_flows(&topo, Duration::from_secs(5));
+    let stats = ctl_json(&topo, &["stats"]);
+    assert_eq!(
+        stats["counters"]["flow_closed_fin"], 1,
+        "closed by FIN: {stats}"
+    );
+    stop_loader(loader);
+}
+
+#[test]
+fn idle_established_flows_are_reaped_after_the_established_timeout() {
+    let _serial = serial();
+    let topo = Topology::new("ops-tidle");
+    let _echo = start_echo(&topo);
+    let (loader, _) = start_loader(&topo, &["--timeout-established", "2"]);
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args([
+        "--url",
+        &topo.url("ws", false, 80),
+        "--interactive",
+        "--timeout",
+        "60",
+    ]);
+    let mut session = Proc::spawn("ws-client (session)", cmd, true);
+    session.wait_line("connected", Duration::from_secs(10));
+    writeln!(session.stdin(), "first").unwrap();
+    session.wait_line("echo: first", Duration::from_secs(10));
+    let flows = ctl_json(&topo, &["flows"]);
+    assert_eq!(flows[0]["state"], "established", "{flows}");
+
+    // Idle for more than 2 s: reaped although the connection is open.
+    let waited = wait_no_flows(&topo, Duration::from_secs(8));
+    assert!(
+        waited >= Duration::from_secs(1),
+        "reaped too early ({waited:?})"
+    );
+    // Like a flush: the next packet is no longer rewritten and the server resets it.
+    let _ = writeln!(session.stdin(), "after reap");
+    let (status, _) = session.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "a reaped connection cannot go on");
+    stop_loader(loader);
+}
+
+#[test]
+fn stats_watch_reprints_until_the_loader_stops_and_the_loader_is_quiet() {
+    let _serial = serial();
+    let topo = Topology::new("ops-watch");
+    let (loader, _) = start_loader(&topo, &[]);
+    let watch = |json: bool| {
+        let mut cmd = topo.server.cmd(bins::redirector());
+        cmd.args(["stats", "--watch", "1"]);
+        if json {
+            cmd.arg("--json");
+        }
+        Proc::spawn("stats --watch", cmd, false)
+    };
+    let mut text = watch(false);
+    let mut json = watch(true);
+    for _ in 0..2 {
+        text.wait_line("flows tracked=0", Duration::from_secs(10));
+        let line = json.wait_line("{", Duration::from_secs(10));
+        let doc: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(doc["flows_tracked"], 0, "{doc}");
+    }
+    assert!(
+        text.seen.iter().any(|l| l.is_empty()),
+        "rounds are separated by a blank line: {:?}",
+        text.seen
+    );
+    // Default log level is `warn`: a healthy start logs nothing.
+    let logs = loader.stderr_text();
+    assert!(
+        logs.is_empty(),
+        "loader logged at the default level:\n{logs}"
+    );
+
+    stop_loader(loader);
+    for mut w in [text, json] {
+        let (status, _) = w.wait_exit(Duration::from_secs(10));
+        assert!(!status.success(), "a watch ends when its loader stops");
+        assert!(
+            w.stderr_text().contains("no redirector running"),
+            "{}",
+            w.stderr_text()
+        );
+    }
+}
