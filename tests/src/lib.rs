@@ -5,6 +5,7 @@
 
 pub mod bins;
 pub mod error_text;
+pub mod fixtures;
 pub mod netns;
 pub mod packets;
 pub mod process;

@@ -2,56 +2,15 @@
 //! namespace (`ip netns exec NS redirector status|stats|flows|enable|disable|add|remove|
 //! flush`), with the real loader, real eBPF programs and real WebSocket traffic.
 
-use std::{
-    io::Write,
-    path::Path,
-    process::Output,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{io::Write, path::Path, process::Output, time::Duration};
 
 use redirector_tests::{
     bins,
+    fixtures::*,
     netns::{must, Netns, Topology},
     process::Proc,
 };
 use serde_json::Value;
-
-/// Tests that start loaders run one at a time (as in tests/redirect.rs).
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// ws-echo in the server namespace on 8080 (ws) and 8443 (wss), IPv4.
-fn start_echo(topo: &Topology) -> Proc {
-    let mut cmd = topo.server.cmd(bins::ws_echo());
-    cmd.args(["--listen", "0.0.0.0:8080", "--tls-listen", "0.0.0.0:8443"]);
-    cmd.args(["--cert-name", &topo.server_v4]);
-    let mut echo = Proc::spawn("ws-echo", cmd, false);
-    for _ in 0..2 {
-        echo.wait_line("listening", Duration::from_secs(10));
-    }
-    echo
-}
-
-/// `redirector run` on the server veth; returns once it is attached and pinned.
-fn start_loader(topo: &Topology, args: &[&str]) -> Proc {
-    let mut cmd = topo.server.cmd(bins::redirector());
-    cmd.args(["run", "--iface", topo.server_if]).args(args);
-    let mut loader = Proc::spawn("redirector", cmd, false);
-    loader.wait_line("redirector ready", Duration::from_secs(30));
-    loader
-}
-
-fn stop_loader(mut loader: Proc) {
-    loader.signal(libc::SIGTERM);
-    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "loader exit {status}: {lines:?}");
-}
 
 /// Runs `redirector ARGS` in `ns` (a control command).
 fn ctl(ns: &Netns, args: &[&str]) -> Output {
@@ -88,56 +47,6 @@ fn ctl_fails(ns: &Netns, args: &[&str], needle: &str) {
     );
 }
 
-fn ws_client(topo: &Topology, url: &str, args: &[&str]) -> Output {
-    let mut cmd = topo.client.cmd(bins::ws_client());
-    cmd.args(["--url", url, "--insecure", "--timeout", "60"])
-        .args(args);
-    cmd.output().expect("spawn ws-client")
-}
-
-fn assert_echo(topo: &Topology, url: &str) {
-    let out = ws_client(topo, url, &["--message", "hello"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("echo: hello"),
-        "{url}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn assert_refused(topo: &Topology, url: &str) {
-    let out = ws_client(topo, url, &["--message", "x", "--connect-timeout", "3"]);
-    assert!(!out.status.success(), "{url} must not be reachable");
-}
-
-/// An open interactive WebSocket session that has exchanged one message.
-fn open_session(topo: &Topology, url: &str) -> Proc {
-    let mut cmd = topo.client.cmd(bins::ws_client());
-    cmd.args([
-        "--url",
-        url,
-        "--insecure",
-        "--interactive",
-        "--timeout",
-        "60",
-    ]);
-    let mut session = Proc::spawn("ws-client (session)", cmd, true);
-    session.wait_line("connected", Duration::from_secs(10));
-    exchange(&mut session, "first");
-    session
-}
-
-fn exchange(session: &mut Proc, text: &str) {
-    writeln!(session.stdin(), "{text}").unwrap();
-    session.wait_line(&format!("echo: {text}"), Duration::from_secs(10));
-}
-
-fn close_session(mut session: Proc) {
-    session.close_stdin();
-    let (status, _) = session.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "session: {}", session.stderr_text());
-}
-
 /// The entry of `rules` (status or stats JSON) for FROM port `port`.
 fn rule(json: &Value, port: u64) -> &Value {
     json["rules"]
@@ -154,23 +63,6 @@ fn has_rule(json: &Value, port: u64) -> bool {
         .unwrap()
         .iter()
         .any(|r| r["from_port"] == port)
-}
-
-/// Waits until no program named redirector_* is loaded (program release is deferred).
-fn assert_no_program_loaded() {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<String> = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter_map(|p| p.name_as_str().map(str::to_string))
-            .filter(|n| n.starts_with("redirector_"))
-            .collect();
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "programs still loaded: {left:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -210,7 +102,7 @@ fn commands_fail_clearly_when_nothing_runs() {
 fn disable_stops_new_connections_but_keeps_open_ones() {
     let _serial = serial();
     let topo = Topology::new("ctl-dis");
-    let _echo = start_echo(&topo);
+    let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &[]);
     let wss = topo.url("wss", false, 443);
 
@@ -252,7 +144,7 @@ fn disable_stops_new_connections_but_keeps_open_ones() {
 fn status_stats_and_flows_describe_live_traffic_and_flush_drops_flows() {
     let _serial = serial();
     let topo = Topology::new("ctl-obs");
-    let _echo = start_echo(&topo);
+    let _echo = start_echo(&topo, &[]);
     let loader = start_loader(
         &topo,
         &["--mode", "xdp-generic", "--conntrack-size", "1024"],
@@ -318,7 +210,7 @@ fn status_stats_and_flows_describe_live_traffic_and_flush_drops_flows() {
 fn rules_are_added_and_removed_at_runtime() {
     let _serial = serial();
     let topo = Topology::new("ctl-rules");
-    let _echo = start_echo(&topo);
+    let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &[]);
     let url = topo.url("ws", false, 9000);
     assert_refused(&topo, &url);

@@ -2,43 +2,10 @@
 //! namespace, the conntrack timeouts, `stats --watch` and the default log level; with the
 //! real loader, real eBPF programs and real WebSocket traffic.
 
-use std::{io::Write, process::Output, sync::Mutex, time::Duration};
+use std::{io::Write, time::Duration};
 
-use redirector_tests::{bins, netns::Topology, process::Proc};
+use redirector_tests::{bins, fixtures::*, netns::Topology, process::Proc};
 use serde_json::Value;
-
-/// Tests that start loaders run one at a time (as in tests/redirect.rs).
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// ws-echo in the server namespace on 8080 (ws), IPv4.
-fn start_echo(topo: &Topology) -> Proc {
-    let mut cmd = topo.server.cmd(bins::ws_echo());
-    cmd.args(["--listen", "0.0.0.0:8080"]);
-    let mut echo = Proc::spawn("ws-echo", cmd, false);
-    echo.wait_line("listening", Duration::from_secs(10));
-    echo
-}
-
-/// `redirector run` on the server veth; returns it and its `ready` line.
-fn start_loader(topo: &Topology, args: &[&str]) -> (Proc, String) {
-    let mut cmd = topo.server.cmd(bins::redirector());
-    cmd.args(["run", "--iface", topo.server_if]).args(args);
-    let mut loader = Proc::spawn("redirector", cmd, false);
-    let ready = loader.wait_line("redirector ready", Duration::from_secs(30));
-    (loader, ready)
-}
-
-fn stop_loader(mut loader: Proc) {
-    loader.signal(libc::SIGTERM);
-    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "loader exit {status}: {lines:?}");
-}
 
 /// Runs `redirector ARGS --json` in the server namespace and parses its output.
 fn ctl_json(topo: &Topology, args: &[&str]) -> Value {
@@ -55,22 +22,6 @@ fn ctl_json(topo: &Topology, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn ws_client(topo: &Topology, url: &str, args: &[&str]) -> Output {
-    let mut cmd = topo.client.cmd(bins::ws_client());
-    cmd.args(["--url", url, "--timeout", "60"]).args(args);
-    cmd.output().expect("spawn ws-client")
-}
-
-fn assert_echo(topo: &Topology, url: &str) {
-    let out = ws_client(topo, url, &["--message", "hello"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("echo: hello"),
-        "{url}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `curl` inside the server namespace: (HTTP status, body).
@@ -104,11 +55,12 @@ fn sample(body: &str, series: &str) -> u64 {
 fn metrics_endpoint_reports_the_traffic() {
     let _serial = serial();
     let topo = Topology::new("ops-met");
-    let _echo = start_echo(&topo);
-    let (loader, ready) = start_loader(
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(
         &topo,
         &["--metrics", "127.0.0.1:9464", "--conntrack-size", "1024"],
     );
+    let ready = ready_line(&loader);
     assert!(
         ready.ends_with("metrics http://127.0.0.1:9464/metrics"),
         "{ready}"
@@ -268,8 +220,8 @@ fn wait_no_flows(topo: &Topology, limit: Duration) -> Duration {
 fn closed_flows_are_reaped_after_the_closing_timeout() {
     let _serial = serial();
     let topo = Topology::new("ops-tclose");
-    let _echo = start_echo(&topo);
-    let (loader, _) = start_loader(&topo, &["--timeout-closing", "1"]);
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(&topo, &["--timeout-closing", "1"]);
     assert_echo(&topo, &topo.url("ws", false, 80));
     let stats = ctl_json(&topo, &["stats"]);
     assert_eq!(stats["counters"]["flow_created"], 1, "{stats}");
@@ -287,8 +239,8 @@ fn closed_flows_are_reaped_after_the_closing_timeout() {
 fn idle_established_flows_are_reaped_after_the_established_timeout() {
     let _serial = serial();
     let topo = Topology::new("ops-tidle");
-    let _echo = start_echo(&topo);
-    let (loader, _) = start_loader(&topo, &["--timeout-established", "2"]);
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(&topo, &["--timeout-established", "2"]);
     let mut cmd = topo.client.cmd(bins::ws_client());
     cmd.args([
         "--url",
@@ -321,7 +273,7 @@ fn idle_established_flows_are_reaped_after_the_established_timeout() {
 fn stats_watch_reprints_until_the_loader_stops_and_the_loader_is_quiet() {
     let _serial = serial();
     let topo = Topology::new("ops-watch");
-    let (loader, _) = start_loader(&topo, &[]);
+    let loader = start_loader(&topo, &[]);
     let watch = |json: bool| {
         let mut cmd = topo.server.cmd(bins::redirector());
         cmd.args(["stats", "--watch", "1"]);

@@ -1,75 +1,14 @@
 //! Namespace integration: the real loader, real eBPF programs, real WebSocket servers and
 //! clients over a veth pair with full checksums (tx offload off on both ends).
 
-use std::{
-    io::Write,
-    process::Output,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{io::Write, time::Duration};
 
 use redirector_tests::{
     bins,
+    fixtures::*,
     netns::{must, Topology},
     process::Proc,
 };
-
-/// Tests that start loaders run one at a time, so "no redirector program is loaded any
-/// more" after a loader exits is a meaningful check.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Starts ws-echo in the server namespace on 8080 (ws) and 8443 (wss), v4 and v6, plus
-/// any `extra` plain listeners.
-fn start_echo(topo: &Topology, extra: &[&str]) -> Proc {
-    let mut cmd = topo.server.cmd(bins::ws_echo());
-    cmd.args(["--listen", "0.0.0.0:8080", "--listen", "[::]:8080"]);
-    cmd.args(["--tls-listen", "0.0.0.0:8443", "--tls-listen", "[::]:8443"]);
-    cmd.args([
-        "--cert-name",
-        &topo.server_v4,
-        "--cert-name",
-        &topo.server_v6,
-    ]);
-    for addr in extra {
-        cmd.args(["--listen", addr]);
-    }
-    let mut echo = Proc::spawn("ws-echo", cmd, false);
-    for _ in 0..4 + extra.len() {
-        echo.wait_line("listening", Duration::from_secs(10));
-    }
-    echo
-}
-
-/// Starts `redirector run` on the server veth with `args`; waits until it is attached.
-fn start_loader(topo: &Topology, args: &[&str]) -> Proc {
-    let mut cmd = topo.server.cmd(bins::redirector());
-    cmd.args(["run", "--iface", topo.server_if]).args(args);
-    let mut loader = Proc::spawn("redirector", cmd, false);
-    loader.wait_line("redirector ready", Duration::from_secs(30));
-    loader
-}
-
-/// Stops the loader with SIGTERM; returns its final stdout (the counters).
-fn stop_loader(mut loader: Proc) -> Vec<String> {
-    loader.signal(libc::SIGTERM);
-    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
-    assert!(
-        status.success(),
-        "loader exit {status}: {}",
-        loader.stderr_text()
-    );
-    assert!(
-        lines.iter().any(|l| l.starts_with("redirector stopped")),
-        "{lines:?}"
-    );
-    lines
-}
 
 /// Value of `key=` on the `rule FROM->TO:` line of the loader's final counters.
 fn rule_stat(lines: &[String], rule: &str, key: &str) -> u64 {
@@ -94,30 +33,6 @@ fn counter(lines: &[String], name: &str) -> u64 {
         .unwrap()
 }
 
-/// Runs ws-client in the client namespace.
-fn ws_client(topo: &Topology, url: &str, args: &[&str]) -> Output {
-    let mut cmd = topo.client.cmd(bins::ws_client());
-    cmd.args(["--url", url, "--insecure", "--timeout", "120"])
-        .args(args);
-    cmd.output().expect("spawn ws-client")
-}
-
-fn assert_echo(topo: &Topology, url: &str) {
-    let out = ws_client(topo, url, &["--message", "hello server"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("echo: hello server"),
-        "{url}: {}\n{stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn assert_refused(topo: &Topology, url: &str) {
-    let out = ws_client(topo, url, &["--message", "x", "--connect-timeout", "3"]);
-    assert!(!out.status.success(), "{url} must not be reachable");
-}
-
 /// Waits until no program named redirector_* is loaded (program release is deferred).
 fn assert_nothing_attached(topo: &Topology) {
     let link = must(
@@ -127,19 +42,7 @@ fn assert_nothing_attached(topo: &Topology) {
     );
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(!link.contains("prog/xdp"), "XDP still attached:\n{link}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<String> = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter_map(|p| p.name_as_str().map(str::to_string))
-            .filter(|n| n.starts_with("redirector_"))
-            .collect();
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "programs still loaded: {left:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_no_program_loaded();
 }
 
 #[test]

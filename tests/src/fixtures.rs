@@ -1,0 +1,152 @@
+//! Shared steps of the namespace integration tests: the echo server, the loader, the
+//! WebSocket client, and the checks that nothing of a stopped loader remains.
+
+use std::{
+    io::Write,
+    process::Output,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use crate::{bins, netns::Topology, process::Proc};
+
+/// Tests that start loaders run one at a time within a test binary, so "no redirector
+/// program is loaded any more" after a loader exits is a meaningful check.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the one-loader-at-a-time lock (a panicking test does not poison it for others).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts ws-echo in the server namespace on 8080 (ws) and 8443 (wss), IPv4 and IPv6,
+/// plus any `extra` plain listeners; returns once every listener is bound.
+pub fn start_echo(topo: &Topology, extra: &[&str]) -> Proc {
+    let mut cmd = topo.server.cmd(bins::ws_echo());
+    cmd.args(["--listen", "0.0.0.0:8080", "--listen", "[::]:8080"]);
+    cmd.args(["--tls-listen", "0.0.0.0:8443", "--tls-listen", "[::]:8443"]);
+    cmd.args([
+        "--cert-name",
+        &topo.server_v4,
+        "--cert-name",
+        &topo.server_v6,
+    ]);
+    for addr in extra {
+        cmd.args(["--listen", addr]);
+    }
+    let mut echo = Proc::spawn("ws-echo", cmd, false);
+    for _ in 0..4 + extra.len() {
+        echo.wait_line("listening", Duration::from_secs(10));
+    }
+    echo
+}
+
+/// Starts `redirector run` on the server veth with `args`; returns once it is attached.
+pub fn start_loader(topo: &Topology, args: &[&str]) -> Proc {
+    let mut cmd = topo.server.cmd(bins::redirector());
+    cmd.args(["run", "--iface", topo.server_if]).args(args);
+    let mut loader = Proc::spawn("redirector", cmd, false);
+    loader.wait_line("redirector ready", Duration::from_secs(30));
+    loader
+}
+
+/// The loader's `redirector ready …` line.
+pub fn ready_line(loader: &Proc) -> String {
+    loader
+        .seen
+        .iter()
+        .find(|l| l.starts_with("redirector ready"))
+        .cloned()
+        .expect("loader started with start_loader")
+}
+
+/// Stops the loader with SIGTERM; asserts a clean exit and returns its final stdout.
+pub fn stop_loader(mut loader: Proc) -> Vec<String> {
+    loader.signal(libc::SIGTERM);
+    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "loader exit {status}: {}",
+        loader.stderr_text()
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("redirector stopped")),
+        "{lines:?}"
+    );
+    lines
+}
+
+/// Runs ws-client in the client namespace (self-signed certificates accepted).
+pub fn ws_client(topo: &Topology, url: &str, args: &[&str]) -> Output {
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args(["--url", url, "--insecure", "--timeout", "120"])
+        .args(args);
+    cmd.output().expect("spawn ws-client")
+}
+
+/// Asserts that a message sent to `url` comes back.
+pub fn assert_echo(topo: &Topology, url: &str) {
+    let out = ws_client(topo, url, &["--message", "hello server"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("echo: hello server"),
+        "{url}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts that no WebSocket session can be opened to `url`.
+pub fn assert_refused(topo: &Topology, url: &str) {
+    let out = ws_client(topo, url, &["--message", "x", "--connect-timeout", "3"]);
+    assert!(!out.status.success(), "{url} must not be reachable");
+}
+
+/// An open interactive WebSocket session that has exchanged one message.
+pub fn open_session(topo: &Topology, url: &str) -> Proc {
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args([
+        "--url",
+        url,
+        "--insecure",
+        "--interactive",
+        "--timeout",
+        "60",
+    ]);
+    let mut session = Proc::spawn("ws-client (session)", cmd, true);
+    session.wait_line("connected", Duration::from_secs(10));
+    exchange(&mut session, "first");
+    session
+}
+
+/// Sends `text` on an open session and waits for its echo.
+pub fn exchange(session: &mut Proc, text: &str) {
+    writeln!(session.stdin(), "{text}").unwrap();
+    session.wait_line(&format!("echo: {text}"), Duration::from_secs(10));
+}
+
+/// Ends a session cleanly (stdin EOF → close frame) and asserts it exited successfully.
+pub fn close_session(mut session: Proc) {
+    session.close_stdin();
+    let (status, _) = session.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "session: {}", session.stderr_text());
+}
+
+/// Waits until no program named redirector_* is loaded (program release is deferred).
+pub fn assert_no_program_loaded() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|p| p.name_as_str().map(str::to_string))
+            .filter(|n| n.starts_with("redirector_"))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "programs still loaded: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
