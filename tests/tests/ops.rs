@@ -241,18 +241,7 @@ fn idle_established_flows_are_reaped_after_the_established_timeout() {
     let topo = Topology::new("ops-tidle");
     let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &["--timeout-established", "2"]);
-    let mut cmd = topo.client.cmd(bins::ws_client());
-    cmd.args([
-        "--url",
-        &topo.url("ws", false, 80),
-        "--interactive",
-        "--timeout",
-        "60",
-    ]);
-    let mut session = Proc::spawn("ws-client (session)", cmd, true);
-    session.wait_line("connected", Duration::from_secs(10));
-    writeln!(session.stdin(), "first").unwrap();
-    session.wait_line("echo: first", Duration::from_secs(10));
+    let mut session = open_session(&topo, &topo.url("ws", false, 80));
     let flows = ctl_json(&topo, &["flows"]);
     assert_eq!(flows[0]["state"], "established", "{flows}");
 

@@ -1,13 +1,9 @@
 //! Namespace integration: the real loader, real eBPF programs, real WebSocket servers and
 //! clients over a veth pair with full checksums (tx offload off on both ends).
 
-use std::{io::Write, time::Duration};
-
 use redirector_tests::{
-    bins,
     fixtures::*,
     netns::{must, Topology},
-    process::Proc,
 };
 
 /// Value of `key=` on the `rule FROM->TO:` line of the loader's final counters.
@@ -122,23 +118,11 @@ fn connection_opened_before_the_loader_is_not_hijacked() {
     let topo = Topology::new("pre");
     // A server really listening on 80 as well: the old connection talks to it.
     let _echo = start_echo(&topo, &["0.0.0.0:80"]);
-    let mut cmd = topo.client.cmd(bins::ws_client());
-    cmd.args([
-        "--url",
-        &topo.url("ws", false, 80),
-        "--interactive",
-        "--timeout",
-        "60",
-    ]);
-    let mut old = Proc::spawn("ws-client (old)", cmd, true);
-    old.wait_line("connected", Duration::from_secs(10));
-    writeln!(old.stdin(), "before").unwrap();
-    old.wait_line("echo: before", Duration::from_secs(10));
+    let mut old = open_session(&topo, &topo.url("ws", false, 80));
 
     let loader = start_loader(&topo, &[]);
     assert_echo(&topo, &topo.url("ws", false, 80)); // a new connection is redirected
-    writeln!(old.stdin(), "during").unwrap();
-    old.wait_line("echo: during", Duration::from_secs(10));
+    exchange(&mut old, "during");
     // The old connection is still on the server's port 80, the new one went to 8080.
     let ss = must(
         topo.server
@@ -149,9 +133,7 @@ fn connection_opened_before_the_loader_is_not_hijacked() {
         !String::from_utf8_lossy(&ss.stdout).trim().is_empty(),
         "old connection gone"
     );
-    old.close_stdin();
-    let (status, _) = old.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "old client: {}", old.stderr_text());
+    close_session(old);
 
     let lines = stop_loader(loader);
     assert_eq!(rule_stat(&lines, "80->8080", "flows_new"), 1, "{lines:?}");
