@@ -1,4 +1,5 @@
-//! `redirector run`: load, configure, attach, serve until a signal, detach, report.
+//! `redirector run`: load, configure, attach, serve until a signal, detach, report; with
+//! `--sniff-listen`, the sniffing proxy of `redirector sniff` runs on the same runtime.
 
 use std::time::Duration;
 
@@ -7,12 +8,17 @@ use redirector::{
     attach,
     dataplane::Dataplane,
     iface, instance, pin, privileges, reaper, rules,
+    sniff::{
+        detect::DetectConfig,
+        server::{SniffConfig, SniffServer},
+    },
     state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
     stats::Snapshot,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, RunSniffArgs};
+use crate::sniff_cmd;
 
 /// How often closed and idle flows are reclaimed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -26,6 +32,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     rules::validate(&rules)?;
     privileges::check()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Bound before anything is attached, so a busy sniff port fails cleanly.
+    let sniff = sniff_config(&args.sniff)
+        .map(|config| runtime.block_on(SniffServer::bind(config)))
+        .transpose()?;
     let ifaces = if args.ifaces.is_empty() {
         vec![iface::default_route_interface()?]
     } else {
@@ -74,6 +88,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let pinned = PinnedInstance::create(&dp, &info).context("pinning the maps")?;
     log::info!("maps pinned in {}", pinned.dir().display());
+    if let Some(server) = &sniff {
+        let addrs = server.local_addrs().context("reading the sniff address")?;
+        println!(
+            "redirector sniff ready: listening on {}",
+            sniff_cmd::listening(&addrs)
+        );
+    }
     let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
     println!(
         "redirector ready: {} rules {} conntrack-size {}",
@@ -82,11 +103,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.conntrack_size
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(&mut dp))?;
+    let sniff_counters = sniff.as_ref().map(SniffServer::counters);
+    runtime.block_on(async {
+        let (stop_sniff, sniff_stopped) = tokio::sync::oneshot::channel::<()>();
+        let sniffing = sniff.map(|server| {
+            tokio::spawn(server.serve(async move {
+                let _ = sniff_stopped.await;
+            }))
+        });
+        let served = serve(&mut dp).await;
+        let _ = stop_sniff.send(());
+        if let Some(sniffing) = sniffing {
+            sniffing.await.context("the sniffing proxy's task failed")?;
+        }
+        served
+    })?;
+    // Sniffed connections still open are closed with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
 
     // Unpin first, so control commands stop finding a stopping instance.
     drop(pinned);
@@ -98,10 +131,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ifaces.join(", ")
     );
     print!("{snapshot}");
+    if let Some(counters) = sniff_counters {
+        println!("redirector sniff stopped");
+        print!("{counters}");
+    }
     Ok(())
 }
 
-/// Reaps expired flows until SIGINT or SIGTERM.
+/// The sniffing proxy's configuration, if `--sniff-listen` was given (clap requires both
+/// backends with it); all else at the defaults of `redirector sniff`.
+fn sniff_config(args: &RunSniffArgs) -> Option<SniffConfig> {
+    let mut config = SniffConfig::new(args.sniff_listen?, args.sniff_websocket?, args.sniff_http?);
+    config.detect = DetectConfig {
+        ws_paths: args.ws_paths.clone(),
+        ..DetectConfig::default()
+    };
+    config.proxy_protocol = args.sniff_proxy_protocol;
+    Some(config)
+}
+
+/// Reaps expired flows until SIGINT or SIGTERM (which also stop the sniffing proxy).
 async fn serve(dp: &mut Dataplane) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
