@@ -20,6 +20,8 @@ const REQUIRED_PACKAGES: &[&str] = &[
     "util-linux", // nsenter, mount
     "gcc",        // linker for rustc, C shim of llvm-sys (bpf-linker)
     "libc6-dev",  // crt objects and libc for linking
+    "python3",    // http.server: the plain HTTP backend of the sniff tests
+    "nginx",      // reads the PROXY header in the sniff tests (run by the test, never a service)
 ];
 /// Packages that help with debugging but may be missing from the archive.
 const OPTIONAL_PACKAGES: &[&str] = &["bpftool"];
