@@ -54,6 +54,11 @@ pub fn run() -> Result<()> {
         ensure_bpf_linker,
     )?;
     step(
+        "cargo-fuzz",
+        "cargo install cargo-fuzz --locked",
+        ensure_cargo_fuzz,
+    )?;
+    step(
         "bpffs",
         "as root: mount -t bpf bpf /sys/fs/bpf",
         ensure_bpffs,
@@ -333,6 +338,22 @@ fn parse_bpf_linker_version(output: &str) -> Option<String> {
         (Some("bpf-linker"), Some(version)) => Some(version.to_owned()),
         _ => None,
     }
+}
+
+/// cargo-fuzz runs the fuzz targets of redirector/fuzz (with the nightly toolchain).
+fn ensure_cargo_fuzz() -> Result<String> {
+    if let Ok(version) = Cmd::cargo().args(["fuzz", "--version"]).run_captured() {
+        return Ok(version.trim().to_owned());
+    }
+    println!("  installing cargo-fuzz (a few minutes)");
+    Cmd::cargo()
+        .args(["install", "cargo-fuzz", "--locked"])
+        .run()?;
+    let version = Cmd::cargo()
+        .args(["fuzz", "--version"])
+        .run_captured()
+        .context("cargo-fuzz was installed but `cargo fuzz --version` fails")?;
+    Ok(format!("{} (installed now)", version.trim()))
 }
 
 fn ensure_bpffs() -> Result<String> {

@@ -4,8 +4,8 @@
 //!
 //! Deterministic: a fixed-seed xorshift generator and a fixed number of cases, so a failure
 //! reproduces with the same `cargo test`, and the run takes well under a second in release.
-//! (A coverage-guided `cargo fuzz` target would need the whole `redirector` crate, whose
-//! build script compiles the eBPF program, rebuilt with sanitizers; see docs/SNIFF.md.)
+//! The coverage-guided counterpart, with the same invariants, is the cargo-fuzz project in
+//! redirector/fuzz (run for a bounded time by `cargo xtask test`).
 //!
 //! Invariants, for every input and every prefix of it:
 //! - no panic;
