@@ -31,6 +31,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.redirects.clone()
     };
     rules::validate(&rules)?;
+    if let Some(listen) = args.sniff.sniff_listen {
+        // The kernel would move the sniffed port's connections away before the proxy saw
+        // them (e.g. the default 80:8080 rule with --sniff-listen 0.0.0.0:80).
+        if let Some(rule) = rules.iter().find(|r| r.from_port == listen.port()) {
+            anyhow::bail!(
+                "--sniff-listen {listen}: port {} is also redirected in the kernel by rule \
+                 {rule}; give --redirect rules that leave it alone (e.g. --redirect 443:8443)",
+                listen.port()
+            );
+        }
+    }
     privileges::check()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -61,6 +61,23 @@ fn invalid_flags_are_rejected_with_a_reason() {
         (vec!["--mode", "fast"], "invalid mode"),
         (vec!["--allow", "10.0.0.0/33"], "invalid --allow prefix"),
         (vec!["--conntrack-size", "0"], "at least 1"),
+        (
+            vec!["--sniff-listen", "0.0.0.0:80"],
+            "--sniff-websocket <ADDR:PORT>",
+        ),
+        (
+            // The default rules redirect 80 in the kernel.
+            vec![
+                "--sniff-listen",
+                "0.0.0.0:80",
+                "--sniff-websocket",
+                "127.0.0.1:8080",
+                "--sniff-http",
+                "127.0.0.1:8000",
+            ],
+            "port 80 is also redirected in the kernel by rule 80->8080",
+        ),
+        (vec!["--ws-path", "/ws"], "--sniff-listen <ADDR:PORT>"),
     ] {
         let mut all = vec!["--iface", "v0"];
         all.extend(args);
