@@ -7,7 +7,12 @@ use redirector::{
     attach::Mode,
     rules::RedirectRule,
     sniff::{
-        detect::DEFAULT_MAX_HEADER_BYTES, proxy_protocol::ProxyProtocol, server::NotHttpPolicy,
+        detect::DEFAULT_MAX_HEADER_BYTES,
+        proxy_protocol::ProxyProtocol,
+        server::{
+            NotHttpPolicy, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_TIMEOUT_SECS,
+            DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNS,
+        },
         sni::SniPattern,
     },
     source_filter::SourcePrefix,
@@ -35,6 +40,11 @@ pub enum Command {
     /// Attach the redirector to interfaces and run in the foreground until SIGINT/SIGTERM.
     ///
     /// Example: redirector run --iface eth0 --redirect 80:8080 --redirect 443:8443
+    ///
+    /// With --sniff-listen it also runs the sniffing proxy of `redirector sniff`, e.g. TLS
+    /// moved in the kernel and WebSocket and HTTP on port 80 told apart in user space:
+    ///
+    /// Example: redirector run --redirect 443:8443 --sniff-listen 0.0.0.0:80 --sniff-websocket 127.0.0.1:8080 --sniff-http 127.0.0.1:8000
     Run(RunArgs),
     /// Show the running instance: interfaces, hook mode, rules, conntrack fill.
     ///
@@ -143,6 +153,37 @@ pub struct RunArgs {
     /// Forget a flow whose handshake has not completed after SECS seconds [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_handshake: Option<u64>,
+
+    #[command(flatten)]
+    pub sniff: RunSniffArgs,
+}
+
+/// The sniffing proxy run inside `redirector run` (the flags of `redirector sniff` that
+/// matter most, prefixed; every other setting keeps its `redirector sniff` default).
+#[derive(Debug, clap::Args)]
+pub struct RunSniffArgs {
+    /// Also run the sniffing proxy of `redirector sniff` in this process, accepting on
+    /// ADDR:PORT; it stops with the redirector and its counters follow the redirector's.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["sniff_websocket", "sniff_http"])]
+    pub sniff_listen: Option<SocketAddr>,
+
+    /// Backend of sniffed WebSocket upgrades (`--websocket` of `redirector sniff`).
+    #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
+    pub sniff_websocket: Option<SocketAddr>,
+
+    /// Backend of other sniffed HTTP (`--http` of `redirector sniff`).
+    #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
+    pub sniff_http: Option<SocketAddr>,
+
+    /// Only sniffed upgrades whose path starts with PREFIX count as WebSocket
+    /// (repeatable). Default: any path.
+    #[arg(long = "ws-path", value_name = "PREFIX", value_parser = parse_ws_path,
+          requires = "sniff_listen")]
+    pub ws_paths: Vec<String>,
+
+    /// Send a PROXY protocol header (v1 or v2) to the sniffing proxy's backends.
+    #[arg(long, value_name = "v1|v2", requires = "sniff_listen")]
+    pub sniff_proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// Which running instance to talk to.
@@ -243,21 +284,21 @@ pub struct SniffArgs {
     pub ws_paths: Vec<String>,
 
     /// Most connections open at once; further ones are closed on accept and counted.
-    #[arg(long, value_name = "N", default_value_t = 4096,
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_conns: u32,
 
     /// Seconds a client has, from accept, to send its complete request head.
-    #[arg(long, value_name = "SECS", default_value_t = 10,
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout: u64,
 
     /// Close relays that moved no byte in either direction for SECS; 0 never closes them.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
     pub idle_timeout: u64,
 
     /// Seconds allowed to connect to a backend.
-    #[arg(long, value_name = "SECS", default_value_t = 5,
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub connect_timeout: u64,
 

@@ -1,4 +1,5 @@
-//! `redirector run`: load, configure, attach, serve until a signal, detach, report.
+//! `redirector run`: load, configure, attach, serve until a signal, detach, report; with
+//! `--sniff-listen`, the sniffing proxy of `redirector sniff` runs on the same runtime.
 
 use std::time::Duration;
 
@@ -11,12 +12,19 @@ use redirector::{
     maps::Maps,
     metrics::Labels,
     metrics_http, pin, privileges, reaper, rules,
+    sniff::{
+        detect::DetectConfig,
+        server::{SniffConfig, SniffServer},
+    },
     state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
     stats::Snapshot,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::cli::RunArgs;
+use crate::{
+    cli::{RunArgs, RunSniffArgs},
+    sniff_cmd,
+};
 
 /// How often closed and idle flows are reclaimed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,16 +50,29 @@ fn flag_settings(args: RunArgs) -> RunSettings {
 /// Runs the loader in the foreground.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config.clone();
+    let sniff = sniff_config(&args.sniff);
     let flags = flag_settings(args);
     let settings = match config {
         Some(path) => flags.or(RunSettings::load(&path)?),
         None => flags,
     };
-    load_and_serve(settings)
+    load_and_serve(settings, sniff)
 }
 
-/// Loads, attaches and serves with the merged `settings`.
-fn load_and_serve(settings: RunSettings) -> anyhow::Result<()> {
+/// The sniffing proxy's configuration, if `--sniff-listen` was given (clap requires both
+/// backends with it); all else at the defaults of `redirector sniff`.
+fn sniff_config(args: &RunSniffArgs) -> Option<SniffConfig> {
+    let mut config = SniffConfig::new(args.sniff_listen?, args.sniff_websocket?, args.sniff_http?);
+    config.detect = DetectConfig {
+        ws_paths: args.ws_paths.clone(),
+        ..DetectConfig::default()
+    };
+    config.proxy_protocol = args.sniff_proxy_protocol;
+    Some(config)
+}
+
+/// Loads, attaches and serves with the merged `settings` (and the sniffing proxy, if any).
+fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::Result<()> {
     let (mode, conntrack_size) = (settings.mode(), settings.conntrack_size());
     let rules = if settings.redirects.is_empty() {
         rules::DEFAULT_RULES.to_vec()
@@ -59,7 +80,26 @@ fn load_and_serve(settings: RunSettings) -> anyhow::Result<()> {
         settings.redirects.clone()
     };
     rules::validate(&rules)?;
+    if let Some(listen) = sniff.as_ref().map(|c| c.listen) {
+        // The kernel would move the sniffed port's connections away before the proxy saw
+        // them (e.g. the default 80:8080 rule with --sniff-listen 0.0.0.0:80).
+        if let Some(rule) = rules.iter().find(|r| r.from_port == listen.port()) {
+            anyhow::bail!(
+                "--sniff-listen {listen}: port {} is also redirected in the kernel by rule \
+                 {rule}; give --redirect rules that leave it alone (e.g. --redirect 443:8443)",
+                listen.port()
+            );
+        }
+    }
     privileges::check()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Bound before anything is attached, so a busy sniff port fails cleanly.
+    let sniff = sniff
+        .map(|config| runtime.block_on(SniffServer::bind(config)))
+        .transpose()?;
     let ifaces = if settings.ifaces.is_empty() {
         vec![iface::default_route_interface()?]
     } else {
@@ -132,10 +172,6 @@ fn load_and_serve(settings: RunSettings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     // Handlers are installed before `ready` is printed: a SIGTERM right after it must
     // still detach cleanly instead of killing the process with its pins in place.
     let signals = {
@@ -145,6 +181,13 @@ fn load_and_serve(settings: RunSettings) -> anyhow::Result<()> {
             terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
         }
     };
+    if let Some(server) = &sniff {
+        let addrs = server.local_addrs().context("reading the sniff address")?;
+        println!(
+            "redirector sniff ready: listening on {}",
+            sniff_cmd::listening(&addrs)
+        );
+    }
     let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
     let metrics_note = match &metrics {
         Some((listener, _, _)) => format!(" metrics http://{}/metrics", listener.local_addr()?),
@@ -158,7 +201,23 @@ fn load_and_serve(settings: RunSettings) -> anyhow::Result<()> {
     );
 
     let timeouts = settings.timeouts();
-    runtime.block_on(serve(&mut dp, &timeouts, signals, metrics))?;
+    let sniff_counters = sniff.as_ref().map(SniffServer::counters);
+    runtime.block_on(async {
+        let (stop_sniff, sniff_stopped) = tokio::sync::oneshot::channel::<()>();
+        let sniffing = sniff.map(|server| {
+            tokio::spawn(server.serve(async move {
+                let _ = sniff_stopped.await;
+            }))
+        });
+        let served = serve(&mut dp, &timeouts, signals, metrics).await;
+        let _ = stop_sniff.send(());
+        if let Some(sniffing) = sniffing {
+            sniffing.await.context("the sniffing proxy's task failed")?;
+        }
+        served
+    })?;
+    // Sniffed connections still open are closed with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
 
     // Unpin first, so control commands stop finding a stopping instance.
     drop(pinned);
@@ -170,6 +229,10 @@ fn load_and_serve(settings: RunSettings) -> anyhow::Result<()> {
         ifaces.join(", ")
     );
     print!("{snapshot}");
+    if let Some(counters) = sniff_counters {
+        println!("redirector sniff stopped");
+        print!("{counters}");
+    }
     Ok(())
 }
 
@@ -179,7 +242,8 @@ struct Signals {
     terminate: Signal,
 }
 
-/// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM.
+/// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM (which
+/// also stop the sniffing proxy).
 async fn serve(
     dp: &mut Dataplane,
     timeouts: &reaper::Timeouts,

@@ -1,7 +1,7 @@
 //! `redirector sniff`: bind, announce, serve until a signal, report the counters (the library
 //! side is `redirector::sniff`).
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use redirector::sniff::{
@@ -46,17 +46,7 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
             args.websocket,
             args.http
         );
-        let listening: Vec<String> = addrs
-            .iter()
-            .map(|(addr, kind)| match kind {
-                ListenerKind::Http => addr.to_string(),
-                ListenerKind::Tls => format!("{addr} (tls)"),
-            })
-            .collect();
-        println!(
-            "redirector sniff ready: listening on {}",
-            listening.join(", ")
-        );
+        println!("redirector sniff ready: listening on {}", listening(&addrs));
         server
             .serve(async {
                 tokio::select! {
@@ -72,6 +62,18 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
     println!("redirector sniff stopped");
     print!("{counters}");
     Ok(())
+}
+
+/// The bound addresses as the ready line shows them: `ADDR, ADDR (tls)`.
+pub fn listening(addrs: &[(SocketAddr, ListenerKind)]) -> String {
+    let listening: Vec<String> = addrs
+        .iter()
+        .map(|(addr, kind)| match kind {
+            ListenerKind::Http => addr.to_string(),
+            ListenerKind::Tls => format!("{addr} (tls)"),
+        })
+        .collect();
+    listening.join(", ")
 }
 
 /// The TLS listener's routes, if `--tls-listen` was given (clap requires both backends).

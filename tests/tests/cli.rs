@@ -66,6 +66,23 @@ fn invalid_flags_are_rejected_with_a_reason() {
             "invalid value '0' for '--timeout-closing",
         ),
         (vec!["--timeout-established", "x"], "--timeout-established"),
+        (
+            vec!["--sniff-listen", "0.0.0.0:80"],
+            "--sniff-websocket <ADDR:PORT>",
+        ),
+        (
+            // The default rules redirect 80 in the kernel.
+            vec![
+                "--sniff-listen",
+                "0.0.0.0:80",
+                "--sniff-websocket",
+                "127.0.0.1:8080",
+                "--sniff-http",
+                "127.0.0.1:8000",
+            ],
+            "port 80 is also redirected in the kernel by rule 80->8080",
+        ),
+        (vec!["--ws-path", "/ws"], "--sniff-listen <ADDR:PORT>"),
     ] {
         let mut all = vec!["--iface", "v0"];
         all.extend(args);

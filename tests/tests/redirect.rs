@@ -1,9 +1,12 @@
 //! Namespace integration: the real loader, real eBPF programs, real WebSocket servers and
 //! clients over a veth pair with full checksums (tx offload off on both ends).
 
+use std::time::Duration;
+
 use redirector_tests::{
     fixtures::*,
     netns::{must, Topology},
+    process::Proc,
 };
 
 /// Value of `key=` on the `rule FROM->TO:` line of the loader's final counters.
@@ -157,4 +160,81 @@ fn allow_list_limits_which_sources_are_redirected() {
     let lines = stop_loader(loader);
     assert!(counter(&lines, "pass_source_denied") >= 1, "{lines:?}");
     assert_eq!(rule_stat(&lines, "80->8080", "flows_new"), 1);
+}
+
+/// One process, two paths: `redirector run --sniff-listen` moves 443 to 8443 in the kernel
+/// and tells WebSocket from plain HTTP on port 80 in user space.
+#[test]
+fn run_with_sniff_serves_kernel_and_sniffed_paths_together() {
+    let _serial = serial();
+    let topo = Topology::new("runsniff");
+    let _echo = start_echo(&topo, &[]);
+    let root = std::env::temp_dir().join(format!("rdrt-runsniff-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let file: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(7919) >> 3) as u8)
+        .collect();
+    std::fs::write(root.join("known.bin"), &file).unwrap();
+    let mut web_cmd = topo.server.cmd("python3");
+    web_cmd
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "8000"])
+        .arg("--directory")
+        .arg(&root);
+    let mut web = Proc::spawn("python3 http.server", web_cmd, false);
+    web.wait_line("Serving HTTP", Duration::from_secs(10));
+
+    let loader = start_loader(
+        &topo,
+        &[
+            "--redirect",
+            "443:8443",
+            "--sniff-listen",
+            "0.0.0.0:80",
+            "--sniff-websocket",
+            "127.0.0.1:8080",
+            "--sniff-http",
+            "127.0.0.1:8000",
+        ],
+    );
+    assert!(
+        loader
+            .seen
+            .iter()
+            .any(|l| l == "redirector sniff ready: listening on 0.0.0.0:80"),
+        "{:?}",
+        loader.seen
+    );
+    assert_echo(&topo, &topo.url("ws", false, 80)); // sniffed: WebSocket
+    let url = format!("http://{}:80/known.bin", topo.server_v4);
+    let fetched = must(
+        topo.client
+            .cmd("curl")
+            .args(["-sS", "--fail", "--max-time", "10", &url]),
+    );
+    assert!(
+        fetched.stdout == file,
+        "{url}: {} bytes",
+        fetched.stdout.len()
+    ); // sniffed: HTTP
+    assert_echo(&topo, &topo.url("wss", false, 443)); // kernel redirect
+
+    let lines = stop_loader(loader);
+    drop(web);
+    let _ = std::fs::remove_dir_all(&root);
+    assert_eq!(rule_stat(&lines, "443->8443", "flows_new"), 1, "{lines:?}");
+    let sniff_counter = |name: &str| -> u64 {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("sniff counter {name}=")))
+            .unwrap_or_else(|| panic!("no sniff counter {name} in {lines:?}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        lines.iter().any(|l| l == "redirector sniff stopped"),
+        "{lines:?}"
+    );
+    assert_eq!(sniff_counter("websocket"), 1, "{lines:?}");
+    assert_eq!(sniff_counter("http"), 1, "{lines:?}");
+    assert_eq!(topo.csum_errors(), 0, "TCP checksum errors");
 }

@@ -747,3 +747,94 @@ fn listen_address_in_use_is_a_clear_error() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
     stop_proxy(proxy);
 }
+
+// ---------- PROXY protocol read by nginx ----------
+
+/// nginx in the foreground (`master_process off`, one process, killed by PID on drop) with
+/// every path under its own temp directory; it answers every request with the client
+/// address it read from the PROXY header.
+struct Nginx {
+    dir: PathBuf,
+    port: u16,
+    _proc: Proc,
+}
+
+impl Nginx {
+    fn start(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rdrt-nginx-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let d = dir.display();
+        let config = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n\
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+             scgi_temp_path {d}/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port} proxy_protocol;\n\
+             location / {{ return 200 \"$proxy_protocol_addr:$proxy_protocol_port\\n\"; }}\n  }}\n}}\n"
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, config).unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log"));
+        cmd.arg("-c").arg(&conf);
+        let proc = Proc::spawn("nginx (install it with `cargo xtask setup`)", cmd, false);
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while TcpStream::connect(local(port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on {port}: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            dir,
+            port,
+            _proc: proc,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // `_proc` is dropped (SIGTERM, then SIGKILL, by PID) after this.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A plain GET to `addr` from a socket bound to `source`; returns the client's own address
+/// and the response body.
+fn get_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> (SocketAddr, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let client = stream.local_addr().unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let (head, body) = split_response(&response);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (client, String::from_utf8_lossy(body).into_owned())
+}
+
+#[test]
+fn nginx_reads_the_client_address_from_proxy_v1_and_v2() {
+    let nginx = Nginx::start("pp");
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    for version in ["v1", "v2"] {
+        let unused = free_port();
+        let (proxy, addr) = start_proxy(unused, nginx.port, &["--proxy-protocol", version]);
+        let (client, body) = get_from(source, addr);
+        assert_eq!(client.ip(), source);
+        assert_eq!(body, format!("127.0.0.3:{}\n", client.port()), "{version}");
+        let counters = stop_proxy(proxy);
+        assert_eq!(counters["http"], 1, "{version}: {counters:?}");
+    }
+}

@@ -20,6 +20,8 @@ const REQUIRED_PACKAGES: &[&str] = &[
     "util-linux", // nsenter, mount
     "gcc",        // linker for rustc, C shim of llvm-sys (bpf-linker)
     "libc6-dev",  // crt objects and libc for linking
+    "python3",    // http.server: the plain HTTP backend of the sniff tests
+    "nginx",      // reads the PROXY header in the sniff tests (run by the test, never a service)
 ];
 /// Packages that help with debugging but may be missing from the archive.
 const OPTIONAL_PACKAGES: &[&str] = &["bpftool"];
@@ -50,6 +52,11 @@ pub fn run() -> Result<()> {
         "LLVM_PREFIX=<prefix above> cargo install bpf-linker --version 0.13.0 \
          --no-default-features --features llvm-22 --force",
         ensure_bpf_linker,
+    )?;
+    step(
+        "cargo-fuzz",
+        "cargo install cargo-fuzz --locked",
+        ensure_cargo_fuzz,
     )?;
     step(
         "bpffs",
@@ -331,6 +338,22 @@ fn parse_bpf_linker_version(output: &str) -> Option<String> {
         (Some("bpf-linker"), Some(version)) => Some(version.to_owned()),
         _ => None,
     }
+}
+
+/// cargo-fuzz runs the fuzz targets of redirector/fuzz (with the nightly toolchain).
+fn ensure_cargo_fuzz() -> Result<String> {
+    if let Ok(version) = Cmd::cargo().args(["fuzz", "--version"]).run_captured() {
+        return Ok(version.trim().to_owned());
+    }
+    println!("  installing cargo-fuzz (a few minutes)");
+    Cmd::cargo()
+        .args(["install", "cargo-fuzz", "--locked"])
+        .run()?;
+    let version = Cmd::cargo()
+        .args(["fuzz", "--version"])
+        .run_captured()
+        .context("cargo-fuzz was installed but `cargo fuzz --version` fails")?;
+    Ok(format!("{} (installed now)", version.trim()))
 }
 
 fn ensure_bpffs() -> Result<String> {

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, lint (rustfmt, clippy), build, then the whole test suite with the
-//! built binaries' paths in REDIRECTOR_BIN, WS_ECHO_BIN and WS_CLIENT_BIN.
+//! built binaries' paths in REDIRECTOR_BIN, WS_ECHO_BIN and WS_CLIENT_BIN, then a bounded
+//! run of each fuzz target of redirector/fuzz.
 
 use anyhow::{Context as _, Result};
 
@@ -13,6 +14,11 @@ use crate::setup;
 /// harness's std clashes with its `#[panic_handler]`), which is also why it is not among the
 /// workspace's default-members; `--workspace` alone would pull it in.
 const EBPF_PACKAGE: &str = "redirector-ebpf";
+
+/// The cargo-fuzz targets in redirector/fuzz (the sniffing proxy's detectors).
+const FUZZ_TARGETS: &[&str] = &["detect", "sni"];
+/// How long each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS_PER_TARGET: u32 = 20;
 
 pub fn run(args: &TestArgs) -> Result<()> {
     setup::run().context("test step `setup` failed")?;
@@ -56,17 +62,41 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("WS_CLIENT_BIN", &binaries.ws_client)
         .current_dir(workspace_root())
         .run_tee(|line| totals.add(line));
-    match tests {
-        Ok(()) => {
-            heading("all test steps passed");
-            totals.print();
-            Ok(())
-        }
-        Err(err) => {
-            totals.print();
-            Err(err.context("test step `cargo test` failed"))
-        }
+    let result = tests
+        .context("test step `cargo test` failed")
+        .and_then(|()| fuzz());
+    if result.is_ok() {
+        heading("all test steps passed");
     }
+    // Last, whatever happened: the summary line CI reads.
+    totals.print();
+    result
+}
+
+/// Runs each fuzz target for a bounded time; a crash (a panic, a failed invariant) fails
+/// the step, and libFuzzer leaves the input under redirector/fuzz/artifacts.
+fn fuzz() -> Result<()> {
+    let fuzz_dir = workspace_root().join("redirector").join("fuzz");
+    for target in FUZZ_TARGETS {
+        heading(format_args!("fuzz: {target} ({FUZZ_SECONDS_PER_TARGET} s)"));
+        Cmd::cargo()
+            .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
+            .arg(&fuzz_dir)
+            .arg(target)
+            .arg("--")
+            .arg(format!("-max_total_time={FUZZ_SECONDS_PER_TARGET}"))
+            .current_dir(workspace_root())
+            .run()
+            .with_context(|| {
+                format!(
+                    "test step `fuzz {target}` failed; the crashing input is in {}/artifacts/{target} \
+                     (reproduce: cargo +nightly fuzz run --fuzz-dir {} {target} <that file>)",
+                    fuzz_dir.display(),
+                    fuzz_dir.display()
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Tests counted over every `test result:` line of `cargo test`.

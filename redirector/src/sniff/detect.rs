@@ -51,6 +51,10 @@ impl Default for DetectConfig {
 
 /// Classifies `buf`, the bytes received so far at the start of a connection.
 pub fn detect(buf: &[u8], cfg: &DetectConfig) -> Detection {
+    // Bytes past the limit are never looked at, so the verdict cannot depend on how much
+    // more than the limit one read happened to bring (e.g. `TooLarge` for one read size,
+    // `NotHttp` for a larger one).
+    let buf = &buf[..buf.len().min(cfg.max_header_bytes)];
     if method_rules_out_http(buf) {
         return Detection::NotHttp;
     }
@@ -330,6 +334,20 @@ Content-Length: 5\r\n\r\nhello";
         }
         // Complete but over the limit (e.g. received in one read) is too large as well.
         req.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(detect(&req, &cfg), Detection::TooLarge);
+    }
+
+    #[test]
+    fn bytes_past_the_limit_do_not_change_the_verdict() {
+        let cfg = DetectConfig {
+            max_header_bytes: 64,
+            ..DetectConfig::default()
+        };
+        // Still a valid partial head at the limit; a space in a header name after it.
+        let mut req = b"GET / HTTP/1.1\r\nX-Fill: ".to_vec();
+        req.resize(cfg.max_header_bytes, b'x');
+        assert_eq!(detect(&req, &cfg), Detection::TooLarge);
+        req.extend_from_slice(b"\r\nBad Header: x\r\n\r\n");
         assert_eq!(detect(&req, &cfg), Detection::TooLarge);
     }
 

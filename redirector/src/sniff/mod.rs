@@ -12,6 +12,8 @@
 pub mod counters;
 pub mod detect;
 pub mod prefixed;
+#[cfg(test)]
+mod properties;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod server;

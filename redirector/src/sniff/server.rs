@@ -35,6 +35,15 @@ const SNIFF_READ_SIZE: usize = 4096;
 /// first word is refused at once; above it, only after reads that end a line.
 const EARLY_PARSE_BYTES: usize = 32;
 
+/// Default of `--max-conns`.
+pub const DEFAULT_MAX_CONNS: u32 = 4096;
+/// Default of `--header-timeout`, in seconds.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default of `--idle-timeout`, in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Default of `--connect-timeout`, in seconds.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+
 /// What to do with connections that do not start with HTTP/1.x (`--not-http`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NotHttpPolicy {
@@ -87,6 +96,30 @@ pub struct SniffConfig {
     pub tls: Option<TlsRoute>,
     /// Send a PROXY protocol header to backends before the client's bytes.
     pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+impl SniffConfig {
+    /// A plain listener with every limit and timeout at its default, no TLS listener and
+    /// no PROXY header (what `redirector run --sniff-listen` starts from).
+    pub fn new(
+        listen: SocketAddr,
+        websocket_backend: SocketAddr,
+        http_backend: SocketAddr,
+    ) -> Self {
+        SniffConfig {
+            listen,
+            websocket_backend,
+            http_backend,
+            detect: DetectConfig::default(),
+            max_conns: DEFAULT_MAX_CONNS as usize,
+            header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
+            idle_timeout: Some(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)),
+            connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+            not_http: NotHttpPolicy::default(),
+            tls: None,
+            proxy_protocol: None,
+        }
+    }
 }
 
 /// TLS connections, routed by the server name of their ClientHello (not decrypted).

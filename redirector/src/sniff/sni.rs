@@ -35,6 +35,9 @@ pub enum SniDetection {
 
 /// Classifies `buf`, the bytes received so far, reading at most `max_bytes` of it.
 pub fn detect_sni(buf: &[u8], max_bytes: usize) -> SniDetection {
+    // Bytes past the limit are never looked at, so the verdict cannot depend on how much
+    // more than the limit one read happened to bring.
+    let buf = &buf[..buf.len().min(max_bytes)];
     match client_hello(buf) {
         Reassembly::NeedMore if buf.len() >= max_bytes => SniDetection::TooLarge,
         Reassembly::NeedMore => SniDetection::NeedMore,
@@ -362,6 +365,17 @@ mod tests {
         assert_eq!(detect_sni(&hello[..1000], 1000), SniDetection::TooLarge);
         assert_eq!(detect_sni(&hello, 1000), SniDetection::TooLarge);
         assert_eq!(detect_sni(&hello[..999], 1000), SniDetection::NeedMore);
+    }
+
+    #[test]
+    fn bytes_past_the_limit_do_not_change_the_verdict() {
+        let hello = client_hello_record(Some("big.test"), 500);
+        // Re-split into records of 50 bytes: record headers at 0, 55, 110, ...
+        let mut split = records(&hello[RECORD_HEADER_LEN..], 50);
+        assert_eq!(detect_sni(&split[..100], 100), SniDetection::TooLarge);
+        split[110] = 0x17; // application data: not TLS, but past the limit
+        assert_eq!(detect_sni(&split, 100), SniDetection::TooLarge);
+        assert_eq!(detect_sni(&split, 200), SniDetection::NotTls);
     }
 
     #[test]
