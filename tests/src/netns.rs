@@ -46,6 +46,21 @@ impl Netns {
         cmd
     }
 
+    /// A command that runs `program` inside this namespace as nobody, with no
+    /// capabilities at all (for the "missing privileges" paths).
+    pub fn cmd_unprivileged(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = self.cmd("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(program);
+        cmd
+    }
+
     /// Reads a TCP MIB counter (e.g. `InCsumErrors`) from this namespace's /proc/net/snmp.
     pub fn tcp_counter(&self, name: &str) -> u64 {
         let out = must(self.cmd("cat").arg("/proc/net/snmp"));

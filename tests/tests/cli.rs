@@ -107,15 +107,7 @@ fn missing_privileges_are_explained() {
     let ns = veth_ns("priv");
     // Drop to nobody with no capabilities at all.
     let out = ns
-        .cmd("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(bins::redirector())
+        .cmd_unprivileged(bins::redirector())
         .args(["run", "--iface", "v0"])
         .output()
         .unwrap();

@@ -82,15 +82,7 @@ fn commands_fail_clearly_when_nothing_runs() {
         ctl_fails(&ns, args, "no redirector running in this network namespace");
     }
     let out = ns
-        .cmd("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(bins::redirector())
+        .cmd_unprivileged(bins::redirector())
         .arg("status")
         .output()
         .unwrap();
