@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, lint (rustfmt, clippy), build, then the whole test suite with the
+//! `cargo xtask test`: setup, lint (rustfmt, clippy on the host crates and on the eBPF crate
+//! for its BPF target), build, then the whole test suite with the
 //! built binaries' paths in REDIRECTOR_BIN, WS_ECHO_BIN and WS_CLIENT_BIN, then a bounded
 //! run of each fuzz target of redirector/fuzz.
 
@@ -43,6 +44,30 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .current_dir(workspace_root())
         .run()
         .context("test step `lint: cargo clippy` failed")?;
+
+    heading("lint: clippy (eBPF, bpfel-unknown-none)");
+    // The eBPF crate only builds with the nightly toolchain and core from source, as
+    // aya-build builds it; warnings there fail the step like anywhere else.
+    Cmd::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            EBPF_PACKAGE,
+        ])
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .args(["--", "-D", "warnings"])
+        .current_dir(workspace_root())
+        .run()
+        .context("test step `lint: cargo clippy (eBPF)` failed")?;
 
     let binaries = build::build_binaries(Profile::Release).context("test step `build` failed")?;
 
