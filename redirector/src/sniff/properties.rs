@@ -15,7 +15,7 @@
 //!   with more than [`MAX_HEADERS`] header lines).
 
 use super::detect::{detect, DetectConfig, Detection, MAX_HEADERS, MAX_METHOD_LEN};
-use super::sni::{detect_sni, SniDetection};
+use super::sni::{detect_sni, test_support::client_hello_split, SniDetection};
 
 /// Generated inputs per property.
 const CASES: usize = 4_000;
@@ -224,47 +224,10 @@ fn detect_refuses_long_first_words_within_the_method_limit() {
     }
 }
 
-/// A ClientHello record (TLS 1.2 layout) with `sni` if given, split into records of at
-/// most `fragment` bytes.
-fn client_hello(sni: Option<&str>, padding: usize, fragment: usize) -> Vec<u8> {
-    let mut extensions = Vec::new();
-    extensions.extend_from_slice(&0x000au16.to_be_bytes());
-    extensions.extend_from_slice(&(padding as u16).to_be_bytes());
-    extensions.extend(std::iter::repeat_n(0x17, padding));
-    if let Some(name) = sni {
-        let name = name.as_bytes();
-        let entry_len = 1 + 2 + name.len();
-        extensions.extend_from_slice(&0u16.to_be_bytes()); // server_name
-        extensions.extend_from_slice(&((2 + entry_len) as u16).to_be_bytes());
-        extensions.extend_from_slice(&(entry_len as u16).to_be_bytes());
-        extensions.push(0); // host_name
-        extensions.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        extensions.extend_from_slice(name);
-    }
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[0x42; 32]);
-    body.push(0); // no session id
-    body.extend_from_slice(&2u16.to_be_bytes());
-    body.extend_from_slice(&[0x13, 0x01]);
-    body.extend_from_slice(&[1, 0]);
-    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-    body.extend_from_slice(&extensions);
-    let mut handshake = vec![1]; // ClientHello
-    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend_from_slice(&body);
-    let mut out = Vec::new();
-    for chunk in handshake.chunks(fragment) {
-        out.extend_from_slice(&[22, 3, 1]);
-        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
-        out.extend_from_slice(chunk);
-    }
-    out
-}
-
 fn tls_input(rng: &mut Rng) -> Vec<u8> {
     let names: &[&str] = &["ws.example.com", "WWW.Example.COM", "a", "x y", "é.example"];
     let sni = (!rng.chance(4)).then(|| rng.pick(names));
-    let hello = client_hello(sni, rng.below(48), 1 + rng.below(200));
+    let hello = client_hello_split(sni, rng.below(48), 1 + rng.below(200));
     match rng.below(4) {
         0 => hello,
         1 | 2 => mutate(rng, hello),

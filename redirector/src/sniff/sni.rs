@@ -230,13 +230,14 @@ impl SniPattern {
     }
 }
 
+/// ClientHello builders shared by this module's tests and the property tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
     /// A ClientHello record (TLS 1.2 shape, as TLS 1.3 clients send it) with `sni` if
     /// given and `padding` bytes of an unknown extension before it.
-    fn client_hello_record(sni: Option<&str>, padding: usize) -> Vec<u8> {
+    pub(crate) fn client_hello_record(sni: Option<&str>, padding: usize) -> Vec<u8> {
         let mut extensions = Vec::new();
         // An unrelated extension first (supported_groups-like), so SNI is not first.
         extensions.extend_from_slice(&0x000au16.to_be_bytes());
@@ -267,8 +268,21 @@ mod tests {
         records(&handshake, usize::MAX)
     }
 
+    /// The same ClientHello with its handshake split into records of at most `fragment`
+    /// bytes.
+    pub(crate) fn client_hello_split(
+        sni: Option<&str>,
+        padding: usize,
+        fragment: usize,
+    ) -> Vec<u8> {
+        records(
+            &client_hello_record(sni, padding)[RECORD_HEADER_LEN..],
+            fragment,
+        )
+    }
+
     /// Wraps `handshake` in records of at most `fragment` bytes each.
-    fn records(handshake: &[u8], fragment: usize) -> Vec<u8> {
+    pub(crate) fn records(handshake: &[u8], fragment: usize) -> Vec<u8> {
         let mut out = Vec::new();
         for chunk in handshake.chunks(fragment.min(MAX_RECORD_LEN)) {
             out.extend_from_slice(&[CONTENT_HANDSHAKE, 3, 1]);
@@ -277,6 +291,11 @@ mod tests {
         }
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{test_support::*, *};
 
     fn check_prefixes(hello: &[u8], full: SniDetection) {
         for len in 0..hello.len() {
