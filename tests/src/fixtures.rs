@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{bins, netns::Topology, process::Proc};
+use crate::{
+    bins,
+    netns::{Netns, Topology},
+    process::Proc,
+};
 
 /// Tests that start loaders run one at a time within a test binary, so "no redirector
 /// program is loaded any more" after a loader exits is a meaningful check.
@@ -149,4 +153,28 @@ pub fn assert_no_program_loaded() {
         assert!(Instant::now() < deadline, "programs still loaded: {left:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Runs `redirector ARGS` in `ns` (a control command).
+pub fn ctl(ns: &Netns, args: &[&str]) -> Output {
+    ns.cmd(bins::redirector()).args(args).output().unwrap()
+}
+
+/// Runs a control command that must succeed; returns its stdout.
+pub fn ctl_ok(ns: &Netns, args: &[&str]) -> String {
+    let out = ctl(ns, args);
+    assert!(
+        out.status.success(),
+        "redirector {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a control command with `--json` and parses its output.
+pub fn ctl_json(ns: &Netns, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let text = ctl_ok(ns, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
 }

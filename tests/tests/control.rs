@@ -2,7 +2,7 @@
 //! namespace (`ip netns exec NS redirector status|stats|flows|enable|disable|add|remove|
 //! flush`), with the real loader, real eBPF programs and real WebSocket traffic.
 
-use std::{io::Write, path::Path, process::Output, time::Duration};
+use std::{io::Write, path::Path, time::Duration};
 
 use redirector_tests::{
     bins,
@@ -11,30 +11,6 @@ use redirector_tests::{
     process::Proc,
 };
 use serde_json::Value;
-
-/// Runs `redirector ARGS` in `ns` (a control command).
-fn ctl(ns: &Netns, args: &[&str]) -> Output {
-    ns.cmd(bins::redirector()).args(args).output().unwrap()
-}
-
-/// Runs a control command that must succeed; returns its stdout.
-fn ctl_ok(ns: &Netns, args: &[&str]) -> String {
-    let out = ctl(ns, args);
-    assert!(
-        out.status.success(),
-        "redirector {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a control command with `--json` and parses its output.
-fn ctl_json(ns: &Netns, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let text = ctl_ok(ns, &all);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
-}
 
 /// Asserts a control command fails with `needle` in its error.
 fn ctl_fails(ns: &Netns, args: &[&str], needle: &str) {

@@ -7,23 +7,6 @@ use std::{io::Write, time::Duration};
 use redirector_tests::{bins, fixtures::*, netns::Topology, process::Proc};
 use serde_json::Value;
 
-/// Runs `redirector ARGS --json` in the server namespace and parses its output.
-fn ctl_json(topo: &Topology, args: &[&str]) -> Value {
-    let out = topo
-        .server
-        .cmd(bins::redirector())
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// `curl` inside the server namespace: (HTTP status, body).
 fn http_get(topo: &Topology, url: &str) -> (u16, String) {
     let out = topo
@@ -86,7 +69,7 @@ fn metrics_endpoint_reports_the_traffic() {
     for _ in 0..20 {
         let (code, body) = http_get(&topo, url);
         assert_eq!(code, 200);
-        let stats = ctl_json(&topo, &["stats"]);
+        let stats = ctl_json(&topo.server, &["stats"]);
         let rule = stats["rules"]
             .as_array()
             .unwrap()
@@ -187,7 +170,7 @@ fn metrics_endpoint_reports_the_traffic() {
         sample(&body, &format!("redirector_conntrack_capacity{{{iface}}}")),
         1024
     );
-    let tracked = ctl_json(&topo, &["status"])["conntrack"]["tracked"]
+    let tracked = ctl_json(&topo.server, &["status"])["conntrack"]["tracked"]
         .as_u64()
         .unwrap();
     assert_eq!(
@@ -204,7 +187,7 @@ fn metrics_endpoint_reports_the_traffic() {
 fn wait_no_flows(topo: &Topology, limit: Duration) -> Duration {
     let start = std::time::Instant::now();
     loop {
-        let flows = ctl_json(topo, &["flows"]);
+        let flows = ctl_json(&topo.server, &["flows"]);
         if flows.as_array().unwrap().is_empty() {
             return start.elapsed();
         }
@@ -223,11 +206,11 @@ fn closed_flows_are_reaped_after_the_closing_timeout() {
     let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &["--timeout-closing", "1"]);
     assert_echo(&topo, &topo.url("ws", false, 80));
-    let stats = ctl_json(&topo, &["stats"]);
+    let stats = ctl_json(&topo.server, &["stats"]);
     assert_eq!(stats["counters"]["flow_created"], 1, "{stats}");
     // The default closing timeout is 10 s: well within it, the entry must be gone.
     wait_no_flows(&topo, Duration::from_secs(5));
-    let stats = ctl_json(&topo, &["stats"]);
+    let stats = ctl_json(&topo.server, &["stats"]);
     assert_eq!(
         stats["counters"]["flow_closed_fin"], 1,
         "closed by FIN: {stats}"
@@ -242,7 +225,7 @@ fn idle_established_flows_are_reaped_after_the_established_timeout() {
     let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &["--timeout-established", "2"]);
     let mut session = open_session(&topo, &topo.url("ws", false, 80));
-    let flows = ctl_json(&topo, &["flows"]);
+    let flows = ctl_json(&topo.server, &["flows"]);
     assert_eq!(flows[0]["state"], "established", "{flows}");
 
     // Idle for more than 2 s: reaped although the connection is open.
