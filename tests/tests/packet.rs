@@ -8,6 +8,7 @@
 use aya::programs::{TestRun, TestRunOptions};
 use redirector::{dataplane::Dataplane, rules::RedirectRule, source_filter::SourcePrefix};
 use redirector_common::stats::Counter;
+use redirector_tests::fixtures::{shared_kernel_lock, SerialGuard};
 use redirector_tests::packets::{flags::*, verify_checksums, Ext, Frame};
 
 const XDP_PASS: u32 = 2;
@@ -26,10 +27,31 @@ fn rules() -> Vec<RedirectRule> {
         .collect()
 }
 
-fn dataplane() -> Dataplane {
+/// The loaded programs with the test rules, and the shared hold of the machine-wide test
+/// lock that must outlive them (dropped after the dataplane: fields drop in order).
+struct Loaded {
+    dp: Dataplane,
+    _lock: SerialGuard,
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = Dataplane;
+    fn deref(&self) -> &Dataplane {
+        &self.dp
+    }
+}
+
+impl std::ops::DerefMut for Loaded {
+    fn deref_mut(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+}
+
+fn dataplane() -> Loaded {
+    let lock = shared_kernel_lock();
     let mut dp = Dataplane::load(1024).expect("load (are you root?)");
     dp.set_rules(&rules()).unwrap();
-    dp
+    Loaded { dp, _lock: lock }
 }
 
 #[derive(Clone, Copy, Debug)]
