@@ -21,6 +21,12 @@ use crate::tls;
 
 /// Largest message and frame accepted, matching ws-echo.
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+/// Bounds of each connection's read buffer, which tungstenite allocates up front (128 KiB by
+/// default: 640 MB for 5 000 connections).
+const MIN_READ_BUFFER: usize = 4 << 10;
+const MAX_READ_BUFFER: usize = 128 << 10;
+/// WebSocket frame header of a masked or unmasked frame, at most.
+const FRAME_HEADER_MAX: usize = 14;
 
 pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
@@ -75,11 +81,13 @@ pub struct Connector {
 
 impl Connector {
     /// `insecure_tls`: whether wss may be used (any certificate accepted); `sources`: local
-    /// addresses to bind to, used in turn for targets of their family.
+    /// addresses to bind to, used in turn for targets of their family; `message_size`: sizes
+    /// the read buffers so that one echo fits.
     pub fn new(
         insecure_tls: bool,
         sources: &[IpAddr],
         timeout: Duration,
+        message_size: usize,
     ) -> Result<Self, rustls::Error> {
         let tls = match insecure_tls {
             true => Some(TlsConnector::from(Arc::new(tls::insecure_config()?))),
@@ -93,6 +101,9 @@ impl Connector {
             next_source: AtomicUsize::new(0),
             timeout,
             ws_config: WebSocketConfig::default()
+                .read_buffer_size(
+                    (message_size + FRAME_HEADER_MAX).clamp(MIN_READ_BUFFER, MAX_READ_BUFFER),
+                )
                 .max_message_size(Some(MAX_MESSAGE_SIZE))
                 .max_frame_size(Some(MAX_MESSAGE_SIZE)),
         })

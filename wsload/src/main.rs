@@ -75,15 +75,21 @@ async fn run(cli: Cli) -> Result<()> {
         Err(err) => eprintln!("wsload: warning: cannot raise the open-file limit: {err}"),
     }
 
-    let connector = Connector::new(cli.insecure, &cli.source_addrs, cli.connect_timeout)
-        .context("configuring TLS")?;
+    let message_size = cli.message_size as usize;
+    let connector = Connector::new(
+        cli.insecure,
+        &cli.source_addrs,
+        cli.connect_timeout,
+        message_size,
+    )
+    .context("configuring TLS")?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let start = Instant::now();
     let plan = Arc::new(Plan {
         targets,
         mode: cli.mode(),
         connections,
-        filler: Filler::new(cli.message_size as usize),
+        filler: Filler::new(message_size),
         timeline: Timeline::new(start, cli.warmup, cli.duration),
         pacer: Pacer::new(start, cli.connect_rate),
         connector,
@@ -97,7 +103,7 @@ async fn run(cli: Cli) -> Result<()> {
         connections,
         duration_s: cli.duration.as_secs_f64(),
         warmup_s: cli.warmup.as_secs_f64(),
-        message_size: cli.message_size as usize,
+        message_size,
     };
     let report = Report::new(&setup, &totals);
     let mut stdout = std::io::stdout().lock();
