@@ -21,7 +21,8 @@ use crate::run::{Mode, Plan};
 use crate::stats::{Counters, Metric, Recorder};
 use crate::timeline::{Timeline, CLOSE};
 
-/// A ping-pong echo not back within this time counts as an error and ends the connection.
+/// A ping-pong echo not back within this time (or by the end of the drain period) counts as an
+/// error and ends the connection.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open loop: at most this many messages are queued before a flush.
 const MAX_BATCH: u64 = 64;
@@ -43,8 +44,8 @@ pub enum SessionError {
     Ended,
     #[error("received a text message instead of the binary echo")]
     Text,
-    #[error("echo not received within {}s", ECHO_TIMEOUT.as_secs())]
-    EchoTimeout,
+    #[error("echo not received within {:.1}s", waited.as_secs_f64())]
+    EchoTimeout { waited: Duration },
     #[error("{missing} echoes still missing at the end of the drain period")]
     Missing { missing: u64 },
     #[error("echo of message {got} received while expecting message {expected}")]
@@ -269,9 +270,11 @@ impl Worker {
                 self.tally.counters.messages_sent += 1;
             }
             let deadline = (sent_at + ECHO_TIMEOUT).min(timeline.drain_end);
-            let payload = timeout_at(deadline, next_binary(ws))
-                .await
-                .map_err(|_| SessionError::EchoTimeout)??;
+            let payload = timeout_at(deadline, next_binary(ws)).await.map_err(|_| {
+                SessionError::EchoTimeout {
+                    waited: deadline.saturating_duration_since(sent_at),
+                }
+            })??;
             self.tally.on_echo(&payload, seq, &self.plan.filler);
         }
         Ok(())
