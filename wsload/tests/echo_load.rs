@@ -42,8 +42,8 @@ fn ping_pong_echoes_are_all_verified_and_timed() {
         int(&report["latency_us"], "count"),
         int(&report, "messages_received")
     );
-    // Closing a healthy run takes well under a second after the 2 s of load.
-    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    // Closing a healthy run takes well under a second after the 2 s of load (slack for busy CI).
+    assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn fixed_rate_sends_about_the_requested_number_of_messages() {
     assert_eq!(report["mode"], "rate");
     let sent = int(&report, "messages_sent");
     // 2 connections × 200/s × 1.5 s = 600.
-    assert!((480..=720).contains(&sent), "sent {sent}: {report}");
+    assert!((400..=720).contains(&sent), "sent {sent}: {report}");
     assert_eq!(int(&report, "messages_received"), sent, "{report}");
     assert_eq!(int(&report, "errors"), 0, "{report}");
     assert_ordered_summary(&report, "latency_us");
@@ -153,6 +153,32 @@ fn warmup_is_run_but_not_counted() {
     assert_eq!(int(&report, "connects_ok"), 0, "{report}");
     assert!(int(&report, "messages_received") > 0, "{report}");
     assert_eq!(report["warmup_s"], 1.0);
+}
+
+#[test]
+fn a_server_that_stops_echoing_cannot_hold_the_run() {
+    let server = EchoServer::start(&["--listen", "127.0.0.1:0"]);
+    let url = server.url(0);
+    let started = Instant::now();
+    let run = std::thread::spawn(move || wsload_json(&[&url, "-c", "2", "--duration", "1"]));
+    std::thread::sleep(Duration::from_millis(500));
+    server.freeze();
+    let report = run.join().expect("wsload run");
+    // 1 s of load, then at most 5 s of drain for the echoes in flight.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(int(&report, "errors"), 2, "{report}");
+    assert!(
+        report["first_error"]
+            .as_str()
+            .unwrap()
+            .contains("echo not received within"),
+        "{report}"
+    );
+    assert!(int(&report, "messages_received") > 0, "{report}");
 }
 
 #[test]

@@ -78,6 +78,15 @@ impl EchoServer {
         server
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is echoed any more.
+    pub fn freeze(&self) {
+        let status = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -STOP failed");
+    }
+
     /// URL of the `index`-th listener, e.g. `ws://127.0.0.1:41283/`.
     pub fn url(&self, index: usize) -> String {
         let (scheme, addr) = &self.listeners[index];
