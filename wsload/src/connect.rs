@@ -175,10 +175,17 @@ impl Connector {
     }
 }
 
-/// Binds to `ip` before connecting. IP_BIND_ADDRESS_NO_PORT defers the choice of the source
-/// port to connect(), so a port is only reserved per destination: without it every bind takes
-/// a port for good and churn runs exhaust the ~28 000 ephemeral ports of one address.
+/// Binds to `ip` before connecting.
 fn bind_source(socket: &TcpSocket, ip: IpAddr) -> io::Result<()> {
+    // Best effort: without it binding still works, only with fewer ports to go round.
+    let _ = defer_port_choice(socket);
+    socket.bind(SocketAddr::new(ip, 0))
+}
+
+/// Sets IP_BIND_ADDRESS_NO_PORT, which defers the choice of the source port from bind() to
+/// connect(): the port is then only reserved per destination. Without it every bind takes a
+/// port for good, and churn runs exhaust the ~28 000 ephemeral ports of one address.
+fn defer_port_choice(socket: &TcpSocket) -> io::Result<()> {
     let enable: libc::c_int = 1;
     // SAFETY: the descriptor belongs to `socket`, which outlives the call; the option value
     // points to a live c_int and the length passed is its size.
@@ -191,7 +198,37 @@ fn bind_source(socket: &TcpSocket, ip: IpAddr) -> io::Result<()> {
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    // Best effort: without it, binding still works, only with fewer ports to go round.
-    let _ = rc;
-    socket.bind(SocketAddr::new(ip, 0))
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_choice_can_be_deferred_on_both_families() {
+        for socket in [TcpSocket::new_v4().unwrap(), TcpSocket::new_v6().unwrap()] {
+            defer_port_choice(&socket).unwrap();
+        }
+    }
+
+    #[test]
+    fn source_addresses_are_used_in_turn_per_family() {
+        let sources: Vec<IpAddr> = ["127.0.0.1", "::1", "127.0.0.2"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        let connector = Connector::new(false, &sources, Duration::from_secs(1), 64).unwrap();
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        let picked: Vec<IpAddr> = (0..4).filter_map(|_| connector.source_for(v4)).collect();
+        assert!(picked.iter().all(IpAddr::is_ipv4), "{picked:?}");
+        assert!(picked.contains(&sources[0]) && picked.contains(&sources[2]));
+        assert_eq!(connector.source_for(v6), Some(sources[1]));
+        let none = Connector::new(false, &[], Duration::from_secs(1), 64).unwrap();
+        assert_eq!(none.source_for(v4), None);
+    }
 }

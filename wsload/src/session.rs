@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::connect::Connection;
 use crate::error_text::describe;
-use crate::frame::{Encoder, FrameError, Header};
+use crate::frame::{Encoder, Filler, FrameError, Header};
 use crate::run::{Mode, Plan};
 use crate::stats::{Counters, Metric, Recorder};
 use crate::timeline::{Timeline, CLOSE};
@@ -88,7 +88,7 @@ impl Tally {
     }
 
     /// Verifies one echo, records it, and returns the sequence number it carried.
-    fn on_echo(&mut self, payload: &[u8], expected_seq: u64, filler: &crate::frame::Filler) -> u64 {
+    fn on_echo(&mut self, payload: &[u8], expected_seq: u64, filler: &Filler) -> u64 {
         let received_at = Instant::now();
         match filler.decode(payload) {
             Ok(header) if header.seq == expected_seq => {
@@ -362,7 +362,7 @@ where
 async fn receive_echoes<T>(
     stream: &mut T,
     tally: &mut Tally,
-    filler: &crate::frame::Filler,
+    filler: &Filler,
     mut done: oneshot::Receiver<u64>,
 ) -> Result<(), SessionError>
 where
