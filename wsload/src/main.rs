@@ -62,7 +62,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let mut targets = Vec::with_capacity(cli.urls.len());
     for url in &cli.urls {
-        targets.push(Target::resolve(url).await?);
+        targets.push(Target::resolve(url, cli.connect_timeout).await?);
     }
     check_targets(&cli, &targets)?;
     let connections = cli.connections as usize;

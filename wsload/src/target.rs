@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio_tungstenite::tungstenite::http::Uri;
@@ -11,6 +12,8 @@ use tokio_tungstenite::tungstenite::http::Uri;
 pub enum TargetError {
     #[error("invalid URL `{url}`: {reason}")]
     Invalid { url: String, reason: String },
+    #[error("resolving the host of `{url}` took more than {}s", after.as_secs_f64())]
+    ResolveTimeout { url: String, after: Duration },
     #[error("cannot resolve the host of `{url}`")]
     Resolve {
         url: String,
@@ -31,11 +34,16 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `url` and resolves its host (the first address returned is used).
-    pub async fn resolve(url: &str) -> Result<Self, TargetError> {
+    /// Parses `url` and resolves its host within `limit` (the first address returned is used).
+    pub async fn resolve(url: &str, limit: Duration) -> Result<Self, TargetError> {
         let (uri, tls, host, port) = parse(url)?;
-        let addr = tokio::net::lookup_host((host.as_str(), port))
+        let lookup = tokio::net::lookup_host((host.as_str(), port));
+        let addr = tokio::time::timeout(limit, lookup)
             .await
+            .map_err(|_| TargetError::ResolveTimeout {
+                url: url.to_owned(),
+                after: limit,
+            })?
             .map_err(|source| TargetError::Resolve {
                 url: url.to_owned(),
                 source,
@@ -101,7 +109,9 @@ mod tests {
 
     #[tokio::test]
     async fn addresses_resolve() {
-        let target = Target::resolve("ws://127.0.0.1:9/x").await.unwrap();
+        let target = Target::resolve("ws://127.0.0.1:9/x", Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(target.addr, "127.0.0.1:9".parse().unwrap());
         assert_eq!(target.to_string(), "ws://127.0.0.1:9/x");
     }
