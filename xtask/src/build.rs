@@ -85,7 +85,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
             path.is_file(),
             "cargo build succeeded but {} is missing: do the packages {} still define it?",
             path.display(),
-            PACKAGES.join(" and ")
+            PACKAGES.join(", ")
         );
         println!("  built {}", path.display());
     }
