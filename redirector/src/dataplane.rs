@@ -5,7 +5,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use redirector_common::{
-    maps::{FlowKey, FlowValue, FLOWS_MAP, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
+    maps::{
+        FlowKey, FlowValue, FLOWS_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
+        PROG_TC_INGRESS, PROG_XDP_INGRESS,
+    },
     stats::Counter,
 };
 
@@ -85,6 +88,27 @@ impl Dataplane {
     /// The TC egress program.
     pub fn tc_egress(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         self.program(PROG_TC_EGRESS)
+    }
+
+    /// Loads (verifies) the two benchmark baselines, programs that return the hook's
+    /// pass verdict and do nothing else. `load` leaves them out and the loader never
+    /// attaches them; benchmarks run them next to the real programs with
+    /// `BPF_PROG_TEST_RUN` to measure what running any program at all costs.
+    pub fn load_baselines(&mut self) -> Result<(), DataplaneError> {
+        self.baseline_xdp()?
+            .load()
+            .map_err(prog_err(PROG_PASS_XDP))?;
+        self.baseline_tc()?.load().map_err(prog_err(PROG_PASS_TC))
+    }
+
+    /// The XDP baseline (`XDP_PASS`, nothing else); see [`Dataplane::load_baselines`].
+    pub fn baseline_xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        self.program(PROG_PASS_XDP)
+    }
+
+    /// The TC baseline (`TC_ACT_UNSPEC`, nothing else); see [`Dataplane::load_baselines`].
+    pub fn baseline_tc(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        self.program(PROG_PASS_TC)
     }
 
     fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, DataplaneError>

@@ -1,7 +1,10 @@
 //! Typed access to the redirector's maps, whether owned by a loaded object or opened
 //! from their pins by another process (`redirector status`, `enable`, …).
 
-use std::path::Path;
+use std::{
+    os::fd::{AsFd as _, BorrowedFd},
+    path::Path,
+};
 
 use aya::maps::{
     lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
@@ -250,6 +253,20 @@ impl Maps {
             HashMap::try_from(&self.flows).map_err(err(FLOWS_MAP))?;
         // An entry deleted between key iteration and lookup yields KeyNotFound: skip it.
         Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The conntrack map's descriptor, for tooling that reads what the kernel reports about
+    /// it in `/proc/self/fdinfo/<fd>` (`max_entries`, `memlock`: its memory use).
+    pub fn flows_fd(&self) -> Result<BorrowedFd<'_>, MapsError> {
+        match &self.flows {
+            Map::LruHashMap(data) | Map::HashMap(data) => Ok(data.fd().as_fd()),
+            // Not a hash map at all: let the typed view say what it is instead.
+            other => Err(err(FLOWS_MAP)(
+                HashMap::<&MapData, FlowKey, FlowValue>::try_from(other)
+                    .err()
+                    .unwrap_or(MapError::InvalidMapType { map_type: 0 }),
+            )),
+        }
     }
 
     /// Inserts a flow entry directly (tests and tooling).
