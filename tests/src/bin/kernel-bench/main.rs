@@ -3,7 +3,7 @@
 //! the hit path against the size of the conntrack table, and the table's kernel memory.
 //!
 //! Run as root: `kernel-bench [--json] [--quick] [--smoke]`. Default: full run, 1 M flows
-//! included (a few minutes); `--quick`: fewer rounds and shorter calls (under a minute);
+//! included (about a minute); `--quick`: fewer rounds and shorter calls (under a minute);
 //! `--smoke`: tiny calls and 1 k / 10 k flows only (seconds, for the test suite). Progress
 //! goes to stderr; the result to stdout, as tables or, with `--json`, as one JSON object.
 //! Nothing is asserted about speed; every case is first checked to take the path it names
