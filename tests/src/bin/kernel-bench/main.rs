@@ -10,7 +10,8 @@
 //! and any mismatch (output frame, verdict, counter) aborts with exit status 1.
 //!
 //! How packets are timed (`repeat` and `single` methods) is explained in `measure.rs`, the
-//! cases and the fixed-point flow in `cases.rs`, the scaling part in `scaling.rs`.
+//! cases and the fixed-point flow in `cases.rs`, the scaling part (one hot flow, and the
+//! spread over random flows) in `scaling.rs`.
 //!
 //! # JSON schema (`schema` 1)
 //!
@@ -30,15 +31,17 @@
 //!       "ratio_to_pass": f64,       ns_per_pkt / pass_ns_per_pkt
 //!       "over_pass_ns": f64         ns_per_pkt - pass_ns_per_pkt
 //!   } ],                            xdp: pass, syn, hit, miss, non_tcp; tc: pass, hit, miss
-//!   "scaling": [ {
+//!   "scaling": [ {                  one row per table size, 1 k first
 //!       "flows": 1000, "max_entries": 1250,
-//!       "method": "repeat" | "single", "probe_flows": u32,
-//!       "ns_per_pkt": f64, "pass_ns_per_pkt": f64,
-//!       "ratio_to_1k": f64          over the smallest table, same method
+//!       "ns_per_pkt": f64, "pass_ns_per_pkt": f64,          repeat mode, one hot flow
+//!       "ratio_to_1k": f64,                                 over the 1 k row's
+//!       "spread_packets": u32,                              per round
+//!       "spread_ns_per_pkt": f64, "spread_pass_ns_per_pkt": f64,
+//!       "spread_ratio_to_1k": f64   single mode, a random tracked flow per packet
 //!   } ],
 //!   "memory": [ { "max_entries": u32, "memlock_bytes": u64, "bytes_per_flow": f64 } ],
 //!   "target": { "metric": "hit_1m_over_1k", "limit": 1.3,
-//!               "repeat": f64 | null, "single": f64 | null }
+//!               "repeat": f64 | null, "spread": f64 | null }   null without 1 M flows
 //! }
 //! ```
 

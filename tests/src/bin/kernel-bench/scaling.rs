@@ -1,11 +1,11 @@
 //! The hit path against the size of the conntrack table: for each size a fresh dataplane
 //! whose FLOWS map has 25 % headroom (so the LRU never evicts), filled from user space,
-//! then the XDP hit path timed two ways.
+//! then the XDP hit path timed two ways (one row per size, see `report::ScaleRow`).
 //!
 //! * **repeat**: the fixed-point flow (inserted first, i.e. the oldest entry, and checked
 //!   to be still there after the fill) with `repeat`: one hot key, so its bucket and entry
 //!   stay in cache and this mostly shows the cost of the lookup's instructions.
-//! * **single**: one run per call, each on a different flow drawn at random from the
+//! * **spread** (single mode): one run per call, each on a different flow drawn at random from the
 //!   filled table, each a real 80→8080 rewrite checked byte for byte. Between two runs
 //!   the syscall touches other memory, so a large table's bucket and entry are usually no
 //!   longer cached: closer to real traffic spread over many flows. The kernel's clock
@@ -23,7 +23,7 @@ use redirector_tests::packets::{flags::*, Frame};
 use crate::{
     cases,
     flows::{self, fill_client},
-    measure::{self, Method, Probe, Prog, Settings},
+    measure::{self, Paired, Probe, Prog, Settings},
     memory,
     report::{MemoryRow, ScaleRow},
 };
@@ -56,20 +56,17 @@ pub fn run(
             started.elapsed().as_secs_f64()
         );
         memory.push(memory::flows(&dp)?);
-        rows.push(repeat(&mut dp, flows, max_entries, settings)?);
-        rows.push(single(&mut dp, flows, max_entries, settings)?);
+        let hot = repeat(&mut dp, flows, settings)?;
+        let probes = spread_probes(flows - 1, settings.single_calls);
+        let spread = spread(&mut dp, flows, &probes, settings)?;
+        rows.push(ScaleRow::new(flows, max_entries, hot, probes.len(), spread));
     }
     set_ratios(&mut rows);
     Ok((rows, memory))
 }
 
 /// The fixed-point flow, still present after the fill, timed with `repeat`.
-fn repeat(
-    dp: &mut Dataplane,
-    flows: u32,
-    max_entries: u32,
-    settings: &Settings,
-) -> Result<ScaleRow> {
+fn repeat(dp: &mut Dataplane, flows: u32, settings: &Settings) -> Result<Paired> {
     let frame = data(CLIENT, FIXED_PORT);
     // One run proves the oldest entry survived the fill: it must still be rewritten.
     cases::check(
@@ -90,32 +87,19 @@ fn repeat(
         settings,
     )
     .with_context(|| format!("timing the hit path with {flows} flows (repeat)"))?;
-    Ok(ScaleRow::new(flows, max_entries, Method::Repeat, 1, paired))
+    Ok(paired)
 }
 
-/// Real rewrites of flows drawn at random from the fill, one run each.
-fn single(
-    dp: &mut Dataplane,
-    flows: u32,
-    max_entries: u32,
-    settings: &Settings,
-) -> Result<ScaleRow> {
-    let probes = spread_probes(flows - 1, settings.single_calls);
-    let paired = measure::pair_single_rounds(
+/// Real rewrites of flows drawn at random from the fill (`probes`), one run each.
+fn spread(dp: &mut Dataplane, flows: u32, probes: &[Probe], settings: &Settings) -> Result<Paired> {
+    measure::pair_single_rounds(
         dp,
         Prog::XdpIngress,
         Counter::RewriteIngress,
         settings,
-        |_| probes.clone(),
+        |_| probes.to_vec(),
     )
-    .with_context(|| format!("timing the hit path with {flows} flows (single)"))?;
-    Ok(ScaleRow::new(
-        flows,
-        max_entries,
-        Method::Single,
-        probes.len() as u32,
-        paired,
-    ))
+    .with_context(|| format!("timing the hit path with {flows} flows (spread)"))
 }
 
 /// `count` data segments of filled flows drawn at random (xorshift, fixed seed), with the
@@ -144,16 +128,14 @@ fn data(client: &str, port: u16) -> Frame {
     frame
 }
 
-/// Each row's cost relative to the smallest table measured the same way.
+/// Each row's costs relative to those of the smallest table (1 k flows).
 fn set_ratios(rows: &mut [ScaleRow]) {
-    for method in [Method::Repeat.name(), Method::Single.name()] {
-        let smallest = rows
-            .iter()
-            .filter(|r| r.method == method)
-            .min_by_key(|r| r.flows)
-            .map(|r| r.ns_per_pkt);
-        for row in rows.iter_mut().filter(|r| r.method == method) {
-            row.ratio_to_1k = smallest.map_or(f64::NAN, |base| row.ns_per_pkt / base);
-        }
+    let Some(smallest) = rows.iter().min_by_key(|r| r.flows) else {
+        return;
+    };
+    let (hot, spread) = (smallest.ns_per_pkt, smallest.spread_ns_per_pkt);
+    for row in rows {
+        row.ratio_to_1k = row.ns_per_pkt / hot;
+        row.spread_ratio_to_1k = row.spread_ns_per_pkt / spread;
     }
 }
