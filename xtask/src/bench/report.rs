@@ -27,7 +27,7 @@ pub struct Report {
     pub runs: Vec<Run>,
     pub summary: Vec<Cell>,
     pub targets: Vec<Target>,
-    /// `kernel-bench --json` output (see tests/src/bin/kernel-bench.rs for its schema).
+    /// `kernel-bench --json` output (see tests/src/bin/kernel-bench/main.rs for its schema).
     pub kernel: Option<serde_json::Value>,
     /// Runs or steps that failed; a benchmark with failures exits non-zero.
     pub failures: Vec<String>,
@@ -224,15 +224,18 @@ fn kernel_tables(md: &mut String, kernel: &serde_json::Value) {
     }
     let _ = writeln!(
         md,
-        "\n| tracked flows | hit ns/packet | ratio to 1 k |\n|---:|---:|---:|"
+        "\n| tracked flows | hit ns/packet, one hot flow | ratio to 1 k | \
+         hit ns/packet, random flows | ratio to 1 k |\n|---:|---:|---:|---:|---:|"
     );
     for row in kernel["scaling"].as_array().into_iter().flatten() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             show(num(row, "flows"), 0),
             show(num(row, "ns_per_pkt"), 1),
             show(num(row, "ratio_to_1k"), 2),
+            show(num(row, "spread_ns_per_pkt"), 1),
+            show(num(row, "spread_ratio_to_1k"), 2),
         );
     }
     let _ = writeln!(
@@ -313,6 +316,6 @@ mod tests {
         });
         kernel_tables(&mut md, &kernel);
         assert!(md.contains("| xdp | hit_v4 | 41.5 | – | – |"), "{md}");
-        assert!(md.contains("| 1000 | 40.0 | 1.00 |"), "{md}");
+        assert!(md.contains("| 1000 | 40.0 | 1.00 | – | – |"), "{md}");
     }
 }
