@@ -39,21 +39,31 @@ pub fn run(kernel_bench: &Path, mode: Mode) -> Result<serde_json::Value> {
         .with_context(|| format!("`{shown}` printed no valid JSON"))
 }
 
-/// The "hit path at 1 M flows ≤ 1.3× 1 k" target; open when the run had no 1 M row.
-pub fn scaling_target(kernel: Option<&serde_json::Value>) -> Target {
-    let value = kernel
+/// The "hit path at 1 M flows ≤ 1.3× 1 k" target, read two ways: one flow hit again and
+/// again (cache-warm: the cost of the lookup itself) and a random tracked flow per packet
+/// (cache-cold: what a busy server with many clients sees). Open when the run had no 1 M
+/// row.
+pub fn scaling_targets(kernel: Option<&serde_json::Value>) -> Vec<Target> {
+    let million_row = kernel
         .and_then(|k| k["scaling"].as_array())
         .into_iter()
         .flatten()
-        .find(|row| row["flows"].as_f64().is_some_and(|f| f >= MILLION))
-        .and_then(|row| row["ratio_to_1k"].as_f64());
-    judge(
-        format!("kernel hit path at 1 M flows ≤ {SCALING_BOUND}× at 1 k"),
-        value,
-        SCALING_BOUND,
-        false,
-        None,
-    )
+        .find(|row| row["flows"].as_f64().is_some_and(|f| f >= MILLION));
+    [
+        ("one hot flow", "ratio_to_1k"),
+        ("a random flow per packet", "spread_ratio_to_1k"),
+    ]
+    .into_iter()
+    .map(|(how, field)| {
+        judge(
+            format!("kernel hit path at 1 M flows ≤ {SCALING_BOUND}× at 1 k ({how})"),
+            million_row.and_then(|row| row[field].as_f64()),
+            SCALING_BOUND,
+            false,
+            None,
+        )
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -66,9 +76,11 @@ mod tests {
             {"flows": 1000, "ratio_to_1k": 1.0},
             {"flows": 1000000, "ratio_to_1k": 1.12}
         ]});
-        let target = scaling_target(Some(&kernel));
-        assert_eq!(target.met, Some(true));
-        assert_eq!(target.value, Some(1.12));
-        assert_eq!(scaling_target(None).met, None);
+        let targets = scaling_targets(Some(&kernel));
+        assert_eq!(targets[0].met, Some(true));
+        assert_eq!(targets[0].value, Some(1.12));
+        // The random-flow figure is missing from this row: open, not failed.
+        assert_eq!(targets[1].met, None);
+        assert!(scaling_targets(None).iter().all(|t| t.met.is_none()));
     }
 }

@@ -112,7 +112,7 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     heading("results");
     let summary = stats::summarize(&runs);
     let mut targets = stats::targets(&summary);
-    targets.push(kernel::scaling_target(kernel.as_ref()));
+    targets.extend(kernel::scaling_targets(kernel.as_ref()));
     let csum_errors: u64 = runs.iter().map(|r| r.health.csum_errors).sum();
     if csum_errors > 0 {
         failures.push(format!(
