@@ -80,6 +80,16 @@ pub enum Command {
     ///
     /// Example: redirector flush --port 80
     Flush(FlushArgs),
+    /// Let new connections from CIDR be redirected (adds it to the source filter of
+    /// `--allow`; with no filter yet, turns it on: only listed prefixes are redirected).
+    ///
+    /// Example: redirector allow 10.0.0.0/8
+    Allow(SourceArgs),
+    /// Stop redirecting new connections from CIDR (removes it, exactly as listed, from the
+    /// source filter); established connections keep working.
+    ///
+    /// Example: redirector disallow 10.0.0.0/8
+    Disallow(SourceArgs),
 
     /// Proxy one TCP port to a WebSocket and an HTTP backend, by sniffing each connection.
     ///
@@ -249,6 +259,17 @@ pub struct AddArgs {
     /// The new rule.
     #[arg(value_name = "FROM:TO")]
     pub rule: RedirectRule,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `allow` and `disallow`.
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// An IPv4 or IPv6 prefix, e.g. 10.0.0.0/8 or 2001:db8::/32 (a bare address is /32
+    /// or /128).
+    #[arg(value_name = "CIDR")]
+    pub prefix: SourcePrefix,
     #[command(flatten)]
     pub target: Target,
 }

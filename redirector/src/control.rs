@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use redirector_common::{
     addr::as_v4,
     conntrack,
-    maps::{FlowKey, FlowValue, MAX_RULES},
+    maps::{FlowKey, FlowValue, MAX_ALLOW, MAX_RULES},
 };
 use serde::Serialize;
 
@@ -18,6 +18,7 @@ use crate::{
     privileges::{self, PrivilegeError},
     reaper::monotonic_ns,
     rules::{RedirectRule, RuleError},
+    source_filter::SourcePrefix,
     state::{Instance, RuleInfo, StateError},
 };
 
@@ -45,6 +46,17 @@ pub enum ControlError {
     /// Every counter slot is in use by a rule or by flows of a removed rule.
     #[error("no free rule slot: all {MAX_RULES} are used by rules or by flows of removed rules (try `redirector flush`)")]
     NoFreeSlot,
+    /// `allow` of a prefix that is listed already.
+    #[error("{0} is already in the allow list")]
+    AlreadyAllowed(SourcePrefix),
+    /// `disallow` of a prefix that is not listed (exactly).
+    #[error(
+        "{0} is not in the allow list (see `redirector status`; give a prefix exactly as listed)"
+    )]
+    NotAllowed(SourcePrefix),
+    /// The allow list holds as many prefixes as its map.
+    #[error("the allow list is full ({MAX_ALLOW} prefixes)")]
+    AllowListFull,
 }
 
 impl From<StateError> for ControlError {
@@ -80,6 +92,17 @@ pub struct StatusJson {
     pub rules: Vec<RuleJson>,
     /// Conntrack fill.
     pub conntrack: ConntrackJson,
+    /// Which sources may create flows.
+    pub sources: SourcesJson,
+}
+
+/// The source filter in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct SourcesJson {
+    /// True if only sources in `allow` create flows; false if every source does.
+    pub filtered: bool,
+    /// Allowed prefixes (`--allow`, `redirector allow`), e.g. `10.0.0.0/8`.
+    pub allow: Vec<String>,
 }
 
 /// One interface in [`StatusJson`].
@@ -143,7 +166,45 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
             tracked: instance.maps.flows()?.len(),
             size: info.conntrack_size,
         },
+        sources: SourcesJson {
+            filtered: instance.maps.filtering_sources()?,
+            allow: instance
+                .maps
+                .allowed_sources()?
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        },
     })
+}
+
+/// Adds `prefix` to the allow list and turns source filtering on; returns true if
+/// filtering was off before (every source was allowed, now only `prefix` is).
+pub fn allow_source(instance: &mut Instance, prefix: SourcePrefix) -> Result<bool, ControlError> {
+    let _lock = instance.lock_rules()?;
+    let was_filtering = instance.maps.filtering_sources()?;
+    let listed = instance.maps.allowed_sources()?;
+    if listed.contains(&prefix) && was_filtering {
+        return Err(ControlError::AlreadyAllowed(prefix));
+    }
+    if listed.len() >= MAX_ALLOW as usize {
+        return Err(ControlError::AllowListFull);
+    }
+    instance.maps.allow_source(prefix)?;
+    Ok(!was_filtering)
+}
+
+/// Removes `prefix` from the allow list; returns how many prefixes are left (filtering
+/// stays on: with none left, no source creates flows). Tracked flows are not affected.
+pub fn disallow_source(
+    instance: &mut Instance,
+    prefix: SourcePrefix,
+) -> Result<usize, ControlError> {
+    let _lock = instance.lock_rules()?;
+    if !instance.maps.filtering_sources()? || !instance.maps.disallow_source(prefix)? {
+        return Err(ControlError::NotAllowed(prefix));
+    }
+    Ok(instance.maps.allowed_sources()?.len())
 }
 
 /// Enables or disables new-flow redirection on `port`.

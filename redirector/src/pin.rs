@@ -8,7 +8,7 @@
 //! /run/redirector/
 //!     netns-<inode>-<iface>.lock                    flock held by the loader (one per iface)
 //!     netns-<inode>-<iface>.json                    the instance file (InstanceInfo)
-//!     netns-<inode>-<iface>.control.lock            serialises `add`/`remove`
+//!     netns-<inode>-<iface>.control.lock            serialises rule and allow-list edits
 //! ```
 //!
 //! `<iface>` is the first `--iface` of the loader: one instance, one directory, whatever

@@ -54,6 +54,8 @@ fn commands_fail_clearly_when_nothing_runs() {
         &["add", "81:8081"],
         &["remove", "80"],
         &["flush"],
+        &["allow", "10.0.0.0/8"],
+        &["disallow", "10.0.0.0/8"],
     ] {
         ctl_fails(&ns, args, "no redirector running in this network namespace");
     }
@@ -106,6 +108,106 @@ fn disable_stops_new_connections_but_keeps_open_ones() {
         "no redirector running in this network namespace",
     );
     assert_no_program_loaded();
+}
+
+#[test]
+fn allow_and_disallow_edit_the_source_filter_of_new_flows_only() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-allow");
+    let _echo = start_echo(&topo, &[]);
+    // Only a documentation prefix is allowed: the client's SYN to 80 is not redirected
+    // and nothing listens on 80.
+    let loader = start_loader(&topo, &["--allow", "192.0.2.0/24"]);
+    let url = topo.url("ws", false, 80);
+    let client = format!("{}/32", topo.client_v4);
+    assert_refused(&topo, &url);
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["sources"]["filtered"], true, "{status}");
+    assert_eq!(
+        status["sources"]["allow"],
+        serde_json::json!(["192.0.2.0/24"])
+    );
+
+    let out = ctl_ok(&topo.server, &["allow", &client]);
+    assert!(out.contains("new connections are redirected"), "{out}");
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(
+        status["sources"]["allow"],
+        serde_json::json!([client.as_str(), "192.0.2.0/24"]),
+        "{status}"
+    );
+    assert!(ctl_ok(&topo.server, &["status"]).contains(&format!("sources: {client} 192.0.2.0/24")));
+    assert_echo(&topo, &url);
+    let mut open = open_session(&topo, &url);
+    ctl_fails(
+        &topo.server,
+        &["allow", &client],
+        "already in the allow list",
+    );
+
+    ctl_ok(&topo.server, &["disallow", &client]);
+    assert_refused(&topo, &url);
+    exchange(&mut open, "after disallow"); // its flow is tracked: the filter is for SYNs
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(
+        status["sources"]["allow"],
+        serde_json::json!(["192.0.2.0/24"])
+    );
+    ctl_fails(
+        &topo.server,
+        &["disallow", &client],
+        "is not in the allow list",
+    );
+    // A covering prefix is not the listed one: only exact prefixes are removed.
+    ctl_fails(
+        &topo.server,
+        &["disallow", "192.0.0.0/16"],
+        "is not in the allow list",
+    );
+    ctl_fails(
+        &topo.server,
+        &["allow", "10.0.0.0/33"],
+        "invalid --allow prefix",
+    );
+
+    // The last prefix gone, no source is allowed (not every source).
+    let out = ctl_ok(&topo.server, &["disallow", "192.0.2.0/24"]);
+    assert!(out.contains("the allow list is empty"), "{out}");
+    assert_refused(&topo, &url);
+    exchange(&mut open, "with an empty allow list");
+    close_session(open);
+    let stats = ctl_json(&topo.server, &["stats"]);
+    assert!(
+        stats["counters"]["pass_source_denied"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
+    assert_eq!(rule(&stats, 80)["flows_new"], 2, "{stats}");
+    stop_loader(loader);
+}
+
+#[test]
+fn allow_turns_the_source_filter_on() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-allow-on");
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(&topo, &["--mode", "tc"]);
+    let url = topo.url("ws", false, 80);
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["sources"]["filtered"], false, "{status}");
+    assert!(ctl_ok(&topo.server, &["status"]).contains("sources: all"));
+    assert_echo(&topo, &url);
+    ctl_fails(
+        &topo.server,
+        &["disallow", "10.0.0.0/8"],
+        "is not in the allow list",
+    );
+
+    let out = ctl_ok(&topo.server, &["allow", "192.0.2.0/24"]);
+    assert!(out.contains("source filter turned on"), "{out}");
+    assert_refused(&topo, &url);
+    ctl_ok(&topo.server, &["allow", "0.0.0.0/0"]);
+    assert_echo(&topo, &url);
+    stop_loader(loader);
 }
 
 #[test]

@@ -33,5 +33,10 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         "conntrack {}/{} flows tracked",
         status.conntrack.tracked, status.conntrack.size
     );
+    match (status.sources.filtered, status.sources.allow.as_slice()) {
+        (false, _) => println!("sources: all"),
+        (true, []) => println!("sources: none (the allow list is empty)"),
+        (true, allow) => println!("sources: {}", allow.join(" ")),
+    }
     Ok(())
 }
