@@ -19,7 +19,7 @@ use crate::{
     reaper::monotonic_ns,
     rules::{RedirectRule, RuleError},
     source_filter::SourcePrefix,
-    state::{Instance, RuleInfo, StateError},
+    state::{Instance, RuleInfo, StateError, TimeoutsInfo},
 };
 
 /// A control command failed.
@@ -94,6 +94,11 @@ pub struct StatusJson {
     pub conntrack: ConntrackJson,
     /// Which sources may create flows.
     pub sources: SourcesJson,
+    /// Idle time after which the reaper forgets a flow, per state (null if the loader did
+    /// not record them).
+    pub timeouts: Option<TimeoutsInfo>,
+    /// `http://ADDR/metrics` if the loader serves `--metrics`, else null.
+    pub metrics: Option<String>,
 }
 
 /// The source filter in [`StatusJson`].
@@ -175,6 +180,8 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
                 .map(ToString::to_string)
                 .collect(),
         },
+        timeouts: info.timeouts,
+        metrics: info.metrics.clone(),
     })
 }
 

@@ -16,7 +16,7 @@ use redirector::{
         detect::DetectConfig,
         server::{SniffConfig, SniffServer},
     },
-    state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
+    state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT},
     stats::Snapshot,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -137,6 +137,11 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
             ingress_hook: hook.to_string(),
         });
     }
+    let timeouts = settings.timeouts();
+    let metrics_url = metrics_listener
+        .as_ref()
+        .map(|listener| anyhow::Ok(format!("http://{}/metrics", listener.local_addr()?)))
+        .transpose()?;
     let info = InstanceInfo {
         format: INSTANCE_FORMAT,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -155,6 +160,8 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
             })
             .collect(),
         next_slot: rules.len() as u32,
+        timeouts: Some(TimeoutsInfo::from(&timeouts)),
+        metrics: metrics_url.clone(),
     };
     let pinned = PinnedInstance::create(&dp, &info).context("pinning the maps")?;
     log::info!("maps pinned in {}", pinned.dir().display());
@@ -189,8 +196,8 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
         );
     }
     let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
-    let metrics_note = match &metrics {
-        Some((listener, _, _)) => format!(" metrics http://{}/metrics", listener.local_addr()?),
+    let metrics_note = match &metrics_url {
+        Some(url) => format!(" metrics {url}"),
         None => String::new(),
     };
     println!(
@@ -200,7 +207,6 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
         conntrack_size
     );
 
-    let timeouts = settings.timeouts();
     let sniff_counters = sniff.as_ref().map(SniffServer::counters);
     runtime.block_on(async {
         let (stop_sniff, sniff_stopped) = tokio::sync::oneshot::channel::<()>();

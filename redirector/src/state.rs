@@ -40,6 +40,37 @@ pub struct InstanceInfo {
     pub rules: Vec<RuleInfo>,
     /// Next never-used counter slot.
     pub next_slot: u32,
+    /// Conntrack timeouts the loader's reaper applies (absent in files of older loaders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsInfo>,
+    /// URL of the `--metrics` endpoint, if served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+}
+
+/// The reaper's timeouts, in seconds, as recorded in the instance file and shown by
+/// `redirector status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutsInfo {
+    /// `--timeout-handshake`.
+    pub handshake_secs: u64,
+    /// `--timeout-established`.
+    pub established_secs: u64,
+    /// `--timeout-fin-wait`.
+    pub fin_wait_secs: u64,
+    /// `--timeout-closing`.
+    pub closing_secs: u64,
+}
+
+impl From<&crate::reaper::Timeouts> for TimeoutsInfo {
+    fn from(t: &crate::reaper::Timeouts) -> Self {
+        TimeoutsInfo {
+            handshake_secs: t.handshake.as_secs(),
+            established_secs: t.established.as_secs(),
+            fin_wait_secs: t.fin_wait.as_secs(),
+            closing_secs: t.closing.as_secs(),
+        }
+    }
 }
 
 /// One interface of an instance.
@@ -331,10 +362,21 @@ mod tests {
                 slot: 0,
             }],
             next_slot: 1,
+            timeouts: Some(TimeoutsInfo::from(&crate::reaper::Timeouts::default())),
+            metrics: None,
         };
         let text = serde_json::to_string(&info).unwrap();
         assert_eq!(serde_json::from_str::<InstanceInfo>(&text).unwrap(), info);
         assert_eq!(info.key_iface(), "eth0");
         assert!(text.contains("\"next_slot\":1"), "{text}");
+        assert!(text.contains("\"closing_secs\":10"), "{text}");
+        assert!(!text.contains("metrics"), "{text}");
+        // Files of loaders that predate the optional fields still read.
+        let old = text.replace(",\"timeouts\":{\"handshake_secs\":60,\"established_secs\":432000,\"fin_wait_secs\":120,\"closing_secs\":10}", "");
+        assert_ne!(old, text);
+        assert_eq!(
+            serde_json::from_str::<InstanceInfo>(&old).unwrap().timeouts,
+            None
+        );
     }
 }

@@ -49,6 +49,10 @@ fn metrics_endpoint_reports_the_traffic() {
         "{ready}"
     );
     let url = "http://127.0.0.1:9464/metrics";
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["metrics"], url, "{status}");
+    let text = ctl_ok(&topo.server, &["status"]);
+    assert!(text.contains(&format!("metrics: {url}")), "{text}");
     let (code, before) = http_get(&topo, url);
     assert_eq!(code, 200, "{before}");
     assert!(before.contains("# TYPE redirector_rule_packets_total counter"));
@@ -205,6 +209,19 @@ fn closed_flows_are_reaped_after_the_closing_timeout() {
     let topo = Topology::new("ops-tclose");
     let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &["--timeout-closing", "1"]);
+    let status = ctl_json(&topo.server, &["status"]);
+    let timeouts = &status["timeouts"];
+    assert_eq!(timeouts["closing_secs"], 1, "{status}");
+    assert_eq!(timeouts["handshake_secs"], 60, "{status}");
+    assert_eq!(timeouts["fin_wait_secs"], 120, "{status}");
+    assert_eq!(timeouts["established_secs"], 432_000, "{status}");
+    assert_eq!(status["metrics"], Value::Null, "{status}");
+    let text = ctl_ok(&topo.server, &["status"]);
+    assert!(
+        text.contains("timeouts: handshake 60s established 432000s fin-wait 120s closing 1s"),
+        "{text}"
+    );
+    assert!(text.contains("metrics: off"), "{text}");
     assert_echo(&topo, &topo.url("ws", false, 80));
     let stats = ctl_json(&topo.server, &["stats"]);
     assert_eq!(stats["counters"]["flow_created"], 1, "{stats}");

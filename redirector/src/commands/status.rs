@@ -38,5 +38,12 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         (true, []) => println!("sources: none (the allow list is empty)"),
         (true, allow) => println!("sources: {}", allow.join(" ")),
     }
+    if let Some(t) = status.timeouts {
+        println!(
+            "timeouts: handshake {}s established {}s fin-wait {}s closing {}s",
+            t.handshake_secs, t.established_secs, t.fin_wait_secs, t.closing_secs
+        );
+    }
+    println!("metrics: {}", status.metrics.as_deref().unwrap_or("off"));
     Ok(())
 }
