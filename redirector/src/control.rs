@@ -10,6 +10,7 @@ use redirector_common::{
     addr::as_v4,
     conntrack,
     maps::{FlowKey, FlowValue, MAX_ALLOW, MAX_RULES},
+    stats::Counter,
 };
 use serde::Serialize;
 
@@ -139,6 +140,8 @@ pub struct ConntrackJson {
     pub tracked: usize,
     /// Capacity (`--conntrack-size`).
     pub size: u32,
+    /// Entries the LRU evicted to make room (`stats::evicted`).
+    pub evicted: u64,
 }
 
 /// Reads the status of `instance`.
@@ -167,9 +170,14 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
                 enabled: rule.enabled != 0,
             })
             .collect(),
-        conntrack: ConntrackJson {
-            tracked: instance.maps.flows()?.len(),
-            size: info.conntrack_size,
+        conntrack: {
+            let counters = instance.maps.counters()?;
+            let tracked = instance.maps.flows()?.len();
+            ConntrackJson {
+                tracked,
+                size: info.conntrack_size,
+                evicted: crate::stats::evicted(&counters, tracked),
+            }
         },
         sources: SourcesJson {
             filtered: instance.maps.filtering_sources()?,
@@ -336,10 +344,26 @@ pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, Contro
         .filter(|(_, v)| port.is_none_or(|p| v.orig_port == p))
         .map(|(k, _)| k)
         .collect();
+    // The control lock serialises the read-modify-write of `flow_flushed`.
+    let _lock = instance.lock_rules()?;
+    let mut removed = 0;
+    let mut result = Ok(());
     for key in &doomed {
-        instance.maps.remove_flow(key)?;
+        match instance.maps.remove_flow(key) {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(doomed.len())
+    // Counted even after an error: what was removed must not look evicted.
+    instance
+        .maps
+        .add_to_user_counter(Counter::FlowFlushed, removed as u64)?;
+    result?;
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -309,14 +309,37 @@ impl Maps {
         map.insert(key, value, 0).map_err(err(FLOWS_MAP))
     }
 
-    /// Removes a flow entry; a missing entry is not an error (it may have just closed).
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), MapsError> {
+    /// Removes a flow entry; returns false if it was not there (it may have just closed),
+    /// which is not an error.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
         let mut map: HashMap<&mut MapData, FlowKey, FlowValue> =
             HashMap::try_from(&mut self.flows).map_err(err(FLOWS_MAP))?;
         match map.remove(key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if is_enoent(&e) => Ok(false),
             Err(e) => Err(err(FLOWS_MAP)(e)),
         }
+    }
+
+    /// Adds `n` to a counter that only user space writes (`Counter::is_user_written`), on
+    /// CPU 0's slot. Callers serialise: the loader's reaper is the only writer of
+    /// `FlowReaped`, `flush` holds the control lock for `FlowFlushed`.
+    pub fn add_to_user_counter(&mut self, counter: Counter, n: u64) -> Result<(), MapsError> {
+        debug_assert!(counter.is_user_written(), "{}", counter.name());
+        if n == 0 {
+            return Ok(());
+        }
+        let mut map: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(&mut self.stats).map_err(err(STATS_MAP))?;
+        let index = counter as u32;
+        let mut values: Vec<u64> = map.get(&index, 0).map_err(err(STATS_MAP))?.to_vec();
+        values[0] += n;
+        let values = PerCpuValues::try_from(values).map_err(|io_error| {
+            err(STATS_MAP)(MapError::SyscallError(aya::sys::SyscallError {
+                call: "per-cpu values",
+                io_error,
+            }))
+        })?;
+        map.set(index, values, 0).map_err(err(STATS_MAP))
     }
 }

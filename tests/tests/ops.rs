@@ -302,3 +302,60 @@ fn stats_watch_reprints_until_the_loader_stops_and_the_loader_is_quiet() {
         );
     }
 }
+
+#[test]
+fn a_full_conntrack_table_counts_its_evictions() {
+    let _serial = serial();
+    let topo = Topology::new("ops-full");
+    let _echo = start_echo(&topo, &[]);
+    const SIZE: u64 = 16;
+    let loader = start_loader(&topo, &["--conntrack-size", &SIZE.to_string()]);
+    let url = topo.url("ws", false, 80);
+    // Four times the table: closed flows stay tracked for the closing timeout (10 s), so
+    // the LRU must evict to make room for new ones. Bounded in count and in time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut echoed = 0;
+    for _ in 0..4 * SIZE {
+        assert!(std::time::Instant::now() < deadline, "too slow");
+        let out = ws_client(
+            &topo,
+            &url,
+            &["--message", "fill", "--connect-timeout", "3"],
+        );
+        if out.status.success() {
+            echoed += 1;
+        }
+    }
+    let stats = ctl_json(&topo.server, &["stats"]);
+    let counters = &stats["counters"];
+    let get = |name: &str| counters[name].as_u64().unwrap();
+    let tracked = stats["flows_tracked"].as_u64().unwrap();
+    let evicted = stats["flows_evicted"].as_u64().unwrap();
+    assert!(tracked <= SIZE, "{stats}");
+    assert!(evicted > 0, "{stats}");
+    // Every flow created is tracked, evicted or was removed explicitly.
+    assert_eq!(
+        get("flow_created"),
+        tracked
+            + evicted
+            + get("flow_replaced")
+            + get("flow_closed_rst")
+            + get("flow_reaped")
+            + get("flow_flushed"),
+        "{stats}"
+    );
+    assert_eq!(
+        get("flow_created"),
+        echoed + get("flow_closed_rst"),
+        "{stats}"
+    );
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["conntrack"]["size"], SIZE, "{status}");
+    assert!(
+        status["conntrack"]["evicted"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    let text = ctl_ok(&topo.server, &["stats"]);
+    assert!(text.contains(&format!("flows evicted={evicted}")), "{text}");
+    stop_loader(loader);
+}

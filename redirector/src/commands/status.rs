@@ -30,8 +30,8 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "conntrack {}/{} flows tracked",
-        status.conntrack.tracked, status.conntrack.size
+        "conntrack {}/{} flows tracked, {} evicted",
+        status.conntrack.tracked, status.conntrack.size, status.conntrack.evicted
     );
     match (status.sources.filtered, status.sources.allow.as_slice()) {
         (false, _) => println!("sources: all"),
