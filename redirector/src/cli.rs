@@ -90,6 +90,11 @@ pub enum Command {
     ///
     /// Example: redirector disallow 10.0.0.0/8
     Disallow(SourceArgs),
+    /// Remove a persisted instance (`run --persist` whose loader exited): unpin its links,
+    /// which detaches the programs, and its maps.
+    ///
+    /// Example: redirector detach --iface eth0
+    Detach(Target),
 
     /// Proxy one TCP port to a WebSocket and an HTTP backend, by sniffing each connection.
     ///
@@ -163,6 +168,12 @@ pub struct RunArgs {
     /// Forget a flow whose handshake has not completed after SECS seconds [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_handshake: Option<u64>,
+
+    /// Leave the programs attached when the loader exits (links and maps pinned in the
+    /// initial mount namespace's bpffs); `redirector detach` removes them. While no loader
+    /// runs, no reaper does: closed flows leave the table only by LRU eviction.
+    #[arg(long)]
+    pub persist: bool,
 
     #[command(flatten)]
     pub sniff: RunSniffArgs,

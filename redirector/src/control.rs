@@ -100,6 +100,11 @@ pub struct StatusJson {
     pub timeouts: Option<TimeoutsInfo>,
     /// `http://ADDR/metrics` if the loader serves `--metrics`, else null.
     pub metrics: Option<String>,
+    /// Started with `--persist` (programs stay attached after the loader exits).
+    pub persist: bool,
+    /// The loader runs; false for a persisted instance whose loader exited (then no
+    /// reaper runs and no metrics are served).
+    pub loader_running: bool,
 }
 
 /// The source filter in [`StatusJson`].
@@ -189,7 +194,9 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
                 .collect(),
         },
         timeouts: info.timeouts,
-        metrics: info.metrics.clone(),
+        metrics: info.metrics.clone().filter(|_| instance.loader_running),
+        persist: info.persist,
+        loader_running: instance.loader_running,
     })
 }
 

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         cli::Command::Flush(args) => commands::flush::run(args),
         cli::Command::Allow(args) => commands::allow::run(args),
         cli::Command::Disallow(args) => commands::disallow::run(args),
+        cli::Command::Detach(args) => commands::detach::run(args),
         cli::Command::Sniff(args) => sniff_cmd::sniff(args),
     };
     match result {

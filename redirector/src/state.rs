@@ -46,6 +46,10 @@ pub struct InstanceInfo {
     /// URL of the `--metrics` endpoint, if served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// Started with `--persist`: links pinned next to the maps, on a bpffs that outlives
+    /// the loader, and left attached when it exits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persist: bool,
 }
 
 /// The reaper's timeouts, in seconds, as recorded in the instance file and shown by
@@ -98,6 +102,16 @@ impl InstanceInfo {
     pub fn key_iface(&self) -> &str {
         self.interfaces.first().map_or("", |i| i.name.as_str())
     }
+
+    /// The pin directory as this process can reach it: through the loader's root while
+    /// it runs, else (a persisted instance) in this process's own /sys/fs/bpf.
+    pub fn pin_dir_from_here(&self, loader_running: bool) -> PathBuf {
+        if loader_running {
+            pin::pin_dir_of(self.pid, self.netns_inode, self.key_iface())
+        } else {
+            pin::pin_dir(self.netns_inode, self.key_iface())
+        }
+    }
 }
 
 /// Creating, finding or opening the pinned state failed.
@@ -126,6 +140,27 @@ pub enum StateError {
     /// bpffs could not be mounted.
     #[error("mounting bpffs at {path}", path = pin::BPFFS)]
     Mount(#[source] io::Error),
+    /// `--persist` needs a bpffs that outlives the loader.
+    #[error("--persist needs the host's bpffs at {path}, which later commands see too, but this mount namespace has none (`ip netns exec` mounts a private /sys): start the loader with `nsenter --net=/run/netns/NS redirector run --persist …` (or mount -t bpf bpf {path} on the host)", path = pin::BPFFS)]
+    NoPersistBpffs,
+    /// A persisted instance whose pins this process cannot see.
+    #[error("the persisted redirector on {0} (its loader exited) is pinned in the host's bpffs, which this mount namespace does not see (`ip netns exec` mounts a private /sys): run this command with `nsenter --net=/run/netns/NS redirector …`")]
+    PersistedElsewhere(String),
+    /// A link could not be pinned.
+    #[error("pinning link {}", path.display())]
+    PinLink {
+        /// Pin path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// `detach` while the loader of the instance still runs.
+    #[error("redirector (pid {0}) is running on {1}: stop it (SIGTERM) first; with --persist it leaves its programs attached for `detach`")]
+    StillRunning(u32, String),
+    /// `detach` with no persisted instance.
+    #[error("no persisted redirector in this network namespace (nothing to detach)")]
+    NothingToDetach,
     /// Filesystem error.
     #[error("{}", path.display())]
     Io {
@@ -179,21 +214,36 @@ pub fn read_info(path: &Path) -> Result<InstanceInfo, StateError> {
     })
 }
 
-/// The loader's pinned state; removed (maps unpinned, files deleted) on drop.
+/// The loader's pinned state; removed (maps and links unpinned, files deleted) on drop
+/// unless [`PinnedInstance::keep`] was called.
 #[derive(Debug)]
 pub struct PinnedInstance {
     dir: PathBuf,
     info_path: PathBuf,
+    keep: bool,
 }
 
 impl PinnedInstance {
-    /// Pins the maps of `dp` and writes `info`, atomically: everything is pinned into a
-    /// temporary directory next to the final one, which is then renamed into place.
+    /// Pins the maps of `dp` and `links` (named as in [`pin::LINKS_DIR`]), and writes
+    /// `info`, atomically: everything is pinned into a temporary directory next to the
+    /// final one, which is then renamed into place. A persisted instance (`info.persist`)
+    /// is pinned under [`pin::PERSIST_ROOT`].
     ///
     /// The caller must hold the instance lock of `info.key_iface()` (a leftover
     /// directory of a crashed loader is then safe to replace).
-    pub fn create(dp: &Dataplane, info: &InstanceInfo) -> Result<Self, StateError> {
-        pin::ensure_bpffs().map_err(StateError::Mount)?;
+    pub fn create(
+        dp: &Dataplane,
+        info: &InstanceInfo,
+        links: Vec<(String, aya::programs::links::FdLink)>,
+    ) -> Result<Self, StateError> {
+        if info.persist {
+            // A bpffs mounted here would vanish with this mount namespace, and the links with it.
+            if !pin::is_bpffs(Path::new(pin::BPFFS)) {
+                return Err(StateError::NoPersistBpffs);
+            }
+        } else {
+            pin::ensure_bpffs().map_err(StateError::Mount)?;
+        }
         let dir = pin::pin_dir(info.netns_inode, info.key_iface());
         let tmp = pin::pin_tmp_dir(info.netns_inode, info.key_iface(), info.pid);
         for parent in [dir.parent(), tmp.parent()].into_iter().flatten() {
@@ -209,6 +259,16 @@ impl PinnedInstance {
         let pinned = (|| {
             fs::create_dir(&tmp).map_err(io_err(&tmp))?;
             dp.pin_maps(&tmp)?;
+            if !links.is_empty() {
+                let links_dir = tmp.join(pin::LINKS_DIR);
+                fs::create_dir(&links_dir).map_err(io_err(&links_dir))?;
+                for (name, link) in links {
+                    let path = links_dir.join(name);
+                    // The pin holds the link; the returned handle only closes our fd.
+                    link.pin(&path)
+                        .map_err(|source| StateError::PinLink { path, source })?;
+                }
+            }
             let link = tmp.join(pin::INSTANCE_LINK);
             std::os::unix::fs::symlink(&info_path, &link).map_err(io_err(&link))?;
             fs::rename(&tmp, &dir).map_err(io_err(&dir))
@@ -218,27 +278,101 @@ impl PinnedInstance {
             let _ = fs::remove_file(&info_path);
             return Err(e);
         }
-        Ok(PinnedInstance { dir, info_path })
+        Ok(PinnedInstance {
+            dir,
+            info_path,
+            keep: false,
+        })
     }
 
     /// The pin directory (as seen by this process).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Leaves everything pinned (`--persist`): `redirector detach` removes it.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+/// Removes a pin directory (unpinning its maps and links), the instance file and the
+/// parents left empty.
+fn remove_pinned(dir: &Path, info_path: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        log::warn!("removing {}: {e}", dir.display());
+    }
+    let _ = fs::remove_file(info_path);
+    // Empty parents go too; a non-empty one (another instance) stays.
+    if let Some(netns_dir) = dir.parent() {
+        let _ = fs::remove_dir(netns_dir);
+    }
+    let _ = fs::remove_dir(pin::PIN_TMP);
+    let _ = fs::remove_dir(pin::PIN_ROOT);
 }
 
 impl Drop for PinnedInstance {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            log::warn!("removing {}: {e}", self.dir.display());
+        if !self.keep {
+            remove_pinned(&self.dir, &self.info_path);
         }
-        let _ = fs::remove_file(&self.info_path);
-        // Empty parents go too; a non-empty one (another instance) stays.
-        if let Some(netns_dir) = self.dir.parent() {
-            let _ = fs::remove_dir(netns_dir);
+    }
+}
+
+/// The persisted instance of this network namespace that has `iface`, if any. For the
+/// loader, after it took the lock of `iface`: an instance file of another pid on it can
+/// then only be a leftover, persisted if its pins are still there.
+pub fn persisted_on(iface: &str) -> Result<Option<InstanceInfo>, StateError> {
+    let netns = pin::netns_inode();
+    Ok(live_instances(netns)?
+        .into_iter()
+        .map(|(_, info, _)| info)
+        .find(|info| {
+            info.persist
+                && info.pid != std::process::id()
+                && info.interfaces.iter().any(|i| i.name == iface)
+                && info.pin_dir_from_here(false).exists()
+        }))
+}
+
+/// `redirector detach`: removes the persisted instance of this network namespace (on
+/// `iface`, if given) — its pinned links (which detaches the programs), maps and instance
+/// file. Refused while its loader runs.
+pub fn detach(iface: Option<&str>) -> Result<InstanceInfo, StateError> {
+    let netns = pin::netns_inode();
+    let (info_path, info, running) = select(live_instances(netns)?, iface)?;
+    if running {
+        return Err(StateError::StillRunning(
+            info.pid,
+            info.key_iface().to_string(),
+        ));
+    }
+    if !info.persist {
+        return Err(StateError::NothingToDetach);
+    }
+    remove_pinned(&info.pin_dir_from_here(false), &info_path);
+    Ok(info)
+}
+
+/// The one instance among `live` (on `iface`, if given).
+fn select(
+    mut live: Vec<(PathBuf, InstanceInfo, bool)>,
+    iface: Option<&str>,
+) -> Result<(PathBuf, InstanceInfo, bool), StateError> {
+    if let Some(iface) = iface {
+        live.retain(|(_, info, _)| info.interfaces.iter().any(|i| i.name == iface));
+        if live.is_empty() {
+            return Err(StateError::NotOnIface(iface.to_string()));
         }
-        let _ = fs::remove_dir(pin::PIN_TMP);
-        let _ = fs::remove_dir(pin::PIN_ROOT);
+    }
+    match live.len() {
+        0 => Err(StateError::NotRunning),
+        1 => Ok(live.remove(0)),
+        _ => Err(StateError::Ambiguous(
+            live.iter()
+                .map(|(_, i, _)| format!("{} (pid {})", i.key_iface(), i.pid))
+                .collect(),
+        )),
     }
 }
 
@@ -250,6 +384,8 @@ pub struct Instance {
     pub maps: Maps,
     /// Where the instance file is.
     pub info_path: PathBuf,
+    /// Its loader runs (false: a persisted instance whose loader exited).
+    pub loader_running: bool,
 }
 
 impl Instance {
@@ -257,25 +393,8 @@ impl Instance {
     /// opens its maps.
     pub fn find(iface: Option<&str>) -> Result<Self, StateError> {
         let netns = pin::netns_inode();
-        let mut live = live_instances(netns)?;
-        if let Some(iface) = iface {
-            live.retain(|(_, info)| info.interfaces.iter().any(|i| i.name == iface));
-            if live.is_empty() {
-                return Err(StateError::NotOnIface(iface.to_string()));
-            }
-        }
-        let (info_path, info) = match live.len() {
-            0 => return Err(StateError::NotRunning),
-            1 => live.remove(0),
-            _ => {
-                return Err(StateError::Ambiguous(
-                    live.iter()
-                        .map(|(_, i)| format!("{} (pid {})", i.key_iface(), i.pid))
-                        .collect(),
-                ))
-            }
-        };
-        let dir = pin::pin_dir_of(info.pid, netns, info.key_iface());
+        let (info_path, info, loader_running) = select(live_instances(netns)?, iface)?;
+        let dir = info.pin_dir_from_here(loader_running);
         let maps = Maps::from_pins(&dir).map_err(|source| StateError::Unavailable {
             pid: info.pid,
             dir,
@@ -285,6 +404,7 @@ impl Instance {
             info,
             maps,
             info_path,
+            loader_running,
         })
     }
 
@@ -306,8 +426,10 @@ impl Instance {
     }
 }
 
-/// Instance files of `netns` whose loader still holds its lock.
-fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo)>, StateError> {
+/// Instance files of `netns` whose loader still holds its lock (`true`), or persisted
+/// ones whose pins are still there (`false`). A persisted instance whose pins this process
+/// cannot see (no bpffs at /sys/fs/bpf) is an error naming the way to reach it.
+fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo, bool)>, StateError> {
     let entries = match fs::read_dir(pin::RUN_DIR) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -315,6 +437,7 @@ fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo)>, StateError
     };
     let prefix = pin::run_prefix(netns);
     let mut live = Vec::new();
+    let mut hidden = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -324,9 +447,19 @@ fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo)>, StateError
         let path = entry.path();
         // A file that vanished or is half-written belongs to a stopping/starting loader.
         let Ok(info) = read_info(&path) else { continue };
-        if info.netns_inode == netns && instance::is_held(&pin::lock_file(netns, info.key_iface()))
-        {
-            live.push((path, info));
+        if info.netns_inode != netns {
+            continue;
+        }
+        let running = instance::is_held(&pin::lock_file(netns, info.key_iface()));
+        if running || (info.persist && info.pin_dir_from_here(false).exists()) {
+            live.push((path, info, running));
+        } else if info.persist && !pin::is_bpffs(Path::new(pin::BPFFS)) {
+            hidden.push(info.key_iface().to_string());
+        }
+    }
+    if live.is_empty() {
+        if let Some(iface) = hidden.pop() {
+            return Err(StateError::PersistedElsewhere(iface));
         }
     }
     live.sort_by(|a, b| a.1.key_iface().cmp(b.1.key_iface()));
@@ -364,6 +497,7 @@ mod tests {
             next_slot: 1,
             timeouts: Some(TimeoutsInfo::from(&crate::reaper::Timeouts::default())),
             metrics: None,
+            persist: false,
         };
         let text = serde_json::to_string(&info).unwrap();
         assert_eq!(serde_json::from_str::<InstanceInfo>(&text).unwrap(), info);

@@ -3,6 +3,7 @@
 
 pub mod add;
 pub mod allow;
+pub mod detach;
 pub mod disable;
 pub mod disallow;
 pub mod enable;

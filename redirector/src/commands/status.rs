@@ -12,10 +12,20 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!(
-        "redirector {} running (pid {}), mode {}",
-        status.version, status.pid, status.mode
-    );
+    match (status.loader_running, status.persist) {
+        (true, false) => println!(
+            "redirector {} running (pid {}), mode {}",
+            status.version, status.pid, status.mode
+        ),
+        (true, true) => println!(
+            "redirector {} running (pid {}), mode {}, persisted (stays attached when it exits)",
+            status.version, status.pid, status.mode
+        ),
+        (false, _) => println!(
+            "redirector {} persisted, mode {}: loader (pid {}) exited, no reaper (`redirector detach` removes it)",
+            status.version, status.mode, status.pid
+        ),
+    }
     for iface in &status.interfaces {
         println!(
             "interface {}: ingress {}, egress tc",
