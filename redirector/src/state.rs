@@ -324,15 +324,17 @@ impl Drop for PinnedInstance {
 /// then only be a leftover, persisted if its pins are still there.
 pub fn persisted_on(iface: &str) -> Result<Option<InstanceInfo>, StateError> {
     let netns = pin::netns_inode();
-    Ok(live_instances(netns)?
+    let (live, hidden) = scan_instances(netns)?;
+    Ok(live
         .into_iter()
         .map(|(_, info, _)| info)
-        .find(|info| {
-            info.persist
-                && info.pid != std::process::id()
-                && info.interfaces.iter().any(|i| i.name == iface)
-                && info.pin_dir_from_here(false).exists()
-        }))
+        // Its pins must be there, unless this process cannot see the host's bpffs at all.
+        .filter(|info| {
+            info.pid != std::process::id()
+                && (info.pin_dir_from_here(false).exists() || !pin::is_bpffs(Path::new(pin::BPFFS)))
+        })
+        .chain(hidden)
+        .find(|info| info.persist && info.interfaces.iter().any(|i| i.name == iface)))
 }
 
 /// `redirector detach`: removes the persisted instance of this network namespace (on
@@ -355,10 +357,7 @@ pub fn detach(iface: Option<&str>) -> Result<InstanceInfo, StateError> {
 }
 
 /// The one instance among `live` (on `iface`, if given).
-fn select(
-    mut live: Vec<(PathBuf, InstanceInfo, bool)>,
-    iface: Option<&str>,
-) -> Result<(PathBuf, InstanceInfo, bool), StateError> {
+fn select(mut live: Vec<Found>, iface: Option<&str>) -> Result<Found, StateError> {
     if let Some(iface) = iface {
         live.retain(|(_, info, _)| info.interfaces.iter().any(|i| i.name == iface));
         if live.is_empty() {
@@ -427,12 +426,27 @@ impl Instance {
 }
 
 /// Instance files of `netns` whose loader still holds its lock (`true`), or persisted
-/// ones whose pins are still there (`false`). A persisted instance whose pins this process
-/// cannot see (no bpffs at /sys/fs/bpf) is an error naming the way to reach it.
-fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo, bool)>, StateError> {
+/// ones whose pins are still there (`false`). If there are none, a persisted instance whose
+/// pins this process cannot see (no bpffs at /sys/fs/bpf) is an error naming the way to
+/// reach it.
+fn live_instances(netns: u64) -> Result<Vec<Found>, StateError> {
+    let (live, mut hidden) = scan_instances(netns)?;
+    match hidden.pop() {
+        Some(info) if live.is_empty() => {
+            Err(StateError::PersistedElsewhere(info.key_iface().to_string()))
+        }
+        _ => Ok(live),
+    }
+}
+
+/// An instance file found: its path, contents, and whether its loader runs.
+type Found = (PathBuf, InstanceInfo, bool);
+
+/// Live instances (as in [`live_instances`]) and persisted ones this process cannot see.
+fn scan_instances(netns: u64) -> Result<(Vec<Found>, Vec<InstanceInfo>), StateError> {
     let entries = match fs::read_dir(pin::RUN_DIR) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(io_err(Path::new(pin::RUN_DIR))(e)),
     };
     let prefix = pin::run_prefix(netns);
@@ -454,16 +468,11 @@ fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo, bool)>, Stat
         if running || (info.persist && info.pin_dir_from_here(false).exists()) {
             live.push((path, info, running));
         } else if info.persist && !pin::is_bpffs(Path::new(pin::BPFFS)) {
-            hidden.push(info.key_iface().to_string());
-        }
-    }
-    if live.is_empty() {
-        if let Some(iface) = hidden.pop() {
-            return Err(StateError::PersistedElsewhere(iface));
+            hidden.push(info);
         }
     }
     live.sort_by(|a, b| a.1.key_iface().cmp(b.1.key_iface()));
-    Ok(live)
+    Ok((live, hidden))
 }
 
 #[cfg(test)]

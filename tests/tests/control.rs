@@ -504,6 +504,25 @@ fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
         stderr.contains("redirector detach --iface veth-s"),
         "{stderr}"
     );
+    // Also when `ip netns exec` cannot see its pins; another interface is not blocked.
+    let out = ctl(&topo.server, &["run", "--iface", topo.server_if]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("redirector detach --iface veth-s"),
+        "{stderr}"
+    );
+    must(
+        topo.server
+            .cmd("ip")
+            .args(["link", "add", "d0", "type", "veth", "peer", "name", "d1"]),
+    );
+    must(topo.server.cmd("ip").args(["link", "set", "d0", "up"]));
+    let mut cmd = topo.server.cmd(bins::redirector());
+    cmd.args(["run", "--iface", "d0", "--mode", "tc"]);
+    let mut other = Proc::spawn("redirector d0", cmd, false);
+    other.wait_line("redirector ready", Duration::from_secs(30));
+    stop_loader(other);
 
     let out = nsenter_ok(&topo.server, &["detach"]);
     assert!(out.contains("redirector detached from veth-s"), "{out}");
