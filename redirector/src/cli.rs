@@ -80,18 +80,24 @@ pub enum Command {
     ///
     /// Example: redirector flush --port 80
     Flush(FlushArgs),
-    /// Let new connections from CIDR be redirected (adds it to the source filter of
-    /// `--allow`; with no filter yet, turns it on: only listed prefixes are redirected).
+    /// Redirect new connections from CIDR too (the source filter of `--allow`).
+    ///
+    /// On an instance without a filter this turns it on: from then on only listed
+    /// prefixes are redirected.
     ///
     /// Example: redirector allow 10.0.0.0/8
     Allow(SourceArgs),
-    /// Stop redirecting new connections from CIDR (removes it, exactly as listed, from the
-    /// source filter); established connections keep working.
+    /// Stop redirecting new connections from CIDR; established ones keep working.
+    ///
+    /// CIDR must be given as `status` lists it. Removing the last prefix allows no source
+    /// (not every source).
     ///
     /// Example: redirector disallow 10.0.0.0/8
     Disallow(SourceArgs),
-    /// Remove a persisted instance (`run --persist` whose loader exited): unpin its links,
-    /// which detaches the programs, and its maps.
+    /// Remove what `run --persist` left attached (after its loader exited).
+    ///
+    /// Unpins its links, which detaches the programs, and its maps. In a network namespace
+    /// run it with `nsenter --net=/run/netns/NS` (see docs/CONTROL.md).
     ///
     /// Example: redirector detach --iface eth0
     Detach(Target),
