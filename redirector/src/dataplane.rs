@@ -178,8 +178,8 @@ impl Dataplane {
         Ok(self.maps.insert_flow(key, value)?)
     }
 
-    /// Removes a flow entry; a missing entry is not an error (it may have just closed).
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
+    /// Removes a flow entry; returns false if it was not there (it may have just closed).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
         Ok(self.maps.remove_flow(key)?)
     }
 }
