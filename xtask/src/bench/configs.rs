@@ -23,13 +23,20 @@ const NFT_TABLE: &str = "rdr_bench";
 /// Tools and files every configuration needs, found once per benchmark.
 pub struct Tools {
     pub redirector: PathBuf,
+    /// For the pass-through baselines (`kernel-bench --attach-pass`).
+    pub kernel_bench: PathBuf,
     pub work_dir: PathBuf,
     /// `iptables-legacy` where the kernel has the xtables NAT table, else `iptables-nft`.
     pub iptables: &'static str,
 }
 
 impl Tools {
-    pub fn new(redirector: PathBuf, work_dir: PathBuf, server: &NetNs) -> Self {
+    pub fn new(
+        redirector: PathBuf,
+        kernel_bench: PathBuf,
+        work_dir: PathBuf,
+        server: &NetNs,
+    ) -> Self {
         let legacy = server
             .exec("iptables-legacy")
             .args(["-t", "nat", "-L", "PREROUTING", "-n"])
@@ -37,6 +44,7 @@ impl Tools {
             .is_ok_and(|output| output.status.success());
         Self {
             redirector,
+            kernel_bench,
             work_dir,
             iptables: if legacy {
                 "iptables-legacy"
@@ -81,6 +89,26 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
     };
     match config {
         Config::Direct => {}
+        Config::PassXdp | Config::PassTc => {
+            let hook = if config == Config::PassXdp {
+                "xdp"
+            } else {
+                "tc"
+            };
+            let mut baseline = Background::spawn(
+                "pass-through",
+                ns.enter_net_only(&tools.kernel_bench).args([
+                    "--attach-pass",
+                    testbed.server_if(),
+                    "--hook",
+                    hook,
+                ]),
+            )?;
+            baseline.wait_for_stdout("`pass-through attached`", LOADER_READY_TIMEOUT, |line| {
+                line.starts_with("pass-through attached")
+            })?;
+            applied.processes.push(baseline);
+        }
         Config::Iptables => applied.rules = Some(iptables(ns, ip, tools.iptables)?),
         Config::Nftables => applied.rules = Some(nftables(ns, ip, &tools.work_dir)?),
         Config::HaproxyTcp | Config::HaproxyHttp => {

@@ -93,6 +93,7 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
         let work_dir = WorkDir::create()?;
         let tools = Tools::new(
             binaries.redirector.clone(),
+            binaries.kernel_bench.clone(),
             work_dir.0.clone(),
             &testbed.topology.server,
         );

@@ -72,6 +72,11 @@ impl Params {
 pub enum Config {
     /// Clients connect to 8080/8443 themselves: the ceiling.
     Direct,
+    /// Direct, with empty programs at native XDP ingress and TC egress: what any XDP
+    /// program costs on this interface (on a veth: its XDP mode), apart from redirector's.
+    PassXdp,
+    /// Direct, with empty programs at TC ingress and egress.
+    PassTc,
     /// `iptables -t nat ... -j REDIRECT` (the xtables path, iptables-legacy).
     Iptables,
     /// An nftables `redirect to :8080` rule.
@@ -93,8 +98,10 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Direct,
+        Self::PassXdp,
+        Self::PassTc,
         Self::Iptables,
         Self::Nftables,
         Self::HaproxyTcp,
@@ -109,6 +116,8 @@ impl Config {
     pub fn id(self) -> &'static str {
         match self {
             Self::Direct => "direct",
+            Self::PassXdp => "pass-xdp",
+            Self::PassTc => "pass-tc",
             Self::Iptables => "iptables",
             Self::Nftables => "nftables",
             Self::HaproxyTcp => "haproxy-tcp",
@@ -128,7 +137,7 @@ impl Config {
     /// The ports clients connect to: the servers' own, or the redirected ones.
     pub fn client_ports(self) -> Ports {
         match self {
-            Self::Direct => Ports {
+            Self::Direct | Self::PassXdp | Self::PassTc => Ports {
                 plain: 8080,
                 tls: 8443,
             },

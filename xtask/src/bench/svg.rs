@@ -17,6 +17,7 @@ const TOP: f64 = 40.0;
 fn color(config: Config) -> &'static str {
     match config {
         Config::Direct => "#444444",
+        Config::PassXdp | Config::PassTc => "#c7b9a0",
         Config::RedirectorXdp
         | Config::RedirectorXdpGeneric
         | Config::RedirectorTc

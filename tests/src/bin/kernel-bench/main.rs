@@ -2,7 +2,9 @@
 //! `BPF_PROG_TEST_RUN`, next to empty programs of the same hooks timed in the same run,
 //! the hit path against the size of the conntrack table, and the table's kernel memory.
 //!
-//! Run as root: `kernel-bench [--json] [--quick] [--smoke]`. Default: full run, 1 M flows
+//! Run as root: `kernel-bench [--json] [--quick] [--smoke]`. With `--attach-pass IFACE
+//! [--hook xdp|xdp-generic|tc]` it measures nothing: it attaches the empty programs like
+//! `redirector run` attaches the real ones and waits for SIGTERM (see `attach.rs`). Default: full run, 1 M flows
 //! included (about a minute); `--quick`: fewer rounds and shorter calls (under a minute);
 //! `--smoke`: tiny calls and 1 k / 10 k flows only (seconds, for the test suite). Progress
 //! goes to stderr; the result to stdout, as tables or, with `--json`, as one JSON object.
@@ -45,6 +47,7 @@
 //! }
 //! ```
 
+mod attach;
 mod cases;
 mod flows;
 mod measure;
@@ -81,6 +84,13 @@ struct Args {
     /// Tiny calls and 1 k / 10 k flows only: a few seconds (for the test suite).
     #[arg(long)]
     smoke: bool,
+    /// Measure nothing: attach the empty pass-through programs to IFACE (ingress at
+    /// --hook, egress TC) until SIGINT/SIGTERM, as a baseline for `cargo xtask bench`.
+    #[arg(long, value_name = "IFACE", conflicts_with_all = ["json", "quick", "smoke"])]
+    attach_pass: Option<String>,
+    /// Ingress hook of --attach-pass.
+    #[arg(long, value_enum, default_value = "xdp", requires = "attach_pass")]
+    hook: attach::Hook,
 }
 
 /// What a mode measures.
@@ -159,6 +169,15 @@ fn kernel_release() -> Result<String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(iface) = &args.attach_pass {
+        return match attach::run(iface, args.hook) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kernel-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&args) {
         Ok(report) if args.json => {
             println!(
