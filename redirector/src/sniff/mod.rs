@@ -6,11 +6,13 @@
 //! - [`sni`]: the server name of a TLS ClientHello, for the TLS listener;
 //! - [`proxy_protocol`]: PROXY protocol headers sent to backends;
 //! - [`relay`]: the bidirectional copy with an idle timeout;
+//! - [`per_ip`]: connections open per client address, for `--max-conns-per-ip`;
 //! - [`server`]: accept loop, limits, timeouts and routing;
 //! - [`counters`]: what happened, for the exit report.
 
 pub mod counters;
 pub mod detect;
+pub mod per_ip;
 pub mod prefixed;
 #[cfg(test)]
 mod properties;
