@@ -12,10 +12,7 @@ use redirector::{
     maps::Maps,
     metrics::Labels,
     metrics_http, pin, privileges, reaper, rules,
-    sniff::{
-        detect::DetectConfig,
-        server::{SniffConfig, SniffServer},
-    },
+    sniff::server::{SniffConfig, SniffServer},
     state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
     stats::Snapshot,
 };
@@ -60,15 +57,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The sniffing proxy's configuration, if `--sniff-listen` was given (clap requires both
-/// backends with it); all else at the defaults of `redirector sniff`.
+/// backends with it), with every `--sniff-*` option.
 fn sniff_config(args: &RunSniffArgs) -> Option<SniffConfig> {
-    let mut config = SniffConfig::new(args.sniff_listen?, args.sniff_websocket?, args.sniff_http?);
-    config.detect = DetectConfig {
-        ws_paths: args.ws_paths.clone(),
-        ..DetectConfig::default()
-    };
-    config.proxy_protocol = args.sniff_proxy_protocol;
-    Some(config)
+    Some(sniff_cmd::sniff_config(
+        args.sniff_listen?,
+        args.sniff_websocket?,
+        args.sniff_http?,
+        &args.options,
+    ))
 }
 
 /// Loads, attaches and serves with the merged `settings` (and the sniffing proxy, if any).

@@ -477,6 +477,67 @@ fn over_max_conns_is_closed_at_once_and_counted() {
     assert_eq!(counters["accepted"], 3, "{counters:?}");
 }
 
+/// A connection to `addr` from a socket bound to `source` (any 127.0.0.0/8 address).
+fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// A plain GET of the served file from `source`, checked byte for byte.
+fn plain_get_from(source: std::net::Ipv4Addr, addr: SocketAddr) {
+    let mut stream = connect_from(source, addr);
+    let request = format!("GET /{FILE_NAME} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let (head, body) = split_response(&response);
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(body == file_content().as_slice(), "body differs");
+}
+
+#[test]
+fn over_max_conns_per_ip_is_closed_for_that_client_only() {
+    let stack = start_stack("perip", &["--max-conns-per-ip", "2"]);
+    let addr = stack.addr;
+    let (busy, other) = (
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+        std::net::Ipv4Addr::new(127, 0, 0, 3),
+    );
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect_from(busy, addr)).collect();
+    // Let the proxy accept both before the third arrives.
+    thread::sleep(Duration::from_millis(300));
+    let mut third = connect_from(busy, addr);
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)),
+        "third from {busy}"
+    );
+    // Other clients are not affected, however many connections they open in turn.
+    for _ in 0..5 {
+        plain_get_from(other, addr);
+    }
+    for stream in &mut held {
+        assert!(
+            !closed_within(stream, Duration::from_millis(100)),
+            "held ones stay open"
+        );
+    }
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    thread::sleep(Duration::from_millis(300));
+    plain_get_from(busy, addr);
+    drop(held);
+    let counters = stop_proxy(stack.proxy);
+    assert_eq!(counters["over_ip_limit"], 1, "{counters:?}");
+    assert_eq!(counters["over_limit"], 0, "{counters:?}");
+    assert_eq!(counters["http"], 6, "{counters:?}");
+    assert_eq!(counters["accepted"], 9, "{counters:?}");
+}
+
 /// A TLS ClientHello start: record type 22, version 3.1, then handshake type 1.
 const TLS_HELLO: &[u8] = &[
     0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03,
