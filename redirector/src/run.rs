@@ -1,7 +1,8 @@
 //! `redirector run`: load, configure, attach, serve until a signal, detach, report; with
-//! `--sniff-listen`, the sniffing proxy of `redirector sniff` runs on the same runtime.
+//! `--sniff-listen`, the sniffing proxy of `redirector sniff` runs on the same runtime, its
+//! counters on `/metrics` and published for `redirector stats`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use redirector::{
@@ -10,9 +11,13 @@ use redirector::{
     dataplane::Dataplane,
     iface, instance,
     maps::Maps,
-    metrics::Labels,
+    metrics::{self, Labels},
     metrics_http, pin, privileges, reaper, rules,
-    sniff::server::{SniffConfig, SniffServer},
+    sniff::{
+        self,
+        publish::Publisher,
+        server::{SniffConfig, SniffServer},
+    },
     state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
     stats::Snapshot,
 };
@@ -154,6 +159,16 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
     };
     let pinned = PinnedInstance::create(&dp, &info).context("pinning the maps")?;
     log::info!("maps pinned in {}", pinned.dir().display());
+    let sniff_counters = sniff.as_ref().map(SniffServer::counters);
+    // `redirector stats` of other processes reads the proxy's counters from this file.
+    let sniff_publisher = sniff_counters
+        .as_ref()
+        .map(|counters| {
+            let path = pin::sniff_stats_file(info.netns_inode, info.key_iface());
+            Publisher::create(path, Arc::clone(counters))
+        })
+        .transpose()
+        .context("publishing the sniff counters")?;
     let metrics = match metrics_listener {
         Some(listener) => {
             // Its own handles on the maps (through their pins), so scrapes never wait for
@@ -164,7 +179,17 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
                 conntrack_capacity: conntrack_size,
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            Some((listener, maps, labels))
+            let sniff_counters = sniff_counters.clone();
+            let render: MetricsBody = Box::new(move || {
+                let snapshot =
+                    Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
+                let mut body = metrics::render(&snapshot, &labels);
+                if let Some(counters) = &sniff_counters {
+                    body.push_str(&sniff::metrics::render(counters));
+                }
+                Ok(body)
+            });
+            Some((listener, render))
         }
         None => None,
     };
@@ -186,7 +211,7 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
     }
     let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
     let metrics_note = match &metrics {
-        Some((listener, _, _)) => format!(" metrics http://{}/metrics", listener.local_addr()?),
+        Some((listener, _)) => format!(" metrics http://{}/metrics", listener.local_addr()?),
         None => String::new(),
     };
     println!(
@@ -197,7 +222,6 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
     );
 
     let timeouts = settings.timeouts();
-    let sniff_counters = sniff.as_ref().map(SniffServer::counters);
     runtime.block_on(async {
         let (stop_sniff, sniff_stopped) = tokio::sync::oneshot::channel::<()>();
         let sniffing = sniff.map(|server| {
@@ -205,7 +229,16 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
                 let _ = sniff_stopped.await;
             }))
         });
-        let served = serve(&mut dp, &timeouts, signals, metrics).await;
+        let publishing = async {
+            match &sniff_publisher {
+                Some(publisher) => publisher.run().await,
+                None => std::future::pending().await,
+            }
+        };
+        let served = tokio::select! {
+            served = serve(&mut dp, &timeouts, signals, metrics) => served,
+            () = publishing => unreachable!("publishing runs until dropped"),
+        };
         let _ = stop_sniff.send(());
         if let Some(sniffing) = sniffing {
             sniffing.await.context("the sniffing proxy's task failed")?;
@@ -216,6 +249,7 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
     runtime.shutdown_timeout(Duration::from_millis(100));
 
     // Unpin first, so control commands stop finding a stopping instance.
+    drop(sniff_publisher);
     drop(pinned);
     // Rules may have changed at runtime: the snapshot reads them from the RULES map.
     let snapshot = Snapshot::read(dp.maps())?;
@@ -232,6 +266,9 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
     Ok(())
 }
 
+/// Renders the `/metrics` body at each scrape.
+type MetricsBody = Box<dyn Fn() -> Result<String, String>>;
+
 /// The signals that stop the loader.
 struct Signals {
     interrupt: Signal,
@@ -244,13 +281,13 @@ async fn serve(
     dp: &mut Dataplane,
     timeouts: &reaper::Timeouts,
     mut signals: Signals,
-    metrics: Option<(std::net::TcpListener, Maps, Labels)>,
+    metrics: Option<(std::net::TcpListener, MetricsBody)>,
 ) -> anyhow::Result<()> {
     let metrics = match metrics {
-        Some((listener, maps, labels)) => {
+        Some((listener, render)) => {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("registering the --metrics listener")?;
-            Some(metrics_http::serve(listener, maps, labels))
+            Some(metrics_http::serve(listener, render))
         }
         None => None,
     };

@@ -1,12 +1,16 @@
-//! `redirector sniff`: bind, announce, serve until a signal, report the counters (the library
-//! side is `redirector::sniff`).
+//! `redirector sniff`: bind, announce, serve (and `--metrics`) until a signal, report the
+//! counters (the library side is `redirector::sniff`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use redirector::sniff::{
-    detect::DetectConfig,
-    server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
+use redirector::{
+    metrics_http,
+    sniff::{
+        detect::DetectConfig,
+        metrics as sniff_metrics,
+        server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
+    },
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -52,17 +56,44 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
         let server = SniffServer::bind(config).await?;
         let addrs = server.local_addrs().context("reading the bound address")?;
         let counters = server.counters();
+        let metrics = match args.metrics {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on --metrics {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_note = match &metrics {
+            Some(listener) => format!(" metrics http://{}/metrics", listener.local_addr()?),
+            None => String::new(),
+        };
         log::info!(
             "websocket upgrades -> {}, other http -> {}",
             args.websocket,
             args.http
         );
-        println!("redirector sniff ready: listening on {}", listening(&addrs));
+        println!(
+            "redirector sniff ready: listening on {}{metrics_note}",
+            listening(&addrs)
+        );
+        let scrapes = {
+            let counters = Arc::clone(&counters);
+            async move {
+                match metrics {
+                    Some(listener) => {
+                        metrics_http::serve(listener, || Ok(sniff_metrics::render(&counters))).await
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+        };
         server
             .serve(async {
                 tokio::select! {
                     _ = sigint.recv() => {}
                     _ = sigterm.recv() => {}
+                    () = scrapes => {}
                 }
             })
             .await;

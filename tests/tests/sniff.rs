@@ -516,9 +516,12 @@ fn over_max_conns_per_ip_is_closed_for_that_client_only() {
         closed_within(&mut third, Duration::from_secs(2)),
         "third from {busy}"
     );
-    // Other clients are not affected, however many connections they open in turn.
+    // Other clients are not affected, however many connections they open in turn (each
+    // slot is given back when the proxy has finished the relay, just after the client saw
+    // its end: a short pause keeps at most one in that state).
     for _ in 0..5 {
         plain_get_from(other, addr);
+        thread::sleep(Duration::from_millis(50));
     }
     for stream in &mut held {
         assert!(
@@ -898,4 +901,103 @@ fn nginx_reads_the_client_address_from_proxy_v1_and_v2() {
         let counters = stop_proxy(proxy);
         assert_eq!(counters["http"], 1, "{version}: {counters:?}");
     }
+}
+
+// ---------- metrics ----------
+
+/// `GET /metrics` from `addr`; returns the body after checking the status and type.
+fn scrape(addr: &str) -> String {
+    let mut stream = connect(addr.parse().unwrap());
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let (head, body) = split_response(&response);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The value of the sample `series` (name and labels, exactly) in a Prometheus text body.
+fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_endpoint_serves_the_live_counters() {
+    let stack = start_stack(
+        "metrics",
+        &["--metrics", "127.0.0.1:0", "--max-conns-per-ip", "1"],
+    );
+    let ready = stack
+        .proxy
+        .seen
+        .iter()
+        .find(|l| l.starts_with("redirector sniff ready"))
+        .unwrap()
+        .clone();
+    let metrics = ready
+        .split_once(" metrics http://")
+        .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .to_string();
+    let before = scrape(&metrics);
+    assert_eq!(sample(&before, "redirector_sniff_accepted_total"), 0);
+    for i in 0..4 {
+        if i % 2 == 0 {
+            plain_get(stack.addr);
+        } else {
+            websocket_echo(stack.addr, i, false);
+        }
+        // The proxy gives the client's one slot back when it has finished the relay,
+        // just after the client saw the end.
+        thread::sleep(Duration::from_millis(200));
+    }
+    // One connection held, a second from the same address refused (another address than
+    // the sequential clients above, whose slots are given back only once the proxy has
+    // finished their relays).
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 4);
+    let mut held = connect_from(source, stack.addr);
+    thread::sleep(Duration::from_millis(200));
+    let mut refused = connect_from(source, stack.addr);
+    assert!(closed_within(&mut refused, Duration::from_secs(2)));
+    let body = scrape(&metrics);
+    assert_eq!(sample(&body, "redirector_sniff_accepted_total"), 6);
+    assert_eq!(
+        sample(
+            &body,
+            "redirector_sniff_connections_total{route=\"websocket\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        sample(&body, "redirector_sniff_connections_total{route=\"http\"}"),
+        2
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "redirector_sniff_closed_total{reason=\"over_ip_limit\"}"
+        ),
+        1
+    );
+    assert!(
+        sample(
+            &body,
+            "redirector_sniff_bytes_total{direction=\"backend_to_client\"}"
+        ) >= 2 * FILE_SIZE as u64
+    );
+    assert!(
+        !body.contains("redirector_rule_"),
+        "no kernel series in sniff alone"
+    );
+    assert!(!closed_within(&mut held, Duration::from_millis(50)));
+    drop(held);
+    let counters = stop_proxy(stack.proxy);
+    assert_eq!(counters["accepted"], 6, "{counters:?}");
 }

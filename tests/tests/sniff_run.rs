@@ -2,9 +2,12 @@
 //! network namespaces: the options take effect, and the proxy's counters reach
 //! `redirector stats` and the `--metrics` endpoint while it runs.
 
+use std::time::{Duration, Instant};
+
 use redirector_tests::{
     fixtures::*,
     netns::{must, Topology},
+    process::Proc,
 };
 
 /// Runs a Python snippet in the client namespace and returns its stdout (trimmed).
@@ -86,4 +89,140 @@ fn run_applies_non_default_sniff_options() {
     assert_eq!(sniff_counter(&lines, "header_timeout"), 1, "{lines:?}");
     assert_eq!(sniff_counter(&lines, "too_large"), 1, "{lines:?}");
     assert_eq!(sniff_counter(&lines, "websocket"), 1, "{lines:?}");
+}
+
+/// Polls `redirector stats --json` in the server namespace until `check` accepts it (the
+/// loader republishes the sniff counters every second), for at most 5 s.
+fn stats_until(topo: &Topology, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = ctl_json(&topo.server, &["stats"]);
+        if check(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "stats never matched: {stats:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of the sample `series` (name and labels, exactly) in a Prometheus text body.
+fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+/// While `run --sniff-listen` runs, its proxy's counters are in `redirector stats` (text and
+/// JSON) and on `--metrics`, next to the kernel counters, and they follow the traffic.
+#[test]
+fn run_sniff_counters_reach_stats_and_metrics() {
+    let _serial = serial();
+    let topo = Topology::new("runsstat");
+    let _echo = start_echo(&topo, &[]);
+    let root = std::env::temp_dir().join(format!("rdrt-runsstat-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "hello\n").unwrap();
+    let mut web_cmd = topo.server.cmd("python3");
+    web_cmd
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "8000"])
+        .arg("--directory")
+        .arg(&root);
+    let mut web = Proc::spawn("python3 http.server", web_cmd, false);
+    web.wait_line("Serving HTTP", Duration::from_secs(10));
+    let loader = start_loader(
+        &topo,
+        &[
+            "--redirect",
+            "443:8443",
+            "--metrics",
+            "127.0.0.1:9464",
+            "--sniff-listen",
+            "0.0.0.0:80",
+            "--sniff-websocket",
+            "127.0.0.1:8080",
+            "--sniff-http",
+            "127.0.0.1:8000",
+        ],
+    );
+
+    // Before any traffic: published, all zero.
+    let stats = stats_until(&topo, |s| s["sniff"]["accepted"] == 0);
+    assert!(
+        stats["rules"].is_array() && stats["counters"].is_object(),
+        "{stats:#}"
+    );
+
+    for _ in 0..2 {
+        assert_echo(&topo, &topo.url("ws", false, 80));
+    }
+    let url = format!("http://{}:80/index.html", topo.server_v4);
+    for _ in 0..3 {
+        let fetched =
+            must(
+                topo.client
+                    .cmd("curl")
+                    .args(["-sS", "--fail", "--max-time", "10", &url]),
+            );
+        assert_eq!(fetched.stdout, b"hello\n");
+    }
+    let stats = stats_until(&topo, |s| s["sniff"]["accepted"] == 5);
+    let sniff = &stats["sniff"];
+    assert_eq!(sniff["websocket"], 2, "{stats:#}");
+    assert_eq!(sniff["http"], 3, "{stats:#}");
+    assert_eq!(sniff["relay_error"], 0, "{stats:#}");
+    assert!(
+        sniff["bytes_backend_to_client"].as_u64().unwrap() > 3 * 6,
+        "{stats:#}"
+    );
+    let text = ctl_ok(&topo.server, &["stats"]);
+    assert!(text.contains("sniff counter websocket=2\n"), "{text}");
+    assert!(text.contains("rule 443->8443:"), "{text}");
+
+    let scrape = must(topo.server.cmd("curl").args([
+        "-sS",
+        "--fail",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9464/metrics",
+    ]));
+    let body = String::from_utf8(scrape.stdout).unwrap();
+    assert_eq!(sample(&body, "redirector_sniff_accepted_total"), 5);
+    assert_eq!(
+        sample(
+            &body,
+            "redirector_sniff_connections_total{route=\"websocket\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        sample(&body, "redirector_sniff_connections_total{route=\"http\"}"),
+        3
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "redirector_sniff_closed_total{reason=\"header_timeout\"}"
+        ),
+        0
+    );
+    assert!(
+        body.contains("redirector_rule_flows_new_total{"),
+        "kernel series too"
+    );
+
+    let lines = stop_loader(loader);
+    assert_eq!(sniff_counter(&lines, "accepted"), 5, "{lines:?}");
+    // The published file goes with the loader.
+    let leftover: Vec<_> = std::fs::read_dir("/run/redirector")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let netns_files: Vec<_> = leftover
+        .iter()
+        .filter(|n| n.to_string_lossy().ends_with(".sniff"))
+        .collect();
+    assert!(netns_files.is_empty(), "{netns_files:?}");
+    drop(web);
+    let _ = std::fs::remove_dir_all(&root);
 }
