@@ -6,6 +6,7 @@
 //! - [`sni`]: the server name of a TLS ClientHello, for the TLS listener;
 //! - [`proxy_protocol`]: PROXY protocol headers sent to backends;
 //! - [`relay`]: the bidirectional copy with an idle timeout;
+//! - [`splice`]: the zero-copy relay with `splice(2)`, and the choice between the two;
 //! - [`per_ip`]: connections open per client address, for `--max-conns-per-ip`;
 //! - [`server`]: accept loop, limits, timeouts and routing;
 //! - [`counters`]: what happened, for the exit report;
@@ -24,3 +25,4 @@ pub mod publish;
 pub mod relay;
 pub mod server;
 pub mod sni;
+pub mod splice;
