@@ -14,6 +14,7 @@ use redirector::{
             DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNS,
         },
         sni::SniPattern,
+        splice::RelayMode,
     },
     source_filter::SourcePrefix,
 };
@@ -350,6 +351,12 @@ pub struct SniffOptions {
     /// client's bytes, so backends learn the client address. Default: none.
     #[arg(long, value_name = "v1|v2")]
     pub proxy_protocol: Option<ProxyProtocol>,
+
+    /// How bytes are relayed once the backend is chosen: splice (zero-copy splice(2)
+    /// through a pipe per direction), copy (user-space buffers), or auto (copy small
+    /// messages, splice while 16 KiB or more arrive at a time).
+    #[arg(long, value_name = "auto|splice|copy", default_value_t = RelayMode::default())]
+    pub relay: RelayMode,
 }
 
 /// Names `redirector run` accepted for sniff options before they all took the `--sniff-`
@@ -453,6 +460,8 @@ mod tests {
             "127.0.0.1:9443",
             "--sniff-ws-sni",
             "ws.example.com",
+            "--sniff-relay",
+            "copy",
         ]);
         let Command::Run(run) = parse(&args).unwrap().command else {
             panic!("not run")
@@ -466,6 +475,7 @@ mod tests {
         assert_eq!(o.proxy_protocol, Some(ProxyProtocol::V2));
         assert_eq!(o.ws_paths, ["/old/", "/new/"]);
         assert!(o.tls_listen.is_some() && o.tls_http.is_some() && o.ws_sni.len() == 1);
+        assert_eq!(o.relay, RelayMode::Copy);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub fn sniff_config(
         not_http: options.not_http,
         tls: tls_route(options),
         proxy_protocol: options.proxy_protocol,
+        relay: options.relay,
     }
 }
 

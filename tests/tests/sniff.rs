@@ -60,7 +60,10 @@ struct WebRoot(PathBuf);
 
 impl WebRoot {
     fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("rdrt-sniff-{tag}-{}", std::process::id()));
+        // Unique per test: the same tag runs in several relay modes at once.
+        let id = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("rdrt-sniff-{tag}-{}-{id}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(FILE_NAME), file_content()).unwrap();
         WebRoot(dir)
@@ -328,11 +331,41 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 
 // ---------- tests ----------
 
-#[test]
-fn thousand_mixed_connections_reach_the_right_backend_intact() {
+/// `extra` with `--relay MODE` if a mode is given (none: the default).
+fn with_relay<'a>(relay: Option<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = extra.to_vec();
+    if let Some(mode) = relay {
+        args.extend(["--relay", mode]);
+    }
+    args
+}
+
+/// Three tests of a test body taking the relay mode: `NAME::default` with the default
+/// mode, `NAME::splice` and `NAME::copy` with `--relay splice` and `--relay copy`.
+macro_rules! every_relay_mode {
+    ($body:ident) => {
+        mod $body {
+            #[test]
+            fn default() {
+                super::$body(None)
+            }
+            #[test]
+            fn splice() {
+                super::$body(Some("splice"))
+            }
+            #[test]
+            fn copy() {
+                super::$body(Some("copy"))
+            }
+        }
+    };
+}
+
+every_relay_mode!(thousand_mixed_connections_reach_the_right_backend_intact);
+fn thousand_mixed_connections_reach_the_right_backend_intact(relay: Option<&str>) {
     const THREADS: usize = 40;
     const PER_THREAD: usize = 25;
-    let stack = start_stack("mixed", &["--ws-path", "/ws/"]);
+    let stack = start_stack("mixed", &with_relay(relay, &["--ws-path", "/ws/"]));
     let addr = stack.addr;
     let started = Instant::now();
     thread::scope(|s| {
@@ -386,9 +419,9 @@ fn thousand_mixed_connections_reach_the_right_backend_intact() {
     assert!(counters["bytes_backend_to_client"] >= total / 2 * FILE_SIZE as u64);
 }
 
-#[test]
-fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout() {
-    let stack = start_stack("slow", &["--header-timeout", "3"]);
+every_relay_mode!(slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout);
+fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout(relay: Option<&str>) {
+    let stack = start_stack("slow", &with_relay(relay, &["--header-timeout", "3"]));
     let addr = stack.addr;
     let slow = thread::spawn(move || {
         let mut stream = connect(addr);
@@ -428,11 +461,11 @@ fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout() {
     assert_eq!(counters["http"] + counters["websocket"], 20, "{counters:?}");
 }
 
-#[test]
-fn backend_down_closes_the_client_quickly_and_is_counted() {
+every_relay_mode!(backend_down_closes_the_client_quickly_and_is_counted);
+fn backend_down_closes_the_client_quickly_and_is_counted(relay: Option<&str>) {
     // Nothing listens on these ports.
     let (ws_port, http_port) = (free_port(), free_port());
-    let (proxy, addr) = start_proxy(ws_port, http_port, &[]);
+    let (proxy, addr) = start_proxy(ws_port, http_port, &with_relay(relay, &[]));
     for request in [
         "GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_string(),
         format!(
@@ -558,13 +591,17 @@ fn not_http_is_closed_by_default() {
     assert_eq!(counters["backend_connect_failed"], 0, "{counters:?}");
 }
 
-#[test]
-fn not_http_can_be_relayed_to_the_http_backend_intact() {
+every_relay_mode!(not_http_can_be_relayed_to_the_http_backend_intact);
+fn not_http_can_be_relayed_to_the_http_backend_intact(relay: Option<&str>) {
     // A raw TCP backend that records what it receives and answers.
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend_port = backend.local_addr().unwrap().port();
     let unused = free_port();
-    let (proxy, addr) = start_proxy(unused, backend_port, &["--not-http", "http"]);
+    let (proxy, addr) = start_proxy(
+        unused,
+        backend_port,
+        &with_relay(relay, &["--not-http", "http"]),
+    );
     let mut stream = connect(addr);
     let mut sent = TLS_HELLO.to_vec();
     sent.extend((0..5000).map(|i| (i % 251) as u8));
@@ -710,9 +747,9 @@ fn tls_is_routed_by_server_name_without_decrypting() {
     assert_eq!(counters["relay_error"], 0, "{counters:?}");
 }
 
-#[test]
-fn idle_relays_are_closed_and_early_closes_counted() {
-    let stack = start_stack("idle", &["--idle-timeout", "1"]);
+every_relay_mode!(idle_relays_are_closed_and_early_closes_counted);
+fn idle_relays_are_closed_and_early_closes_counted(relay: Option<&str>) {
+    let stack = start_stack("idle", &with_relay(relay, &["--idle-timeout", "1"]));
     let mut stream = connect(stack.addr);
     let request = format!(
         "GET /idle HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -766,10 +803,10 @@ fn ipv6_listener_reports_tcp6_in_the_proxy_header() {
     assert_eq!(counters["http"], 1, "{counters:?}");
 }
 
-#[test]
-fn bulk_full_duplex_transfer_is_relayed_intact() {
+every_relay_mode!(bulk_full_duplex_transfer_is_relayed_intact);
+fn bulk_full_duplex_transfer_is_relayed_intact(relay: Option<&str>) {
     const BYTES: u64 = 16 << 20;
-    let stack = start_stack("bulk", &[]);
+    let stack = start_stack("bulk", &with_relay(relay, &[]));
     let out = Command::new(bins::ws_client())
         .args(["--url", &format!("ws://{}/bulk", stack.addr)])
         .args(["--bytes", &BYTES.to_string()])

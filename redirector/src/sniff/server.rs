@@ -23,10 +23,10 @@ use super::{
     counters::{Counter, Counters},
     detect::{detect, DetectConfig, Detection},
     per_ip::{IpPermit, PerIpLimit},
-    prefixed::PrefixedIo,
     proxy_protocol::ProxyProtocol,
-    relay::{relay, RelayError},
+    relay::RelayError,
     sni::{detect_sni, SniDetection, SniPattern},
+    splice::{self, RelayMode},
 };
 
 /// Pause after an accept error that is not specific to one connection (e.g. no file
@@ -104,6 +104,8 @@ pub struct SniffConfig {
     pub tls: Option<TlsRoute>,
     /// Send a PROXY protocol header to backends before the client's bytes.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// How bytes are relayed once the backend is chosen.
+    pub relay: RelayMode,
 }
 
 impl SniffConfig {
@@ -127,6 +129,7 @@ impl SniffConfig {
             not_http: NotHttpPolicy::default(),
             tls: None,
             proxy_protocol: None,
+            relay: RelayMode::default(),
         }
     }
 }
@@ -375,8 +378,15 @@ async fn handle(
             return counters.inc(Counter::RelayError);
         }
     }
-    let mut client = PrefixedIo::new(prefix, client);
-    match relay(&mut client, &mut backend_stream, config.idle_timeout).await {
+    match splice::relay(
+        config.relay,
+        client,
+        backend_stream,
+        prefix,
+        config.idle_timeout,
+    )
+    .await
+    {
         Ok(relayed) => {
             counters.add(Counter::BytesClientToBackend, relayed.client_to_backend);
             counters.add(Counter::BytesBackendToClient, relayed.backend_to_client);
