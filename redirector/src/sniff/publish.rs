@@ -134,14 +134,12 @@ impl Publisher {
         loop {
             tick.tick().await;
             if let Err(e) = self.write() {
-                log::warn!("{e}: {}", e_source(&e));
+                // Logged, not fatal: the proxy keeps serving; `stats` shows older values.
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                log::warn!("{e}: {}", cause.unwrap_or_default());
             }
         }
     }
-}
-
-fn e_source(e: &PublishError) -> String {
-    std::error::Error::source(e).map_or_else(String::new, ToString::to_string)
 }
 
 impl Drop for Publisher {
