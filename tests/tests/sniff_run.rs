@@ -1,12 +1,14 @@
-//! `redirector run --sniff-listen` with the `--sniff-*` options of `redirector sniff`, in
-//! network namespaces: the options take effect, and the proxy's counters reach
-//! `redirector stats` and the `--metrics` endpoint while it runs.
+//! The sniffing proxy in network namespaces: `redirector run --sniff-listen` with the
+//! `--sniff-*` options of `redirector sniff` (they take effect; the proxy's counters reach
+//! `redirector stats` and the `--metrics` endpoint while it runs), and IPv6 clients
+//! grouped per /64 by `--max-conns-per-ip`.
 
 use std::time::{Duration, Instant};
 
 use redirector_tests::{
+    bins,
     fixtures::*,
-    netns::{must, Topology},
+    netns::{must, Netns, Topology},
     process::Proc,
 };
 
@@ -225,4 +227,45 @@ fn run_sniff_counters_reach_stats_and_metrics() {
     assert!(netns_files.is_empty(), "{netns_files:?}");
     drop(web);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `--max-conns-per-ip` counts IPv6 clients per /64: in a namespace of its own, with three
+/// addresses on `lo`, a second connection from another address of the same /64 is closed
+/// while one from another /64 is kept.
+#[test]
+fn per_ip_limit_groups_ipv6_clients_by_64() {
+    let ns = Netns::new(&format!("rdrt-perip6-{}", std::process::id()));
+    for addr in ["fd00:64:1::1/64", "fd00:64:1::2/64", "fd00:64:2::1/64"] {
+        must(
+            ns.cmd("ip")
+                .args(["-6", "addr", "add", addr, "dev", "lo", "nodad"]),
+        );
+    }
+    let mut cmd = ns.cmd(bins::redirector());
+    cmd.args(["sniff", "--listen", "[::]:8081"])
+        .args(["--websocket", "[::1]:9", "--http", "[::1]:9"])
+        .args(["--max-conns-per-ip", "1"]);
+    let mut proxy = Proc::spawn("redirector sniff", cmd, false);
+    proxy.wait_line("redirector sniff ready", Duration::from_secs(10));
+    // Connections that send nothing stay in the sniffing phase (10 s header timeout) and
+    // hold their slot.
+    let script = "import socket,time\n\
+         def conn(src):\n  s=socket.socket(socket.AF_INET6)\n  s.bind((src,0))\n  \
+         s.connect(('fd00:64:1::1',8081))\n  return s\n\
+         def closed(s):\n  s.settimeout(1.0)\n  try:\n    return s.recv(1)==b''\n  \
+         except socket.timeout:\n    return False\n  except ConnectionResetError:\n    return True\n\
+         a=conn('fd00:64:1::1')\ntime.sleep(0.3)\n\
+         b=conn('fd00:64:1::2')\nc=conn('fd00:64:2::1')\ntime.sleep(0.3)\n\
+         print(closed(b), closed(c), closed(a))\n";
+    let out = must(ns.cmd("timeout").args(["30", "python3", "-c", script]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True False False",
+        "same /64 closed, other /64 and the first kept"
+    );
+    proxy.signal(libc::SIGTERM);
+    let (status, lines) = proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{lines:?}");
+    assert_eq!(sniff_counter(&lines, "over_ip_limit"), 1, "{lines:?}");
+    assert_eq!(sniff_counter(&lines, "accepted"), 3, "{lines:?}");
 }
