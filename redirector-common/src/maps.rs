@@ -22,6 +22,11 @@ pub const PROG_XDP_INGRESS: &str = "redirector_xdp_ingress";
 pub const PROG_TC_INGRESS: &str = "redirector_tc_ingress";
 /// Name of the TC egress program that rewrites replies.
 pub const PROG_TC_EGRESS: &str = "redirector_tc_egress";
+/// Benchmark baseline: an XDP program that returns `XDP_PASS` and does nothing else.
+/// Loaded only on request (`Dataplane::load_baselines`), never attached.
+pub const PROG_PASS_XDP: &str = "redirector_pass_xdp";
+/// Benchmark baseline: a TC program that returns `TC_ACT_UNSPEC` and does nothing else.
+pub const PROG_PASS_TC: &str = "redirector_pass_tc";
 
 /// Maximum number of rules (size of [`RULES_MAP`] and [`RULE_STATS_MAP`]).
 pub const MAX_RULES: u32 = 64;

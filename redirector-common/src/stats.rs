@@ -40,11 +40,17 @@ pub enum Counter {
     RewriteEgress,
     /// A kernel checksum/store helper failed; the packet passed unmodified.
     RewriteFailed,
+    /// A SYN replaced the entry of the same client tuple (port reuse of a closing flow).
+    FlowReplaced,
+    /// The loader's reaper removed an expired entry (written by user space only).
+    FlowReaped,
+    /// `redirector flush` removed an entry (written by user space only).
+    FlowFlushed,
 }
 
 impl Counter {
     /// Number of counters (size of the stats array).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -66,6 +72,9 @@ impl Counter {
         Counter::RewriteIngress,
         Counter::RewriteEgress,
         Counter::RewriteFailed,
+        Counter::FlowReplaced,
+        Counter::FlowReaped,
+        Counter::FlowFlushed,
     ];
 
     /// Stable snake_case name used in output and metrics.
@@ -89,7 +98,16 @@ impl Counter {
             Counter::RewriteIngress => "rewrite_ingress",
             Counter::RewriteEgress => "rewrite_egress",
             Counter::RewriteFailed => "rewrite_failed",
+            Counter::FlowReplaced => "flow_replaced",
+            Counter::FlowReaped => "flow_reaped",
+            Counter::FlowFlushed => "flow_flushed",
         }
+    }
+
+    /// True for counters that only user space writes (the kernel never touches them, so
+    /// user space may add to them without losing a kernel increment).
+    pub const fn is_user_written(self) -> bool {
+        matches!(self, Counter::FlowReaped | Counter::FlowFlushed)
     }
 
     /// True for reasons where the program did not understand the packet and failed open.

@@ -82,7 +82,8 @@ pub fn egress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
 /// Handles a SYN to a rule's FROM port: reuse a live entry (retransmitted SYN) or create one.
 #[inline(always)]
 fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result<Rewrite, Counter> {
-    if let Some(existing) = FLOWS.get_ptr(key) {
+    let existing = FLOWS.get_ptr(key);
+    if let Some(existing) = existing {
         // SAFETY: as in `ingress`; read only.
         let existing = unsafe { &*existing };
         if existing.orig_port == dst_port && !conntrack::is_reusable(existing.state) {
@@ -115,6 +116,11 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
         .insert(key, value, 0)
         .map_err(|_| Counter::FlowInsertFailed)?;
     count(Counter::FlowCreated);
+    if existing.is_some() {
+        // The insert overwrote that entry: one created, one gone, none evicted (user space
+        // derives evictions from these counts).
+        count(Counter::FlowReplaced);
+    }
     crate::maps::with_rule_stats(rule.slot, |s| s.flows_new += 1);
     Ok(Rewrite {
         old_port_be: pkt.dst_port_be,
@@ -141,9 +147,11 @@ fn track(key: &FlowKey, flow: &mut FlowValue, dir: Direction, flags: u8) {
             flow.last_seen_ns = now;
         }
         Transition::Delete => {
-            // Ignoring the error is right: another CPU may have removed it first.
-            let _ = FLOWS.remove(key);
-            count(Counter::FlowClosedRst);
+            // Counted only if this removal succeeded: another CPU (or the reaper) may have
+            // removed it first and counted it itself; evictions are derived from these counts.
+            if FLOWS.remove(key).is_ok() {
+                count(Counter::FlowClosedRst);
+            }
         }
     }
 }

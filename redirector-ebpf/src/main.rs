@@ -14,6 +14,7 @@ mod packet;
 mod parse;
 
 use aya_ebpf::{
+    bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -34,6 +35,21 @@ pub fn redirector_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn redirector_tc_egress(ctx: TcContext) -> i32 {
     egress::tc(&ctx)
+}
+
+/// Benchmark baseline, never attached: an XDP program that only returns the verdict the
+/// real one always returns, so `kernel-bench` can measure the cost of running any program
+/// at all on this hook next to the cost of the real one.
+#[xdp]
+pub fn redirector_pass_xdp(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// Benchmark baseline, never attached: the TC counterpart of `redirector_pass_xdp`,
+/// returning what the real TC programs return.
+#[classifier]
+pub fn redirector_pass_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

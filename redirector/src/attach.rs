@@ -2,7 +2,12 @@
 
 use std::{fmt, io, str::FromStr};
 
-use aya::programs::{tc::TcAttachType, ProgramError, XdpMode};
+use aya::programs::{
+    links::{FdLink, LinkError},
+    tc::{SchedClassifierLinkId, TcAttachType},
+    xdp::XdpLinkId,
+    ProgramError, XdpMode,
+};
 
 use crate::dataplane::{Dataplane, DataplaneError};
 
@@ -105,42 +110,127 @@ pub enum AttachError {
     /// Program lookup failed.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    /// A link could not be taken over for pinning (`--persist`).
+    #[error("taking over the {direction} link on {iface} for --persist: {source}")]
+    TakeLink {
+        /// Interface name.
+        iface: String,
+        /// "ingress" or "egress".
+        direction: &'static str,
+        /// Cause (e.g. a kernel without BPF links for this hook).
+        #[source]
+        source: LinkError,
+    },
 }
 
-/// Attaches ingress (per `mode`) and egress programs to `iface`; returns the ingress hook.
+/// The ingress link, whichever hook it is on.
+#[derive(Debug)]
+enum IngressLinkId {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
+}
+
+/// What [`attach`] attached to one interface.
+#[derive(Debug)]
+pub struct Attached {
+    /// The ingress hook in use.
+    pub hook: Hook,
+    iface: String,
+    ingress: IngressLinkId,
+    egress: SchedClassifierLinkId,
+}
+
+impl Attached {
+    /// Takes both links out of the programs' ownership, so that dropping the `Dataplane`
+    /// no longer detaches them (`--persist` pins them): `(ingress, egress)`.
+    pub fn take_links(self, dp: &mut Dataplane) -> Result<(FdLink, FdLink), AttachError> {
+        let take_err = |direction| {
+            let iface = self.iface.clone();
+            move |source| AttachError::TakeLink {
+                iface,
+                direction,
+                source,
+            }
+        };
+        let prog_err = |direction| {
+            let iface = self.iface.clone();
+            move |source| AttachError::Tc {
+                iface,
+                direction,
+                source,
+            }
+        };
+        let ingress = match self.ingress {
+            IngressLinkId::Xdp(id) => {
+                let link = dp
+                    .xdp_ingress()?
+                    .take_link(id)
+                    .map_err(prog_err("ingress"))?;
+                FdLink::try_from(link).map_err(take_err("ingress"))?
+            }
+            IngressLinkId::Tc(id) => {
+                let link = dp
+                    .tc_ingress()?
+                    .take_link(id)
+                    .map_err(prog_err("ingress"))?;
+                FdLink::try_from(link).map_err(take_err("ingress"))?
+            }
+        };
+        let link = dp
+            .tc_egress()?
+            .take_link(self.egress)
+            .map_err(prog_err("egress"))?;
+        let egress = FdLink::try_from(link).map_err(take_err("egress"))?;
+        Ok((ingress, egress))
+    }
+}
+
+/// Attaches ingress (per `mode`) and egress programs to `iface`.
 ///
 /// On error nothing stays attached by this call beyond what the `Dataplane` owns: the
 /// caller drops it, which detaches every link.
-pub fn attach(dp: &mut Dataplane, iface: &str, mode: Mode) -> Result<Hook, AttachError> {
-    let hook = match mode {
+pub fn attach(dp: &mut Dataplane, iface: &str, mode: Mode) -> Result<Attached, AttachError> {
+    let (hook, ingress) = match mode {
         Mode::Xdp => attach_xdp(dp, iface, Hook::XdpNative)?,
         Mode::XdpGeneric => attach_xdp(dp, iface, Hook::XdpGeneric)?,
-        Mode::Tc => attach_tc(dp, iface, TcAttachType::Ingress).map(|()| Hook::TcIngress)?,
+        Mode::Tc => (
+            Hook::TcIngress,
+            IngressLinkId::Tc(attach_tc(dp, iface, TcAttachType::Ingress)?),
+        ),
         Mode::Auto => attach_auto(dp, iface)?,
     };
-    attach_tc(dp, iface, TcAttachType::Egress)?;
-    Ok(hook)
+    let egress = attach_tc(dp, iface, TcAttachType::Egress)?;
+    Ok(Attached {
+        hook,
+        iface: iface.to_string(),
+        ingress,
+        egress,
+    })
 }
 
-fn attach_auto(dp: &mut Dataplane, iface: &str) -> Result<Hook, AttachError> {
+fn attach_auto(dp: &mut Dataplane, iface: &str) -> Result<(Hook, IngressLinkId), AttachError> {
     for hook in [Hook::XdpNative, Hook::XdpGeneric] {
         match attach_xdp(dp, iface, hook) {
-            Ok(hook) => return Ok(hook),
+            Ok(attached) => return Ok(attached),
             Err(e @ (AttachError::ForeignXdp { .. } | AttachError::Dataplane(_))) => return Err(e),
             Err(e) => log::info!("{e}; trying the next mode"),
         }
     }
-    attach_tc(dp, iface, TcAttachType::Ingress)?;
-    Ok(Hook::TcIngress)
+    let id = attach_tc(dp, iface, TcAttachType::Ingress)?;
+    Ok((Hook::TcIngress, IngressLinkId::Tc(id)))
 }
 
-fn attach_xdp(dp: &mut Dataplane, iface: &str, hook: Hook) -> Result<Hook, AttachError> {
+fn attach_xdp(
+    dp: &mut Dataplane,
+    iface: &str,
+    hook: Hook,
+) -> Result<(Hook, IngressLinkId), AttachError> {
     let mode = match hook {
         Hook::XdpGeneric => XdpMode::Skb,
         _ => XdpMode::Driver,
     };
     match dp.xdp_ingress()?.attach(iface, mode) {
-        Ok(_) => Ok(hook),
+        Ok(id) => Ok((hook, IngressLinkId::Xdp(id))),
         Err(source) if is_busy(&source) => Err(AttachError::ForeignXdp {
             iface: iface.to_string(),
         }),
@@ -152,14 +242,17 @@ fn attach_xdp(dp: &mut Dataplane, iface: &str, hook: Hook) -> Result<Hook, Attac
     }
 }
 
-fn attach_tc(dp: &mut Dataplane, iface: &str, direction: TcAttachType) -> Result<(), AttachError> {
+fn attach_tc(
+    dp: &mut Dataplane,
+    iface: &str,
+    direction: TcAttachType,
+) -> Result<SchedClassifierLinkId, AttachError> {
     let (program, name) = match direction {
         TcAttachType::Ingress => (dp.tc_ingress()?, "ingress"),
         _ => (dp.tc_egress()?, "egress"),
     };
     program
         .attach(iface, direction)
-        .map(|_| ())
         .map_err(|source| AttachError::Tc {
             iface: iface.to_string(),
             direction: name,

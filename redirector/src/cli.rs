@@ -81,6 +81,27 @@ pub enum Command {
     ///
     /// Example: redirector flush --port 80
     Flush(FlushArgs),
+    /// Redirect new connections from CIDR too (the source filter of `--allow`).
+    ///
+    /// On an instance without a filter this turns it on: from then on only listed
+    /// prefixes are redirected.
+    ///
+    /// Example: redirector allow 10.0.0.0/8
+    Allow(SourceArgs),
+    /// Stop redirecting new connections from CIDR; established ones keep working.
+    ///
+    /// CIDR must be given as `status` lists it. Removing the last prefix allows no source
+    /// (not every source).
+    ///
+    /// Example: redirector disallow 10.0.0.0/8
+    Disallow(SourceArgs),
+    /// Remove what `run --persist` left attached (after its loader exited).
+    ///
+    /// Unpins its links, which detaches the programs, and its maps. In a network namespace
+    /// run it with `nsenter --net=/run/netns/NS` (see docs/CONTROL.md).
+    ///
+    /// Example: redirector detach --iface eth0
+    Detach(Target),
 
     /// Proxy one TCP port to a WebSocket and an HTTP backend, by sniffing each connection.
     ///
@@ -154,6 +175,12 @@ pub struct RunArgs {
     /// Forget a flow whose handshake has not completed after SECS seconds [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_handshake: Option<u64>,
+
+    /// Leave the programs attached when the loader exits (links and maps pinned in the
+    /// initial mount namespace's bpffs); `redirector detach` removes them. While no loader
+    /// runs, no reaper does: closed flows leave the table only by LRU eviction.
+    #[arg(long)]
+    pub persist: bool,
 
     #[command(flatten)]
     pub sniff: RunSniffArgs,
@@ -245,6 +272,17 @@ pub struct AddArgs {
     /// The new rule.
     #[arg(value_name = "FROM:TO")]
     pub rule: RedirectRule,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Arguments of `allow` and `disallow`.
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// An IPv4 or IPv6 prefix, e.g. 10.0.0.0/8 or 2001:db8::/32 (a bare address is /32
+    /// or /128).
+    #[arg(value_name = "CIDR")]
+    pub prefix: SourcePrefix,
     #[command(flatten)]
     pub target: Target,
 }

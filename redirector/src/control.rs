@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use redirector_common::{
     addr::as_v4,
     conntrack,
-    maps::{FlowKey, FlowValue, MAX_RULES},
+    maps::{FlowKey, FlowValue, MAX_ALLOW, MAX_RULES},
+    stats::Counter,
 };
 use serde::Serialize;
 
@@ -18,7 +19,8 @@ use crate::{
     privileges::{self, PrivilegeError},
     reaper::monotonic_ns,
     rules::{RedirectRule, RuleError},
-    state::{Instance, RuleInfo, StateError},
+    source_filter::SourcePrefix,
+    state::{Instance, RuleInfo, StateError, TimeoutsInfo},
 };
 
 /// A control command failed.
@@ -45,6 +47,17 @@ pub enum ControlError {
     /// Every counter slot is in use by a rule or by flows of a removed rule.
     #[error("no free rule slot: all {MAX_RULES} are used by rules or by flows of removed rules (try `redirector flush`)")]
     NoFreeSlot,
+    /// `allow` of a prefix that is listed already.
+    #[error("{0} is already in the allow list")]
+    AlreadyAllowed(SourcePrefix),
+    /// `disallow` of a prefix that is not listed (exactly).
+    #[error(
+        "{0} is not in the allow list (see `redirector status`; give a prefix exactly as listed)"
+    )]
+    NotAllowed(SourcePrefix),
+    /// The allow list holds as many prefixes as its map.
+    #[error("the allow list is full ({MAX_ALLOW} prefixes)")]
+    AllowListFull,
 }
 
 impl From<StateError> for ControlError {
@@ -80,6 +93,27 @@ pub struct StatusJson {
     pub rules: Vec<RuleJson>,
     /// Conntrack fill.
     pub conntrack: ConntrackJson,
+    /// Which sources may create flows.
+    pub sources: SourcesJson,
+    /// Idle time after which the reaper forgets a flow, per state (null if the loader did
+    /// not record them).
+    pub timeouts: Option<TimeoutsInfo>,
+    /// `http://ADDR/metrics` if the loader serves `--metrics`, else null.
+    pub metrics: Option<String>,
+    /// Started with `--persist` (programs stay attached after the loader exits).
+    pub persist: bool,
+    /// The loader runs; false for a persisted instance whose loader exited (then no
+    /// reaper runs and no metrics are served).
+    pub loader_running: bool,
+}
+
+/// The source filter in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct SourcesJson {
+    /// True if only sources in `allow` create flows; false if every source does.
+    pub filtered: bool,
+    /// Allowed prefixes (`--allow`, `redirector allow`), e.g. `10.0.0.0/8`.
+    pub allow: Vec<String>,
 }
 
 /// One interface in [`StatusJson`].
@@ -111,6 +145,8 @@ pub struct ConntrackJson {
     pub tracked: usize,
     /// Capacity (`--conntrack-size`).
     pub size: u32,
+    /// Entries the LRU evicted to make room (`stats::evicted`).
+    pub evicted: u64,
 }
 
 /// Reads the status of `instance`.
@@ -139,11 +175,58 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
                 enabled: rule.enabled != 0,
             })
             .collect(),
-        conntrack: ConntrackJson {
-            tracked: instance.maps.flows()?.len(),
-            size: info.conntrack_size,
+        conntrack: {
+            let counters = instance.maps.counters()?;
+            let tracked = instance.maps.flows()?.len();
+            ConntrackJson {
+                tracked,
+                size: info.conntrack_size,
+                evicted: crate::stats::evicted(&counters, tracked),
+            }
         },
+        sources: SourcesJson {
+            filtered: instance.maps.filtering_sources()?,
+            allow: instance
+                .maps
+                .allowed_sources()?
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        },
+        timeouts: info.timeouts,
+        metrics: info.metrics.clone().filter(|_| instance.loader_running),
+        persist: info.persist,
+        loader_running: instance.loader_running,
     })
+}
+
+/// Adds `prefix` to the allow list and turns source filtering on; returns true if
+/// filtering was off before (every source was allowed, now only `prefix` is).
+pub fn allow_source(instance: &mut Instance, prefix: SourcePrefix) -> Result<bool, ControlError> {
+    let _lock = instance.lock_rules()?;
+    let was_filtering = instance.maps.filtering_sources()?;
+    let listed = instance.maps.allowed_sources()?;
+    if listed.contains(&prefix) && was_filtering {
+        return Err(ControlError::AlreadyAllowed(prefix));
+    }
+    if listed.len() >= MAX_ALLOW as usize {
+        return Err(ControlError::AllowListFull);
+    }
+    instance.maps.allow_source(prefix)?;
+    Ok(!was_filtering)
+}
+
+/// Removes `prefix` from the allow list; returns how many prefixes are left (filtering
+/// stays on: with none left, no source creates flows). Tracked flows are not affected.
+pub fn disallow_source(
+    instance: &mut Instance,
+    prefix: SourcePrefix,
+) -> Result<usize, ControlError> {
+    let _lock = instance.lock_rules()?;
+    if !instance.maps.filtering_sources()? || !instance.maps.disallow_source(prefix)? {
+        return Err(ControlError::NotAllowed(prefix));
+    }
+    Ok(instance.maps.allowed_sources()?.len())
 }
 
 /// Enables or disables new-flow redirection on `port`.
@@ -268,10 +351,26 @@ pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, Contro
         .filter(|(_, v)| port.is_none_or(|p| v.orig_port == p))
         .map(|(k, _)| k)
         .collect();
+    // The control lock serialises the read-modify-write of `flow_flushed`.
+    let _lock = instance.lock_rules()?;
+    let mut removed = 0;
+    let mut result = Ok(());
     for key in &doomed {
-        instance.maps.remove_flow(key)?;
+        match instance.maps.remove_flow(key) {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(doomed.len())
+    // Counted even after an error: what was removed must not look evicted.
+    instance
+        .maps
+        .add_to_user_counter(Counter::FlowFlushed, removed as u64)?;
+    result?;
+    Ok(removed)
 }
 
 #[cfg(test)]

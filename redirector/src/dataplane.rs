@@ -5,7 +5,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use redirector_common::{
-    maps::{FlowKey, FlowValue, FLOWS_MAP, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
+    maps::{
+        FlowKey, FlowValue, FLOWS_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
+        PROG_TC_INGRESS, PROG_XDP_INGRESS,
+    },
     stats::Counter,
 };
 
@@ -87,6 +90,27 @@ impl Dataplane {
         self.program(PROG_TC_EGRESS)
     }
 
+    /// Loads (verifies) the two benchmark baselines, programs that return the hook's
+    /// pass verdict and do nothing else. `load` leaves them out and the loader never
+    /// attaches them; benchmarks run them next to the real programs with
+    /// `BPF_PROG_TEST_RUN` to measure what running any program at all costs.
+    pub fn load_baselines(&mut self) -> Result<(), DataplaneError> {
+        self.baseline_xdp()?
+            .load()
+            .map_err(prog_err(PROG_PASS_XDP))?;
+        self.baseline_tc()?.load().map_err(prog_err(PROG_PASS_TC))
+    }
+
+    /// The XDP baseline (`XDP_PASS`, nothing else); see [`Dataplane::load_baselines`].
+    pub fn baseline_xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        self.program(PROG_PASS_XDP)
+    }
+
+    /// The TC baseline (`TC_ACT_UNSPEC`, nothing else); see [`Dataplane::load_baselines`].
+    pub fn baseline_tc(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        self.program(PROG_PASS_TC)
+    }
+
     fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, DataplaneError>
     where
         &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
@@ -154,8 +178,8 @@ impl Dataplane {
         Ok(self.maps.insert_flow(key, value)?)
     }
 
-    /// Removes a flow entry; a missing entry is not an error (it may have just closed).
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
+    /// Removes a flow entry; returns false if it was not there (it may have just closed).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
         Ok(self.maps.remove_flow(key)?)
     }
 }

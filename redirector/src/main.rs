@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         cli::Command::Add(args) => commands::add::run(args),
         cli::Command::Remove(args) => commands::remove::run(args),
         cli::Command::Flush(args) => commands::flush::run(args),
+        cli::Command::Allow(args) => commands::allow::run(args),
+        cli::Command::Disallow(args) => commands::disallow::run(args),
+        cli::Command::Detach(args) => commands::detach::run(args),
         cli::Command::Sniff(args) => sniff_cmd::sniff(args),
     };
     match result {

@@ -1,7 +1,10 @@
 //! Typed access to the redirector's maps, whether owned by a loaded object or opened
 //! from their pins by another process (`redirector status`, `enable`, …).
 
-use std::path::Path;
+use std::{
+    os::fd::{AsFd as _, BorrowedFd},
+    path::Path,
+};
 
 use aya::maps::{
     lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
@@ -179,22 +182,72 @@ impl Maps {
     /// Restricts flow creation to sources in `prefixes`; an empty list allows every source.
     pub fn set_allowed_sources(&mut self, prefixes: &[SourcePrefix]) -> Result<(), MapsError> {
         {
-            let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
-                LpmTrie::try_from(&mut self.allow).map_err(err(ALLOW_MAP))?;
+            let mut trie = self.allow_trie()?;
             for prefix in prefixes {
                 let (len, addr) = prefix.lpm_key();
                 trie.insert(&Key::new(len, addr), 1, 0)
                     .map_err(err(ALLOW_MAP))?;
             }
         }
+        self.set_filtering(!prefixes.is_empty())
+    }
+
+    fn allow_trie(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], u32>, MapsError> {
+        LpmTrie::try_from(&mut self.allow).map_err(err(ALLOW_MAP))
+    }
+
+    fn set_filtering(&mut self, on: bool) -> Result<(), MapsError> {
         let mut config: Array<&mut MapData, Config> =
             Array::try_from(&mut self.config).map_err(err(CONFIG_MAP))?;
-        let flags = if prefixes.is_empty() {
-            0
-        } else {
-            CONFIG_F_FILTER_SOURCES
-        };
+        let flags = if on { CONFIG_F_FILTER_SOURCES } else { 0 };
         config.set(0, Config { flags }, 0).map_err(err(CONFIG_MAP))
+    }
+
+    /// True if only sources in the allow list may create flows (else every source may).
+    pub fn filtering_sources(&self) -> Result<bool, MapsError> {
+        let config: Array<&MapData, Config> =
+            Array::try_from(&self.config).map_err(err(CONFIG_MAP))?;
+        let value = config.get(&0, 0).map_err(err(CONFIG_MAP))?;
+        Ok(value.flags & CONFIG_F_FILTER_SOURCES != 0)
+    }
+
+    /// The allow list, sorted (IPv4 first, then by address and length).
+    pub fn allowed_sources(&self) -> Result<Vec<SourcePrefix>, MapsError> {
+        let trie: LpmTrie<&MapData, [u8; 16], u32> =
+            LpmTrie::try_from(&self.allow).map_err(err(ALLOW_MAP))?;
+        let mut prefixes: Vec<SourcePrefix> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|key| SourcePrefix::from_lpm_key(key.prefix_len(), key.data()))
+            .collect();
+        prefixes.sort_by_key(|p| p.lpm_key().1);
+        Ok(prefixes)
+    }
+
+    /// Adds `prefix` to the allow list and turns source filtering on (if it was off, only
+    /// `prefix` is allowed from now on); returns false if it was listed already.
+    pub fn allow_source(&mut self, prefix: SourcePrefix) -> Result<bool, MapsError> {
+        // An LPM lookup matches covering prefixes too: compare exact keys instead.
+        let listed = self.allowed_sources()?.contains(&prefix);
+        if !listed {
+            let (len, addr) = prefix.lpm_key();
+            self.allow_trie()?
+                .insert(&Key::new(len, addr), 1, 0)
+                .map_err(err(ALLOW_MAP))?;
+        }
+        self.set_filtering(true)?;
+        Ok(!listed)
+    }
+
+    /// Removes `prefix` (exactly as listed) from the allow list; returns false if it was not
+    /// listed. Filtering stays on: removing the last prefix allows no source at all.
+    pub fn disallow_source(&mut self, prefix: SourcePrefix) -> Result<bool, MapsError> {
+        let (len, addr) = prefix.lpm_key();
+        match self.allow_trie()?.remove(&Key::new(len, addr)) {
+            Ok(()) => Ok(true),
+            Err(e) if is_enoent(&e) => Ok(false),
+            Err(e) => Err(err(ALLOW_MAP)(e)),
+        }
     }
 
     /// Global counters summed over CPUs, indexed like `Counter::ALL`.
@@ -252,6 +305,20 @@ impl Maps {
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
+    /// The conntrack map's descriptor, for tooling that reads what the kernel reports about
+    /// it in `/proc/self/fdinfo/<fd>` (`max_entries`, `memlock`: its memory use).
+    pub fn flows_fd(&self) -> Result<BorrowedFd<'_>, MapsError> {
+        match &self.flows {
+            Map::LruHashMap(data) | Map::HashMap(data) => Ok(data.fd().as_fd()),
+            // Not a hash map at all: let the typed view say what it is instead.
+            other => Err(err(FLOWS_MAP)(
+                HashMap::<&MapData, FlowKey, FlowValue>::try_from(other)
+                    .err()
+                    .unwrap_or(MapError::InvalidMapType { map_type: 0 }),
+            )),
+        }
+    }
+
     /// Inserts a flow entry directly (tests and tooling).
     pub fn insert_flow(&mut self, key: FlowKey, value: FlowValue) -> Result<(), MapsError> {
         let mut map: HashMap<&mut MapData, FlowKey, FlowValue> =
@@ -259,14 +326,37 @@ impl Maps {
         map.insert(key, value, 0).map_err(err(FLOWS_MAP))
     }
 
-    /// Removes a flow entry; a missing entry is not an error (it may have just closed).
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), MapsError> {
+    /// Removes a flow entry; returns false if it was not there (it may have just closed),
+    /// which is not an error.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
         let mut map: HashMap<&mut MapData, FlowKey, FlowValue> =
             HashMap::try_from(&mut self.flows).map_err(err(FLOWS_MAP))?;
         match map.remove(key) {
-            Ok(()) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if is_enoent(&e) => Ok(false),
             Err(e) => Err(err(FLOWS_MAP)(e)),
         }
+    }
+
+    /// Adds `n` to a counter that only user space writes (`Counter::is_user_written`), on
+    /// CPU 0's slot. Callers serialise: the loader's reaper is the only writer of
+    /// `FlowReaped`, `flush` holds the control lock for `FlowFlushed`.
+    pub fn add_to_user_counter(&mut self, counter: Counter, n: u64) -> Result<(), MapsError> {
+        debug_assert!(counter.is_user_written(), "{}", counter.name());
+        if n == 0 {
+            return Ok(());
+        }
+        let mut map: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(&mut self.stats).map_err(err(STATS_MAP))?;
+        let index = counter as u32;
+        let mut values: Vec<u64> = map.get(&index, 0).map_err(err(STATS_MAP))?.to_vec();
+        values[0] += n;
+        let values = PerCpuValues::try_from(values).map_err(|io_error| {
+            err(STATS_MAP)(MapError::SyscallError(aya::sys::SyscallError {
+                call: "per-cpu values",
+                io_error,
+            }))
+        })?;
+        map.set(index, values, 0).map_err(err(STATS_MAP))
     }
 }

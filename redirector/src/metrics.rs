@@ -50,6 +50,9 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
         Counter::RewriteIngress => (REWRITES, "result", "in"),
         Counter::RewriteEgress => (REWRITES, "result", "out"),
         Counter::RewriteFailed => (REWRITES, "result", "failed"),
+        Counter::FlowReplaced => (EVENTS, "event", "replaced"),
+        Counter::FlowReaped => (EVENTS, "event", "reaped"),
+        Counter::FlowFlushed => (EVENTS, "event", "flushed"),
     }
 }
 
@@ -165,6 +168,9 @@ pub fn render(snapshot: &Snapshot, labels: &Labels) -> String {
                         sample(&format!("{iface},{key}=\"{value}\""), snapshot.get(counter));
                     }
                 }
+                if family == "redirector_flow_events_total" {
+                    sample(&format!("{iface},event=\"evicted\""), snapshot.evicted);
+                }
             }
         }
     }
@@ -212,6 +218,7 @@ mod tests {
             ],
             counters,
             flows: 3,
+            evicted: 7,
         }
     }
 
@@ -238,6 +245,7 @@ mod tests {
             "redirector_packets_passed_total{iface=\"veth-s\",reason=\"port_mismatch\"} 110",
             "redirector_flow_events_total{iface=\"veth-s\",event=\"created\"} 111",
             "redirector_flow_events_total{iface=\"veth-s\",event=\"closed_fin\"} 114",
+            "redirector_flow_events_total{iface=\"veth-s\",event=\"evicted\"} 7",
             "redirector_rewrites_total{iface=\"veth-s\",result=\"in\"} 115",
             "redirector_rewrites_total{iface=\"veth-s\",result=\"failed\"} 117",
             "redirector_conntrack_entries{iface=\"veth-s\"} 3",

@@ -8,7 +8,7 @@
 //! /run/redirector/
 //!     netns-<inode>-<iface>.lock                    flock held by the loader (one per iface)
 //!     netns-<inode>-<iface>.json                    the instance file (InstanceInfo)
-//!     netns-<inode>-<iface>.control.lock            serialises `add`/`remove`
+//!     netns-<inode>-<iface>.control.lock            serialises rule and allow-list edits
 //!     netns-<inode>-<iface>.sniff                   sniff counters of `run --sniff-listen`
 //! ```
 //!
@@ -20,6 +20,20 @@
 //! a bpffs mounted or pinned into by one `ip netns exec` is invisible to the next. /run
 //! is shared, so the instance file is found there, and the pins are reached through the
 //! loader's own root: `/proc/<pid>/root/sys/fs/bpf/redirector/...`.
+//!
+//! A persisted instance (`run --persist`) must outlive its loader, so its pins must be on
+//! a bpffs that outlives the loader's mount namespace: `run --persist` refuses to mount one
+//! of its own (in a namespace, start it with `nsenter --net=/run/netns/NS`, which keeps the
+//! host's mount namespace and its /sys/fs/bpf). It adds its links to the same directory:
+//!
+//! ```text
+//! /sys/fs/bpf/redirector/netns-<inode>/<iface>/
+//!     RULES FLOWS ALLOW CONFIG STATS RULE_STATS instance     as above
+//!     links/<iface>-ingress  links/<iface>-egress            pinned BPF links
+//! ```
+//!
+//! Once its loader has exited, commands find those pins in their own /sys/fs/bpf, so they
+//! too must run with `nsenter --net=` rather than `ip netns exec`.
 
 use std::{
     ffi::CString,
@@ -39,6 +53,9 @@ pub const RUN_DIR: &str = "/run/redirector";
 pub const INSTANCE_LINK: &str = "instance";
 /// Where pin directories are assembled before being renamed into place.
 pub const PIN_TMP: &str = "/sys/fs/bpf/redirector/tmp";
+
+/// Sub-directory of a persisted instance's pin directory that holds its pinned links.
+pub const LINKS_DIR: &str = "links";
 
 /// `statfs.f_type` of bpffs.
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -78,6 +95,11 @@ pub fn pin_dir_of(pid: u32, netns: u64, iface: &str) -> PathBuf {
         .join(pid.to_string())
         .join("root")
         .join(inside.strip_prefix("/").unwrap_or(&inside))
+}
+
+/// File name (in [`LINKS_DIR`]) of the pinned link of `iface` in `direction`.
+pub fn link_pin_name(iface: &str, direction: &str) -> String {
+    format!("{}-{direction}", bpffs_name(iface))
 }
 
 /// The loader's lock for `iface`.
@@ -161,6 +183,7 @@ mod tests {
             pin_dir(42, "eth0.100"),
             PathBuf::from("/sys/fs/bpf/redirector/netns-42/eth0%2e100")
         );
+        assert_eq!(link_pin_name("eth0.1", "ingress"), "eth0%2e1-ingress");
         assert_eq!(
             instance_file(42, "eth0"),
             PathBuf::from("/run/redirector/netns-42-eth0.json")

@@ -5,6 +5,7 @@ use std::time::Duration;
 use redirector_common::{
     conntrack::{STATE_CLOSING, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_SYN_SENT},
     maps::FlowValue,
+    stats::Counter,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -59,17 +60,28 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Removes every expired entry; returns how many were removed.
+/// Removes every expired entry and counts them (`flow_reaped`, so that evictions can be
+/// told apart from removals); returns how many were removed.
 pub fn reap(dp: &mut Dataplane, timeouts: &Timeouts) -> Result<usize, DataplaneError> {
     let now = monotonic_ns();
     let mut removed = 0;
+    let mut result = Ok(());
     for (key, flow) in dp.flows()? {
         if timeouts.expired(&flow, now) {
-            dp.remove_flow(&key)?;
-            removed += 1;
+            match dp.remove_flow(&key) {
+                Ok(true) => removed += 1,
+                Ok(false) => {} // closed by a RST meanwhile, counted by the kernel
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
     }
-    Ok(removed)
+    // Counted even after an error: what was removed must not look evicted.
+    dp.maps_mut()
+        .add_to_user_counter(Counter::FlowReaped, removed as u64)?;
+    result.map(|()| removed)
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ use redirector::{
         publish::Publisher,
         server::{SniffConfig, SniffServer},
     },
-    state::{InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, INSTANCE_FORMAT},
+    state::{
+        self, InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT,
+    },
     stats::Snapshot,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -52,13 +54,14 @@ fn flag_settings(args: RunArgs) -> RunSettings {
 /// Runs the loader in the foreground.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config.clone();
+    let persist = args.persist;
     let sniff = sniff_config(&args.sniff);
     let flags = flag_settings(args);
     let settings = match config {
         Some(path) => flags.or(RunSettings::load(&path)?),
         None => flags,
     };
-    load_and_serve(settings, sniff)
+    load_and_serve(settings, sniff, persist)
 }
 
 /// The sniffing proxy's configuration, if `--sniff-listen` was given (clap requires both
@@ -73,7 +76,11 @@ fn sniff_config(args: &RunSniffArgs) -> Option<SniffConfig> {
 }
 
 /// Loads, attaches and serves with the merged `settings` (and the sniffing proxy, if any).
-fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::Result<()> {
+fn load_and_serve(
+    settings: RunSettings,
+    sniff: Option<SniffConfig>,
+    persist: bool,
+) -> anyhow::Result<()> {
     let (mode, conntrack_size) = (settings.mode(), settings.conntrack_size());
     let rules = if settings.redirects.is_empty() {
         rules::DEFAULT_RULES.to_vec()
@@ -123,14 +130,33 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
         .iter()
         .map(|name| instance::lock(name))
         .collect::<Result<Vec<_>, _>>()?;
+    // A persisted instance is not adopted: its maps may come from another version, and its
+    // links would have to be replaced one by one. `detach` first makes the choice explicit.
+    for name in &ifaces {
+        if let Some(old) = state::persisted_on(name)? {
+            anyhow::bail!(
+                "interface {name} still carries a persisted redirector (run --persist, loader \
+                 pid {} exited); remove it with `redirector detach --iface {}` first",
+                old.pid,
+                old.key_iface()
+            );
+        }
+    }
 
     let mut dp = Dataplane::load(conntrack_size)?;
     dp.set_rules(&rules)?;
     dp.set_allowed_sources(&settings.allow)?;
     let mut hooks = Vec::new();
     let mut interfaces = Vec::new();
+    let mut links = Vec::new();
     for name in &ifaces {
-        let hook = attach::attach(&mut dp, name, mode)?;
+        let attached = attach::attach(&mut dp, name, mode)?;
+        let hook = attached.hook;
+        if persist {
+            let (ingress, egress) = attached.take_links(&mut dp)?;
+            links.push((pin::link_pin_name(name, "ingress"), ingress));
+            links.push((pin::link_pin_name(name, "egress"), egress));
+        }
         log::info!("attached to {name}: ingress {hook}, egress tc");
         hooks.push(format!("{name} ({hook})"));
         interfaces.push(InterfaceInfo {
@@ -138,6 +164,11 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
             ingress_hook: hook.to_string(),
         });
     }
+    let timeouts = settings.timeouts();
+    let metrics_url = metrics_listener
+        .as_ref()
+        .map(|listener| anyhow::Ok(format!("http://{}/metrics", listener.local_addr()?)))
+        .transpose()?;
     let info = InstanceInfo {
         format: INSTANCE_FORMAT,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -156,8 +187,11 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
             })
             .collect(),
         next_slot: rules.len() as u32,
+        timeouts: Some(TimeoutsInfo::from(&timeouts)),
+        metrics: metrics_url.clone(),
+        persist,
     };
-    let pinned = PinnedInstance::create(&dp, &info).context("pinning the maps")?;
+    let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
     log::info!("maps pinned in {}", pinned.dir().display());
     let sniff_counters = sniff.as_ref().map(SniffServer::counters);
     // `redirector stats` of other processes reads the proxy's counters from this file.
@@ -210,8 +244,8 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
         );
     }
     let rule_list: Vec<String> = rules.iter().map(ToString::to_string).collect();
-    let metrics_note = match &metrics {
-        Some((listener, _)) => format!(" metrics http://{}/metrics", listener.local_addr()?),
+    let metrics_note = match &metrics_url {
+        Some(url) => format!(" metrics {url}"),
         None => String::new(),
     };
     println!(
@@ -221,7 +255,6 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
         conntrack_size
     );
 
-    let timeouts = settings.timeouts();
     runtime.block_on(async {
         let (stop_sniff, sniff_stopped) = tokio::sync::oneshot::channel::<()>();
         let sniffing = sniff.map(|server| {
@@ -248,16 +281,29 @@ fn load_and_serve(settings: RunSettings, sniff: Option<SniffConfig>) -> anyhow::
     // Sniffed connections still open are closed with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));
 
-    // Unpin first, so control commands stop finding a stopping instance.
+    // The proxy stops with the process, persisted or not: its counters file goes.
     drop(sniff_publisher);
-    drop(pinned);
+    if persist {
+        // The pinned links keep the programs attached, the pinned maps their state.
+        pinned.keep();
+    } else {
+        // Unpin first, so control commands stop finding a stopping instance.
+        drop(pinned);
+    }
     // Rules may have changed at runtime: the snapshot reads them from the RULES map.
     let snapshot = Snapshot::read(dp.maps())?;
-    drop(dp); // Detaches every program and frees the maps.
-    println!(
-        "redirector stopped: programs detached from {}",
-        ifaces.join(", ")
-    );
+    drop(dp); // Detaches every program it still owns and closes the maps.
+    if persist {
+        println!(
+            "redirector stopped: programs left attached to {} (--persist; `redirector detach` removes them)",
+            ifaces.join(", ")
+        );
+    } else {
+        println!(
+            "redirector stopped: programs detached from {}",
+            ifaces.join(", ")
+        );
+    }
     print!("{snapshot}");
     if let Some(counters) = sniff_counters {
         println!("redirector sniff stopped");

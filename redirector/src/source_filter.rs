@@ -3,7 +3,7 @@
 use std::{fmt, str::FromStr};
 
 use ipnet::IpNet;
-use redirector_common::addr::{v4_mapped, V4_MAPPED_PREFIX_BITS};
+use redirector_common::addr::{as_v4, v4_mapped, V4_MAPPED_PREFIX_BITS};
 
 /// An allowed source prefix, host bits cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,19 @@ impl SourcePrefix {
             IpNet::V6(v6) => (u32::from(v6.prefix_len()), v6.addr().octets()),
         }
     }
+
+    /// The prefix an LPM key stands for (the inverse of [`SourcePrefix::lpm_key`]); `None`
+    /// for a length over 128.
+    pub fn from_lpm_key(len: u32, addr: [u8; 16]) -> Option<Self> {
+        let len = u8::try_from(len).ok()?;
+        let net = match as_v4(&addr) {
+            Some(v4) if u32::from(len) >= V4_MAPPED_PREFIX_BITS => {
+                IpNet::V4(ipnet::Ipv4Net::new(v4.into(), len - V4_MAPPED_PREFIX_BITS as u8).ok()?)
+            }
+            _ => IpNet::V6(ipnet::Ipv6Net::new(addr.into(), len).ok()?),
+        };
+        Some(SourcePrefix(net.trunc()))
+    }
 }
 
 impl fmt::Display for SourcePrefix {
@@ -70,5 +83,21 @@ mod tests {
         assert_eq!(len, 128);
         assert!("10.0.0.0/33".parse::<SourcePrefix>().is_err());
         assert!("nonsense".parse::<SourcePrefix>().is_err());
+    }
+
+    #[test]
+    fn lpm_keys_round_trip() {
+        for text in [
+            "10.0.0.0/8",
+            "192.0.2.7/32",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::/0",
+        ] {
+            let p: SourcePrefix = text.parse().unwrap();
+            let (len, addr) = p.lpm_key();
+            assert_eq!(SourcePrefix::from_lpm_key(len, addr), Some(p), "{text}");
+        }
+        assert_eq!(SourcePrefix::from_lpm_key(129, [0; 16]), None);
     }
 }

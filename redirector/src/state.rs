@@ -40,6 +40,41 @@ pub struct InstanceInfo {
     pub rules: Vec<RuleInfo>,
     /// Next never-used counter slot.
     pub next_slot: u32,
+    /// Conntrack timeouts the loader's reaper applies (absent in files of older loaders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsInfo>,
+    /// URL of the `--metrics` endpoint, if served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// Started with `--persist`: links pinned next to the maps, on a bpffs that outlives
+    /// the loader, and left attached when it exits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persist: bool,
+}
+
+/// The reaper's timeouts, in seconds, as recorded in the instance file and shown by
+/// `redirector status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutsInfo {
+    /// `--timeout-handshake`.
+    pub handshake_secs: u64,
+    /// `--timeout-established`.
+    pub established_secs: u64,
+    /// `--timeout-fin-wait`.
+    pub fin_wait_secs: u64,
+    /// `--timeout-closing`.
+    pub closing_secs: u64,
+}
+
+impl From<&crate::reaper::Timeouts> for TimeoutsInfo {
+    fn from(t: &crate::reaper::Timeouts) -> Self {
+        TimeoutsInfo {
+            handshake_secs: t.handshake.as_secs(),
+            established_secs: t.established.as_secs(),
+            fin_wait_secs: t.fin_wait.as_secs(),
+            closing_secs: t.closing.as_secs(),
+        }
+    }
 }
 
 /// One interface of an instance.
@@ -66,6 +101,16 @@ impl InstanceInfo {
     /// The interface that keys the instance's files.
     pub fn key_iface(&self) -> &str {
         self.interfaces.first().map_or("", |i| i.name.as_str())
+    }
+
+    /// The pin directory as this process can reach it: through the loader's root while
+    /// it runs, else (a persisted instance) in this process's own /sys/fs/bpf.
+    pub fn pin_dir_from_here(&self, loader_running: bool) -> PathBuf {
+        if loader_running {
+            pin::pin_dir_of(self.pid, self.netns_inode, self.key_iface())
+        } else {
+            pin::pin_dir(self.netns_inode, self.key_iface())
+        }
     }
 }
 
@@ -95,6 +140,27 @@ pub enum StateError {
     /// bpffs could not be mounted.
     #[error("mounting bpffs at {path}", path = pin::BPFFS)]
     Mount(#[source] io::Error),
+    /// `--persist` needs a bpffs that outlives the loader.
+    #[error("--persist needs the host's bpffs at {path}, which later commands see too, but this mount namespace has none (`ip netns exec` mounts a private /sys): start the loader with `nsenter --net=/run/netns/NS redirector run --persist …` (or mount -t bpf bpf {path} on the host)", path = pin::BPFFS)]
+    NoPersistBpffs,
+    /// A persisted instance whose pins this process cannot see.
+    #[error("the persisted redirector on {0} (its loader exited) is pinned in the host's bpffs, which this mount namespace does not see (`ip netns exec` mounts a private /sys): run this command with `nsenter --net=/run/netns/NS redirector …`")]
+    PersistedElsewhere(String),
+    /// A link could not be pinned.
+    #[error("pinning link {}", path.display())]
+    PinLink {
+        /// Pin path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// `detach` while the loader of the instance still runs.
+    #[error("redirector (pid {0}) is running on {1}: stop it (SIGTERM) first; with --persist it leaves its programs attached for `detach`")]
+    StillRunning(u32, String),
+    /// `detach` with no persisted instance.
+    #[error("no persisted redirector in this network namespace (nothing to detach)")]
+    NothingToDetach,
     /// Filesystem error.
     #[error("{}", path.display())]
     Io {
@@ -148,21 +214,36 @@ pub fn read_info(path: &Path) -> Result<InstanceInfo, StateError> {
     })
 }
 
-/// The loader's pinned state; removed (maps unpinned, files deleted) on drop.
+/// The loader's pinned state; removed (maps and links unpinned, files deleted) on drop
+/// unless [`PinnedInstance::keep`] was called.
 #[derive(Debug)]
 pub struct PinnedInstance {
     dir: PathBuf,
     info_path: PathBuf,
+    keep: bool,
 }
 
 impl PinnedInstance {
-    /// Pins the maps of `dp` and writes `info`, atomically: everything is pinned into a
-    /// temporary directory next to the final one, which is then renamed into place.
+    /// Pins the maps of `dp` and `links` (named as in [`pin::LINKS_DIR`]), and writes
+    /// `info`, atomically: everything is pinned into a temporary directory next to the
+    /// final one, which is then renamed into place. A persisted instance (`info.persist`)
+    /// is pinned under [`pin::PERSIST_ROOT`].
     ///
     /// The caller must hold the instance lock of `info.key_iface()` (a leftover
     /// directory of a crashed loader is then safe to replace).
-    pub fn create(dp: &Dataplane, info: &InstanceInfo) -> Result<Self, StateError> {
-        pin::ensure_bpffs().map_err(StateError::Mount)?;
+    pub fn create(
+        dp: &Dataplane,
+        info: &InstanceInfo,
+        links: Vec<(String, aya::programs::links::FdLink)>,
+    ) -> Result<Self, StateError> {
+        if info.persist {
+            // A bpffs mounted here would vanish with this mount namespace, and the links with it.
+            if !pin::is_bpffs(Path::new(pin::BPFFS)) {
+                return Err(StateError::NoPersistBpffs);
+            }
+        } else {
+            pin::ensure_bpffs().map_err(StateError::Mount)?;
+        }
         let dir = pin::pin_dir(info.netns_inode, info.key_iface());
         let tmp = pin::pin_tmp_dir(info.netns_inode, info.key_iface(), info.pid);
         for parent in [dir.parent(), tmp.parent()].into_iter().flatten() {
@@ -178,6 +259,16 @@ impl PinnedInstance {
         let pinned = (|| {
             fs::create_dir(&tmp).map_err(io_err(&tmp))?;
             dp.pin_maps(&tmp)?;
+            if !links.is_empty() {
+                let links_dir = tmp.join(pin::LINKS_DIR);
+                fs::create_dir(&links_dir).map_err(io_err(&links_dir))?;
+                for (name, link) in links {
+                    let path = links_dir.join(name);
+                    // The pin holds the link; the returned handle only closes our fd.
+                    link.pin(&path)
+                        .map_err(|source| StateError::PinLink { path, source })?;
+                }
+            }
             let link = tmp.join(pin::INSTANCE_LINK);
             std::os::unix::fs::symlink(&info_path, &link).map_err(io_err(&link))?;
             fs::rename(&tmp, &dir).map_err(io_err(&dir))
@@ -187,27 +278,100 @@ impl PinnedInstance {
             let _ = fs::remove_file(&info_path);
             return Err(e);
         }
-        Ok(PinnedInstance { dir, info_path })
+        Ok(PinnedInstance {
+            dir,
+            info_path,
+            keep: false,
+        })
     }
 
     /// The pin directory (as seen by this process).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Leaves everything pinned (`--persist`): `redirector detach` removes it.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+/// Removes a pin directory (unpinning its maps and links), the instance file and the
+/// parents left empty.
+fn remove_pinned(dir: &Path, info_path: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        log::warn!("removing {}: {e}", dir.display());
+    }
+    let _ = fs::remove_file(info_path);
+    // Empty parents go too; a non-empty one (another instance) stays.
+    if let Some(netns_dir) = dir.parent() {
+        let _ = fs::remove_dir(netns_dir);
+    }
+    let _ = fs::remove_dir(pin::PIN_TMP);
+    let _ = fs::remove_dir(pin::PIN_ROOT);
 }
 
 impl Drop for PinnedInstance {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            log::warn!("removing {}: {e}", self.dir.display());
+        if !self.keep {
+            remove_pinned(&self.dir, &self.info_path);
         }
-        let _ = fs::remove_file(&self.info_path);
-        // Empty parents go too; a non-empty one (another instance) stays.
-        if let Some(netns_dir) = self.dir.parent() {
-            let _ = fs::remove_dir(netns_dir);
+    }
+}
+
+/// The persisted instance of this network namespace that has `iface`, if any. For the
+/// loader, after it took the lock of `iface`: an instance file of another pid on it can
+/// then only be a leftover, persisted if its pins are still there.
+pub fn persisted_on(iface: &str) -> Result<Option<InstanceInfo>, StateError> {
+    let netns = pin::netns_inode();
+    let (live, hidden) = scan_instances(netns)?;
+    Ok(live
+        .into_iter()
+        .map(|(_, info, _)| info)
+        // Its pins must be there, unless this process cannot see the host's bpffs at all.
+        .filter(|info| {
+            info.pid != std::process::id()
+                && (info.pin_dir_from_here(false).exists() || !pin::is_bpffs(Path::new(pin::BPFFS)))
+        })
+        .chain(hidden)
+        .find(|info| info.persist && info.interfaces.iter().any(|i| i.name == iface)))
+}
+
+/// `redirector detach`: removes the persisted instance of this network namespace (on
+/// `iface`, if given) — its pinned links (which detaches the programs), maps and instance
+/// file. Refused while its loader runs.
+pub fn detach(iface: Option<&str>) -> Result<InstanceInfo, StateError> {
+    let netns = pin::netns_inode();
+    let (info_path, info, running) = select(live_instances(netns)?, iface)?;
+    if running {
+        return Err(StateError::StillRunning(
+            info.pid,
+            info.key_iface().to_string(),
+        ));
+    }
+    if !info.persist {
+        return Err(StateError::NothingToDetach);
+    }
+    remove_pinned(&info.pin_dir_from_here(false), &info_path);
+    Ok(info)
+}
+
+/// The one instance among `live` (on `iface`, if given).
+fn select(mut live: Vec<Found>, iface: Option<&str>) -> Result<Found, StateError> {
+    if let Some(iface) = iface {
+        live.retain(|(_, info, _)| info.interfaces.iter().any(|i| i.name == iface));
+        if live.is_empty() {
+            return Err(StateError::NotOnIface(iface.to_string()));
         }
-        let _ = fs::remove_dir(pin::PIN_TMP);
-        let _ = fs::remove_dir(pin::PIN_ROOT);
+    }
+    match live.len() {
+        0 => Err(StateError::NotRunning),
+        1 => Ok(live.remove(0)),
+        _ => Err(StateError::Ambiguous(
+            live.iter()
+                .map(|(_, i, _)| format!("{} (pid {})", i.key_iface(), i.pid))
+                .collect(),
+        )),
     }
 }
 
@@ -219,6 +383,8 @@ pub struct Instance {
     pub maps: Maps,
     /// Where the instance file is.
     pub info_path: PathBuf,
+    /// Its loader runs (false: a persisted instance whose loader exited).
+    pub loader_running: bool,
 }
 
 impl Instance {
@@ -226,25 +392,8 @@ impl Instance {
     /// opens its maps.
     pub fn find(iface: Option<&str>) -> Result<Self, StateError> {
         let netns = pin::netns_inode();
-        let mut live = live_instances(netns)?;
-        if let Some(iface) = iface {
-            live.retain(|(_, info)| info.interfaces.iter().any(|i| i.name == iface));
-            if live.is_empty() {
-                return Err(StateError::NotOnIface(iface.to_string()));
-            }
-        }
-        let (info_path, info) = match live.len() {
-            0 => return Err(StateError::NotRunning),
-            1 => live.remove(0),
-            _ => {
-                return Err(StateError::Ambiguous(
-                    live.iter()
-                        .map(|(_, i)| format!("{} (pid {})", i.key_iface(), i.pid))
-                        .collect(),
-                ))
-            }
-        };
-        let dir = pin::pin_dir_of(info.pid, netns, info.key_iface());
+        let (info_path, info, loader_running) = select(live_instances(netns)?, iface)?;
+        let dir = info.pin_dir_from_here(loader_running);
         let maps = Maps::from_pins(&dir).map_err(|source| StateError::Unavailable {
             pid: info.pid,
             dir,
@@ -254,6 +403,7 @@ impl Instance {
             info,
             maps,
             info_path,
+            loader_running,
         })
     }
 
@@ -275,15 +425,33 @@ impl Instance {
     }
 }
 
-/// Instance files of `netns` whose loader still holds its lock.
-fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo)>, StateError> {
+/// Instance files of `netns` whose loader still holds its lock (`true`), or persisted
+/// ones whose pins are still there (`false`). If there are none, a persisted instance whose
+/// pins this process cannot see (no bpffs at /sys/fs/bpf) is an error naming the way to
+/// reach it.
+fn live_instances(netns: u64) -> Result<Vec<Found>, StateError> {
+    let (live, mut hidden) = scan_instances(netns)?;
+    match hidden.pop() {
+        Some(info) if live.is_empty() => {
+            Err(StateError::PersistedElsewhere(info.key_iface().to_string()))
+        }
+        _ => Ok(live),
+    }
+}
+
+/// An instance file found: its path, contents, and whether its loader runs.
+type Found = (PathBuf, InstanceInfo, bool);
+
+/// Live instances (as in [`live_instances`]) and persisted ones this process cannot see.
+fn scan_instances(netns: u64) -> Result<(Vec<Found>, Vec<InstanceInfo>), StateError> {
     let entries = match fs::read_dir(pin::RUN_DIR) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(io_err(Path::new(pin::RUN_DIR))(e)),
     };
     let prefix = pin::run_prefix(netns);
     let mut live = Vec::new();
+    let mut hidden = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -293,13 +461,18 @@ fn live_instances(netns: u64) -> Result<Vec<(PathBuf, InstanceInfo)>, StateError
         let path = entry.path();
         // A file that vanished or is half-written belongs to a stopping/starting loader.
         let Ok(info) = read_info(&path) else { continue };
-        if info.netns_inode == netns && instance::is_held(&pin::lock_file(netns, info.key_iface()))
-        {
-            live.push((path, info));
+        if info.netns_inode != netns {
+            continue;
+        }
+        let running = instance::is_held(&pin::lock_file(netns, info.key_iface()));
+        if running || (info.persist && info.pin_dir_from_here(false).exists()) {
+            live.push((path, info, running));
+        } else if info.persist && !pin::is_bpffs(Path::new(pin::BPFFS)) {
+            hidden.push(info);
         }
     }
     live.sort_by(|a, b| a.1.key_iface().cmp(b.1.key_iface()));
-    Ok(live)
+    Ok((live, hidden))
 }
 
 #[cfg(test)]
@@ -331,10 +504,22 @@ mod tests {
                 slot: 0,
             }],
             next_slot: 1,
+            timeouts: Some(TimeoutsInfo::from(&crate::reaper::Timeouts::default())),
+            metrics: None,
+            persist: false,
         };
         let text = serde_json::to_string(&info).unwrap();
         assert_eq!(serde_json::from_str::<InstanceInfo>(&text).unwrap(), info);
         assert_eq!(info.key_iface(), "eth0");
         assert!(text.contains("\"next_slot\":1"), "{text}");
+        assert!(text.contains("\"closing_secs\":10"), "{text}");
+        assert!(!text.contains("metrics"), "{text}");
+        // Files of loaders that predate the optional fields still read.
+        let old = text.replace(",\"timeouts\":{\"handshake_secs\":60,\"established_secs\":432000,\"fin_wait_secs\":120,\"closing_secs\":10}", "");
+        assert_ne!(old, text);
+        assert_eq!(
+            serde_json::from_str::<InstanceInfo>(&old).unwrap().timeouts,
+            None
+        );
     }
 }

@@ -19,6 +19,25 @@ pub struct Snapshot {
     pub counters: [u64; Counter::COUNT as usize],
     /// Tracked flows right now.
     pub flows: usize,
+    /// Flows the LRU table evicted to make room (derived, see [`evicted`]).
+    pub evicted: u64,
+}
+
+/// Entries the LRU conntrack table evicted, derived from counts because BPF does not see
+/// evictions: every entry ever created is still tracked, or was removed explicitly (RST,
+/// replaced by a new SYN of its tuple, reaped, flushed), or was evicted.
+///
+/// `counters` must be read before `tracked`: a flow created in between is then in
+/// `tracked` but not in `flow_created`, which errs low, never high. A flow removed in
+/// between errs high by one until the next read. Saturates at 0.
+pub fn evicted(counters: &[u64; Counter::COUNT as usize], tracked: usize) -> u64 {
+    let get = |c: Counter| counters[c as usize];
+    get(Counter::FlowCreated)
+        .saturating_sub(get(Counter::FlowReplaced))
+        .saturating_sub(get(Counter::FlowClosedRst))
+        .saturating_sub(get(Counter::FlowReaped))
+        .saturating_sub(get(Counter::FlowFlushed))
+        .saturating_sub(tracked as u64)
 }
 
 /// One rule in a [`Snapshot`].
@@ -52,10 +71,13 @@ impl Snapshot {
                 })
             })
             .collect::<Result<_, MapsError>>()?;
+        let counters = maps.counters()?;
+        let flows = maps.flows()?.len();
         Ok(Snapshot {
             rules,
-            counters: maps.counters()?,
-            flows: maps.flows()?.len(),
+            counters,
+            flows,
+            evicted: evicted(&counters, flows),
         })
     }
 
@@ -87,6 +109,7 @@ impl Snapshot {
                 .map(|c| (c.name(), self.get(*c)))
                 .collect(),
             flows_tracked: self.flows,
+            flows_evicted: self.evicted,
         }
     }
 }
@@ -100,6 +123,8 @@ pub struct StatsJson {
     pub counters: BTreeMap<&'static str, u64>,
     /// Entries in the conntrack table.
     pub flows_tracked: usize,
+    /// Entries the LRU table evicted to make room ([`evicted`]).
+    pub flows_evicted: u64,
 }
 
 /// One rule's counters in [`StatsJson`].
@@ -140,6 +165,26 @@ impl fmt::Display for Snapshot {
         for counter in Counter::ALL {
             writeln!(f, "counter {}={}", counter.name(), self.get(counter))?;
         }
-        writeln!(f, "flows tracked={}", self.flows)
+        writeln!(f, "flows tracked={}", self.flows)?;
+        writeln!(f, "flows evicted={}", self.evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evictions_are_what_no_explicit_removal_explains() {
+        let mut counters = [0u64; Counter::COUNT as usize];
+        counters[Counter::FlowCreated as usize] = 100;
+        counters[Counter::FlowReplaced as usize] = 5;
+        counters[Counter::FlowClosedRst as usize] = 10;
+        counters[Counter::FlowReaped as usize] = 20;
+        counters[Counter::FlowFlushed as usize] = 1;
+        assert_eq!(evicted(&counters, 16), 48);
+        assert_eq!(evicted(&counters, 64), 0);
+        // A read racing creations never goes below zero.
+        assert_eq!(evicted(&counters, 1000), 0);
     }
 }

@@ -31,3 +31,8 @@ pub fn ws_echo() -> PathBuf {
 pub fn ws_client() -> PathBuf {
     locate("WS_CLIENT_BIN", "ws-client")
 }
+
+/// The kernel-side benchmark.
+pub fn kernel_bench() -> PathBuf {
+    locate("KERNEL_BENCH_BIN", "kernel-bench")
+}

@@ -46,6 +46,15 @@ impl Netns {
         cmd
     }
 
+    /// A command that runs `program` in this network namespace but the caller's mount
+    /// namespace (`nsenter --net=`), so it sees the host's /sys/fs/bpf, unlike `cmd`.
+    pub fn nsenter_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
+        cmd
+    }
+
     /// A command that runs `program` inside this namespace as nobody, with no
     /// capabilities at all (for the "missing privileges" paths).
     pub fn cmd_unprivileged(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {

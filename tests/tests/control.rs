@@ -54,6 +54,8 @@ fn commands_fail_clearly_when_nothing_runs() {
         &["add", "81:8081"],
         &["remove", "80"],
         &["flush"],
+        &["allow", "10.0.0.0/8"],
+        &["disallow", "10.0.0.0/8"],
     ] {
         ctl_fails(&ns, args, "no redirector running in this network namespace");
     }
@@ -106,6 +108,106 @@ fn disable_stops_new_connections_but_keeps_open_ones() {
         "no redirector running in this network namespace",
     );
     assert_no_program_loaded();
+}
+
+#[test]
+fn allow_and_disallow_edit_the_source_filter_of_new_flows_only() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-allow");
+    let _echo = start_echo(&topo, &[]);
+    // Only a documentation prefix is allowed: the client's SYN to 80 is not redirected
+    // and nothing listens on 80.
+    let loader = start_loader(&topo, &["--allow", "192.0.2.0/24"]);
+    let url = topo.url("ws", false, 80);
+    let client = format!("{}/32", topo.client_v4);
+    assert_refused(&topo, &url);
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["sources"]["filtered"], true, "{status}");
+    assert_eq!(
+        status["sources"]["allow"],
+        serde_json::json!(["192.0.2.0/24"])
+    );
+
+    let out = ctl_ok(&topo.server, &["allow", &client]);
+    assert!(out.contains("new connections are redirected"), "{out}");
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(
+        status["sources"]["allow"],
+        serde_json::json!([client.as_str(), "192.0.2.0/24"]),
+        "{status}"
+    );
+    assert!(ctl_ok(&topo.server, &["status"]).contains(&format!("sources: {client} 192.0.2.0/24")));
+    assert_echo(&topo, &url);
+    let mut open = open_session(&topo, &url);
+    ctl_fails(
+        &topo.server,
+        &["allow", &client],
+        "already in the allow list",
+    );
+
+    ctl_ok(&topo.server, &["disallow", &client]);
+    assert_refused(&topo, &url);
+    exchange(&mut open, "after disallow"); // its flow is tracked: the filter is for SYNs
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(
+        status["sources"]["allow"],
+        serde_json::json!(["192.0.2.0/24"])
+    );
+    ctl_fails(
+        &topo.server,
+        &["disallow", &client],
+        "is not in the allow list",
+    );
+    // A covering prefix is not the listed one: only exact prefixes are removed.
+    ctl_fails(
+        &topo.server,
+        &["disallow", "192.0.0.0/16"],
+        "is not in the allow list",
+    );
+    ctl_fails(
+        &topo.server,
+        &["allow", "10.0.0.0/33"],
+        "invalid --allow prefix",
+    );
+
+    // The last prefix gone, no source is allowed (not every source).
+    let out = ctl_ok(&topo.server, &["disallow", "192.0.2.0/24"]);
+    assert!(out.contains("the allow list is empty"), "{out}");
+    assert_refused(&topo, &url);
+    exchange(&mut open, "with an empty allow list");
+    close_session(open);
+    let stats = ctl_json(&topo.server, &["stats"]);
+    assert!(
+        stats["counters"]["pass_source_denied"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
+    assert_eq!(rule(&stats, 80)["flows_new"], 2, "{stats}");
+    stop_loader(loader);
+}
+
+#[test]
+fn allow_turns_the_source_filter_on() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-allow-on");
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(&topo, &["--mode", "tc"]);
+    let url = topo.url("ws", false, 80);
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["sources"]["filtered"], false, "{status}");
+    assert!(ctl_ok(&topo.server, &["status"]).contains("sources: all"));
+    assert_echo(&topo, &url);
+    ctl_fails(
+        &topo.server,
+        &["disallow", "10.0.0.0/8"],
+        "is not in the allow list",
+    );
+
+    let out = ctl_ok(&topo.server, &["allow", "192.0.2.0/24"]);
+    assert!(out.contains("source filter turned on"), "{out}");
+    assert_refused(&topo, &url);
+    ctl_ok(&topo.server, &["allow", "0.0.0.0/0"]);
+    assert_echo(&topo, &url);
+    stop_loader(loader);
 }
 
 #[test]
@@ -295,4 +397,149 @@ fn several_loaders_in_one_namespace_are_told_apart_by_iface() {
     assert_eq!(only["interfaces"][0]["name"], "v0", "{only}");
     stop_loader(first);
     assert_no_program_loaded();
+}
+
+/// Runs `redirector ARGS` with `nsenter --net=` into `ns` (host mount namespace).
+fn nsenter_ctl(ns: &Netns, args: &[&str]) -> std::process::Output {
+    ns.nsenter_cmd(bins::redirector())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn nsenter_ok(ns: &Netns, args: &[&str]) -> String {
+    let out = nsenter_ctl(ns, args);
+    assert!(
+        out.status.success(),
+        "nsenter redirector {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn nsenter_json(ns: &Netns, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let text = nsenter_ok(ns, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+}
+
+/// Runs `redirector detach` in `ns` on drop, so a failing test leaves nothing pinned.
+struct DetachOnDrop<'a>(&'a Netns);
+
+impl Drop for DetachOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = nsenter_ctl(self.0, &["detach"]);
+    }
+}
+
+#[test]
+fn persist_needs_a_bpffs_that_outlives_the_loader() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-persist-no");
+    // `ip netns exec` gives the loader a private /sys: its bpffs would die with it.
+    let out = ctl(
+        &topo.server,
+        &["run", "--iface", topo.server_if, "--persist"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("nsenter --net=/run/netns/NS"), "{stderr}");
+    assert_no_program_loaded();
+}
+
+#[test]
+fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
+    let _serial = serial();
+    let topo = Topology::new("ctl-persist");
+    let _echo = start_echo(&topo, &[]);
+    let mut cmd = topo.server.nsenter_cmd(bins::redirector());
+    cmd.args(["run", "--iface", topo.server_if, "--persist"]);
+    let mut loader = Proc::spawn("redirector --persist", cmd, false);
+    let _cleanup = DetachOnDrop(&topo.server);
+    loader.wait_line("redirector ready", Duration::from_secs(30));
+    let url = topo.url("ws", false, 80);
+    // While the loader runs, `ip netns exec` reaches the pins through its root as usual.
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["persist"], true, "{status}");
+    assert_eq!(status["loader_running"], true, "{status}");
+    ctl_fails(&topo.server, &["detach"], "stop it (SIGTERM) first");
+    let mut open = open_session(&topo, &url);
+
+    let lines = stop_loader(loader);
+    assert!(
+        lines.iter().any(|l| l.contains("programs left attached")),
+        "{lines:?}"
+    );
+    // No loader: the pinned links keep redirecting, new and open connections alike.
+    exchange(&mut open, "after the loader exited");
+    assert_echo(&topo, &url);
+    // Its pins are in the host's bpffs, which `ip netns exec` does not see: say how.
+    ctl_fails(&topo.server, &["status"], "nsenter --net=");
+    let status = nsenter_json(&topo.server, &["status"]);
+    assert_eq!(status["loader_running"], false, "{status}");
+    assert_eq!(status["persist"], true, "{status}");
+    assert!(nsenter_ok(&topo.server, &["status"]).contains("loader (pid"));
+    // Control commands work on the pins alone.
+    nsenter_ok(&topo.server, &["disable", "80"]);
+    assert_refused(&topo, &url);
+    exchange(&mut open, "while disabled");
+    nsenter_ok(&topo.server, &["enable", "80"]);
+    assert_echo(&topo, &url);
+    let stats = nsenter_json(&topo.server, &["stats"]);
+    assert_eq!(rule(&stats, 80)["flows_new"], 3, "{stats}");
+    // No reaper: the two closed flows stay tracked (LRU eviction or flush removes them).
+    let flows = nsenter_json(&topo.server, &["flows", "--port", "80"]);
+    assert_eq!(flows.as_array().unwrap().len(), 3, "{flows}");
+
+    // A new loader does not adopt it.
+    let mut cmd = topo.server.nsenter_cmd(bins::redirector());
+    let out = cmd
+        .args(["run", "--iface", topo.server_if])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("redirector detach --iface veth-s"),
+        "{stderr}"
+    );
+    // Also when `ip netns exec` cannot see its pins; another interface is not blocked.
+    let out = ctl(&topo.server, &["run", "--iface", topo.server_if]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("redirector detach --iface veth-s"),
+        "{stderr}"
+    );
+    must(
+        topo.server
+            .cmd("ip")
+            .args(["link", "add", "d0", "type", "veth", "peer", "name", "d1"]),
+    );
+    must(topo.server.cmd("ip").args(["link", "set", "d0", "up"]));
+    let mut cmd = topo.server.cmd(bins::redirector());
+    cmd.args(["run", "--iface", "d0", "--mode", "tc"]);
+    let mut other = Proc::spawn("redirector d0", cmd, false);
+    other.wait_line("redirector ready", Duration::from_secs(30));
+    stop_loader(other);
+
+    let out = nsenter_ok(&topo.server, &["detach"]);
+    assert!(out.contains("redirector detached from veth-s"), "{out}");
+    assert_no_program_loaded();
+    assert_refused(&topo, &url);
+    let _ = writeln!(open.stdin(), "after detach");
+    let (status, _) = open.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "not rewritten any more");
+    for ctl in [ctl, nsenter_ctl] {
+        let out = ctl(&topo.server, &["status"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no redirector running in this network namespace"),
+            "{stderr}"
+        );
+    }
+    let out = nsenter_ctl(&topo.server, &["detach"]);
+    assert!(!out.status.success(), "nothing left to detach");
 }

@@ -49,6 +49,10 @@ fn metrics_endpoint_reports_the_traffic() {
         "{ready}"
     );
     let url = "http://127.0.0.1:9464/metrics";
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["metrics"], url, "{status}");
+    let text = ctl_ok(&topo.server, &["status"]);
+    assert!(text.contains(&format!("metrics: {url}")), "{text}");
     let (code, before) = http_get(&topo, url);
     assert_eq!(code, 200, "{before}");
     assert!(before.contains("# TYPE redirector_rule_packets_total counter"));
@@ -205,6 +209,19 @@ fn closed_flows_are_reaped_after_the_closing_timeout() {
     let topo = Topology::new("ops-tclose");
     let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &["--timeout-closing", "1"]);
+    let status = ctl_json(&topo.server, &["status"]);
+    let timeouts = &status["timeouts"];
+    assert_eq!(timeouts["closing_secs"], 1, "{status}");
+    assert_eq!(timeouts["handshake_secs"], 60, "{status}");
+    assert_eq!(timeouts["fin_wait_secs"], 120, "{status}");
+    assert_eq!(timeouts["established_secs"], 432_000, "{status}");
+    assert_eq!(status["metrics"], Value::Null, "{status}");
+    let text = ctl_ok(&topo.server, &["status"]);
+    assert!(
+        text.contains("timeouts: handshake 60s established 432000s fin-wait 120s closing 1s"),
+        "{text}"
+    );
+    assert!(text.contains("metrics: off"), "{text}");
     assert_echo(&topo, &topo.url("ws", false, 80));
     let stats = ctl_json(&topo.server, &["stats"]);
     assert_eq!(stats["counters"]["flow_created"], 1, "{stats}");
@@ -284,4 +301,61 @@ fn stats_watch_reprints_until_the_loader_stops_and_the_loader_is_quiet() {
             w.stderr_text()
         );
     }
+}
+
+#[test]
+fn a_full_conntrack_table_counts_its_evictions() {
+    let _serial = serial();
+    let topo = Topology::new("ops-full");
+    let _echo = start_echo(&topo, &[]);
+    const SIZE: u64 = 16;
+    let loader = start_loader(&topo, &["--conntrack-size", &SIZE.to_string()]);
+    let url = topo.url("ws", false, 80);
+    // Four times the table: closed flows stay tracked for the closing timeout (10 s), so
+    // the LRU must evict to make room for new ones. Bounded in count and in time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut echoed = 0;
+    for _ in 0..4 * SIZE {
+        assert!(std::time::Instant::now() < deadline, "too slow");
+        let out = ws_client(
+            &topo,
+            &url,
+            &["--message", "fill", "--connect-timeout", "3"],
+        );
+        if out.status.success() {
+            echoed += 1;
+        }
+    }
+    let stats = ctl_json(&topo.server, &["stats"]);
+    let counters = &stats["counters"];
+    let get = |name: &str| counters[name].as_u64().unwrap();
+    let tracked = stats["flows_tracked"].as_u64().unwrap();
+    let evicted = stats["flows_evicted"].as_u64().unwrap();
+    assert!(tracked <= SIZE, "{stats}");
+    assert!(evicted > 0, "{stats}");
+    // Every flow created is tracked, evicted or was removed explicitly.
+    assert_eq!(
+        get("flow_created"),
+        tracked
+            + evicted
+            + get("flow_replaced")
+            + get("flow_closed_rst")
+            + get("flow_reaped")
+            + get("flow_flushed"),
+        "{stats}"
+    );
+    assert_eq!(
+        get("flow_created"),
+        echoed + get("flow_closed_rst"),
+        "{stats}"
+    );
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["conntrack"]["size"], SIZE, "{status}");
+    assert!(
+        status["conntrack"]["evicted"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    let text = ctl_ok(&topo.server, &["stats"]);
+    assert!(text.contains(&format!("flows evicted={evicted}")), "{text}");
+    stop_loader(loader);
 }

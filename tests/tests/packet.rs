@@ -575,4 +575,9 @@ fn port_reuse_after_close_replaces_the_entry() {
     let flows = dp.flows().unwrap();
     assert_eq!(flows.len(), 1);
     assert_eq!((flows[0].1.orig_port, flows[0].1.target_port), (443, 8443));
+    // Two created, one replaced, one tracked: nothing was evicted.
+    let counters = dp.counters().unwrap();
+    assert_eq!(counters[Counter::FlowCreated as usize], 2);
+    assert_eq!(counters[Counter::FlowReplaced as usize], 1);
+    assert_eq!(redirector::stats::evicted(&counters, flows.len()), 0);
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask build`: setup, then build the loader and the test helpers
-//! (`redirector`, `ws-echo`, `ws-client`), and find where cargo put them.
+//! `cargo xtask build`: setup, then build the loader, the test helpers (`ws-echo`,
+//! `ws-client`) and the benchmark tools (`wsload`, `kernel-bench`), and find where cargo put
+//! them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use crate::cmd::{heading, Cmd};
 use crate::setup;
 
 /// Packages whose binaries the demo and the tests run.
-const PACKAGES: [&str; 2] = ["redirector", "redirector-tests"];
+const PACKAGES: [&str; 3] = ["redirector", "redirector-tests", "wsload"];
 
 /// Which cargo profile to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct Binaries {
     pub redirector: PathBuf,
     pub ws_echo: PathBuf,
     pub ws_client: PathBuf,
+    pub wsload: PathBuf,
+    pub kernel_bench: PathBuf,
 }
 
 /// `cargo xtask build`: setup, then `build_binaries`.
@@ -68,13 +71,21 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         redirector: bin_dir.join("redirector"),
         ws_echo: bin_dir.join("ws-echo"),
         ws_client: bin_dir.join("ws-client"),
+        wsload: bin_dir.join("wsload"),
+        kernel_bench: bin_dir.join("kernel-bench"),
     };
-    for path in [&binaries.redirector, &binaries.ws_echo, &binaries.ws_client] {
+    for path in [
+        &binaries.redirector,
+        &binaries.ws_echo,
+        &binaries.ws_client,
+        &binaries.wsload,
+        &binaries.kernel_bench,
+    ] {
         ensure!(
             path.is_file(),
             "cargo build succeeded but {} is missing: do the packages {} still define it?",
             path.display(),
-            PACKAGES.join(" and ")
+            PACKAGES.join(", ")
         );
         println!("  built {}", path.display());
     }

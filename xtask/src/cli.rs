@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::plan::Mode;
 use crate::build::Profile;
 
 /// Developer tasks for redirector: set up the toolchain, build, run the demo, run the tests.
@@ -41,6 +42,16 @@ pub enum Command {
     ///
     /// Example: cargo xtask test -- redirect_ipv6 -- --nocapture
     Test(TestArgs),
+    /// Run build, then benchmark redirector against direct, iptables, nftables, HAProxy and
+    /// nginx with wrk, iperf3 and wsload between two network namespaces.
+    ///
+    /// Creates namespaces rdr-bench-cli and rdr-bench-srv (veth rdrb-c/rdrb-s), measures the
+    /// kernel-side cost with BPF_PROG_TEST_RUN, then runs every load against every
+    /// configuration, interleaved, and writes bench/results/NAME.{json,md,svg}. Exits non-zero
+    /// if a run failed or any TCP checksum error was seen.
+    ///
+    /// Example: cargo xtask bench --quick
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +76,45 @@ pub struct DemoArgs {
     /// After the echoes, keep everything up for trying it by hand until Ctrl-C.
     #[arg(long)]
     pub hold: bool,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct BenchArgs {
+    /// 3 repetitions of 2 s per load: under 10 minutes (default: 5 × 10 s, ~50 minutes).
+    #[arg(long, conflicts_with = "smoke")]
+    pub quick: bool,
+    /// 1 repetition of 1 s per load: checks the harness in under 2 minutes (CI runs it).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Name of the result files (default: the mode, e.g. `quick`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Directory of the result files.
+    #[arg(long, value_name = "DIR", default_value = None)]
+    pub out: Option<std::path::PathBuf>,
+    /// Only these configurations (comma-separated ids, e.g. nginx,redirector-xdp); direct is
+    /// always measured.
+    #[arg(long = "config", value_name = "ID", value_delimiter = ',')]
+    pub configs: Vec<String>,
+    /// Only these loads (comma-separated: http-keepalive, http-conn-rate, ws-messages,
+    /// wss-messages, ws-conn-rate, bulk).
+    #[arg(long = "load", value_name = "ID", value_delimiter = ',')]
+    pub loads: Vec<String>,
+    /// Skip the kernel-side cost step (kernel-bench).
+    #[arg(long)]
+    pub no_kernel: bool,
+}
+
+impl BenchArgs {
+    pub fn mode(&self) -> Mode {
+        if self.smoke {
+            Mode::Smoke
+        } else if self.quick {
+            Mode::Quick
+        } else {
+            Mode::Full
+        }
+    }
 }
 
 #[derive(Debug, Args)]

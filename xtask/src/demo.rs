@@ -14,7 +14,10 @@ use crate::build::{self, Binaries, Profile};
 use crate::cli::DemoArgs;
 use crate::cmd::{describe_output, heading};
 use crate::interrupt;
-use crate::netns::{Topology, CLIENT, SERVER};
+use crate::netns::{Side, Topology, DEMO};
+
+const CLIENT: Side = DEMO.client;
+const SERVER: Side = DEMO.server;
 use crate::process::Background;
 
 /// Text sent by every client; its echo must come back as `echo: <MESSAGE>`.
@@ -55,7 +58,7 @@ struct Probe {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
-    interrupt::install()?;
+    interrupt::install("demo", &DEMO)?;
     let binaries = build::run(Profile::Release)?;
     interrupt::check()?;
 
@@ -64,7 +67,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         CLIENT.netns, SERVER.netns, CLIENT.veth, SERVER.veth
     ));
     let mut demo = Demo {
-        topology: Topology::create()?,
+        topology: Topology::create(&DEMO)?,
         echo_server: None,
         loader: None,
     };

@@ -1,4 +1,4 @@
-//! Ctrl-C (and SIGTERM/SIGHUP) during `demo`: remembered instead of killing xtask, so that
+//! Ctrl-C (and SIGTERM/SIGHUP) during `demo` and `bench`: remembered instead of killing xtask, so that
 //! waits stop early and the RAII teardown still runs; a second Ctrl-C exits at once.
 
 use std::process;
@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::netns;
+use crate::netns::Link;
 
 /// Set by the signal handler, cleared by `take`.
 static REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -14,15 +14,15 @@ static REQUESTED: AtomicBool = AtomicBool::new(false);
 /// Exit status of a process ended by SIGINT, by shell convention.
 const EXIT_INTERRUPTED: i32 = 130;
 
-/// Installs the handler; without it (setup, build, test) Ctrl-C keeps its default effect.
-pub fn install() -> Result<()> {
-    ctrlc::set_handler(|| {
+/// Installs the handler for the verb `verb` that builds `link`; without it (setup, build,
+/// test) Ctrl-C keeps its default effect.
+pub fn install(verb: &'static str, link: &'static Link) -> Result<()> {
+    ctrlc::set_handler(move || {
         if REQUESTED.swap(true, Ordering::SeqCst) {
             eprintln!(
-                "\nsecond Ctrl-C: exiting without teardown; the next `cargo xtask demo` \
+                "\nsecond Ctrl-C: exiting without teardown; the next `cargo xtask {verb}` \
                  removes the leftovers, or: ip netns del {}; ip netns del {}",
-                netns::CLIENT.netns,
-                netns::SERVER.netns
+                link.client.netns, link.server.netns
             );
             process::exit(EXIT_INTERRUPTED);
         }

@@ -1,5 +1,6 @@
 //! `cargo xtask`: developer tasks for redirector; this file only dispatches to one module per verb.
 
+mod bench;
 mod build;
 mod cli;
 mod cmd;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(args.profile()).map(|_| ()),
         Command::Demo(args) => demo::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

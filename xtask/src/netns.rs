@@ -1,9 +1,11 @@
-//! The demo topology: two network namespaces joined by one veth pair, deleted again (by name)
-//! when the guard is dropped, also on error or panic.
+//! The demo's and the benchmark's topology: two network namespaces joined by one veth pair,
+//! deleted again (by name) when the guard is dropped, also on error or panic.
 //!
 //! ```text
 //!  rdr-demo-cli                                      rdr-demo-srv
 //!  rdrd-c 10.200.0.1/24 fd00:200::1/64  <== veth ==>  rdrd-s 10.200.0.2/24 fd00:200::2/64
+//!  rdr-bench-cli                                     rdr-bench-srv
+//!  rdrb-c 10.201.0.1/24 fd00:201::1/64  <== veth ==>  rdrb-s 10.201.0.2/24 fd00:201::2/64
 //! ```
 
 use std::ffi::OsStr;
@@ -20,18 +22,42 @@ pub struct Side {
     pub ipv6: &'static str,
 }
 
-pub const CLIENT: Side = Side {
-    netns: "rdr-demo-cli",
-    veth: "rdrd-c",
-    ipv4: "10.200.0.1",
-    ipv6: "fd00:200::1",
+/// Both ends of one topology.
+pub struct Link {
+    pub client: Side,
+    pub server: Side,
+}
+
+/// The demo's namespaces.
+pub const DEMO: Link = Link {
+    client: Side {
+        netns: "rdr-demo-cli",
+        veth: "rdrd-c",
+        ipv4: "10.200.0.1",
+        ipv6: "fd00:200::1",
+    },
+    server: Side {
+        netns: "rdr-demo-srv",
+        veth: "rdrd-s",
+        ipv4: "10.200.0.2",
+        ipv6: "fd00:200::2",
+    },
 };
 
-pub const SERVER: Side = Side {
-    netns: "rdr-demo-srv",
-    veth: "rdrd-s",
-    ipv4: "10.200.0.2",
-    ipv6: "fd00:200::2",
+/// The benchmark's namespaces (apart from the demo's, so both can be up at once).
+pub const BENCH: Link = Link {
+    client: Side {
+        netns: "rdr-bench-cli",
+        veth: "rdrb-c",
+        ipv4: "10.201.0.1",
+        ipv6: "fd00:201::1",
+    },
+    server: Side {
+        netns: "rdr-bench-srv",
+        veth: "rdrb-s",
+        ipv4: "10.201.0.2",
+        ipv6: "fd00:201::2",
+    },
 };
 
 const IPV4_PREFIX_LEN: u8 = 24;
@@ -71,8 +97,12 @@ impl NetNs {
             .arg(program)
     }
 
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// `ip -n <ns> <args>`.
-    fn ip(&self, args: &[&str]) -> Result<()> {
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
         Cmd::new("ip")
             .args(["-n", self.name])
             .args(args)
@@ -120,48 +150,49 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Removes leftovers of an earlier run, then builds the topology from scratch.
-    pub fn create() -> Result<Self> {
-        remove_leftovers()?;
+    /// Removes leftovers of an earlier run, then builds the topology of `link` from scratch.
+    pub fn create(link: &'static Link) -> Result<Self> {
+        let (client_side, server_side) = (&link.client, &link.server);
+        remove_leftovers(link)?;
         // Each guard exists before the next step, so a failure below still cleans up.
-        let client = NetNs::add(CLIENT.netns)?;
-        let server = NetNs::add(SERVER.netns)?;
+        let client = NetNs::add(client_side.netns)?;
+        let server = NetNs::add(server_side.netns)?;
         let topology = Self { client, server };
         Cmd::new("ip")
-            .args(["link", "add", CLIENT.veth, "netns", CLIENT.netns])
+            .args(["link", "add", client_side.veth, "netns", client_side.netns])
             .args([
                 "type",
                 "veth",
                 "peer",
                 "name",
-                SERVER.veth,
+                server_side.veth,
                 "netns",
-                SERVER.netns,
+                server_side.netns,
             ])
             .run_captured()
             .context("could not create the veth pair")?;
-        topology.client.configure(&CLIENT)?;
-        topology.server.configure(&SERVER)?;
+        topology.client.configure(client_side)?;
+        topology.server.configure(server_side)?;
         println!(
             "  {} [{} {}/{IPV4_PREFIX_LEN} {}/{IPV6_PREFIX_LEN}] <== veth ==> \
              [{} {}/{IPV4_PREFIX_LEN} {}/{IPV6_PREFIX_LEN}] {}",
-            CLIENT.netns,
-            CLIENT.veth,
-            CLIENT.ipv4,
-            CLIENT.ipv6,
-            SERVER.veth,
-            SERVER.ipv4,
-            SERVER.ipv6,
-            SERVER.netns
+            client_side.netns,
+            client_side.veth,
+            client_side.ipv4,
+            client_side.ipv6,
+            server_side.veth,
+            server_side.ipv4,
+            server_side.ipv6,
+            server_side.netns
         );
         Ok(topology)
     }
 }
 
 /// Deletes our namespaces and veth ends (by name only) left behind by an earlier run.
-fn remove_leftovers() -> Result<()> {
+fn remove_leftovers(link: &Link) -> Result<()> {
     let listed = Cmd::new("ip").args(["netns", "list"]).run_captured()?;
-    for name in [CLIENT.netns, SERVER.netns] {
+    for name in [link.client.netns, link.server.netns] {
         if !netns_listed(&listed, name) {
             continue;
         }
@@ -183,7 +214,7 @@ fn remove_leftovers() -> Result<()> {
             .with_context(|| format!("could not delete the leftover namespace {name}"))?;
         println!("  deleted leftover namespace {name}");
     }
-    for veth in [CLIENT.veth, SERVER.veth] {
+    for veth in [link.client.veth, link.server.veth] {
         let exists = Cmd::new("ip")
             .args(["link", "show", "dev", veth])
             .output()?

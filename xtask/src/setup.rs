@@ -22,6 +22,13 @@ const REQUIRED_PACKAGES: &[&str] = &[
     "libc6-dev",  // crt objects and libc for linking
     "python3",    // http.server: the plain HTTP backend of the sniff tests
     "nginx",      // reads the PROXY header in the sniff tests (run by the test, never a service)
+    // The benchmark (`cargo xtask bench`, whose smoke run is part of `cargo xtask test`):
+    "libnginx-mod-stream", // nginx's TCP passthrough of 443
+    "haproxy",             // the proxy configurations (run by the bench, never a service)
+    "wrk",                 // HTTP keep-alive and connection-rate loads
+    "iperf3",              // bulk throughput
+    "iptables",            // iptables REDIRECT (iptables-legacy)
+    "nftables",            // nftables redirect
 ];
 /// Packages that help with debugging but may be missing from the archive.
 const OPTIONAL_PACKAGES: &[&str] = &["bpftool"];

@@ -1,12 +1,13 @@
 //! `cargo xtask test`: setup, lint (rustfmt, clippy on the host crates and on the eBPF crate
-//! for its BPF target), build, then the whole test suite with the
-//! built binaries' paths in REDIRECTOR_BIN, WS_ECHO_BIN and WS_CLIENT_BIN, then a bounded
-//! run of each fuzz target of redirector/fuzz.
+//! for its BPF target), build, then the whole test suite with the built binaries' paths in
+//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN and KERNEL_BENCH_BIN, then a bounded run of
+//! each fuzz target of redirector/fuzz, then the benchmark's smoke run.
 
 use anyhow::{Context as _, Result};
 
-use crate::build::{self, workspace_root, Profile};
-use crate::cli::TestArgs;
+use crate::bench;
+use crate::build::{self, workspace_root, Binaries, Profile};
+use crate::cli::{BenchArgs, TestArgs};
 use crate::cmd::{heading, Cmd};
 use crate::setup;
 
@@ -85,17 +86,32 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("REDIRECTOR_BIN", &binaries.redirector)
         .env("WS_ECHO_BIN", &binaries.ws_echo)
         .env("WS_CLIENT_BIN", &binaries.ws_client)
+        .env("KERNEL_BENCH_BIN", &binaries.kernel_bench)
         .current_dir(workspace_root())
         .run_tee(|line| totals.add(line));
     let result = tests
         .context("test step `cargo test` failed")
-        .and_then(|()| fuzz());
+        .and_then(|()| fuzz())
+        .and_then(|()| bench_smoke(&binaries));
     if result.is_ok() {
         heading("all test steps passed");
     }
     // Last, whatever happened: the summary line CI reads.
     totals.print();
     result
+}
+
+/// `cargo xtask bench --smoke`, so the benchmark harness never rots: every configuration
+/// and load must produce a figure (the figures themselves are not judged). Its result files
+/// go under target/, not bench/results/.
+fn bench_smoke(binaries: &Binaries) -> Result<()> {
+    heading("bench: smoke (harness check, figures not judged)");
+    let args = BenchArgs {
+        smoke: true,
+        out: Some(workspace_root().join("target").join("bench-smoke")),
+        ..BenchArgs::default()
+    };
+    bench::run_with(binaries, &args).context("test step `bench --smoke` failed")
 }
 
 /// Runs each fuzz target for a bounded time; a crash (a panic, a failed invariant) fails

@@ -2,7 +2,10 @@
 //! namespace, does one thing through `redirector::control`, and prints the result.
 
 pub mod add;
+pub mod allow;
+pub mod detach;
 pub mod disable;
+pub mod disallow;
 pub mod enable;
 pub mod flows;
 pub mod flush;

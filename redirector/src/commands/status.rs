@@ -12,10 +12,20 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!(
-        "redirector {} running (pid {}), mode {}",
-        status.version, status.pid, status.mode
-    );
+    match (status.loader_running, status.persist) {
+        (true, false) => println!(
+            "redirector {} running (pid {}), mode {}",
+            status.version, status.pid, status.mode
+        ),
+        (true, true) => println!(
+            "redirector {} running (pid {}), mode {}, persisted (stays attached when it exits)",
+            status.version, status.pid, status.mode
+        ),
+        (false, _) => println!(
+            "redirector {} persisted, mode {}: loader (pid {}) exited, no reaper (`redirector detach` removes it)",
+            status.version, status.mode, status.pid
+        ),
+    }
     for iface in &status.interfaces {
         println!(
             "interface {}: ingress {}, egress tc",
@@ -30,8 +40,20 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "conntrack {}/{} flows tracked",
-        status.conntrack.tracked, status.conntrack.size
+        "conntrack {}/{} flows tracked, {} evicted",
+        status.conntrack.tracked, status.conntrack.size, status.conntrack.evicted
     );
+    match (status.sources.filtered, status.sources.allow.as_slice()) {
+        (false, _) => println!("sources: all"),
+        (true, []) => println!("sources: none (the allow list is empty)"),
+        (true, allow) => println!("sources: {}", allow.join(" ")),
+    }
+    if let Some(t) = status.timeouts {
+        println!(
+            "timeouts: handshake {}s established {}s fin-wait {}s closing {}s",
+            t.handshake_secs, t.established_secs, t.fin_wait_secs, t.closing_secs
+        );
+    }
+    println!("metrics: {}", status.metrics.as_deref().unwrap_or("off"));
     Ok(())
 }

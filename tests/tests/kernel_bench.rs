@@ -1,0 +1,153 @@
+//! `kernel-bench --smoke --json`: the benchmark loads the real programs, checks that every
+//! case takes the path it names, and prints a well-formed, sane result. Nothing about
+//! speed is asserted (benchmarks report ratios, tests do not time).
+
+use std::{collections::BTreeSet, process::Command};
+
+use redirector_common::maps::{FlowKey, FlowValue};
+use redirector_tests::bins;
+use serde_json::Value;
+
+/// Runs the smoke benchmark (it takes the machine-wide test lock itself).
+fn smoke_report() -> Value {
+    let out = Command::new(bins::kernel_bench())
+        .args(["--smoke", "--json"])
+        .output()
+        .expect("spawn kernel-bench");
+    assert!(
+        out.status.success(),
+        "kernel-bench --smoke failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
+    })
+}
+
+fn num(row: &Value, field: &str) -> f64 {
+    row[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{field}` is not a number in {row}"))
+}
+
+fn positive(row: &Value, field: &str) -> f64 {
+    let value = num(row, field);
+    assert!(
+        value.is_finite() && value > 0.0,
+        "`{field}` = {value} in {row}"
+    );
+    value
+}
+
+fn rows<'a>(report: &'a Value, field: &str) -> &'a Vec<Value> {
+    report[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("`{field}` is not an array"))
+}
+
+fn check_cases(report: &Value) {
+    let mut seen = BTreeSet::new();
+    for row in rows(report, "cases") {
+        let ns = positive(row, "ns_per_pkt");
+        let pass = positive(row, "pass_ns_per_pkt");
+        let ratio = positive(row, "ratio_to_pass");
+        assert!((ratio - ns / pass).abs() < 1e-6 * ratio, "{row}");
+        assert!(num(row, "over_pass_ns").is_finite(), "{row}");
+        let key = |f: &str| {
+            row[f]
+                .as_str()
+                .unwrap_or_else(|| panic!("{f} in {row}"))
+                .to_string()
+        };
+        seen.insert(format!("{} {} {}", key("hook"), key("case"), key("method")));
+    }
+    let mut want = vec!["xdp pass repeat", "xdp pass single", "tc pass repeat"];
+    let per_family = [
+        "xdp syn single",
+        "xdp hit repeat",
+        "xdp miss repeat",
+        "xdp non_tcp repeat",
+        "tc hit repeat",
+        "tc miss repeat",
+    ];
+    let mut named = Vec::new();
+    for fam in ["v4", "v6"] {
+        for case in per_family {
+            let (hook_case, method) = case.rsplit_once(' ').unwrap();
+            named.push(format!("{hook_case}_{fam} {method}"));
+        }
+    }
+    want.extend(named.iter().map(String::as_str));
+    let want: BTreeSet<String> = want.into_iter().map(str::to_string).collect();
+    assert_eq!(seen, want, "cases");
+}
+
+fn check_scaling(report: &Value) {
+    let mut flows_seen = Vec::new();
+    for row in rows(report, "scaling") {
+        positive(row, "ns_per_pkt");
+        positive(row, "pass_ns_per_pkt");
+        positive(row, "spread_ns_per_pkt");
+        positive(row, "spread_pass_ns_per_pkt");
+        let ratio = positive(row, "ratio_to_1k");
+        let spread_ratio = positive(row, "spread_ratio_to_1k");
+        let flows = row["flows"].as_u64().expect("flows");
+        assert!(
+            row["max_entries"].as_u64().expect("max_entries") >= flows,
+            "{row}"
+        );
+        assert!(
+            row["spread_packets"].as_u64().expect("spread_packets") >= 1,
+            "{row}"
+        );
+        if flows == 1_000 {
+            assert_eq!((ratio, spread_ratio), (1.0, 1.0), "{row}");
+        }
+        flows_seen.push(flows);
+    }
+    assert_eq!(flows_seen, [1_000, 10_000], "scaling rows of --smoke");
+}
+
+fn check_memory(report: &Value) {
+    let min = (size_of::<FlowKey>() + size_of::<FlowValue>()) as f64;
+    let memory = rows(report, "memory");
+    assert!(
+        memory.iter().any(|m| m["max_entries"] == 65_536),
+        "default size missing: {memory:?}"
+    );
+    for row in memory {
+        assert!(
+            row["memlock_bytes"].as_u64().expect("memlock_bytes") > 0,
+            "{row}"
+        );
+        let per_flow = positive(row, "bytes_per_flow");
+        assert!(
+            per_flow >= min,
+            "{per_flow} bytes per flow < key + value {min}: {row}"
+        );
+    }
+}
+
+#[test]
+fn smoke_run_reports_well_formed_sane_json() {
+    let report = smoke_report();
+    assert_eq!(report["schema"], 1);
+    assert_eq!(report["mode"], "smoke");
+    assert!(!report["kernel"].as_str().expect("kernel").is_empty());
+    assert!(report["cpus"].as_u64().expect("cpus") >= 1);
+    assert!(report["rounds"].as_u64().expect("rounds") >= 5);
+    assert_eq!(report["flow_key_bytes"], size_of::<FlowKey>());
+    assert_eq!(report["flow_value_bytes"], size_of::<FlowValue>());
+    check_cases(&report);
+    check_scaling(&report);
+    check_memory(&report);
+    let target = &report["target"];
+    assert_eq!(target["metric"], "hit_1m_over_1k");
+    assert_eq!(target["limit"], 1.3);
+    // --smoke stops at 10 k flows: the 1 M ratio is not measured.
+    assert!(
+        target["repeat"].is_null() && target["single"].is_null(),
+        "{target}"
+    );
+}

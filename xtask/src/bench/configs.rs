@@ -1,0 +1,292 @@
+//! Applying one configuration in the server namespace (rules, proxies, the redirector) and
+//! removing it again when the returned guard is dropped.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use super::plan::Config;
+use super::servers::wait_listening;
+use super::testbed::Testbed;
+use crate::cmd::Cmd;
+use crate::netns::NetNs;
+use crate::process::Background;
+
+const LOADER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's stream module (TCP passthrough for 443), a dynamic module on Debian.
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+/// Name of the nftables table the benchmark adds (and deletes).
+const NFT_TABLE: &str = "rdr_bench";
+
+/// Tools and files every configuration needs, found once per benchmark.
+pub struct Tools {
+    pub redirector: PathBuf,
+    pub work_dir: PathBuf,
+    /// `iptables-legacy` where the kernel has the xtables NAT table, else `iptables-nft`.
+    pub iptables: &'static str,
+}
+
+impl Tools {
+    pub fn new(redirector: PathBuf, work_dir: PathBuf, server: &NetNs) -> Self {
+        let legacy = server
+            .exec("iptables-legacy")
+            .args(["-t", "nat", "-L", "PREROUTING", "-n"])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        Self {
+            redirector,
+            work_dir,
+            iptables: if legacy {
+                "iptables-legacy"
+            } else {
+                "iptables-nft"
+            },
+        }
+    }
+}
+
+/// What a configuration left running or installed; undone on drop.
+pub struct Applied {
+    processes: Vec<Background>,
+    rules: Option<Undo>,
+}
+
+/// Commands that remove rules again (run in order, errors reported, not fatal).
+struct Undo(Vec<Cmd>);
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        // Processes first: a stopping proxy must not find its rules gone under it.
+        self.processes.clear();
+        if let Some(Undo(commands)) = self.rules.take() {
+            for command in commands {
+                let shown = command.to_string();
+                if let Err(err) = command.run_captured() {
+                    eprintln!("  warning: `{shown}` failed: {err:#}");
+                }
+            }
+        }
+    }
+}
+
+/// Applies `config`; returns once it carries traffic.
+pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied> {
+    let ns = &testbed.topology.server;
+    let ip = testbed.server_ip();
+    let mut applied = Applied {
+        processes: Vec::new(),
+        rules: None,
+    };
+    match config {
+        Config::Direct => {}
+        Config::Iptables => applied.rules = Some(iptables(ns, ip, tools.iptables)?),
+        Config::Nftables => applied.rules = Some(nftables(ns, ip, &tools.work_dir)?),
+        Config::HaproxyTcp | Config::HaproxyHttp => {
+            let http = config == Config::HaproxyHttp;
+            let conf = write(&tools.work_dir, "haproxy.cfg", &haproxy_conf(ip, http))?;
+            let mut haproxy =
+                Background::spawn("haproxy", ns.exec("haproxy").args(["-db", "-f"]).arg(conf))?;
+            wait_listening(ns, 80, &mut haproxy)?;
+            wait_listening(ns, 443, &mut haproxy)?;
+            applied.processes.push(haproxy);
+        }
+        Config::Nginx => {
+            let stream = Path::new(NGINX_STREAM_MODULE).exists();
+            let conf = nginx_proxy_conf(ip, &tools.work_dir, stream);
+            let conf = write(&tools.work_dir, "nginx-proxy.conf", &conf)?;
+            let mut nginx = Background::spawn(
+                "nginx-proxy",
+                ns.exec("nginx")
+                    .args(["-e", "stderr", "-g", "daemon off;", "-c"])
+                    .arg(conf),
+            )?;
+            wait_listening(ns, 80, &mut nginx)?;
+            applied.processes.push(nginx);
+        }
+        Config::RedirectorXdp | Config::RedirectorXdpGeneric | Config::RedirectorTc => {
+            let mode = match config {
+                Config::RedirectorXdp => "xdp",
+                Config::RedirectorXdpGeneric => "xdp-generic",
+                _ => "tc",
+            };
+            // nsenter, not `ip netns exec`: the loader pins under the host's /sys/fs/bpf.
+            let mut loader = Background::spawn(
+                "redirector",
+                ns.enter_net_only(&tools.redirector).args([
+                    "run",
+                    "--iface",
+                    testbed.server_if(),
+                    "--mode",
+                    mode,
+                ]),
+            )?;
+            loader.wait_for_stdout("`redirector ready`", LOADER_READY_TIMEOUT, |line| {
+                line.starts_with("redirector ready")
+            })?;
+            applied.processes.push(loader);
+        }
+        Config::RedirectorSniff => {
+            let mut sniff = Background::spawn(
+                "redirector-sniff",
+                ns.exec(&tools.redirector)
+                    .arg("sniff")
+                    .args(["--listen", &format!("{ip}:80")])
+                    .args(["--websocket", &format!("{ip}:8080")])
+                    .args(["--http", &format!("{ip}:8080")])
+                    .args(["--tls-listen", &format!("{ip}:443")])
+                    .args(["--tls-websocket", &format!("{ip}:8443")])
+                    .args(["--tls-http", &format!("{ip}:8443")])
+                    .args(["--max-conns", "16384"]),
+            )?;
+            sniff.wait_for_stdout("`redirector sniff ready`", LOADER_READY_TIMEOUT, |line| {
+                line.starts_with("redirector sniff ready")
+            })?;
+            wait_listening(ns, 443, &mut sniff)?;
+            applied.processes.push(sniff);
+        }
+    }
+    Ok(applied)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    fs::write(&path, text).with_context(|| format!("could not write {}", path.display()))?;
+    Ok(path)
+}
+
+/// `-j REDIRECT` for 80 and 443 to this address.
+fn iptables(ns: &NetNs, ip: &str, iptables: &'static str) -> Result<Undo> {
+    let rule = |action: &str, from: &str, to: &str| {
+        ns.exec(iptables)
+            .args(["-t", "nat", action, "PREROUTING", "-p", "tcp", "-d", ip])
+            .args(["--dport", from, "-j", "REDIRECT", "--to-ports", to])
+    };
+    rule("-A", "80", "8080").run_captured()?;
+    let undo = Undo(vec![rule("-D", "80", "8080"), rule("-D", "443", "8443")]);
+    rule("-A", "443", "8443").run_captured()?;
+    Ok(undo)
+}
+
+fn nftables(ns: &NetNs, ip: &str, work_dir: &Path) -> Result<Undo> {
+    let rules = format!(
+        "table ip {NFT_TABLE} {{\n\
+         \x20 chain prerouting {{\n\
+         \x20   type nat hook prerouting priority dstnat; policy accept;\n\
+         \x20   ip daddr {ip} tcp dport 80 redirect to :8080\n\
+         \x20   ip daddr {ip} tcp dport 443 redirect to :8443\n\
+         \x20 }}\n\
+         }}\n"
+    );
+    let file = write(work_dir, "rules.nft", &rules)?;
+    ns.exec("nft").arg("-f").arg(file).run_captured()?;
+    Ok(Undo(vec![ns
+        .exec("nft")
+        .args(["delete", "table", "ip", NFT_TABLE])]))
+}
+
+/// HAProxy on 80 (tcp, or http routing `Upgrade: websocket` to its own backend as the PaaS
+/// seed configurations do) and 443 (tcp passthrough: TLS stays end to end).
+fn haproxy_conf(ip: &str, http: bool) -> String {
+    let front = if http {
+        "  mode http\n\
+         \x20 option http-keep-alive\n\
+         \x20 acl is_websocket hdr(Upgrade) -i WebSocket\n\
+         \x20 use_backend websocket if is_websocket\n"
+    } else {
+        "  mode tcp\n"
+    };
+    let mode = if http { "http" } else { "tcp" };
+    format!(
+        "global\n\
+         \x20 maxconn 8000\n\
+         defaults\n\
+         \x20 timeout connect 5s\n\
+         \x20 timeout client 60s\n\
+         \x20 timeout server 60s\n\
+         \x20 timeout tunnel 1h\n\
+         frontend plain\n\
+         \x20 bind {ip}:80\n\
+         {front}\
+         \x20 default_backend web\n\
+         backend web\n\
+         \x20 mode {mode}\n\
+         \x20 server s1 {ip}:8080\n\
+         backend websocket\n\
+         \x20 mode {mode}\n\
+         \x20 server s1 {ip}:8080\n\
+         frontend tls\n\
+         \x20 bind {ip}:443\n\
+         \x20 mode tcp\n\
+         \x20 default_backend tls\n\
+         backend tls\n\
+         \x20 mode tcp\n\
+         \x20 server s1 {ip}:8443\n"
+    )
+}
+
+/// nginx as the PaaS guides set it up: `proxy_pass` with HTTP/1.1 and the Upgrade/Connection
+/// headers, upstream keep-alive for plain requests; 443 through the stream module.
+fn nginx_proxy_conf(ip: &str, work_dir: &Path, stream: bool) -> String {
+    let (load_stream, stream_block) = if stream {
+        (
+            format!("load_module {NGINX_STREAM_MODULE};\n"),
+            format!(
+                "stream {{\n\
+                 \x20 server {{ listen {ip}:443 backlog=4096; proxy_pass {ip}:8443; }}\n\
+                 }}\n"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    format!(
+        "{load_stream}\
+         worker_processes auto;\n\
+         pid {dir}/nginx-proxy.pid;\n\
+         error_log {dir}/nginx-proxy.error.log warn;\n\
+         events {{ worker_connections 16384; }}\n\
+         http {{\n\
+         \x20 access_log off;\n\
+         \x20 keepalive_requests 10000000;\n\
+         \x20 map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
+         \x20 upstream backend {{ server {ip}:8080; keepalive 64; keepalive_requests 10000000; }}\n\
+         \x20 server {{\n\
+         \x20   listen {ip}:80 backlog=4096;\n\
+         \x20   location / {{\n\
+         \x20     proxy_pass http://backend;\n\
+         \x20     proxy_http_version 1.1;\n\
+         \x20     proxy_set_header Upgrade $http_upgrade;\n\
+         \x20     proxy_set_header Connection $connection_upgrade;\n\
+         \x20     proxy_set_header Host $host;\n\
+         \x20     proxy_read_timeout 3600s;\n\
+         \x20   }}\n\
+         \x20 }}\n\
+         }}\n\
+         {stream_block}",
+        dir = work_dir.display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_http_mode_routes_websocket_upgrades() {
+        let conf = haproxy_conf("10.0.0.2", true);
+        assert!(conf.contains("acl is_websocket hdr(Upgrade) -i WebSocket"));
+        assert!(conf.contains("bind 10.0.0.2:443\n  mode tcp"));
+        assert!(!haproxy_conf("10.0.0.2", false).contains("mode http"));
+    }
+
+    #[test]
+    fn nginx_passes_upgrade_headers() {
+        let conf = nginx_proxy_conf("10.0.0.2", Path::new("/w"), true);
+        assert!(conf.starts_with("load_module"));
+        assert!(conf.contains("proxy_set_header Upgrade $http_upgrade;"));
+        assert!(conf.contains("proxy_pass 10.0.0.2:8443;"));
+        assert!(!nginx_proxy_conf("10.0.0.2", Path::new("/w"), false).contains("stream {"));
+    }
+}

@@ -1,0 +1,368 @@
+//! `cargo xtask bench`: redirector against direct, iptables, nftables, HAProxy and nginx, with
+//! real load generators between two network namespaces; results in bench/results/.
+//!
+//! Order of a run: build; the kernel-side cost (`kernel-bench`); the testbed; then per phase
+//! (the servers on 8080/8443 for one kind of traffic) every repetition applies each
+//! configuration in turn and runs that phase's loads against it, each from a fresh client
+//! source address, recording checksum errors and SYN retransmits; finally medians, ratios to
+//! direct, the targets, and the JSON/Markdown/SVG files.
+
+mod configs;
+mod kernel;
+mod loads;
+mod machine;
+mod netstat;
+pub mod plan;
+mod report;
+mod servers;
+mod stats;
+mod svg;
+mod testbed;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use nix::fcntl::{Flock, FlockArg};
+
+use self::configs::Tools;
+use self::loads::Target;
+use self::netstat::Health;
+use self::plan::{Config, Load, Params, Phase};
+use self::report::{LoadInfo, Report};
+use self::stats::Run;
+use self::testbed::Testbed;
+use crate::build::{self, workspace_root, Binaries, Profile};
+use crate::cli::BenchArgs;
+use crate::cmd::{heading, Cmd};
+use crate::interrupt;
+use crate::netns::BENCH;
+use crate::process::Background;
+
+/// The machine-wide lock the kernel tests take (tests/src/fixtures.rs): while the benchmark
+/// has programs loaded, another checkout's tests must not check that none are.
+const KERNEL_LOCK: &str = "/run/lock/redirector-tests.lock";
+
+/// `cargo xtask bench`: setup, build, then `run_with`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    interrupt::install("bench", &BENCH)?;
+    let binaries = build::run(Profile::Release)?;
+    run_with(&binaries, args)
+}
+
+/// The benchmark with already built binaries (also the smoke step of `cargo xtask test`).
+pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
+    let params = Params::for_mode(args.mode());
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| params.mode.name().to_owned());
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("bench").join("results"));
+    let configs = selected_configs(&args.configs)?;
+    let loads = selected_loads(&args.loads)?;
+    let started = Instant::now();
+    let started_at = Cmd::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .run_captured()?
+        .trim()
+        .to_owned();
+    let machine = machine::describe();
+    let mut failures = Vec::new();
+
+    let kernel = if args.no_kernel {
+        None
+    } else {
+        heading("kernel-side cost (BPF_PROG_TEST_RUN)");
+        match kernel::run(&binaries.kernel_bench, params.mode) {
+            Ok(json) => Some(json),
+            Err(err) => {
+                failures.push(format!("kernel-bench: {err:#}"));
+                None
+            }
+        }
+    };
+
+    let runs = {
+        let _lock = kernel_lock()?;
+        heading("testbed");
+        let mut testbed = Testbed::create()?;
+        let work_dir = WorkDir::create()?;
+        let tools = Tools::new(
+            binaries.redirector.clone(),
+            work_dir.0.clone(),
+            &testbed.topology.server,
+        );
+        println!("  iptables REDIRECT through {}", tools.iptables);
+        let mut session = Session {
+            testbed: &mut testbed,
+            tools: &tools,
+            binaries,
+            params: &params,
+            runs: Vec::new(),
+            failures: &mut failures,
+        };
+        session.run_all(&configs, &loads)?;
+        session.runs
+    };
+
+    heading("results");
+    let summary = stats::summarize(&runs);
+    let mut targets = stats::targets(&summary);
+    targets.extend(kernel::scaling_targets(kernel.as_ref()));
+    let csum_errors: u64 = runs.iter().map(|r| r.health.csum_errors).sum();
+    if csum_errors > 0 {
+        failures.push(format!(
+            "{csum_errors} TCP checksum error(s) during the runs (see runs[].health)"
+        ));
+    }
+    let report = Report {
+        name,
+        started_at,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        machine,
+        params: params.clone(),
+        configs,
+        loads: loads.iter().map(|l| LoadInfo::of(*l)).collect(),
+        runs,
+        summary,
+        targets,
+        kernel,
+        failures: failures.clone(),
+    };
+    let written = report::write(&report, &out_dir)?;
+    println!("{}", report::markdown(&report));
+    for path in written {
+        println!("  wrote {}", path.display());
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} failure(s) during the benchmark:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    heading(format!(
+        "bench `{}` done in {:.0} s",
+        report.name,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// The state of the load runs.
+struct Session<'a> {
+    testbed: &'a mut Testbed,
+    tools: &'a Tools,
+    binaries: &'a Binaries,
+    params: &'a Params,
+    runs: Vec<Run>,
+    failures: &'a mut Vec<String>,
+}
+
+impl Session<'_> {
+    fn run_all(&mut self, configs: &[Config], loads: &[Load]) -> Result<()> {
+        let slots = plan::schedule(self.params, configs, loads);
+        let total: usize = slots.iter().map(|s| s.loads.len()).sum();
+        let mut servers: Option<(Phase, Vec<Background>)> = None;
+        let mut done = 0;
+        for slot in slots {
+            interrupt::check()?;
+            if servers.as_ref().map(|(phase, _)| *phase) != Some(slot.phase) {
+                drop(servers.take());
+                heading(format!("phase: {}", slot.phase));
+                let started = servers::start(
+                    slot.phase,
+                    self.testbed,
+                    &self.tools.work_dir,
+                    &self.binaries.ws_echo,
+                )?;
+                servers = Some((slot.phase, started));
+            }
+            let applied = match configs::apply(slot.config, self.testbed, self.tools) {
+                Ok(applied) => applied,
+                Err(err) => {
+                    let error = format!("applying {}: {err:#}", slot.config);
+                    eprintln!("  FAILED {error}");
+                    self.failures.push(error.clone());
+                    for load in slot.loads {
+                        done += 1;
+                        self.record_failure(slot.repetition, slot.config, load, &error);
+                    }
+                    continue;
+                }
+            };
+            for load in slot.loads {
+                done += 1;
+                let run = self.measure(slot.repetition, slot.config, load)?;
+                println!(
+                    "[{done}/{total}] rep {}/{} {:<22} {:<15} {}",
+                    slot.repetition,
+                    self.params.repetitions,
+                    slot.config.id(),
+                    load.id(),
+                    describe(&run)
+                );
+                self.runs.push(run);
+            }
+            drop(applied);
+        }
+        Ok(())
+    }
+
+    /// One load run from a fresh client address, with the TCP health counters around it.
+    fn measure(&mut self, repetition: u32, config: Config, load: Load) -> Result<Run> {
+        let client_addr = self.testbed.rotate_client_address()?.to_owned();
+        let before = self.health()?;
+        let target = Target {
+            client: &self.testbed.topology.client,
+            server_ip: self.testbed.server_ip(),
+            ports: config.client_ports(),
+            wsload: &self.binaries.wsload,
+        };
+        let result = loads::run(load, &target, self.params);
+        let health = netstat::delta(before, self.health()?);
+        let (measurement, error) = match result {
+            Ok(m) => (Some(m), None),
+            Err(err) => {
+                let error = format!("{config} {load} rep {repetition}: {err:#}");
+                self.failures.push(error.clone());
+                (None, Some(error))
+            }
+        };
+        Ok(Run {
+            repetition,
+            config,
+            load,
+            client_addr,
+            measurement,
+            error,
+            health,
+        })
+    }
+
+    fn record_failure(&mut self, repetition: u32, config: Config, load: Load, error: &str) {
+        self.runs.push(Run {
+            repetition,
+            config,
+            load,
+            client_addr: String::new(),
+            measurement: None,
+            error: Some(error.to_owned()),
+            health: Health::default(),
+        });
+    }
+
+    /// Both namespaces' counters added up.
+    fn health(&self) -> Result<Health> {
+        let topology = &self.testbed.topology;
+        Ok(netstat::read(&topology.client)?.add(netstat::read(&topology.server)?))
+    }
+}
+
+/// The progress line's figures for one run.
+fn describe(run: &Run) -> String {
+    let Some(m) = &run.measurement else {
+        return format!("FAILED: {}", run.error.as_deref().unwrap_or("?"));
+    };
+    let mut text = format!("{} {}", report::figure(m.value), run.load.unit());
+    if let Some(p99) = m.p99_us {
+        text.push_str(&format!(" p99 {p99:.0} µs"));
+    }
+    if m.errors > 0 {
+        text.push_str(&format!(" errors {}", m.errors));
+    }
+    if run.health.syn_retransmits > 0 {
+        text.push_str(&format!(" syn-retrans {}", run.health.syn_retransmits));
+    }
+    if run.health.csum_errors > 0 {
+        text.push_str(&format!(" CSUM-ERRORS {}", run.health.csum_errors));
+    }
+    text
+}
+
+/// `--config` ids, direct always included (every ratio needs it); all when none given.
+fn selected_configs(ids: &[String]) -> Result<Vec<Config>> {
+    if ids.is_empty() {
+        return Ok(Config::ALL.to_vec());
+    }
+    let mut configs = vec![Config::Direct];
+    for id in ids {
+        let config = Config::from_id(id).with_context(|| {
+            let known: Vec<&str> = Config::ALL.iter().map(|c| c.id()).collect();
+            format!("unknown configuration `{id}`; known: {}", known.join(", "))
+        })?;
+        if !configs.contains(&config) {
+            configs.push(config);
+        }
+    }
+    configs.sort();
+    Ok(configs)
+}
+
+fn selected_loads(ids: &[String]) -> Result<Vec<Load>> {
+    if ids.is_empty() {
+        return Ok(Load::ALL.to_vec());
+    }
+    ids.iter()
+        .map(|id| {
+            Load::from_id(id).with_context(|| {
+                let known: Vec<&str> = Load::ALL.iter().map(|l| l.id()).collect();
+                format!("unknown load `{id}`; known: {}", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Config files and the static page; removed on drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("redirector-bench-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            eprintln!("  warning: could not remove {}: {err}", self.0.display());
+        }
+    }
+}
+
+/// Takes the machine-wide kernel-test lock for the load runs (waits for a running test).
+fn kernel_lock() -> Result<Flock<File>> {
+    let path = Path::new(KERNEL_LOCK);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("could not open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .with_context(|| format!("could not lock {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_is_always_measured() {
+        let configs = selected_configs(&["nginx".into(), "redirector-xdp".into()]).unwrap();
+        assert_eq!(
+            configs,
+            [Config::Direct, Config::Nginx, Config::RedirectorXdp]
+        );
+        assert!(selected_configs(&["nope".into()]).is_err());
+        assert_eq!(selected_configs(&[]).unwrap().len(), Config::ALL.len());
+        assert!(selected_loads(&["bulk".into(), "x".into()]).is_err());
+    }
+}

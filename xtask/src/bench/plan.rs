@@ -1,0 +1,350 @@
+//! What a benchmark run measures: the configurations, the loads, how long and how often, and
+//! the interleaved order of the runs.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How thorough a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (~50 min).
+    Full,
+    /// 3 repetitions of 2 s per load (under 10 minutes).
+    Quick,
+    /// 1 repetition of 1 s per load: proves the harness works (under 2 minutes, run in CI).
+    Smoke,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Quick => "quick",
+            Self::Smoke => "smoke",
+        }
+    }
+}
+
+/// Sizes of one run, fixed by the mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    pub mode: Mode,
+    pub repetitions: u32,
+    #[serde(rename = "load_seconds")]
+    #[serde(serialize_with = "as_secs")]
+    pub load_time: Duration,
+    /// Open connections of the keep-alive HTTP and WebSocket message loads.
+    pub connections: u32,
+    /// Open connections of the connection-rate loads (each does one exchange, then closes).
+    pub churn_connections: u32,
+    /// Bytes of each WebSocket message.
+    pub message_bytes: u32,
+}
+
+fn as_secs<S: serde::Serializer>(time: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(time.as_secs_f64())
+}
+
+impl Params {
+    pub fn for_mode(mode: Mode) -> Self {
+        let (repetitions, seconds) = match mode {
+            Mode::Full => (5, 10),
+            Mode::Quick => (3, 2),
+            Mode::Smoke => (1, 1),
+        };
+        Self {
+            mode,
+            repetitions,
+            load_time: Duration::from_secs(seconds),
+            connections: 32,
+            churn_connections: 16,
+            message_bytes: 128,
+        }
+    }
+}
+
+/// One way of getting client traffic for ports 80/443 to the servers on 8080/8443.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Config {
+    /// Clients connect to 8080/8443 themselves: the ceiling.
+    Direct,
+    /// `iptables -t nat ... -j REDIRECT` (the xtables path, iptables-legacy).
+    Iptables,
+    /// An nftables `redirect to :8080` rule.
+    Nftables,
+    /// HAProxy in tcp mode.
+    HaproxyTcp,
+    /// HAProxy in http mode, routing `Upgrade: websocket` like the PaaS seed setups.
+    HaproxyHttp,
+    /// nginx `proxy_pass` with the Upgrade/Connection headers (stream passthrough for 443).
+    Nginx,
+    /// redirector, native XDP on the server's veth.
+    RedirectorXdp,
+    /// redirector, generic (skb) XDP.
+    RedirectorXdpGeneric,
+    /// redirector, TC ingress.
+    RedirectorTc,
+    /// redirector's user-space sniffing proxy.
+    RedirectorSniff,
+}
+
+impl Config {
+    pub const ALL: [Self; 10] = [
+        Self::Direct,
+        Self::Iptables,
+        Self::Nftables,
+        Self::HaproxyTcp,
+        Self::HaproxyHttp,
+        Self::Nginx,
+        Self::RedirectorXdp,
+        Self::RedirectorXdpGeneric,
+        Self::RedirectorTc,
+        Self::RedirectorSniff,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
+            Self::HaproxyTcp => "haproxy-tcp",
+            Self::HaproxyHttp => "haproxy-http",
+            Self::Nginx => "nginx",
+            Self::RedirectorXdp => "redirector-xdp",
+            Self::RedirectorXdpGeneric => "redirector-xdp-generic",
+            Self::RedirectorTc => "redirector-tc",
+            Self::RedirectorSniff => "redirector-sniff",
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|config| config.id() == id)
+    }
+
+    /// The ports clients connect to: the servers' own, or the redirected ones.
+    pub fn client_ports(self) -> Ports {
+        match self {
+            Self::Direct => Ports {
+                plain: 8080,
+                tls: 8443,
+            },
+            _ => Ports {
+                plain: 80,
+                tls: 443,
+            },
+        }
+    }
+
+    /// Whether this configuration can carry `load` at all: HTTP-aware proxies cannot relay
+    /// iperf3's own protocol.
+    pub fn carries(self, load: Load) -> bool {
+        let http_only = matches!(
+            self,
+            Self::HaproxyHttp | Self::Nginx | Self::RedirectorSniff
+        );
+        !(http_only && load == Load::Bulk)
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// Ports the load generator targets.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub plain: u16,
+    pub tls: u16,
+}
+
+/// Which servers listen on 8080/8443 in the server namespace while a group of loads runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// nginx with a static page on 8080.
+    Http,
+    /// ws-echo, ws on 8080 and wss on 8443.
+    WebSocket,
+    /// iperf3 on 8080.
+    Bulk,
+}
+
+impl Phase {
+    pub const ALL: [Self; 3] = [Self::Http, Self::WebSocket, Self::Bulk];
+
+    pub fn loads(self) -> &'static [Load] {
+        match self {
+            Self::Http => &[Load::HttpKeepAlive, Load::HttpConnRate],
+            Self::WebSocket => &[Load::WsMessages, Load::WssMessages, Load::WsConnRate],
+            Self::Bulk => &[Load::Bulk],
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Http => "http (nginx static page on 8080)",
+            Self::WebSocket => "websocket (ws-echo on 8080, TLS on 8443)",
+            Self::Bulk => "bulk (iperf3 on 8080)",
+        })
+    }
+}
+
+/// One kind of traffic, with the figure it is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Load {
+    /// wrk, keep-alive GETs: requests/s and latency percentiles.
+    HttpKeepAlive,
+    /// wrk with `Connection: close`: one request per connection, i.e. connections/s.
+    HttpConnRate,
+    /// wsload ping-pong over ws://: messages/s and echo latency.
+    WsMessages,
+    /// wsload ping-pong over wss:// (443 → 8443).
+    WssMessages,
+    /// wsload churn: handshake, one echo, close, again: WebSocket connections/s.
+    WsConnRate,
+    /// iperf3, one TCP stream: bits/s.
+    Bulk,
+}
+
+impl Load {
+    pub const ALL: [Self; 6] = [
+        Self::HttpKeepAlive,
+        Self::HttpConnRate,
+        Self::WsMessages,
+        Self::WssMessages,
+        Self::WsConnRate,
+        Self::Bulk,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::HttpKeepAlive => "http-keepalive",
+            Self::HttpConnRate => "http-conn-rate",
+            Self::WsMessages => "ws-messages",
+            Self::WssMessages => "wss-messages",
+            Self::WsConnRate => "ws-conn-rate",
+            Self::Bulk => "bulk",
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|load| load.id() == id)
+    }
+
+    /// The unit of the load's main figure (higher is better for all of them).
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::HttpKeepAlive => "requests/s",
+            Self::HttpConnRate | Self::WsConnRate => "connections/s",
+            Self::WsMessages | Self::WssMessages => "messages/s",
+            Self::Bulk => "Gbit/s",
+        }
+    }
+
+    /// Whether the load reports latency percentiles.
+    pub fn has_latency(self) -> bool {
+        matches!(
+            self,
+            Self::HttpKeepAlive | Self::WsMessages | Self::WssMessages
+        )
+    }
+}
+
+impl fmt::Display for Load {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// One application of a configuration, during which each of `loads` runs once.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub phase: Phase,
+    pub repetition: u32,
+    pub config: Config,
+    pub loads: Vec<Load>,
+}
+
+/// The runs in order: phase by phase (each phase needs its own servers); within a phase,
+/// repetition by repetition, every configuration once (A B C … A B C …), so slow drifts of
+/// the machine hit every configuration alike.
+pub fn schedule(params: &Params, configs: &[Config], loads: &[Load]) -> Vec<Slot> {
+    let mut slots = Vec::new();
+    for phase in Phase::ALL {
+        for repetition in 1..=params.repetitions {
+            for &config in configs {
+                let wanted: Vec<Load> = phase
+                    .loads()
+                    .iter()
+                    .copied()
+                    .filter(|load| loads.contains(load) && config.carries(*load))
+                    .collect();
+                if !wanted.is_empty() {
+                    slots.push(Slot {
+                        phase,
+                        repetition,
+                        config,
+                        loads: wanted,
+                    });
+                }
+            }
+        }
+    }
+    slots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_interleaves_configurations_within_each_repetition() {
+        let params = Params::for_mode(Mode::Quick);
+        let configs = [Config::Direct, Config::Nginx, Config::RedirectorXdp];
+        let slots = schedule(&params, &configs, &Load::ALL);
+        let http: Vec<(u32, Config)> = slots
+            .iter()
+            .filter(|slot| slot.phase == Phase::Http)
+            .map(|slot| (slot.repetition, slot.config))
+            .collect();
+        assert_eq!(http.len(), 9);
+        assert_eq!(
+            &http[..4],
+            &[
+                (1, Config::Direct),
+                (1, Config::Nginx),
+                (1, Config::RedirectorXdp),
+                (2, Config::Direct)
+            ]
+        );
+        // nginx relays HTTP only: no bulk slot for it.
+        assert!(!slots
+            .iter()
+            .any(|slot| slot.phase == Phase::Bulk && slot.config == Config::Nginx));
+        assert_eq!(
+            slots
+                .iter()
+                .filter(|slot| slot.phase == Phase::Bulk)
+                .count(),
+            6
+        );
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        for config in Config::ALL {
+            assert_eq!(Config::from_id(config.id()), Some(config));
+        }
+        for load in Load::ALL {
+            assert_eq!(Load::from_id(load.id()), Some(load));
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The result files: `bench/results/<name>.json` (everything, for tools), `<name>.md` (the
+//! tables the README quotes) and `<name>.svg` (the chart).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::machine::Machine;
+use super::plan::{Config, Load, Params};
+use super::stats::{Cell, Run, Target};
+use super::svg;
+
+/// Everything one benchmark produced.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub name: String,
+    /// UTC start time, RFC 3339.
+    pub started_at: String,
+    pub elapsed_s: f64,
+    pub machine: Machine,
+    pub params: Params,
+    pub configs: Vec<Config>,
+    pub loads: Vec<LoadInfo>,
+    pub runs: Vec<Run>,
+    pub summary: Vec<Cell>,
+    pub targets: Vec<Target>,
+    /// `kernel-bench --json` output (see tests/src/bin/kernel-bench/main.rs for its schema).
+    pub kernel: Option<serde_json::Value>,
+    /// Runs or steps that failed; a benchmark with failures exits non-zero.
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoadInfo {
+    pub id: Load,
+    pub unit: &'static str,
+}
+
+impl LoadInfo {
+    pub fn of(load: Load) -> Self {
+        Self {
+            id: load,
+            unit: load.unit(),
+        }
+    }
+}
+
+/// Writes the three files under `dir`; returns their paths.
+pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let base = dir.join(&report.name);
+    let files = [
+        (
+            base.with_extension("json"),
+            serde_json::to_string_pretty(report)? + "\n",
+        ),
+        (base.with_extension("md"), markdown(report)),
+        (base.with_extension("svg"), svg::chart(report)),
+    ];
+    let mut written = Vec::new();
+    for (path, text) in files {
+        fs::write(&path, text).with_context(|| format!("could not write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The Markdown report: setting, throughput and latency tables, targets, kernel cost.
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let m = &report.machine;
+    let p = &report.params;
+    let _ = writeln!(md, "# redirector benchmark `{}`\n", report.name);
+    let _ = writeln!(
+        md,
+        "{} · mode `{}` · {} repetition(s) × {} s per load, interleaved · {:.0} s in all\n",
+        report.started_at,
+        p.mode.name(),
+        p.repetitions,
+        p.load_time.as_secs(),
+        report.elapsed_s
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {} · {} core(s) · {} GiB · {} · kernel {} · redirector {}\n",
+        m.cpu, m.cores, m.memory_gib, m.os, m.kernel, m.redirector
+    );
+    let tools: Vec<String> = m.tools.values().cloned().collect();
+    let _ = writeln!(md, "Tools: {}\n", tools.join(" · "));
+
+    throughput_table(&mut md, report);
+    latency_table(&mut md, report);
+    targets_list(&mut md, &report.targets);
+    if let Some(kernel) = &report.kernel {
+        kernel_tables(&mut md, kernel);
+    }
+    health(&mut md, report);
+    md
+}
+
+fn loads_present(report: &Report) -> Vec<Load> {
+    Load::ALL
+        .into_iter()
+        .filter(|l| report.summary.iter().any(|c| c.load == *l))
+        .collect()
+}
+
+fn cell(report: &Report, load: Load, config: Config) -> Option<&Cell> {
+    report
+        .summary
+        .iter()
+        .find(|c| c.load == load && c.config == config)
+}
+
+fn throughput_table(md: &mut String, report: &Report) {
+    let loads = loads_present(report);
+    let _ = writeln!(
+        md,
+        "## Throughput: median (ratio to direct)\n\nHigher is better. `n/a`: the \
+         configuration cannot carry that traffic (HTTP proxies and iperf3).\n"
+    );
+    let header: Vec<String> = loads
+        .iter()
+        .map(|l| format!("{l} ({})", l.unit()))
+        .collect();
+    let _ = writeln!(md, "| configuration | {} |", header.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(loads.len()));
+    for config in &report.configs {
+        let row: Vec<String> = loads
+            .iter()
+            .map(|&load| match cell(report, load, *config) {
+                Some(c) => format!(
+                    "{} ({})",
+                    figure(c.median),
+                    c.ratio_to_direct.map_or("–".into(), |r| format!("{r:.2}"))
+                ),
+                None if !config.carries(load) => "n/a".into(),
+                None => "failed".into(),
+            })
+            .collect();
+        let _ = writeln!(md, "| {config} | {} |", row.join(" | "));
+    }
+    md.push('\n');
+}
+
+fn latency_table(md: &mut String, report: &Report) {
+    let loads: Vec<Load> = loads_present(report)
+        .into_iter()
+        .filter(|l| l.has_latency())
+        .collect();
+    if loads.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Latency: median p50 / p99 in µs (p99 ratio to direct)\n\nLower is better.\n"
+    );
+    let header: Vec<String> = loads.iter().map(ToString::to_string).collect();
+    let _ = writeln!(md, "| configuration | {} |", header.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(loads.len()));
+    for config in &report.configs {
+        let row: Vec<String> = loads
+            .iter()
+            .map(|&load| match cell(report, load, *config) {
+                Some(Cell {
+                    p50_us: Some(p50),
+                    p99_us: Some(p99),
+                    p99_ratio_to_direct,
+                    ..
+                }) => format!(
+                    "{p50:.0} / {p99:.0} ({})",
+                    p99_ratio_to_direct.map_or("–".into(), |r| format!("{r:.2}"))
+                ),
+                _ => "n/a".into(),
+            })
+            .collect();
+        let _ = writeln!(md, "| {config} | {} |", row.join(" | "));
+    }
+    md.push('\n');
+}
+
+fn targets_list(md: &mut String, targets: &[Target]) {
+    let _ = writeln!(md, "## Targets (issue 5)\n");
+    for t in targets {
+        let mark = match t.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let value = t.value.map_or("–".into(), |v| format!("{v:.3}"));
+        let note = if t.note.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", t.note)
+        };
+        let _ = writeln!(md, "- {mark}: {} (measured {value}){note}", t.target);
+    }
+    md.push('\n');
+}
+
+/// Renders the kernel-bench JSON; fields it lacks are shown as "–".
+fn kernel_tables(md: &mut String, kernel: &serde_json::Value) {
+    let num = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_f64);
+    let show = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
+    let _ = writeln!(
+        md,
+        "## Kernel-side cost (BPF_PROG_TEST_RUN, median ns per packet)\n\n\
+         | hook | case | ns/packet | pass-through ns/packet | ratio to pass-through |\n\
+         |---|---|---:|---:|---:|"
+    );
+    for case in kernel["cases"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            case["hook"].as_str().unwrap_or("?"),
+            case["case"].as_str().unwrap_or("?"),
+            show(num(case, "ns_per_pkt"), 1),
+            show(num(case, "pass_ns_per_pkt"), 1),
+            show(num(case, "ratio_to_pass"), 2),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| tracked flows | hit ns/packet, one hot flow | ratio to 1 k | \
+         hit ns/packet, random flows | ratio to 1 k |\n|---:|---:|---:|---:|---:|"
+    );
+    for row in kernel["scaling"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            show(num(row, "flows"), 0),
+            show(num(row, "ns_per_pkt"), 1),
+            show(num(row, "ratio_to_1k"), 2),
+            show(num(row, "spread_ns_per_pkt"), 1),
+            show(num(row, "spread_ratio_to_1k"), 2),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| flow table size | kernel memory (bytes) | bytes per flow |\n|---:|---:|---:|"
+    );
+    for row in kernel["memory"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            show(num(row, "max_entries"), 0),
+            show(num(row, "memlock_bytes"), 0),
+            show(num(row, "bytes_per_flow"), 1),
+        );
+    }
+    md.push('\n');
+}
+
+fn health(md: &mut String, report: &Report) {
+    let csum: u64 = report.runs.iter().map(|r| r.health.csum_errors).sum();
+    let _ = writeln!(
+        md,
+        "## Health\n\nTCP checksum errors over all runs: {csum} (must be 0).\n\n\
+         | configuration | SYN retransmits | generator errors |\n|---|---:|---:|"
+    );
+    for config in &report.configs {
+        let syn: u64 = report
+            .summary
+            .iter()
+            .filter(|c| c.config == *config)
+            .map(|c| c.syn_retransmits)
+            .sum();
+        let errors: u64 = report
+            .summary
+            .iter()
+            .filter(|c| c.config == *config)
+            .map(|c| c.errors)
+            .sum();
+        let _ = writeln!(md, "| {config} | {syn} | {errors} |");
+    }
+    if !report.failures.is_empty() {
+        let _ = writeln!(md, "\nFailures:\n");
+        for failure in &report.failures {
+            let _ = writeln!(md, "- {failure}");
+        }
+    }
+    md.push('\n');
+}
+
+/// A figure with a sensible number of digits for its size.
+pub fn figure(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_keep_three_significant_digits_or_more() {
+        assert_eq!(figure(62500.4), "62500");
+        assert_eq!(figure(25.04), "25.0");
+        assert_eq!(figure(2.5), "2.50");
+    }
+
+    #[test]
+    fn kernel_tables_tolerate_missing_fields() {
+        let mut md = String::new();
+        let kernel = serde_json::json!({
+            "cases": [{"hook": "xdp", "case": "hit_v4", "ns_per_pkt": 41.5}],
+            "scaling": [{"flows": 1000, "ns_per_pkt": 40.0, "ratio_to_1k": 1.0}],
+        });
+        kernel_tables(&mut md, &kernel);
+        assert!(md.contains("| xdp | hit_v4 | 41.5 | – | – |"), "{md}");
+        assert!(md.contains("| 1000 | 40.0 | 1.00 | – | – |"), "{md}");
+    }
+}
