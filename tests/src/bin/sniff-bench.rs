@@ -4,7 +4,7 @@
 //! baseline. Bounded in bytes, round trips and time; for `cargo xtask bench` and the
 //! numbers in docs/SNIFF.md.
 //!
-//! Example: sniff-bench --bytes 1073741824 --pings 20000 --rounds 3
+//! Example: sniff-bench --bytes 1073741824 --pings 20000 --rounds 3 [--json]
 
 use std::{
     io::{Read, Write},
@@ -36,6 +36,9 @@ struct Args {
     /// Runs of each measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Print one JSON document instead of text lines (for `cargo xtask bench`).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Every socket operation gives up after this long.
@@ -50,10 +53,12 @@ fn main() -> anyhow::Result<()> {
         "--rounds and --size must be at least 1"
     );
     let backend = start_backend()?;
-    println!(
-        "# sniff-bench: bulk {} bytes, ping-pong {} x {} bytes, median of {} rounds",
-        args.bytes, args.pings, args.size, args.rounds
-    );
+    if !args.json {
+        println!(
+            "# sniff-bench: bulk {} bytes, ping-pong {} x {} bytes, median of {} rounds",
+            args.bytes, args.pings, args.size, args.rounds
+        );
+    }
     // Every proxy first, then the rounds interleaved, so that a change in the machine's load
     // during the run weighs on every mode alike.
     let mut targets = vec![("direct".to_string(), backend, None)];
@@ -77,17 +82,57 @@ fn main() -> anyhow::Result<()> {
             measure(*addr, &args, samples)?;
         }
     }
+    let mut rows = Vec::new();
     for ((label, _, _), samples) in targets.iter().zip(&mut results) {
-        let cpu = median_or_na(&mut samples.cpu, 2);
-        let rtt_cpu = median_or_na(&mut samples.rtt_cpu, 1);
-        println!(
-            "relay={label} bulk_mib_per_s={:.0} proxy_cpu_s_per_gib={cpu} \
-             pingpong_rtt_us={:.1} proxy_cpu_us_per_rtt={rtt_cpu}",
-            median(&mut samples.bulk),
-            median(&mut samples.rtt)
-        );
+        let row = Row {
+            relay: label.clone(),
+            bulk_mib_per_s: median(&mut samples.bulk),
+            proxy_cpu_s_per_gib: median_of(&mut samples.cpu),
+            pingpong_rtt_us: median(&mut samples.rtt),
+            proxy_cpu_us_per_rtt: median_of(&mut samples.rtt_cpu),
+        };
+        if !args.json {
+            let na = |v: Option<f64>, decimals: usize| {
+                v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.decimals$}"))
+            };
+            println!(
+                "relay={} bulk_mib_per_s={:.0} proxy_cpu_s_per_gib={} pingpong_rtt_us={:.1} \
+                 proxy_cpu_us_per_rtt={}",
+                row.relay,
+                row.bulk_mib_per_s,
+                na(row.proxy_cpu_s_per_gib, 2),
+                row.pingpong_rtt_us,
+                na(row.proxy_cpu_us_per_rtt, 1)
+            );
+        }
+        rows.push(row);
+    }
+    if args.json {
+        let doc = serde_json::json!({
+            "bytes": args.bytes,
+            "pings": args.pings,
+            "size": args.size,
+            "rounds": args.rounds,
+            "results": rows.iter().map(|r| serde_json::json!({
+                "relay": r.relay,
+                "bulk_mib_per_s": r.bulk_mib_per_s,
+                "proxy_cpu_s_per_gib": r.proxy_cpu_s_per_gib,
+                "pingpong_rtt_us": r.pingpong_rtt_us,
+                "proxy_cpu_us_per_rtt": r.proxy_cpu_us_per_rtt,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{doc:#}");
     }
     Ok(())
+}
+
+/// The medians of one target (`None`: not measured, e.g. the proxy's CPU without a proxy).
+struct Row {
+    relay: String,
+    bulk_mib_per_s: f64,
+    proxy_cpu_s_per_gib: Option<f64>,
+    pingpong_rtt_us: f64,
+    proxy_cpu_us_per_rtt: Option<f64>,
 }
 
 /// Measurements of one target, one per round.
@@ -131,13 +176,9 @@ fn measure(addr: SocketAddr, args: &Args, samples: &mut Samples) -> anyhow::Resu
     Ok(())
 }
 
-/// The median with `decimals`, or `n/a` without samples (no proxy: the direct baseline).
-fn median_or_na(values: &mut [f64], decimals: usize) -> String {
-    if values.is_empty() {
-        "n/a".to_string()
-    } else {
-        format!("{:.*}", decimals, median(values))
-    }
+/// The median, if there are samples.
+fn median_of(values: &mut [f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| median(values))
 }
 
 fn median(values: &mut [f64]) -> f64 {
