@@ -14,11 +14,12 @@
 //! End of stream from one side shuts down the other side's write half (half-close); the
 //! relay ends when both directions have, on the first error, or after the idle timeout
 //! without a byte read on either side, like the copy relay. If the pipes cannot be made
-//! (e.g. out of file descriptors) the connection falls back to the copy relay.
+//! (e.g. out of file descriptors) the connection is relayed by copy instead.
 //!
 //! `auto` reads and writes through a [`SPLICE_THRESHOLD`]-byte buffer while messages are
 //! small and splices while a round brings at least that much, because a splice costs
-//! more than a copy for a small message and less for bulk (measured: docs/SNIFF.md).
+//! more than a copy for a small message and less for bulk (measured: docs/SNIFF.md). Its
+//! pipes are made only when bulk first flows, so chatty connections hold none.
 
 use std::{
     fmt, io,
@@ -95,33 +96,30 @@ pub async fn relay(
     prefix: Vec<u8>,
     idle_timeout: Option<Duration>,
 ) -> Result<Relayed, RelayError> {
-    let pipes = match mode {
-        RelayMode::Copy => None,
-        RelayMode::Splice | RelayMode::Auto => match (Pipe::new(), Pipe::new()) {
-            (Ok(up), Ok(down)) => Some((up, down)),
+    // `splice` makes both pipes up front; `auto` makes each direction's pipe when bulk
+    // first flows there, so connections that only ever carry small messages hold no pipe.
+    let (up, down, threshold) = match mode {
+        RelayMode::Copy => (None, None, 0),
+        RelayMode::Auto => (None, None, SPLICE_THRESHOLD),
+        RelayMode::Splice => match (Pipe::new(), Pipe::new()) {
+            (Ok(up), Ok(down)) => (Some(up), Some(down), 0),
             (Err(err), _) | (_, Err(err)) => {
                 log::debug!("no pipe for splice ({err}); relaying by copy");
-                None
+                (None, None, 0)
             }
         },
     };
-    let Some((up, down)) = pipes else {
+    if up.is_none() && threshold == 0 {
         let mut client = PrefixedIo::new(prefix, client);
         return relay::relay(&mut client, &mut backend, idle_timeout).await;
-    };
+    }
     let clock = Activity::new();
-    // Splice whatever is waiting (threshold 0), or only bulk.
-    let threshold = if mode == RelayMode::Auto {
-        SPLICE_THRESHOLD
-    } else {
-        0
-    };
     let work = async {
         backend.write_all(&prefix).await?;
         clock.touch();
         let (to_backend, to_client) = tokio::try_join!(
-            one_way(&client, &backend, &up, threshold, &clock),
-            one_way(&backend, &client, &down, threshold, &clock),
+            one_way(&client, &backend, up, threshold, &clock),
+            one_way(&backend, &client, down, threshold, &clock),
         )?;
         Ok(relayed(prefix.len() as u64 + to_backend, to_client))
     };
@@ -133,13 +131,14 @@ pub async fn relay(
 ///
 /// With `threshold` 0 every round splices through `pipe`. Otherwise a round reads into a
 /// `threshold`-byte buffer and writes it, until a read fills the whole buffer (bulk is
-/// flowing): from then on rounds splice, until a splice brings less than `threshold`.
-/// That costs no extra system call to decide, and the pipe is always empty between
-/// rounds, so the two ways never reorder bytes.
+/// flowing): from then on rounds splice (through `pipe`, made then if needed; without one,
+/// e.g. out of descriptors, it keeps copying), until a splice brings less than
+/// `threshold`. That costs no extra system call to decide, and the pipe is always empty
+/// between rounds, so the two ways never reorder bytes.
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
-    pipe: &Pipe,
+    mut pipe: Option<Pipe>,
     threshold: usize,
     clock: &Activity,
 ) -> io::Result<u64> {
@@ -148,13 +147,13 @@ async fn one_way(
     let mut bulk = threshold == 0;
     loop {
         from.readable().await?;
-        let read = if bulk {
+        let splicing = if bulk { pipe.as_ref() } else { None };
+        let read = match splicing {
             // The pipe is empty here: EAGAIN can only be the socket's.
-            from.try_io(Interest::READABLE, || {
+            Some(pipe) => from.try_io(Interest::READABLE, || {
                 splice(from.as_fd(), pipe.write.as_fd(), PIPE_CHUNK)
-            })
-        } else {
-            from.try_read(&mut buf)
+            }),
+            None => from.try_read(&mut buf),
         };
         let filled = match read {
             Ok(n) => n,
@@ -166,17 +165,15 @@ async fn one_way(
             return Ok(moved);
         }
         clock.touch();
-        let spliced = bulk;
         let mut left = filled;
         while left > 0 {
             to.writable().await?;
-            // With `spliced`, the pipe holds `left` bytes: EAGAIN can only be the socket's.
-            let written = if spliced {
-                to.try_io(Interest::WRITABLE, || {
+            let written = match splicing {
+                // The pipe holds `left` bytes: EAGAIN can only be the socket's.
+                Some(pipe) => to.try_io(Interest::WRITABLE, || {
                     splice(pipe.read.as_fd(), to.as_fd(), left)
-                })
-            } else {
-                to.try_write(&buf[filled - left..filled])
+                }),
+                None => to.try_write(&buf[filled - left..filled]),
             };
             match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -189,9 +186,20 @@ async fn one_way(
             }
         }
         if threshold > 0 {
-            bulk = filled >= threshold;
+            bulk = filled >= threshold && ensure_pipe(&mut pipe);
         }
     }
+}
+
+/// Makes `pipe` if there is none yet; false if that failed (the caller keeps copying).
+fn ensure_pipe(pipe: &mut Option<Pipe>) -> bool {
+    if pipe.is_none() {
+        match Pipe::new() {
+            Ok(new) => *pipe = Some(new),
+            Err(err) => log::debug!("no pipe for splice ({err}); relaying by copy"),
+        }
+    }
+    pipe.is_some()
 }
 
 /// A non-blocking pipe: its read end and its write end.
