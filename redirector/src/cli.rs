@@ -14,6 +14,7 @@ use redirector::{
             DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNS,
         },
         sni::SniPattern,
+        splice::RelayMode,
     },
     source_filter::SourcePrefix,
 };
@@ -185,12 +186,14 @@ pub struct RunArgs {
     pub sniff: RunSniffArgs,
 }
 
-/// The sniffing proxy run inside `redirector run` (the flags of `redirector sniff` that
-/// matter most, prefixed; every other setting keeps its `redirector sniff` default).
+/// The sniffing proxy run inside `redirector run`: its addresses, then every option of
+/// `redirector sniff` under a `--sniff-` prefix (see [`command`]).
 #[derive(Debug, clap::Args)]
 pub struct RunSniffArgs {
     /// Also run the sniffing proxy of `redirector sniff` in this process, accepting on
     /// ADDR:PORT; it stops with the redirector and its counters follow the redirector's.
+    /// Every option of `redirector sniff` is available with a `--sniff-` prefix
+    /// (`--sniff-max-conns`, `--sniff-header-timeout`, `--sniff-tls-listen`, …).
     #[arg(long, value_name = "ADDR:PORT", requires_all = ["sniff_websocket", "sniff_http"])]
     pub sniff_listen: Option<SocketAddr>,
 
@@ -202,15 +205,8 @@ pub struct RunSniffArgs {
     #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
     pub sniff_http: Option<SocketAddr>,
 
-    /// Only sniffed upgrades whose path starts with PREFIX count as WebSocket
-    /// (repeatable). Default: any path.
-    #[arg(long = "ws-path", value_name = "PREFIX", value_parser = parse_ws_path,
-          requires = "sniff_listen")]
-    pub ws_paths: Vec<String>,
-
-    /// Send a PROXY protocol header (v1 or v2) to the sniffing proxy's backends.
-    #[arg(long, value_name = "v1|v2", requires = "sniff_listen")]
-    pub sniff_proxy_protocol: Option<ProxyProtocol>,
+    #[command(flatten)]
+    pub options: SniffOptions,
 }
 
 /// Which running instance to talk to.
@@ -316,6 +312,21 @@ pub struct SniffArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: SocketAddr,
 
+    /// Serve the proxy's counters in Prometheus text at http://ADDR/metrics (off by
+    /// default). Port 0 picks a free port; the ready line shows the address in use.
+    ///
+    /// Example: --metrics 127.0.0.1:9465
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub options: SniffOptions,
+}
+
+/// The options of the sniffing proxy, shared by `redirector sniff` (as written here) and
+/// `redirector run` (with a `--sniff-` prefix: [`command`] renames them).
+#[derive(Debug, clap::Args)]
+pub struct SniffOptions {
     /// Only upgrades whose path starts with PREFIX count as WebSocket (repeatable);
     /// others go to the HTTP backend. Default: any path.
     #[arg(long = "ws-path", value_name = "PREFIX", value_parser = parse_ws_path)]
@@ -325,6 +336,11 @@ pub struct SniffArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_conns: u32,
+
+    /// Most connections open at once from one client address (IPv4: the address; IPv6:
+    /// its /64 prefix); further ones are closed on accept and counted. Default: no limit.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_conns_per_ip: Option<u32>,
 
     /// Seconds a client has, from accept, to send its complete request head.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT_SECS,
@@ -346,17 +362,17 @@ pub struct SniffArgs {
     pub max_header_bytes: u32,
 
     /// What to do with connections that do not start with HTTP/1.x (TLS, HTTP/2 prior
-    /// knowledge, other protocols): close, or relay them to the --http backend.
+    /// knowledge, other protocols): close, or relay them to the HTTP backend.
     #[arg(long, value_name = "close|http", default_value = "close")]
     pub not_http: NotHttpPolicy,
 
     /// Also accept TLS clients on ADDR:PORT and route them, without decrypting, by the
-    /// server name (SNI) of their ClientHello: names matching --ws-sni go to
-    /// --tls-websocket, all others (and clients sending no name) to --tls-http.
+    /// server name (SNI) of their ClientHello: names matching the ws-sni patterns go to
+    /// the tls-websocket backend, all others (and clients sending no name) to tls-http.
     #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_websocket", "tls_http"])]
     pub tls_listen: Option<SocketAddr>,
 
-    /// Backend of TLS connections whose server name matches --ws-sni.
+    /// Backend of TLS connections whose server name matches a ws-sni pattern.
     #[arg(long, value_name = "ADDR:PORT", requires = "tls_listen")]
     pub tls_websocket: Option<SocketAddr>,
 
@@ -364,8 +380,8 @@ pub struct SniffArgs {
     #[arg(long, value_name = "ADDR:PORT", requires = "tls_listen")]
     pub tls_http: Option<SocketAddr>,
 
-    /// Server name routed to --tls-websocket: a host name, or *.DOMAIN for every name
-    /// under DOMAIN (repeatable; case-insensitive).
+    /// Server name routed to the tls-websocket backend: a host name, or *.DOMAIN for every
+    /// name under DOMAIN (repeatable; case-insensitive).
     #[arg(long = "ws-sni", value_name = "PATTERN", requires = "tls_listen")]
     pub ws_sni: Vec<SniPattern>,
 
@@ -373,6 +389,47 @@ pub struct SniffArgs {
     /// client's bytes, so backends learn the client address. Default: none.
     #[arg(long, value_name = "v1|v2")]
     pub proxy_protocol: Option<ProxyProtocol>,
+
+    /// How bytes are relayed once the backend is chosen: splice (zero-copy splice(2)
+    /// through a pipe per direction), copy (user-space buffers), or auto (copy small
+    /// messages, splice while 16 KiB or more arrive at a time).
+    #[arg(long, value_name = "auto|splice|copy", default_value_t = RelayMode::default())]
+    pub relay: RelayMode,
+}
+
+/// Names `redirector run` accepted for sniff options before they all took the `--sniff-`
+/// prefix; still accepted (hidden).
+const RUN_SNIFF_LEGACY_NAMES: &[(&str, &str)] = &[("ws_paths", "ws-path")];
+
+/// The command line, with the options of [`SniffOptions`] renamed `--sniff-NAME` under
+/// `run` (clap derives one name per field; the prefix is applied here, so both commands
+/// share one definition, its defaults and its checks).
+pub fn command() -> clap::Command {
+    use clap::{Args as _, CommandFactory as _};
+    let sniff_ids: Vec<String> = SniffOptions::augment_args(clap::Command::new("options"))
+        .get_arguments()
+        .map(|arg| arg.get_id().to_string())
+        .collect();
+    Cli::command().mut_subcommand("run", |mut run| {
+        for id in &sniff_ids {
+            run = run.mut_arg(id, |arg| {
+                let long = arg.get_long().unwrap_or(id).to_string();
+                let mut arg = arg.long(format!("sniff-{long}")).requires("sniff_listen");
+                if let Some((_, old)) = RUN_SNIFF_LEGACY_NAMES.iter().find(|(i, _)| i == id) {
+                    arg = arg.alias(*old);
+                }
+                arg
+            });
+        }
+        run
+    })
+}
+
+/// Parses the process's command line with [`command`]; exits with clap's message on error.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches as _;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// A `--ws-path` must be an absolute path prefix.
@@ -383,5 +440,126 @@ fn parse_ws_path(s: &str) -> Result<String, String> {
         Err(format!(
             "invalid --ws-path `{s}`: expected a path prefix starting with /"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::FromArgMatches as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let matches = command()
+            .try_get_matches_from(std::iter::once("redirector").chain(args.iter().copied()))?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    const RUN: &[&str] = &[
+        "run",
+        "--sniff-listen",
+        "127.0.0.1:80",
+        "--sniff-websocket",
+        "127.0.0.1:8080",
+        "--sniff-http",
+        "127.0.0.1:8000",
+    ];
+
+    #[test]
+    fn command_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_every_sniff_option_with_the_prefix() {
+        let mut args = RUN.to_vec();
+        args.extend([
+            "--sniff-max-conns",
+            "7",
+            "--sniff-max-conns-per-ip",
+            "3",
+            "--sniff-header-timeout",
+            "2",
+            "--sniff-idle-timeout",
+            "0",
+            "--sniff-not-http",
+            "http",
+            "--sniff-proxy-protocol",
+            "v2",
+            "--ws-path",
+            "/old/",
+            "--sniff-ws-path",
+            "/new/",
+            "--sniff-tls-listen",
+            "127.0.0.1:443",
+            "--sniff-tls-websocket",
+            "127.0.0.1:8443",
+            "--sniff-tls-http",
+            "127.0.0.1:9443",
+            "--sniff-ws-sni",
+            "ws.example.com",
+            "--sniff-relay",
+            "copy",
+        ]);
+        let Command::Run(run) = parse(&args).unwrap().command else {
+            panic!("not run")
+        };
+        let o = &run.sniff.options;
+        assert_eq!(o.max_conns, 7);
+        assert_eq!(o.max_conns_per_ip, Some(3));
+        assert_eq!(o.header_timeout, 2);
+        assert_eq!(o.idle_timeout, 0);
+        assert_eq!(o.not_http, NotHttpPolicy::Http);
+        assert_eq!(o.proxy_protocol, Some(ProxyProtocol::V2));
+        assert_eq!(o.ws_paths, ["/old/", "/new/"]);
+        assert!(o.tls_listen.is_some() && o.tls_http.is_some() && o.ws_sni.len() == 1);
+        assert_eq!(o.relay, RelayMode::Copy);
+    }
+
+    #[test]
+    fn run_keeps_the_sniff_defaults_and_refuses_unprefixed_or_orphan_options() {
+        let Command::Run(run) = parse(RUN).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.sniff.options.max_conns, DEFAULT_MAX_CONNS);
+        assert_eq!(
+            run.sniff.options.header_timeout,
+            DEFAULT_HEADER_TIMEOUT_SECS
+        );
+        // Plain `run` works without any sniff option (defaults do not trigger `requires`).
+        assert!(parse(&["run"]).is_ok());
+        let mut unprefixed = RUN.to_vec();
+        unprefixed.extend(["--max-conns", "7"]);
+        assert!(parse(&unprefixed).is_err(), "run has no --max-conns");
+        let err = parse(&["run", "--sniff-max-conns", "7"]).unwrap_err();
+        assert!(err.to_string().contains("--sniff-listen"), "{err}");
+    }
+
+    #[test]
+    fn sniff_takes_the_options_unprefixed() {
+        let args = [
+            "sniff",
+            "--listen",
+            "127.0.0.1:80",
+            "--websocket",
+            "127.0.0.1:8080",
+            "--http",
+            "127.0.0.1:8000",
+            "--max-conns-per-ip",
+            "4",
+            "--header-timeout",
+            "3",
+            "--metrics",
+            "127.0.0.1:0",
+        ];
+        let Command::Sniff(sniff) = parse(&args).unwrap().command else {
+            panic!("not sniff")
+        };
+        assert_eq!(sniff.options.max_conns_per_ip, Some(4));
+        assert_eq!(sniff.options.header_timeout, 3);
+        assert!(sniff.metrics.is_some());
+        let mut prefixed = args.to_vec();
+        prefixed.extend(["--sniff-max-conns", "3"]);
+        assert!(parse(&prefixed).is_err(), "sniff has no --sniff-max-conns");
     }
 }

@@ -7,12 +7,10 @@ mod sniff_cmd;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // Quiet unless something is wrong; RUST_LOG=info (or debug) shows what the loader does.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Status(args) => commands::status::run(args),

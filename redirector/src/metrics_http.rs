@@ -11,11 +11,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::{
-    maps::Maps,
-    metrics::{self, Labels},
-    stats::Snapshot,
-};
+use crate::metrics;
 
 /// Longest request head accepted.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -100,8 +96,9 @@ fn head_end(buf: &[u8]) -> Option<usize> {
         .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
 }
 
-/// Serves `/metrics` from `maps`; runs until the future is dropped.
-pub async fn serve(listener: TcpListener, maps: Maps, labels: Labels) {
+/// Serves `/metrics` with the body `render` produces at each scrape (the loader's maps
+/// and/or the sniffing proxy's counters); runs until the future is dropped.
+pub async fn serve(listener: TcpListener, render: impl Fn() -> Result<String, String>) {
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -128,11 +125,7 @@ pub async fn serve(listener: TcpListener, maps: Maps, labels: Labels) {
                 }
                 buf.extend_from_slice(&chunk[..n]);
             };
-            let reply = respond(&buf[..end], || {
-                Snapshot::read(&maps)
-                    .map(|s| metrics::render(&s, &labels))
-                    .map_err(|e| format!("reading the maps: {e}"))
-            });
+            let reply = respond(&buf[..end], &render);
             stream.write_all(&reply).await?;
             stream.shutdown().await
         };

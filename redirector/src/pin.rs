@@ -9,6 +9,7 @@
 //!     netns-<inode>-<iface>.lock                    flock held by the loader (one per iface)
 //!     netns-<inode>-<iface>.json                    the instance file (InstanceInfo)
 //!     netns-<inode>-<iface>.control.lock            serialises rule and allow-list edits
+//!     netns-<inode>-<iface>.sniff                   sniff counters of `run --sniff-listen`
 //! ```
 //!
 //! `<iface>` is the first `--iface` of the loader: one instance, one directory, whatever
@@ -114,6 +115,12 @@ pub fn instance_file(netns: u64, iface: &str) -> PathBuf {
 /// The lock serialising rule changes of the instance keyed by `iface`.
 pub fn control_lock_file(netns: u64, iface: &str) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{}.control.lock", base(netns, iface)))
+}
+
+/// The sniffing proxy's counters of the instance keyed by `iface`, published for `stats`
+/// (not `.json`: instance files are found by that suffix).
+pub fn sniff_stats_file(netns: u64, iface: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{}.sniff", base(netns, iface)))
 }
 
 /// Prefix of every file of this network namespace in [`RUN_DIR`].

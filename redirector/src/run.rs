@@ -1,7 +1,8 @@
 //! `redirector run`: load, configure, attach, serve until a signal, detach, report; with
-//! `--sniff-listen`, the sniffing proxy of `redirector sniff` runs on the same runtime.
+//! `--sniff-listen`, the sniffing proxy of `redirector sniff` runs on the same runtime, its
+//! counters on `/metrics` and published for `redirector stats`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use redirector::{
@@ -10,10 +11,11 @@ use redirector::{
     dataplane::Dataplane,
     iface, instance,
     maps::Maps,
-    metrics::Labels,
+    metrics::{self, Labels},
     metrics_http, pin, privileges, reaper, rules,
     sniff::{
-        detect::DetectConfig,
+        self,
+        publish::Publisher,
         server::{SniffConfig, SniffServer},
     },
     state::{
@@ -63,15 +65,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The sniffing proxy's configuration, if `--sniff-listen` was given (clap requires both
-/// backends with it); all else at the defaults of `redirector sniff`.
+/// backends with it), with every `--sniff-*` option.
 fn sniff_config(args: &RunSniffArgs) -> Option<SniffConfig> {
-    let mut config = SniffConfig::new(args.sniff_listen?, args.sniff_websocket?, args.sniff_http?);
-    config.detect = DetectConfig {
-        ws_paths: args.ws_paths.clone(),
-        ..DetectConfig::default()
-    };
-    config.proxy_protocol = args.sniff_proxy_protocol;
-    Some(config)
+    Some(sniff_cmd::sniff_config(
+        args.sniff_listen?,
+        args.sniff_websocket?,
+        args.sniff_http?,
+        &args.options,
+    ))
 }
 
 /// Loads, attaches and serves with the merged `settings` (and the sniffing proxy, if any).
@@ -192,6 +193,16 @@ fn load_and_serve(
     };
     let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
     log::info!("maps pinned in {}", pinned.dir().display());
+    let sniff_counters = sniff.as_ref().map(SniffServer::counters);
+    // `redirector stats` of other processes reads the proxy's counters from this file.
+    let sniff_publisher = sniff_counters
+        .as_ref()
+        .map(|counters| {
+            let path = pin::sniff_stats_file(info.netns_inode, info.key_iface());
+            Publisher::create(path, Arc::clone(counters))
+        })
+        .transpose()
+        .context("publishing the sniff counters")?;
     let metrics = match metrics_listener {
         Some(listener) => {
             // Its own handles on the maps (through their pins), so scrapes never wait for
@@ -202,7 +213,17 @@ fn load_and_serve(
                 conntrack_capacity: conntrack_size,
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            Some((listener, maps, labels))
+            let sniff_counters = sniff_counters.clone();
+            let render: MetricsBody = Box::new(move || {
+                let snapshot =
+                    Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
+                let mut body = metrics::render(&snapshot, &labels);
+                if let Some(counters) = &sniff_counters {
+                    body.push_str(&sniff::metrics::render(counters));
+                }
+                Ok(body)
+            });
+            Some((listener, render))
         }
         None => None,
     };
@@ -234,7 +255,6 @@ fn load_and_serve(
         conntrack_size
     );
 
-    let sniff_counters = sniff.as_ref().map(SniffServer::counters);
     runtime.block_on(async {
         let (stop_sniff, sniff_stopped) = tokio::sync::oneshot::channel::<()>();
         let sniffing = sniff.map(|server| {
@@ -242,7 +262,16 @@ fn load_and_serve(
                 let _ = sniff_stopped.await;
             }))
         });
-        let served = serve(&mut dp, &timeouts, signals, metrics).await;
+        let publishing = async {
+            match &sniff_publisher {
+                Some(publisher) => publisher.run().await,
+                None => std::future::pending().await,
+            }
+        };
+        let served = tokio::select! {
+            served = serve(&mut dp, &timeouts, signals, metrics) => served,
+            () = publishing => unreachable!("publishing runs until dropped"),
+        };
         let _ = stop_sniff.send(());
         if let Some(sniffing) = sniffing {
             sniffing.await.context("the sniffing proxy's task failed")?;
@@ -252,6 +281,8 @@ fn load_and_serve(
     // Sniffed connections still open are closed with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));
 
+    // The proxy stops with the process, persisted or not: its counters file goes.
+    drop(sniff_publisher);
     if persist {
         // The pinned links keep the programs attached, the pinned maps their state.
         pinned.keep();
@@ -281,6 +312,9 @@ fn load_and_serve(
     Ok(())
 }
 
+/// Renders the `/metrics` body at each scrape.
+type MetricsBody = Box<dyn Fn() -> Result<String, String>>;
+
 /// The signals that stop the loader.
 struct Signals {
     interrupt: Signal,
@@ -293,13 +327,13 @@ async fn serve(
     dp: &mut Dataplane,
     timeouts: &reaper::Timeouts,
     mut signals: Signals,
-    metrics: Option<(std::net::TcpListener, Maps, Labels)>,
+    metrics: Option<(std::net::TcpListener, MetricsBody)>,
 ) -> anyhow::Result<()> {
     let metrics = match metrics {
-        Some((listener, maps, labels)) => {
+        Some((listener, render)) => {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("registering the --metrics listener")?;
-            Some(metrics_http::serve(listener, maps, labels))
+            Some(metrics_http::serve(listener, render))
         }
         None => None,
     };

@@ -1,36 +1,52 @@
-//! `redirector sniff`: bind, announce, serve until a signal, report the counters (the library
-//! side is `redirector::sniff`).
+//! `redirector sniff`: bind, announce, serve (and `--metrics`) until a signal, report the
+//! counters (the library side is `redirector::sniff`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use redirector::sniff::{
-    detect::DetectConfig,
-    server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
+use redirector::{
+    metrics_http,
+    sniff::{
+        detect::DetectConfig,
+        metrics as sniff_metrics,
+        server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
+    },
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::SniffArgs;
+use crate::cli::{SniffArgs, SniffOptions};
+
+/// The proxy's configuration from its addresses and the shared options (of `sniff`, or
+/// of `run` with their `--sniff-` prefix).
+pub fn sniff_config(
+    listen: SocketAddr,
+    websocket: SocketAddr,
+    http: SocketAddr,
+    options: &SniffOptions,
+) -> SniffConfig {
+    SniffConfig {
+        listen,
+        websocket_backend: websocket,
+        http_backend: http,
+        detect: DetectConfig {
+            ws_paths: options.ws_paths.clone(),
+            max_header_bytes: options.max_header_bytes as usize,
+        },
+        max_conns: options.max_conns as usize,
+        max_conns_per_ip: options.max_conns_per_ip,
+        header_timeout: Duration::from_secs(options.header_timeout),
+        idle_timeout: (options.idle_timeout > 0).then(|| Duration::from_secs(options.idle_timeout)),
+        connect_timeout: Duration::from_secs(options.connect_timeout),
+        not_http: options.not_http,
+        tls: tls_route(options),
+        proxy_protocol: options.proxy_protocol,
+        relay: options.relay,
+    }
+}
 
 /// Runs the sniffing proxy in the foreground.
 pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
-    let tls = tls_route(&args);
-    let config = SniffConfig {
-        listen: args.listen,
-        websocket_backend: args.websocket,
-        http_backend: args.http,
-        detect: DetectConfig {
-            ws_paths: args.ws_paths,
-            max_header_bytes: args.max_header_bytes as usize,
-        },
-        max_conns: args.max_conns as usize,
-        header_timeout: Duration::from_secs(args.header_timeout),
-        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
-        connect_timeout: Duration::from_secs(args.connect_timeout),
-        not_http: args.not_http,
-        tls,
-        proxy_protocol: args.proxy_protocol,
-    };
+    let config = sniff_config(args.listen, args.websocket, args.http, &args.options);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -41,17 +57,44 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
         let server = SniffServer::bind(config).await?;
         let addrs = server.local_addrs().context("reading the bound address")?;
         let counters = server.counters();
+        let metrics = match args.metrics {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on --metrics {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_note = match &metrics {
+            Some(listener) => format!(" metrics http://{}/metrics", listener.local_addr()?),
+            None => String::new(),
+        };
         log::info!(
             "websocket upgrades -> {}, other http -> {}",
             args.websocket,
             args.http
         );
-        println!("redirector sniff ready: listening on {}", listening(&addrs));
+        println!(
+            "redirector sniff ready: listening on {}{metrics_note}",
+            listening(&addrs)
+        );
+        let scrapes = {
+            let counters = Arc::clone(&counters);
+            async move {
+                match metrics {
+                    Some(listener) => {
+                        metrics_http::serve(listener, || Ok(sniff_metrics::render(&counters))).await
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+        };
         server
             .serve(async {
                 tokio::select! {
                     _ = sigint.recv() => {}
                     _ = sigterm.recv() => {}
+                    () = scrapes => {}
                 }
             })
             .await;
@@ -77,7 +120,7 @@ pub fn listening(addrs: &[(SocketAddr, ListenerKind)]) -> String {
 }
 
 /// The TLS listener's routes, if `--tls-listen` was given (clap requires both backends).
-fn tls_route(args: &SniffArgs) -> Option<TlsRoute> {
+fn tls_route(args: &SniffOptions) -> Option<TlsRoute> {
     Some(TlsRoute {
         listen: args.tls_listen?,
         websocket_backend: args.tls_websocket?,

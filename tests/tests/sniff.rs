@@ -60,7 +60,10 @@ struct WebRoot(PathBuf);
 
 impl WebRoot {
     fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("rdrt-sniff-{tag}-{}", std::process::id()));
+        // Unique per test: the same tag runs in several relay modes at once.
+        let id = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("rdrt-sniff-{tag}-{}-{id}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(FILE_NAME), file_content()).unwrap();
         WebRoot(dir)
@@ -328,11 +331,41 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 
 // ---------- tests ----------
 
-#[test]
-fn thousand_mixed_connections_reach_the_right_backend_intact() {
+/// `extra` with `--relay MODE` if a mode is given (none: the default).
+fn with_relay<'a>(relay: Option<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = extra.to_vec();
+    if let Some(mode) = relay {
+        args.extend(["--relay", mode]);
+    }
+    args
+}
+
+/// Three tests of a test body taking the relay mode: `NAME::default` with the default
+/// mode, `NAME::splice` and `NAME::copy` with `--relay splice` and `--relay copy`.
+macro_rules! every_relay_mode {
+    ($body:ident) => {
+        mod $body {
+            #[test]
+            fn default() {
+                super::$body(None)
+            }
+            #[test]
+            fn splice() {
+                super::$body(Some("splice"))
+            }
+            #[test]
+            fn copy() {
+                super::$body(Some("copy"))
+            }
+        }
+    };
+}
+
+every_relay_mode!(thousand_mixed_connections_reach_the_right_backend_intact);
+fn thousand_mixed_connections_reach_the_right_backend_intact(relay: Option<&str>) {
     const THREADS: usize = 40;
     const PER_THREAD: usize = 25;
-    let stack = start_stack("mixed", &["--ws-path", "/ws/"]);
+    let stack = start_stack("mixed", &with_relay(relay, &["--ws-path", "/ws/"]));
     let addr = stack.addr;
     let started = Instant::now();
     thread::scope(|s| {
@@ -386,9 +419,9 @@ fn thousand_mixed_connections_reach_the_right_backend_intact() {
     assert!(counters["bytes_backend_to_client"] >= total / 2 * FILE_SIZE as u64);
 }
 
-#[test]
-fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout() {
-    let stack = start_stack("slow", &["--header-timeout", "3"]);
+every_relay_mode!(slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout);
+fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout(relay: Option<&str>) {
+    let stack = start_stack("slow", &with_relay(relay, &["--header-timeout", "3"]));
     let addr = stack.addr;
     let slow = thread::spawn(move || {
         let mut stream = connect(addr);
@@ -428,11 +461,11 @@ fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout() {
     assert_eq!(counters["http"] + counters["websocket"], 20, "{counters:?}");
 }
 
-#[test]
-fn backend_down_closes_the_client_quickly_and_is_counted() {
+every_relay_mode!(backend_down_closes_the_client_quickly_and_is_counted);
+fn backend_down_closes_the_client_quickly_and_is_counted(relay: Option<&str>) {
     // Nothing listens on these ports.
     let (ws_port, http_port) = (free_port(), free_port());
-    let (proxy, addr) = start_proxy(ws_port, http_port, &[]);
+    let (proxy, addr) = start_proxy(ws_port, http_port, &with_relay(relay, &[]));
     for request in [
         "GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_string(),
         format!(
@@ -477,6 +510,70 @@ fn over_max_conns_is_closed_at_once_and_counted() {
     assert_eq!(counters["accepted"], 3, "{counters:?}");
 }
 
+/// A connection to `addr` from a socket bound to `source` (any 127.0.0.0/8 address).
+fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// A plain GET of the served file from `source`, checked byte for byte.
+fn plain_get_from(source: std::net::Ipv4Addr, addr: SocketAddr) {
+    let mut stream = connect_from(source, addr);
+    let request = format!("GET /{FILE_NAME} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let (head, body) = split_response(&response);
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(body == file_content().as_slice(), "body differs");
+}
+
+#[test]
+fn over_max_conns_per_ip_is_closed_for_that_client_only() {
+    let stack = start_stack("perip", &["--max-conns-per-ip", "2"]);
+    let addr = stack.addr;
+    let (busy, other) = (
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+        std::net::Ipv4Addr::new(127, 0, 0, 3),
+    );
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect_from(busy, addr)).collect();
+    // Let the proxy accept both before the third arrives.
+    thread::sleep(Duration::from_millis(300));
+    let mut third = connect_from(busy, addr);
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)),
+        "third from {busy}"
+    );
+    // Other clients are not affected, however many connections they open in turn (each
+    // slot is given back when the proxy has finished the relay, just after the client saw
+    // its end: a short pause keeps at most one in that state).
+    for _ in 0..5 {
+        plain_get_from(other, addr);
+        thread::sleep(Duration::from_millis(50));
+    }
+    for stream in &mut held {
+        assert!(
+            !closed_within(stream, Duration::from_millis(100)),
+            "held ones stay open"
+        );
+    }
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    thread::sleep(Duration::from_millis(300));
+    plain_get_from(busy, addr);
+    drop(held);
+    let counters = stop_proxy(stack.proxy);
+    assert_eq!(counters["over_ip_limit"], 1, "{counters:?}");
+    assert_eq!(counters["over_limit"], 0, "{counters:?}");
+    assert_eq!(counters["http"], 6, "{counters:?}");
+    assert_eq!(counters["accepted"], 9, "{counters:?}");
+}
+
 /// A TLS ClientHello start: record type 22, version 3.1, then handshake type 1.
 const TLS_HELLO: &[u8] = &[
     0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03,
@@ -494,13 +591,17 @@ fn not_http_is_closed_by_default() {
     assert_eq!(counters["backend_connect_failed"], 0, "{counters:?}");
 }
 
-#[test]
-fn not_http_can_be_relayed_to_the_http_backend_intact() {
+every_relay_mode!(not_http_can_be_relayed_to_the_http_backend_intact);
+fn not_http_can_be_relayed_to_the_http_backend_intact(relay: Option<&str>) {
     // A raw TCP backend that records what it receives and answers.
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend_port = backend.local_addr().unwrap().port();
     let unused = free_port();
-    let (proxy, addr) = start_proxy(unused, backend_port, &["--not-http", "http"]);
+    let (proxy, addr) = start_proxy(
+        unused,
+        backend_port,
+        &with_relay(relay, &["--not-http", "http"]),
+    );
     let mut stream = connect(addr);
     let mut sent = TLS_HELLO.to_vec();
     sent.extend((0..5000).map(|i| (i % 251) as u8));
@@ -646,9 +747,9 @@ fn tls_is_routed_by_server_name_without_decrypting() {
     assert_eq!(counters["relay_error"], 0, "{counters:?}");
 }
 
-#[test]
-fn idle_relays_are_closed_and_early_closes_counted() {
-    let stack = start_stack("idle", &["--idle-timeout", "1"]);
+every_relay_mode!(idle_relays_are_closed_and_early_closes_counted);
+fn idle_relays_are_closed_and_early_closes_counted(relay: Option<&str>) {
+    let stack = start_stack("idle", &with_relay(relay, &["--idle-timeout", "1"]));
     let mut stream = connect(stack.addr);
     let request = format!(
         "GET /idle HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -702,10 +803,10 @@ fn ipv6_listener_reports_tcp6_in_the_proxy_header() {
     assert_eq!(counters["http"], 1, "{counters:?}");
 }
 
-#[test]
-fn bulk_full_duplex_transfer_is_relayed_intact() {
+every_relay_mode!(bulk_full_duplex_transfer_is_relayed_intact);
+fn bulk_full_duplex_transfer_is_relayed_intact(relay: Option<&str>) {
     const BYTES: u64 = 16 << 20;
-    let stack = start_stack("bulk", &[]);
+    let stack = start_stack("bulk", &with_relay(relay, &[]));
     let out = Command::new(bins::ws_client())
         .args(["--url", &format!("ws://{}/bulk", stack.addr)])
         .args(["--bytes", &BYTES.to_string()])
@@ -837,4 +938,103 @@ fn nginx_reads_the_client_address_from_proxy_v1_and_v2() {
         let counters = stop_proxy(proxy);
         assert_eq!(counters["http"], 1, "{version}: {counters:?}");
     }
+}
+
+// ---------- metrics ----------
+
+/// `GET /metrics` from `addr`; returns the body after checking the status and type.
+fn scrape(addr: &str) -> String {
+    let mut stream = connect(addr.parse().unwrap());
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let (head, body) = split_response(&response);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The value of the sample `series` (name and labels, exactly) in a Prometheus text body.
+fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_endpoint_serves_the_live_counters() {
+    let stack = start_stack(
+        "metrics",
+        &["--metrics", "127.0.0.1:0", "--max-conns-per-ip", "1"],
+    );
+    let ready = stack
+        .proxy
+        .seen
+        .iter()
+        .find(|l| l.starts_with("redirector sniff ready"))
+        .unwrap()
+        .clone();
+    let metrics = ready
+        .split_once(" metrics http://")
+        .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .to_string();
+    let before = scrape(&metrics);
+    assert_eq!(sample(&before, "redirector_sniff_accepted_total"), 0);
+    for i in 0..4 {
+        if i % 2 == 0 {
+            plain_get(stack.addr);
+        } else {
+            websocket_echo(stack.addr, i, false);
+        }
+        // The proxy gives the client's one slot back when it has finished the relay,
+        // just after the client saw the end.
+        thread::sleep(Duration::from_millis(200));
+    }
+    // One connection held, a second from the same address refused (another address than
+    // the sequential clients above, whose slots are given back only once the proxy has
+    // finished their relays).
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 4);
+    let mut held = connect_from(source, stack.addr);
+    thread::sleep(Duration::from_millis(200));
+    let mut refused = connect_from(source, stack.addr);
+    assert!(closed_within(&mut refused, Duration::from_secs(2)));
+    let body = scrape(&metrics);
+    assert_eq!(sample(&body, "redirector_sniff_accepted_total"), 6);
+    assert_eq!(
+        sample(
+            &body,
+            "redirector_sniff_connections_total{route=\"websocket\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        sample(&body, "redirector_sniff_connections_total{route=\"http\"}"),
+        2
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "redirector_sniff_closed_total{reason=\"over_ip_limit\"}"
+        ),
+        1
+    );
+    assert!(
+        sample(
+            &body,
+            "redirector_sniff_bytes_total{direction=\"backend_to_client\"}"
+        ) >= 2 * FILE_SIZE as u64
+    );
+    assert!(
+        !body.contains("redirector_rule_"),
+        "no kernel series in sniff alone"
+    );
+    assert!(!closed_within(&mut held, Duration::from_millis(50)));
+    drop(held);
+    let counters = stop_proxy(stack.proxy);
+    assert_eq!(counters["accepted"], 6, "{counters:?}");
 }

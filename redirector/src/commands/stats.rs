@@ -1,8 +1,9 @@
-//! `redirector stats`: per-rule and global counters, once or every few seconds.
+//! `redirector stats`: per-rule and global counters (and those of the loader's sniffing
+//! proxy, if it runs one), once or every few seconds.
 
 use std::{io::Write as _, time::Duration};
 
-use redirector::{control, stats::Snapshot};
+use redirector::{control, pin, sniff::publish, stats::Snapshot};
 
 use crate::cli::StatsArgs;
 
@@ -24,11 +25,29 @@ pub fn run(args: StatsArgs) -> anyhow::Result<()> {
 fn print_once(args: &StatsArgs, watching: bool) -> anyhow::Result<()> {
     let instance = control::open(args.target.iface.as_deref())?;
     let snapshot = Snapshot::read(&instance.maps)?;
-    match (args.json, watching) {
-        (true, false) => println!("{}", serde_json::to_string_pretty(&snapshot.to_json())?),
-        (true, true) => println!("{}", serde_json::to_string(&snapshot.to_json())?),
-        (false, false) => print!("{snapshot}"),
-        (false, true) => println!("{snapshot}"), // a blank line between rounds
+    // The loader's sniffing proxy (`run --sniff-listen`), if it runs one.
+    let info = &instance.info;
+    let sniff = publish::read(
+        &pin::sniff_stats_file(info.netns_inode, info.key_iface()),
+        info.pid,
+    )?;
+    if args.json {
+        let mut json = serde_json::to_value(snapshot.to_json())?;
+        if let (Some(sniff), Some(object)) = (sniff, json.as_object_mut()) {
+            object.insert("sniff".into(), serde_json::to_value(sniff.counters)?);
+        }
+        match watching {
+            false => println!("{}", serde_json::to_string_pretty(&json)?),
+            true => println!("{}", serde_json::to_string(&json)?),
+        }
+    } else {
+        print!("{snapshot}");
+        if let Some(sniff) = sniff {
+            print!("{}", sniff.lines());
+        }
+        if watching {
+            println!(); // a blank line between rounds
+        }
     }
     Ok(())
 }

@@ -8,10 +8,14 @@ use std::{
 /// One counter of the sniffing proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Connections accepted (including those refused over `--max-conns`).
+    /// Connections accepted (including those refused over `--max-conns` or
+    /// `--max-conns-per-ip`).
     Accepted,
     /// Connections closed at once because `--max-conns` were already open.
     OverLimit,
+    /// Connections closed at once because `--max-conns-per-ip` were already open from the
+    /// same client (IPv4 address or IPv6 /64).
+    OverIpLimit,
     /// Connections routed to the WebSocket backend.
     Websocket,
     /// Connections routed to the HTTP backend as HTTP.
@@ -46,12 +50,13 @@ pub enum Counter {
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     /// Every counter, in printing order.
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Accepted,
         Counter::OverLimit,
+        Counter::OverIpLimit,
         Counter::Websocket,
         Counter::Http,
         Counter::NotHttp,
@@ -74,6 +79,7 @@ impl Counter {
         match self {
             Counter::Accepted => "accepted",
             Counter::OverLimit => "over_limit",
+            Counter::OverIpLimit => "over_ip_limit",
             Counter::Websocket => "websocket",
             Counter::Http => "http",
             Counter::NotHttp => "not_http",

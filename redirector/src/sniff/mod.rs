@@ -6,15 +6,23 @@
 //! - [`sni`]: the server name of a TLS ClientHello, for the TLS listener;
 //! - [`proxy_protocol`]: PROXY protocol headers sent to backends;
 //! - [`relay`]: the bidirectional copy with an idle timeout;
+//! - [`splice`]: the zero-copy relay with `splice(2)`, and the choice between the two;
+//! - [`per_ip`]: connections open per client address, for `--max-conns-per-ip`;
 //! - [`server`]: accept loop, limits, timeouts and routing;
-//! - [`counters`]: what happened, for the exit report.
+//! - [`counters`]: what happened, for the exit report;
+//! - [`metrics`]: the counters in the Prometheus text format;
+//! - [`publish`]: the counters of `run --sniff-listen`, published for `redirector stats`.
 
 pub mod counters;
 pub mod detect;
+pub mod metrics;
+pub mod per_ip;
 pub mod prefixed;
 #[cfg(test)]
 mod properties;
 pub mod proxy_protocol;
+pub mod publish;
 pub mod relay;
 pub mod server;
 pub mod sni;
+pub mod splice;

@@ -1,8 +1,8 @@
 //! The bidirectional copy between a client and its backend, with an idle timeout.
 //!
 //! Bytes are relayed untouched by `tokio::io::copy_bidirectional` (user-space buffers;
-//! `splice(2)` between the two sockets would save the copies and is future work). When one
-//! side finishes sending, the other side's write half is shut down, and the relay ends once
+//! [`super::splice`] is the zero-copy alternative, `--relay splice`). When one side
+//! finishes sending, the other side's write half is shut down, and the relay ends once
 //! both directions are done, or when neither direction moved a byte for the idle timeout.
 
 use std::{
@@ -57,14 +57,24 @@ where
     let mut client = Watched::new(client, &clock);
     let mut backend = Watched::new(backend, &clock);
     let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
-    tokio::pin!(copy);
+    let (up, down) = until_idle(copy, &clock, Some(idle_timeout)).await?;
+    Ok(relayed(up, down))
+}
+
+/// Runs `work` to its end, unless `clock` shows no activity for `idle_timeout`.
+pub(super) async fn until_idle<T>(
+    work: impl std::future::Future<Output = io::Result<T>>,
+    clock: &Activity,
+    idle_timeout: Option<Duration>,
+) -> Result<T, RelayError> {
+    let Some(idle_timeout) = idle_timeout else {
+        return Ok(work.await?);
+    };
+    tokio::pin!(work);
     loop {
         let deadline = clock.last() + idle_timeout;
         tokio::select! {
-            result = &mut copy => {
-                let (up, down) = result?;
-                return Ok(relayed(up, down));
-            }
+            result = &mut work => return Ok(result?),
             _ = tokio::time::sleep_until(deadline) => {
                 if clock.last() + idle_timeout <= Instant::now() {
                     return Err(RelayError::Idle(idle_timeout));
@@ -74,7 +84,7 @@ where
     }
 }
 
-fn relayed(client_to_backend: u64, backend_to_client: u64) -> Relayed {
+pub(super) fn relayed(client_to_backend: u64, backend_to_client: u64) -> Relayed {
     Relayed {
         client_to_backend,
         backend_to_client,
@@ -82,20 +92,20 @@ fn relayed(client_to_backend: u64, backend_to_client: u64) -> Relayed {
 }
 
 /// When a byte was last read on either side, as milliseconds since `start`.
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }

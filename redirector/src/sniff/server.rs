@@ -5,7 +5,9 @@
 //! and one `--max-conns` permit, never the accept loop. Plain connections are judged by
 //! [`detect`]; connections on the optional TLS listener by the server name of their
 //! ClientHello ([`detect_sni`]). With `--proxy-protocol`, backends get a PROXY header
-//! before the client's bytes.
+//! before the client's bytes. `--max-conns` bounds the connections open at once, and
+//! `--max-conns-per-ip` those of one client ([`super::per_ip`]); connections over either
+//! are closed as soon as they are accepted (a FIN, no data) and counted.
 
 use std::{future::Future, io, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
@@ -15,13 +17,16 @@ use tokio::{
     sync::Semaphore,
 };
 
+#[cfg(doc)]
+use super::per_ip::ClientKey;
 use super::{
     counters::{Counter, Counters},
     detect::{detect, DetectConfig, Detection},
-    prefixed::PrefixedIo,
+    per_ip::{IpPermit, PerIpLimit},
     proxy_protocol::ProxyProtocol,
-    relay::{relay, RelayError},
+    relay::RelayError,
     sni::{detect_sni, SniDetection, SniPattern},
+    splice::{self, RelayMode},
 };
 
 /// Pause after an accept error that is not specific to one connection (e.g. no file
@@ -84,6 +89,9 @@ pub struct SniffConfig {
     pub detect: DetectConfig,
     /// Most connections open at once; more are closed on accept.
     pub max_conns: usize,
+    /// Most connections open at once per client group ([`ClientKey`]); more are closed on
+    /// accept. `None`: no per-client limit.
+    pub max_conns_per_ip: Option<u32>,
     /// Time a client has, from accept, to send a complete request head.
     pub header_timeout: Duration,
     /// Relays with no traffic for this long are closed; `None` keeps them forever.
@@ -96,6 +104,8 @@ pub struct SniffConfig {
     pub tls: Option<TlsRoute>,
     /// Send a PROXY protocol header to backends before the client's bytes.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// How bytes are relayed once the backend is chosen.
+    pub relay: RelayMode,
 }
 
 impl SniffConfig {
@@ -112,12 +122,14 @@ impl SniffConfig {
             http_backend,
             detect: DetectConfig::default(),
             max_conns: DEFAULT_MAX_CONNS as usize,
+            max_conns_per_ip: None,
             header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
             idle_timeout: Some(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)),
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             not_http: NotHttpPolicy::default(),
             tls: None,
             proxy_protocol: None,
+            relay: RelayMode::default(),
         }
     }
 }
@@ -205,7 +217,10 @@ impl SniffServer {
     /// Serves until `shutdown` completes; connections still open are dropped with the
     /// runtime.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let permits = Arc::new(Semaphore::new(self.config.max_conns));
+        let limits = Limits {
+            total: Arc::new(Semaphore::new(self.config.max_conns)),
+            per_ip: self.config.max_conns_per_ip.map(PerIpLimit::new),
+        };
         let loops: Vec<_> = self
             .listeners
             .into_iter()
@@ -213,7 +228,7 @@ impl SniffServer {
                 tokio::spawn(accept_loop(
                     listener,
                     kind,
-                    Arc::clone(&permits),
+                    limits.clone(),
                     Arc::clone(&self.config),
                     Arc::clone(&self.counters),
                 ))
@@ -232,18 +247,50 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, SniffError> {
         .map_err(|source| SniffError::Bind { addr, source })
 }
 
-/// Accepts on `listener` forever, one task per connection, at most `permits` at once
-/// across all listeners.
+/// The connection limits, shared by every listener.
+#[derive(Clone)]
+struct Limits {
+    /// `--max-conns`.
+    total: Arc<Semaphore>,
+    /// `--max-conns-per-ip`.
+    per_ip: Option<Arc<PerIpLimit>>,
+}
+
+/// What a served connection holds until it closes.
+struct ConnPermits {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    _per_ip: Option<IpPermit>,
+}
+
+impl Limits {
+    /// Permits for one more connection from `peer`, or the counter saying why not.
+    fn admit(&self, peer: SocketAddr) -> Result<ConnPermits, Counter> {
+        let total = Arc::clone(&self.total)
+            .try_acquire_owned()
+            .map_err(|_| Counter::OverLimit)?;
+        let per_ip = match &self.per_ip {
+            Some(limit) => Some(limit.try_acquire(peer.ip()).ok_or(Counter::OverIpLimit)?),
+            None => None,
+        };
+        Ok(ConnPermits {
+            _total: total,
+            _per_ip: per_ip,
+        })
+    }
+}
+
+/// Accepts on `listener` forever, one task per connection, within `limits` (across all
+/// listeners).
 async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
-    permits: Arc<Semaphore>,
+    limits: Limits,
     config: Arc<SniffConfig>,
     counters: Arc<Counters>,
 ) {
     loop {
-        let client = match listener.accept().await {
-            Ok((client, _peer)) => client,
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(err) => {
                 counters.inc(Counter::AcceptError);
                 if !is_per_connection_error(&err) {
@@ -254,10 +301,14 @@ async fn accept_loop(
             }
         };
         counters.inc(Counter::Accepted);
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            counters.inc(Counter::OverLimit);
-            drop(client);
-            continue;
+        let permit = match limits.admit(peer) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                counters.inc(refused);
+                // Dropping it closes it with a FIN: the client sees a clean close.
+                drop(client);
+                continue;
+            }
         };
         let config = Arc::clone(&config);
         let counters = Arc::clone(&counters);
@@ -327,8 +378,15 @@ async fn handle(
             return counters.inc(Counter::RelayError);
         }
     }
-    let mut client = PrefixedIo::new(prefix, client);
-    match relay(&mut client, &mut backend_stream, config.idle_timeout).await {
+    match splice::relay(
+        config.relay,
+        client,
+        backend_stream,
+        prefix,
+        config.idle_timeout,
+    )
+    .await
+    {
         Ok(relayed) => {
             counters.add(Counter::BytesClientToBackend, relayed.client_to_backend);
             counters.add(Counter::BytesBackendToClient, relayed.backend_to_client);
