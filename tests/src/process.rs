@@ -37,6 +37,11 @@ impl Proc {
         }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The child's stdin (when spawned with `stdin = true`).
     pub fn stdin(&mut self) -> &mut ChildStdin {
         self.child.stdin.as_mut().expect("spawned without stdin")

@@ -511,6 +511,47 @@ fn over_max_conns_is_closed_at_once_and_counted() {
 }
 
 /// A connection to `addr` from a socket bound to `source` (any 127.0.0.0/8 address).
+/// The soft open-file limit of a running process, from /proc/PID/limits.
+fn soft_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_what_max_conns_needs() {
+    let (ws, http) = (free_port(), free_port());
+    let addr = local(free_port());
+    // Started under the common soft limit of 1,024 (the hard limit stays as it is).
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\""])
+        .arg(bins::redirector())
+        .arg("sniff")
+        .args(["--listen", &addr.to_string()])
+        .args(["--websocket", &local(ws).to_string()])
+        .args(["--http", &local(http).to_string()])
+        .args(["--max-conns", "4096"]);
+    let mut proxy = Proc::spawn("redirector sniff", cmd, false);
+    proxy.wait_line("redirector sniff ready", Duration::from_secs(10));
+    let hard: u64 = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    let wanted = (4096 * 6 + 64).min(hard);
+    assert_eq!(soft_nofile(proxy.pid()), wanted);
+    stop_proxy(proxy);
+}
+
 fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();

@@ -9,12 +9,14 @@
 //! - [`splice`]: the zero-copy relay with `splice(2)`, and the choice between the two;
 //! - [`per_ip`]: connections open per client address, for `--max-conns-per-ip`;
 //! - [`server`]: accept loop, limits, timeouts and routing;
+//! - [`fd_limit`]: the open-file limit raised to what `--max-conns` needs;
 //! - [`counters`]: what happened, for the exit report;
 //! - [`metrics`]: the counters in the Prometheus text format;
 //! - [`publish`]: the counters of `run --sniff-listen`, published for `redirector stats`.
 
 pub mod counters;
 pub mod detect;
+pub mod fd_limit;
 pub mod metrics;
 pub mod per_ip;
 pub mod prefixed;

@@ -190,6 +190,23 @@ impl SniffServer {
                 max: Semaphore::MAX_PERMITS,
             });
         }
+        match super::fd_limit::ensure(config.max_conns) {
+            Ok(budget) if budget.now < budget.needed => log::warn!(
+                "open-file limit {} (hard limit reached) allows about {} relayed connections, \
+                 fewer than --max-conns {}; raise it (ulimit -Hn, LimitNOFILE=) or lower --max-conns",
+                budget.now,
+                budget.connections(),
+                config.max_conns
+            ),
+            Ok(budget) if budget.now > budget.before => log::info!(
+                "open-file limit raised from {} to {} for --max-conns {}",
+                budget.before,
+                budget.now,
+                config.max_conns
+            ),
+            Ok(_) => {}
+            Err(err) => log::warn!("could not read or raise the open-file limit: {err}"),
+        }
         let mut listeners = vec![(bind(config.listen).await?, ListenerKind::Http)];
         if let Some(tls) = &config.tls {
             listeners.push((bind(tls.listen).await?, ListenerKind::Tls));
