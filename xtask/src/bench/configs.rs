@@ -19,6 +19,8 @@ const LOADER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 /// Name of the nftables table the benchmark adds (and deletes).
 const NFT_TABLE: &str = "rdr_bench";
+/// Debian's `iptables`: the nf_tables backend.
+const IPTABLES: &str = "iptables-nft";
 
 /// Tools and files every configuration needs, found once per benchmark.
 pub struct Tools {
@@ -26,33 +28,6 @@ pub struct Tools {
     /// For the pass-through baselines (`kernel-bench --attach-pass`).
     pub kernel_bench: PathBuf,
     pub work_dir: PathBuf,
-    /// `iptables-legacy` where the kernel has the xtables NAT table, else `iptables-nft`.
-    pub iptables: &'static str,
-}
-
-impl Tools {
-    pub fn new(
-        redirector: PathBuf,
-        kernel_bench: PathBuf,
-        work_dir: PathBuf,
-        server: &NetNs,
-    ) -> Self {
-        let legacy = server
-            .exec("iptables-legacy")
-            .args(["-t", "nat", "-L", "PREROUTING", "-n"])
-            .output()
-            .is_ok_and(|output| output.status.success());
-        Self {
-            redirector,
-            kernel_bench,
-            work_dir,
-            iptables: if legacy {
-                "iptables-legacy"
-            } else {
-                "iptables-nft"
-            },
-        }
-    }
 }
 
 /// What a configuration left running or installed; undone on drop.
@@ -64,8 +39,19 @@ pub struct Applied {
 /// Commands that remove rules again (run in order, errors reported, not fatal).
 struct Undo(Vec<Cmd>);
 
-impl Drop for Applied {
-    fn drop(&mut self) {
+impl Applied {
+    /// Stops the processes and removes the rules; fails if the server namespace still has
+    /// nftables rules afterwards (they would tax every later configuration).
+    pub fn remove(mut self, ns: &NetNs) -> Result<()> {
+        self.undo();
+        let left = ns.exec("nft").args(["list", "ruleset"]).run_captured()?;
+        if !left.trim().is_empty() {
+            anyhow::bail!("rules left in {} after removal:\n{left}", ns.name());
+        }
+        Ok(())
+    }
+
+    fn undo(&mut self) {
         // Processes first: a stopping proxy must not find its rules gone under it.
         self.processes.clear();
         if let Some(Undo(commands)) = self.rules.take() {
@@ -76,6 +62,12 @@ impl Drop for Applied {
                 }
             }
         }
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        self.undo();
     }
 }
 
@@ -109,7 +101,7 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
             })?;
             applied.processes.push(baseline);
         }
-        Config::Iptables => applied.rules = Some(iptables(ns, ip, tools.iptables)?),
+        Config::Iptables => applied.rules = Some(iptables(ns, ip)?),
         Config::Nftables => applied.rules = Some(nftables(ns, ip, &tools.work_dir)?),
         Config::HaproxyTcp | Config::HaproxyHttp => {
             let http = config == Config::HaproxyHttp;
@@ -184,16 +176,23 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `-j REDIRECT` for 80 and 443 to this address.
-fn iptables(ns: &NetNs, ip: &str, iptables: &'static str) -> Result<Undo> {
-    let rule = |action: &str, from: &str, to: &str| {
-        ns.exec(iptables)
-            .args(["-t", "nat", action, "PREROUTING", "-p", "tcp", "-d", ip])
+/// `-j REDIRECT` for 80 and 443 to this address, with `iptables` as Debian ships it (the
+/// nf_tables backend, `iptables-nft`).
+///
+/// The undo deletes the whole `nat` table, not just the rules: while any NAT hook is
+/// registered the namespace runs netfilter conntrack for every packet, which would tax
+/// every configuration measured after this one (and fill the conntrack table with the
+/// connection-rate loads' TIME_WAIT entries until SYNs are dropped). The legacy xtables
+/// `nat` table cannot be unregistered once created, which is why it is not used.
+fn iptables(ns: &NetNs, ip: &str) -> Result<Undo> {
+    let rule = |from: &str, to: &str| {
+        ns.exec(IPTABLES)
+            .args(["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-d", ip])
             .args(["--dport", from, "-j", "REDIRECT", "--to-ports", to])
     };
-    rule("-A", "80", "8080").run_captured()?;
-    let undo = Undo(vec![rule("-D", "80", "8080"), rule("-D", "443", "8443")]);
-    rule("-A", "443", "8443").run_captured()?;
+    let undo = Undo(vec![ns.exec("nft").args(["delete", "table", "ip", "nat"])]);
+    rule("80", "8080").run_captured()?;
+    rule("443", "8443").run_captured()?;
     Ok(undo)
 }
 

@@ -31,7 +31,7 @@ pub fn describe() -> Machine {
         ("haproxy", Cmd::new("haproxy").arg("-v")),
         ("nginx", Cmd::new("nginx").arg("-v")),
         ("nft", Cmd::new("nft").arg("--version")),
-        ("iptables", Cmd::new("iptables-legacy").arg("--version")),
+        ("iptables", Cmd::new("iptables-nft").arg("--version")),
     ]
     .into_iter()
     .map(|(name, cmd)| (name, first_line(cmd)))

@@ -29,7 +29,7 @@ use nix::fcntl::{Flock, FlockArg};
 use self::configs::Tools;
 use self::loads::Target;
 use self::netstat::Health;
-use self::plan::{Config, Load, Params, Phase};
+use self::plan::{Config, Load, Mode, Params, Phase};
 use self::report::{LoadInfo, Report};
 use self::stats::Run;
 use self::testbed::Testbed;
@@ -62,8 +62,8 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| workspace_root().join("bench").join("results"));
-    let configs = selected_configs(&args.configs)?;
-    let loads = selected_loads(&args.loads)?;
+    let configs = selected_configs(&args.configs, params.mode)?;
+    let loads = selected_loads(&args.loads, params.mode)?;
     let started = Instant::now();
     let started_at = Cmd::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -91,13 +91,11 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
         heading("testbed");
         let mut testbed = Testbed::create()?;
         let work_dir = WorkDir::create()?;
-        let tools = Tools::new(
-            binaries.redirector.clone(),
-            binaries.kernel_bench.clone(),
-            work_dir.0.clone(),
-            &testbed.topology.server,
-        );
-        println!("  iptables REDIRECT through {}", tools.iptables);
+        let tools = Tools {
+            redirector: binaries.redirector.clone(),
+            kernel_bench: binaries.kernel_bench.clone(),
+            work_dir: work_dir.0.clone(),
+        };
         let mut session = Session {
             testbed: &mut testbed,
             tools: &tools,
@@ -209,7 +207,10 @@ impl Session<'_> {
                 );
                 self.runs.push(run);
             }
-            drop(applied);
+            // A configuration that cannot be removed cleanly would skew every later one.
+            applied
+                .remove(&self.testbed.topology.server)
+                .with_context(|| format!("removing {}", slot.config))?;
         }
         Ok(())
     }
@@ -285,10 +286,11 @@ fn describe(run: &Run) -> String {
     text
 }
 
-/// `--config` ids, direct always included (every ratio needs it); all when none given.
-fn selected_configs(ids: &[String]) -> Result<Vec<Config>> {
+/// `--config` ids, direct always included (every ratio needs it); the mode's own when
+/// none are given.
+fn selected_configs(ids: &[String], mode: Mode) -> Result<Vec<Config>> {
     if ids.is_empty() {
-        return Ok(Config::ALL.to_vec());
+        return Ok(mode.default_configs());
     }
     let mut configs = vec![Config::Direct];
     for id in ids {
@@ -304,9 +306,9 @@ fn selected_configs(ids: &[String]) -> Result<Vec<Config>> {
     Ok(configs)
 }
 
-fn selected_loads(ids: &[String]) -> Result<Vec<Load>> {
+fn selected_loads(ids: &[String], mode: Mode) -> Result<Vec<Load>> {
     if ids.is_empty() {
-        return Ok(Load::ALL.to_vec());
+        return Ok(mode.default_loads());
     }
     ids.iter()
         .map(|id| {
@@ -357,13 +359,24 @@ mod tests {
 
     #[test]
     fn direct_is_always_measured() {
-        let configs = selected_configs(&["nginx".into(), "redirector-xdp".into()]).unwrap();
+        let configs =
+            selected_configs(&["nginx".into(), "redirector-xdp".into()], Mode::Full).unwrap();
         assert_eq!(
             configs,
             [Config::Direct, Config::Nginx, Config::RedirectorXdp]
         );
-        assert!(selected_configs(&["nope".into()]).is_err());
-        assert_eq!(selected_configs(&[]).unwrap().len(), Config::ALL.len());
-        assert!(selected_loads(&["bulk".into(), "x".into()]).is_err());
+        assert!(selected_configs(&["nope".into()], Mode::Full).is_err());
+        assert_eq!(
+            selected_configs(&[], Mode::Full).unwrap().len(),
+            Config::ALL.len()
+        );
+        assert_eq!(
+            selected_configs(&[], Mode::Quick).unwrap().len(),
+            Config::ALL.len() - 2
+        );
+        assert!(selected_loads(&["bulk".into(), "x".into()], Mode::Full).is_err());
+        assert!(!selected_loads(&[], Mode::Quick)
+            .unwrap()
+            .contains(&Load::WssMessages));
     }
 }

@@ -10,15 +10,40 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (~50 min).
+    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (~70 min).
     Full,
-    /// 3 repetitions of 2 s per load (under 10 minutes).
+    /// 3 repetitions of 2 s per load, without the TC pass-through baseline, generic XDP and
+    /// the wss load (under 10 minutes).
     Quick,
     /// 1 repetition of 1 s per load: proves the harness works (under 2 minutes, run in CI).
     Smoke,
 }
 
 impl Mode {
+    /// The configurations measured when `--config` does not say.
+    pub fn default_configs(self) -> Vec<Config> {
+        let skipped: &[Config] = match self {
+            Self::Quick => &[Config::PassTc, Config::RedirectorXdpGeneric],
+            Self::Full | Self::Smoke => &[],
+        };
+        Config::ALL
+            .into_iter()
+            .filter(|c| !skipped.contains(c))
+            .collect()
+    }
+
+    /// The loads run when `--load` does not say.
+    pub fn default_loads(self) -> Vec<Load> {
+        let skipped: &[Load] = match self {
+            Self::Quick => &[Load::WssMessages],
+            Self::Full | Self::Smoke => &[],
+        };
+        Load::ALL
+            .into_iter()
+            .filter(|l| !skipped.contains(l))
+            .collect()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Full => "full",

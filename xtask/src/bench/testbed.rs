@@ -6,8 +6,10 @@ use anyhow::{Context as _, Result};
 
 use crate::netns::{NetNs, Topology, BENCH};
 
-/// Extra client addresses, 10.201.0.11 … : one per run, round robin.
-const CLIENT_ADDRESSES: u8 = 16;
+/// Extra client addresses, 10.201.0.11 … : one per run, round robin. 64 runs take longer
+/// than TIME_WAIT's 60 s, so no address is used again while its last run's connections
+/// linger.
+const CLIENT_ADDRESSES: u8 = 64;
 const FIRST_EXTRA_HOST: u8 = 11;
 
 /// Applied in both namespaces before any run. A wide port range and TIME_WAIT reuse keep
