@@ -43,6 +43,7 @@ pub struct Binaries {
     pub ws_client: PathBuf,
     pub wsload: PathBuf,
     pub kernel_bench: PathBuf,
+    pub sniff_bench: PathBuf,
 }
 
 /// `cargo xtask build`: setup, then `build_binaries`.
@@ -73,6 +74,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         ws_client: bin_dir.join("ws-client"),
         wsload: bin_dir.join("wsload"),
         kernel_bench: bin_dir.join("kernel-bench"),
+        sniff_bench: bin_dir.join("sniff-bench"),
     };
     for path in [
         &binaries.redirector,
@@ -80,6 +82,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         &binaries.ws_client,
         &binaries.wsload,
         &binaries.kernel_bench,
+        &binaries.sniff_bench,
     ] {
         ensure!(
             path.is_file(),

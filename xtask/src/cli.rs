@@ -101,7 +101,8 @@ pub struct BenchArgs {
     /// wss-messages, ws-conn-rate, bulk).
     #[arg(long = "load", value_name = "ID", value_delimiter = ',')]
     pub loads: Vec<String>,
-    /// Skip the kernel-side cost step (kernel-bench).
+    /// Skip the steps without load generators: the kernel-side cost (kernel-bench) and the
+    /// sniffing proxy's relay modes (sniff-bench).
     #[arg(long)]
     pub no_kernel: bool,
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: redirector against direct, iptables, nftables, HAProxy and nginx, with
 //! real load generators between two network namespaces; results in bench/results/.
 //!
-//! Order of a run: build; the kernel-side cost (`kernel-bench`); the testbed; then per phase
+//! Order of a run: build; the kernel-side cost (`kernel-bench`); the sniffing proxy's relay
+//! modes on loopback (`sniff-bench`); the testbed; then per phase
 //! (the servers on 8080/8443 for one kind of traffic) every repetition applies each
 //! configuration in turn and runs that phase's loads against it, each from a fresh client
 //! source address, recording checksum errors and SYN retransmits; finally medians, ratios to
@@ -13,6 +14,7 @@ mod loads;
 mod machine;
 mod netstat;
 pub mod plan;
+mod relay;
 mod report;
 mod servers;
 mod stats;
@@ -86,6 +88,19 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
         }
     };
 
+    let relay = if args.no_kernel {
+        None
+    } else {
+        heading("sniffing proxy relay: auto / splice / copy (sniff-bench, loopback)");
+        match relay::run(&binaries.sniff_bench, &binaries.redirector, params.mode) {
+            Ok(json) => Some(json),
+            Err(err) => {
+                failures.push(format!("sniff-bench: {err:#}"));
+                None
+            }
+        }
+    };
+
     let runs = {
         let _lock = kernel_lock()?;
         heading("testbed");
@@ -130,6 +145,7 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
         summary,
         targets,
         kernel,
+        relay,
         failures: failures.clone(),
     };
     let written = report::write(&report, &out_dir)?;

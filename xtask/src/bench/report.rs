@@ -29,6 +29,8 @@ pub struct Report {
     pub targets: Vec<Target>,
     /// `kernel-bench --json` output (see tests/src/bin/kernel-bench/main.rs for its schema).
     pub kernel: Option<serde_json::Value>,
+    /// `sniff-bench --json` output (tests/src/bin/sniff-bench.rs).
+    pub relay: Option<serde_json::Value>,
     /// Runs or steps that failed; a benchmark with failures exits non-zero.
     pub failures: Vec<String>,
 }
@@ -96,6 +98,9 @@ pub fn markdown(report: &Report) -> String {
     targets_list(&mut md, &report.targets);
     if let Some(kernel) = &report.kernel {
         kernel_tables(&mut md, kernel);
+    }
+    if let Some(relay) = &report.relay {
+        relay_table(&mut md, relay);
     }
     health(&mut md, report);
     md
@@ -254,12 +259,48 @@ fn kernel_tables(md: &mut String, kernel: &serde_json::Value) {
     md.push('\n');
 }
 
+/// Renders the sniff-bench JSON; fields it lacks are shown as "–".
+fn relay_table(md: &mut String, relay: &serde_json::Value) {
+    let num = |v: &serde_json::Value, key: &str, digits: usize| {
+        v.get(key)
+            .and_then(serde_json::Value::as_f64)
+            .map_or("–".into(), |v| format!("{v:.digits$}"))
+    };
+    let _ = writeln!(
+        md,
+        "## Sniffing proxy relay (`sniff-bench`, loopback, median of {} round(s))\n\n\
+         Bulk upload of {} MiB and {} ping-pongs of {} bytes through `redirector sniff`; \
+         `direct` is the same without the proxy.\n\n\
+         | relay | bulk MiB/s | proxy CPU s per GiB | ping-pong RTT µs | proxy CPU µs per round trip |\n\
+         |---|---:|---:|---:|---:|",
+        num(relay, "rounds", 0),
+        relay["bytes"].as_f64().map_or("–".into(), |b| format!("{:.0}", b / f64::from(1 << 20))),
+        num(relay, "pings", 0),
+        num(relay, "size", 0),
+    );
+    for row in relay["results"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            row["relay"].as_str().unwrap_or("?"),
+            num(row, "bulk_mib_per_s", 0),
+            num(row, "proxy_cpu_s_per_gib", 2),
+            num(row, "pingpong_rtt_us", 1),
+            num(row, "proxy_cpu_us_per_rtt", 1),
+        );
+    }
+    md.push('\n');
+}
+
 fn health(md: &mut String, report: &Report) {
     let csum: u64 = report.runs.iter().map(|r| r.health.csum_errors).sum();
     let _ = writeln!(
         md,
         "## Health\n\nTCP checksum errors over all runs: {csum} (must be 0).\n\n\
-         | configuration | SYN retransmits | generator errors |\n|---|---:|---:|"
+         `errors` adds up what the generators count: wrk socket errors (with \
+         `Connection: close` wrk counts the server's closes as read errors), wsload errors and \
+         iperf3 retransmits.\n\n\
+         | configuration | SYN retransmits | errors |\n|---|---:|---:|"
     );
     for config in &report.configs {
         let syn: u64 = report
