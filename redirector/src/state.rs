@@ -16,8 +16,10 @@ use crate::{
     pin,
 };
 
-/// Version of the instance file format.
-pub const INSTANCE_FORMAT: u32 = 1;
+/// Version of the instance file format, and with it of the pinned maps' layout: bumped
+/// whenever a file or a map of an older loader would be misread (2: three counters
+/// appended to STATS).
+pub const INSTANCE_FORMAT: u32 = 2;
 
 /// The instance file: what the loader was started with, plus the rule slots in use.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +139,16 @@ pub enum StateError {
         #[source]
         source: MapsError,
     },
+    /// An instance file (and pinned maps) of a redirector with another state format.
+    #[error("{} was written by redirector {version} (state format {found}); this redirector {ours} reads format {expected}: use the binary of that version to stop or `detach` it (or remove the file if its loader is gone)", path.display(), ours = env!("CARGO_PKG_VERSION"), expected = INSTANCE_FORMAT)]
+    Incompatible {
+        /// The instance file.
+        path: PathBuf,
+        /// Its format (0: none).
+        found: u64,
+        /// The version that wrote it.
+        version: String,
+    },
     /// bpffs could not be mounted.
     #[error("mounting bpffs at {path}", path = pin::BPFFS)]
     Mount(#[source] io::Error),
@@ -205,13 +217,28 @@ pub fn write_info(info: &InstanceInfo) -> Result<PathBuf, StateError> {
     Ok(path)
 }
 
-/// Reads an instance file.
+/// Reads an instance file; one of another format (another redirector version) is
+/// [`StateError::Incompatible`], checked before the rest is interpreted.
 pub fn read_info(path: &Path) -> Result<InstanceInfo, StateError> {
     let text = fs::read_to_string(path).map_err(io_err(path))?;
-    serde_json::from_str(&text).map_err(|source| StateError::Json {
+    let json_err = |source| StateError::Json {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(json_err)?;
+    let found = value.get("format").and_then(serde_json::Value::as_u64);
+    if found != Some(u64::from(INSTANCE_FORMAT)) {
+        return Err(StateError::Incompatible {
+            path: path.to_path_buf(),
+            found: found.unwrap_or(0),
+            version: value
+                .get("version")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("unknown")
+                .to_string(),
+        });
+    }
+    serde_json::from_value(value).map_err(json_err)
 }
 
 /// The loader's pinned state; removed (maps and links unpinned, files deleted) on drop
@@ -452,6 +479,7 @@ fn scan_instances(netns: u64) -> Result<(Vec<Found>, Vec<InstanceInfo>), StateEr
     let prefix = pin::run_prefix(netns);
     let mut live = Vec::new();
     let mut hidden = Vec::new();
+    let mut incompatible = None;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -460,7 +488,14 @@ fn scan_instances(netns: u64) -> Result<(Vec<Found>, Vec<InstanceInfo>), StateEr
         }
         let path = entry.path();
         // A file that vanished or is half-written belongs to a stopping/starting loader.
-        let Ok(info) = read_info(&path) else { continue };
+        let info = match read_info(&path) {
+            Ok(info) => info,
+            Err(e @ StateError::Incompatible { .. }) => {
+                incompatible = Some(e);
+                continue;
+            }
+            Err(_) => continue,
+        };
         if info.netns_inode != netns {
             continue;
         }
@@ -472,12 +507,42 @@ fn scan_instances(netns: u64) -> Result<(Vec<Found>, Vec<InstanceInfo>), StateEr
         }
     }
     live.sort_by(|a, b| a.1.key_iface().cmp(b.1.key_iface()));
-    Ok((live, hidden))
+    // Another version's instance is reported when nothing of ours is there, rather than
+    // "not running".
+    match incompatible {
+        Some(e) if live.is_empty() && hidden.is_empty() => Err(e),
+        _ => Ok((live, hidden)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_file_of_another_format_is_refused_clearly() {
+        let dir = std::env::temp_dir().join(format!("rdr-state-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("netns-1-eth0.json");
+        fs::write(&path, r#"{"format": 1, "version": "0.0.9", "pid": 1}"#).unwrap();
+        let err = read_info(&path).unwrap_err();
+        assert!(
+            matches!(err, StateError::Incompatible { found: 1, .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("redirector 0.0.9 (state format 1)"), "{text}");
+        assert!(
+            text.contains(&format!("reads format {INSTANCE_FORMAT}")),
+            "{text}"
+        );
+        fs::write(&path, r#"{"version": "x"}"#).unwrap();
+        assert!(matches!(
+            read_info(&path),
+            Err(StateError::Incompatible { found: 0, .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn instance_file_round_trips() {

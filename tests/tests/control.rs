@@ -313,7 +313,7 @@ fn rules_are_added_and_removed_at_runtime() {
 }
 
 #[test]
-fn instance_file_and_pins_exist_only_while_running() {
+fn instance_file_and_pins_exist_only_while_running_and_other_versions_are_refused() {
     let _serial = serial();
     let topo = Topology::new("ctl-pins");
     let loader = start_loader(&topo, &["--mode", "tc"]);
@@ -347,6 +347,26 @@ fn instance_file_and_pins_exist_only_while_running() {
     assert_eq!(info["mode"], "tc");
     assert_eq!(info["rules"][1]["from_port"], 443);
     assert_eq!(info["rules"][1]["slot"], 1);
+
+    // State written by another redirector version is refused clearly, not misread.
+    let original = std::fs::read_to_string(&file).unwrap();
+    let mut older = info.clone();
+    older["format"] = 1.into();
+    older["version"] = "0.0.1".into();
+    std::fs::write(&file, older.to_string()).unwrap();
+    ctl_fails(
+        &topo.server,
+        &["status"],
+        "written by redirector 0.0.1 (state format 1)",
+    );
+    ctl_fails(
+        &topo.server,
+        &["disable", "443"],
+        "use the binary of that version",
+    );
+    std::fs::write(&file, original).unwrap();
+    ctl_ok(&topo.server, &["status"]);
+
     stop_loader(loader);
     assert!(!Path::new(&file).exists(), "{file} left behind");
     assert_no_program_loaded();
