@@ -223,3 +223,12 @@ pub fn ctl_json(ns: &Netns, args: &[&str]) -> serde_json::Value {
     let text = ctl_ok(ns, &all);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
 }
+
+/// The value of the sample `series` (name and labels, exactly) in a Prometheus text body.
+pub fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}

@@ -25,15 +25,6 @@ fn http_get(topo: &Topology, url: &str) -> (u16, String) {
     (code.parse().unwrap(), body.to_string())
 }
 
-/// The value of the sample whose name-and-labels part is exactly `series`.
-fn sample(body: &str, series: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no `{series}` in\n{body}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn metrics_endpoint_reports_the_traffic() {
     let _serial = serial();

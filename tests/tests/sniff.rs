@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector_tests::{bins, process::Proc};
+use redirector_tests::{bins, fixtures::sample, process::Proc};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Size of the file the HTTP backend serves.
@@ -995,15 +995,6 @@ fn scrape(addr: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     String::from_utf8(body.to_vec()).unwrap()
-}
-
-/// The value of the sample `series` (name and labels, exactly) in a Prometheus text body.
-fn sample(body: &str, series: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
-        .parse()
-        .unwrap()
 }
 
 #[test]

@@ -107,15 +107,6 @@ fn stats_until(topo: &Topology, check: impl Fn(&serde_json::Value) -> bool) -> s
     }
 }
 
-/// The value of the sample `series` (name and labels, exactly) in a Prometheus text body.
-fn sample(body: &str, series: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
-        .parse()
-        .unwrap()
-}
-
 /// While `run --sniff-listen` runs, its proxy's counters are in `redirector stats` (text and
 /// JSON) and on `--metrics`, next to the kernel counters, and they follow the traffic.
 #[test]

@@ -5,11 +5,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 
 use super::plan::Mode;
+use super::run_json;
 use super::stats::{judge, Target};
-use crate::cmd::{describe_output, Cmd};
+use crate::cmd::Cmd;
 
 /// Bound of the whole kernel step (the full mode fills a 1 M-entry table).
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -25,18 +26,7 @@ pub fn run(kernel_bench: &Path, mode: Mode) -> Result<serde_json::Value> {
         Mode::Quick => cmd = cmd.arg("--quick"),
         Mode::Smoke => cmd = cmd.arg("--smoke"),
     }
-    let shown = cmd.to_string();
-    println!("$ {shown}");
-    let output = cmd.output_timeout(TIMEOUT)?;
-    if !output.success() {
-        bail!(
-            "`{shown}` failed ({}){}",
-            output.describe_end(TIMEOUT),
-            describe_output(&output.stdout, &output.stderr)
-        );
-    }
-    serde_json::from_str(output.stdout.trim())
-        .with_context(|| format!("`{shown}` printed no valid JSON"))
+    run_json(cmd, TIMEOUT)
 }
 
 /// The "hit path at 1 M flows ≤ 1.3× 1 k" target, read two ways: one flow hit again and

@@ -336,6 +336,23 @@ fn selected_loads(ids: &[String], mode: Mode) -> Result<Vec<Load>> {
         .collect()
 }
 
+/// Runs a measuring tool that prints one JSON document (kernel-bench, sniff-bench), bounded
+/// by `timeout`; returns the document.
+fn run_json(cmd: Cmd, timeout: std::time::Duration) -> Result<serde_json::Value> {
+    let shown = cmd.to_string();
+    println!("$ {shown}");
+    let output = cmd.output_timeout(timeout)?;
+    if !output.success() {
+        bail!(
+            "`{shown}` failed ({}){}",
+            output.describe_end(timeout),
+            crate::cmd::describe_output(&output.stdout, &output.stderr)
+        );
+    }
+    serde_json::from_str(output.stdout.trim())
+        .with_context(|| format!("`{shown}` printed no valid JSON"))
+}
+
 /// Config files and the static page; removed on drop.
 struct WorkDir(PathBuf);
 

@@ -5,10 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 
 use super::plan::Mode;
-use crate::cmd::{describe_output, Cmd};
+use super::run_json;
+use crate::cmd::Cmd;
 
 /// Bound of the whole relay step.
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -34,18 +35,7 @@ pub fn run(sniff_bench: &Path, redirector: &Path, mode: Mode) -> Result<serde_js
             "--rounds",
             &rounds.to_string(),
         ]);
-    let shown = cmd.to_string();
-    println!("$ {shown}");
-    let output = cmd.output_timeout(TIMEOUT)?;
-    if !output.success() {
-        bail!(
-            "`{shown}` failed ({}){}",
-            output.describe_end(TIMEOUT),
-            describe_output(&output.stdout, &output.stderr)
-        );
-    }
-    serde_json::from_str(output.stdout.trim())
-        .with_context(|| format!("`{shown}` printed no valid JSON"))
+    run_json(cmd, TIMEOUT)
 }
 
 #[cfg(test)]

@@ -206,89 +206,100 @@ fn targets_list(md: &mut String, targets: &[Target]) {
     md.push('\n');
 }
 
+/// One Markdown table row per element of `rows`: a text column for each string field and
+/// a number with the given digits for each numeric one ("–" where a field is missing).
+fn json_rows(md: &mut String, rows: &serde_json::Value, columns: &[(&str, usize)]) {
+    for row in rows.as_array().into_iter().flatten() {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|&(key, digits)| match &row[key] {
+                serde_json::Value::String(text) => text.clone(),
+                value => value
+                    .as_f64()
+                    .map_or("–".into(), |v| format!("{v:.digits$}")),
+            })
+            .collect();
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+}
+
 /// Renders the kernel-bench JSON; fields it lacks are shown as "–".
 fn kernel_tables(md: &mut String, kernel: &serde_json::Value) {
-    let num = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_f64);
-    let show = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
     let _ = writeln!(
         md,
         "## Kernel-side cost (BPF_PROG_TEST_RUN, median ns per packet)\n\n\
          | hook | case | ns/packet | pass-through ns/packet | ratio to pass-through |\n\
          |---|---|---:|---:|---:|"
     );
-    for case in kernel["cases"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} |",
-            case["hook"].as_str().unwrap_or("?"),
-            case["case"].as_str().unwrap_or("?"),
-            show(num(case, "ns_per_pkt"), 1),
-            show(num(case, "pass_ns_per_pkt"), 1),
-            show(num(case, "ratio_to_pass"), 2),
-        );
-    }
+    json_rows(
+        md,
+        &kernel["cases"],
+        &[
+            ("hook", 0),
+            ("case", 0),
+            ("ns_per_pkt", 1),
+            ("pass_ns_per_pkt", 1),
+            ("ratio_to_pass", 2),
+        ],
+    );
     let _ = writeln!(
         md,
         "\n| tracked flows | hit ns/packet, one hot flow | ratio to 1 k | \
          hit ns/packet, random flows | ratio to 1 k |\n|---:|---:|---:|---:|---:|"
     );
-    for row in kernel["scaling"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} |",
-            show(num(row, "flows"), 0),
-            show(num(row, "ns_per_pkt"), 1),
-            show(num(row, "ratio_to_1k"), 2),
-            show(num(row, "spread_ns_per_pkt"), 1),
-            show(num(row, "spread_ratio_to_1k"), 2),
-        );
-    }
+    json_rows(
+        md,
+        &kernel["scaling"],
+        &[
+            ("flows", 0),
+            ("ns_per_pkt", 1),
+            ("ratio_to_1k", 2),
+            ("spread_ns_per_pkt", 1),
+            ("spread_ratio_to_1k", 2),
+        ],
+    );
     let _ = writeln!(
         md,
         "\n| flow table size | kernel memory (bytes) | bytes per flow |\n|---:|---:|---:|"
     );
-    for row in kernel["memory"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} |",
-            show(num(row, "max_entries"), 0),
-            show(num(row, "memlock_bytes"), 0),
-            show(num(row, "bytes_per_flow"), 1),
-        );
-    }
+    json_rows(
+        md,
+        &kernel["memory"],
+        &[
+            ("max_entries", 0),
+            ("memlock_bytes", 0),
+            ("bytes_per_flow", 1),
+        ],
+    );
     md.push('\n');
 }
 
 /// Renders the sniff-bench JSON; fields it lacks are shown as "–".
 fn relay_table(md: &mut String, relay: &serde_json::Value) {
-    let num = |v: &serde_json::Value, key: &str, digits: usize| {
-        v.get(key)
-            .and_then(serde_json::Value::as_f64)
-            .map_or("–".into(), |v| format!("{v:.digits$}"))
-    };
+    let number = |key: &str| relay[key].as_f64().unwrap_or(0.0);
     let _ = writeln!(
         md,
         "## Sniffing proxy relay (`sniff-bench`, loopback, median of {} round(s))\n\n\
-         Bulk upload of {} MiB and {} ping-pongs of {} bytes through `redirector sniff`; \
+         Bulk upload of {:.0} MiB and {} ping-pongs of {} bytes through `redirector sniff`; \
          `direct` is the same without the proxy.\n\n\
          | relay | bulk MiB/s | proxy CPU s per GiB | ping-pong RTT µs | proxy CPU µs per round trip |\n\
          |---|---:|---:|---:|---:|",
-        num(relay, "rounds", 0),
-        relay["bytes"].as_f64().map_or("–".into(), |b| format!("{:.0}", b / f64::from(1 << 20))),
-        num(relay, "pings", 0),
-        num(relay, "size", 0),
+        number("rounds"),
+        number("bytes") / f64::from(1 << 20),
+        number("pings"),
+        number("size"),
     );
-    for row in relay["results"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} |",
-            row["relay"].as_str().unwrap_or("?"),
-            num(row, "bulk_mib_per_s", 0),
-            num(row, "proxy_cpu_s_per_gib", 2),
-            num(row, "pingpong_rtt_us", 1),
-            num(row, "proxy_cpu_us_per_rtt", 1),
-        );
-    }
+    json_rows(
+        md,
+        &relay["results"],
+        &[
+            ("relay", 0),
+            ("bulk_mib_per_s", 0),
+            ("proxy_cpu_s_per_gib", 2),
+            ("pingpong_rtt_us", 1),
+            ("proxy_cpu_us_per_rtt", 1),
+        ],
+    );
     md.push('\n');
 }
 
