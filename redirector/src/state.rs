@@ -148,6 +148,8 @@ pub enum StateError {
         found: u64,
         /// The version that wrote it.
         version: String,
+        /// The loader that wrote it (0: not recorded).
+        pid: u32,
     },
     /// bpffs could not be mounted.
     #[error("mounting bpffs at {path}", path = pin::BPFFS)]
@@ -236,6 +238,11 @@ pub fn read_info(path: &Path) -> Result<InstanceInfo, StateError> {
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("unknown")
                 .to_string(),
+            pid: value
+                .get("pid")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|pid| u32::try_from(pid).ok())
+                .unwrap_or(0),
         });
     }
     serde_json::from_value(value).map_err(json_err)
@@ -490,8 +497,21 @@ fn scan_instances(netns: u64) -> Result<(Vec<Found>, Vec<InstanceInfo>), StateEr
         // A file that vanished or is half-written belongs to a stopping/starting loader.
         let info = match read_info(&path) {
             Ok(info) => info,
-            Err(e @ StateError::Incompatible { .. }) => {
-                incompatible = Some(e);
+            // Another version's file matters only while its loader runs: files of loaders
+            // that died (SIGKILL leaves them) are stale, and namespace inodes are reused.
+            // Its writer must still hold the interface's lock and be another process (a
+            // starting loader of this version holds the lock itself).
+            Err(e @ StateError::Incompatible { pid, .. }) => {
+                let iface = name
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(".json"))
+                    .unwrap_or_default();
+                let writer_alive = pid != 0
+                    && pid != std::process::id()
+                    && Path::new(&format!("/proc/{pid}")).exists();
+                if writer_alive && instance::is_held(&pin::lock_file(netns, iface)) {
+                    incompatible = Some(e);
+                }
                 continue;
             }
             Err(_) => continue,

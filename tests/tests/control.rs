@@ -370,6 +370,20 @@ fn instance_file_and_pins_exist_only_while_running_and_other_versions_are_refuse
     stop_loader(loader);
     assert!(!Path::new(&file).exists(), "{file} left behind");
     assert_no_program_loaded();
+
+    // A file of another version whose loader is gone (SIGKILL leaves it; namespace inodes
+    // are reused) is stale: it neither blocks a new loader nor reads as a running one.
+    std::fs::write(&file, older.to_string()).unwrap();
+    ctl_fails(
+        &topo.server,
+        &["status"],
+        "no redirector running in this network namespace",
+    );
+    let loader = start_loader(&topo, &["--mode", "tc"]);
+    ctl_ok(&topo.server, &["status"]);
+    stop_loader(loader);
+    assert!(!Path::new(&file).exists(), "{file} left behind");
+    assert_no_program_loaded();
 }
 
 #[test]
