@@ -5,7 +5,10 @@ use std::{
     fs::File,
     io::Write,
     os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::Command,
     process::Output,
+    sync::atomic::{AtomicU32, Ordering},
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -231,4 +234,37 @@ pub fn sample(body: &str, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
         .parse()
         .unwrap()
+}
+
+/// A temporary directory unique to this process and call, removed on drop (also when the
+/// test panics).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rdrt-{tag}-{}-{id}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `python3 -m http.server` on 127.0.0.1:`port` serving `root`; `python3` is the
+/// command to run it with (plain, or inside a namespace). Returns once it serves.
+pub fn start_http_server(mut python3: Command, port: u16, root: &Path) -> Proc {
+    python3
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(root);
+    let mut web = Proc::spawn("python3 http.server", python3, false);
+    web.wait_line("Serving HTTP", Duration::from_secs(10));
+    web
 }

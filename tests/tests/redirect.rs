@@ -1,12 +1,9 @@
 //! Namespace integration: the real loader, real eBPF programs, real WebSocket servers and
 //! clients over a veth pair with full checksums (tx offload off on both ends).
 
-use std::time::Duration;
-
 use redirector_tests::{
     fixtures::*,
     netns::{must, Topology},
-    process::Proc,
 };
 
 /// Value of `key=` on the `rule FROM->TO:` line of the loader's final counters.
@@ -169,19 +166,12 @@ fn run_with_sniff_serves_kernel_and_sniffed_paths_together() {
     let _serial = serial();
     let topo = Topology::new("runsniff");
     let _echo = start_echo(&topo, &[]);
-    let root = std::env::temp_dir().join(format!("rdrt-runsniff-{}", std::process::id()));
-    std::fs::create_dir_all(&root).unwrap();
+    let root = TempDir::new("runsniff");
     let file: Vec<u8> = (0..20_000u32)
         .map(|i| (i.wrapping_mul(7919) >> 3) as u8)
         .collect();
-    std::fs::write(root.join("known.bin"), &file).unwrap();
-    let mut web_cmd = topo.server.cmd("python3");
-    web_cmd
-        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "8000"])
-        .arg("--directory")
-        .arg(&root);
-    let mut web = Proc::spawn("python3 http.server", web_cmd, false);
-    web.wait_line("Serving HTTP", Duration::from_secs(10));
+    std::fs::write(root.0.join("known.bin"), &file).unwrap();
+    let web = start_http_server(topo.server.cmd("python3"), 8000, &root.0);
 
     let loader = start_loader(
         &topo,
@@ -220,7 +210,6 @@ fn run_with_sniff_serves_kernel_and_sniffed_paths_together() {
 
     let lines = stop_loader(loader);
     drop(web);
-    let _ = std::fs::remove_dir_all(&root);
     assert_eq!(rule_stat(&lines, "443->8443", "flows_new"), 1, "{lines:?}");
     let sniff_counter = |name: &str| -> u64 {
         lines

@@ -5,14 +5,17 @@ use std::{
     collections::HashMap,
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU16, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use redirector_tests::{bins, fixtures::sample, process::Proc};
+use redirector_tests::{
+    bins,
+    fixtures::{sample, start_http_server, TempDir},
+    process::Proc,
+};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Size of the file the HTTP backend serves.
@@ -56,29 +59,16 @@ fn file_content() -> Vec<u8> {
 }
 
 /// A directory with the served file, removed on drop.
-struct WebRoot(PathBuf);
-
-impl WebRoot {
-    fn new(tag: &str) -> Self {
-        // Unique per test: the same tag runs in several relay modes at once.
-        let id = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("rdrt-sniff-{tag}-{}-{id}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(FILE_NAME), file_content()).unwrap();
-        WebRoot(dir)
-    }
-}
-
-impl Drop for WebRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The HTTP backend's directory, holding the known file.
+fn web_root(tag: &str) -> TempDir {
+    let root = TempDir::new(&format!("sniff-{tag}"));
+    std::fs::write(root.0.join(FILE_NAME), file_content()).unwrap();
+    root
 }
 
 /// The backends and the proxy of one test.
 struct Stack {
-    _root: WebRoot,
+    _root: TempDir,
     _echo: Proc,
     _web: Proc,
     proxy: Proc,
@@ -91,17 +81,6 @@ fn start_echo(port: u16) -> Proc {
     let mut echo = Proc::spawn("ws-echo", cmd, false);
     echo.wait_line("listening ws", Duration::from_secs(10));
     echo
-}
-
-fn start_web(port: u16, root: &WebRoot) -> Proc {
-    let mut cmd = Command::new("python3");
-    cmd.args(["-u", "-m", "http.server", "--bind", "127.0.0.1"])
-        .arg(port.to_string())
-        .arg("--directory")
-        .arg(&root.0);
-    let mut web = Proc::spawn("python3 http.server", cmd, false);
-    web.wait_line("Serving HTTP", Duration::from_secs(10));
-    web
 }
 
 /// Starts `redirector sniff` on a free port in front of `ws` and `http`, with `extra` flags.
@@ -123,10 +102,10 @@ fn start_proxy(ws: u16, http: u16, extra: &[&str]) -> (Proc, SocketAddr) {
 }
 
 fn start_stack(tag: &str, extra: &[&str]) -> Stack {
-    let root = WebRoot::new(tag);
+    let root = web_root(tag);
     let (ws_port, http_port) = (free_port(), free_port());
     let echo = start_echo(ws_port);
-    let web = start_web(http_port, &root);
+    let web = start_http_server(Command::new("python3"), http_port, &root.0);
     let (proxy, addr) = start_proxy(ws_port, http_port, extra);
     Stack {
         _root: root,
@@ -896,15 +875,16 @@ fn listen_address_in_use_is_a_clear_error() {
 /// every path under its own temp directory; it answers every request with the client
 /// address it read from the PROXY header.
 struct Nginx {
-    dir: PathBuf,
     port: u16,
+    // Fields drop in order: nginx is stopped before its directory goes.
     _proc: Proc,
+    _dir: TempDir,
 }
 
 impl Nginx {
     fn start(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("rdrt-nginx-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = TempDir::new(&format!("nginx-{tag}"));
+        let dir = temp.0.clone();
         let port = free_port();
         let d = dir.display();
         let config = format!(
@@ -933,17 +913,10 @@ impl Nginx {
             thread::sleep(Duration::from_millis(50));
         }
         Nginx {
-            dir,
             port,
             _proc: proc,
+            _dir: temp,
         }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // `_proc` is dropped (SIGTERM, then SIGKILL, by PID) after this.
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -114,16 +114,9 @@ fn run_sniff_counters_reach_stats_and_metrics() {
     let _serial = serial();
     let topo = Topology::new("runsstat");
     let _echo = start_echo(&topo, &[]);
-    let root = std::env::temp_dir().join(format!("rdrt-runsstat-{}", std::process::id()));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("index.html"), "hello\n").unwrap();
-    let mut web_cmd = topo.server.cmd("python3");
-    web_cmd
-        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "8000"])
-        .arg("--directory")
-        .arg(&root);
-    let mut web = Proc::spawn("python3 http.server", web_cmd, false);
-    web.wait_line("Serving HTTP", Duration::from_secs(10));
+    let root = TempDir::new("runsstat");
+    std::fs::write(root.0.join("index.html"), "hello\n").unwrap();
+    let web = start_http_server(topo.server.cmd("python3"), 8000, &root.0);
     let loader = start_loader(
         &topo,
         &[
@@ -217,7 +210,6 @@ fn run_sniff_counters_reach_stats_and_metrics() {
         .collect();
     assert!(netns_files.is_empty(), "{netns_files:?}");
     drop(web);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// `--max-conns-per-ip` counts IPv6 clients per /64: in a namespace of its own, with three
