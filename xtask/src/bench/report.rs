@@ -131,20 +131,38 @@ fn throughput_table(md: &mut String, report: &Report) {
         .iter()
         .map(|l| format!("{l} ({})", l.unit()))
         .collect();
+    config_rows(
+        md,
+        report,
+        &loads,
+        &header,
+        |load, config, cell| match cell {
+            Some(c) => format!(
+                "{} ({})",
+                figure(c.median),
+                c.ratio_to_direct.map_or("–".into(), |r| format!("{r:.2}"))
+            ),
+            None if !config.carries(load) => "n/a".into(),
+            None => "failed".into(),
+        },
+    );
+}
+
+/// A table with one row per configuration and one column per load: `text` writes each
+/// cell from the summary cell of that pair (if any).
+fn config_rows(
+    md: &mut String,
+    report: &Report,
+    loads: &[Load],
+    header: &[String],
+    text: impl Fn(Load, Config, Option<&Cell>) -> String,
+) {
     let _ = writeln!(md, "| configuration | {} |", header.join(" | "));
     let _ = writeln!(md, "|---|{}", "---:|".repeat(loads.len()));
-    for config in &report.configs {
+    for &config in &report.configs {
         let row: Vec<String> = loads
             .iter()
-            .map(|&load| match cell(report, load, *config) {
-                Some(c) => format!(
-                    "{} ({})",
-                    figure(c.median),
-                    c.ratio_to_direct.map_or("–".into(), |r| format!("{r:.2}"))
-                ),
-                None if !config.carries(load) => "n/a".into(),
-                None => "failed".into(),
-            })
+            .map(|&load| text(load, config, cell(report, load, config)))
             .collect();
         let _ = writeln!(md, "| {config} | {} |", row.join(" | "));
     }
@@ -164,27 +182,18 @@ fn latency_table(md: &mut String, report: &Report) {
         "## Latency: median p50 / p99 in µs (p99 ratio to direct)\n\nLower is better.\n"
     );
     let header: Vec<String> = loads.iter().map(ToString::to_string).collect();
-    let _ = writeln!(md, "| configuration | {} |", header.join(" | "));
-    let _ = writeln!(md, "|---|{}", "---:|".repeat(loads.len()));
-    for config in &report.configs {
-        let row: Vec<String> = loads
-            .iter()
-            .map(|&load| match cell(report, load, *config) {
-                Some(Cell {
-                    p50_us: Some(p50),
-                    p99_us: Some(p99),
-                    p99_ratio_to_direct,
-                    ..
-                }) => format!(
-                    "{p50:.0} / {p99:.0} ({})",
-                    p99_ratio_to_direct.map_or("–".into(), |r| format!("{r:.2}"))
-                ),
-                _ => "n/a".into(),
-            })
-            .collect();
-        let _ = writeln!(md, "| {config} | {} |", row.join(" | "));
-    }
-    md.push('\n');
+    config_rows(md, report, &loads, &header, |_, _, cell| match cell {
+        Some(Cell {
+            p50_us: Some(p50),
+            p99_us: Some(p99),
+            p99_ratio_to_direct,
+            ..
+        }) => format!(
+            "{p50:.0} / {p99:.0} ({})",
+            p99_ratio_to_direct.map_or("–".into(), |r| format!("{r:.2}"))
+        ),
+        _ => "n/a".into(),
+    });
 }
 
 fn targets_list(md: &mut String, targets: &[Target]) {
@@ -351,6 +360,67 @@ pub fn figure(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::loads::Measurement;
+    use crate::bench::netstat::Health;
+    use crate::bench::plan::Mode;
+    use crate::bench::stats;
+
+    fn run(config: Config, load: Load, value: f64, p99: Option<f64>) -> Run {
+        Run {
+            repetition: 1,
+            config,
+            load,
+            client_addr: String::new(),
+            measurement: Some(Measurement {
+                value,
+                p50_us: p99.map(|p| p / 2.0),
+                p99_us: p99,
+                ..Measurement::default()
+            }),
+            error: None,
+            health: Health::default(),
+        }
+    }
+
+    #[test]
+    fn tables_have_a_row_per_configuration_and_say_why_a_cell_is_empty() {
+        let runs = vec![
+            run(Config::Direct, Load::HttpKeepAlive, 100.0, Some(1000.0)),
+            run(Config::Direct, Load::Bulk, 10.0, None),
+            run(Config::Nginx, Load::HttpKeepAlive, 50.0, Some(2000.0)),
+            run(Config::Iptables, Load::HttpKeepAlive, 90.0, Some(1100.0)),
+        ];
+        let summary = stats::summarize(&runs);
+        let report = Report {
+            name: "t".into(),
+            started_at: String::new(),
+            elapsed_s: 0.0,
+            machine: Machine {
+                os: String::new(),
+                kernel: String::new(),
+                cpu: String::new(),
+                cores: 2,
+                memory_gib: 1.0,
+                redirector: String::new(),
+                tools: Default::default(),
+            },
+            params: Params::for_mode(Mode::Smoke),
+            configs: vec![Config::Direct, Config::Iptables, Config::Nginx],
+            loads: vec![],
+            runs,
+            summary,
+            targets: vec![],
+            kernel: None,
+            relay: None,
+            failures: vec![],
+        };
+        let md = markdown(&report);
+        assert!(md.contains("| direct | 100 (1.00) | 10.0 (1.00) |"), "{md}");
+        // iptables could carry bulk but has no figure: failed; nginx cannot: n/a.
+        assert!(md.contains("| iptables | 90.0 (0.90) | failed |"), "{md}");
+        assert!(md.contains("| nginx | 50.0 (0.50) | n/a |"), "{md}");
+        assert!(md.contains("| nginx | 1000 / 2000 (2.00) |"), "{md}");
+    }
 
     #[test]
     fn figures_keep_three_significant_digits_or_more() {
