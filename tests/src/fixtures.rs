@@ -203,28 +203,56 @@ pub fn assert_no_program_loaded() {
     }
 }
 
-/// Runs `redirector ARGS` in `ns` (a control command).
-pub fn ctl(ns: &Netns, args: &[&str]) -> Output {
-    ns.cmd(bins::redirector()).args(args).output().unwrap()
+/// How a control command enters the test's network namespace.
+#[derive(Clone, Copy, Debug)]
+pub enum Via {
+    /// `ip netns exec` (a private /sys: the loader's pins are reached via /proc/PID/root).
+    IpNetnsExec,
+    /// `nsenter --net=` (the host's mounts: the only way to a persisted instance).
+    Nsenter,
+}
+
+/// Runs `redirector ARGS` in `ns` entered `via` (a control command).
+pub fn ctl_via(via: Via, ns: &Netns, args: &[&str]) -> Output {
+    let mut cmd = match via {
+        Via::IpNetnsExec => ns.cmd(bins::redirector()),
+        Via::Nsenter => ns.nsenter_cmd(bins::redirector()),
+    };
+    cmd.args(args).output().unwrap()
 }
 
 /// Runs a control command that must succeed; returns its stdout.
-pub fn ctl_ok(ns: &Netns, args: &[&str]) -> String {
-    let out = ctl(ns, args);
+pub fn ctl_ok_via(via: Via, ns: &Netns, args: &[&str]) -> String {
+    let out = ctl_via(via, ns, args);
     assert!(
         out.status.success(),
-        "redirector {args:?}: {}",
+        "redirector {args:?} ({via:?}): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs a control command with `--json` and parses its output.
-pub fn ctl_json(ns: &Netns, args: &[&str]) -> serde_json::Value {
+pub fn ctl_json_via(via: Via, ns: &Netns, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.push("--json");
-    let text = ctl_ok(ns, &all);
+    let text = ctl_ok_via(via, ns, &all);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+}
+
+/// [`ctl_via`] with `ip netns exec`, the way users run control commands.
+pub fn ctl(ns: &Netns, args: &[&str]) -> Output {
+    ctl_via(Via::IpNetnsExec, ns, args)
+}
+
+/// [`ctl_ok_via`] with `ip netns exec`.
+pub fn ctl_ok(ns: &Netns, args: &[&str]) -> String {
+    ctl_ok_via(Via::IpNetnsExec, ns, args)
+}
+
+/// [`ctl_json_via`] with `ip netns exec`.
+pub fn ctl_json(ns: &Netns, args: &[&str]) -> serde_json::Value {
+    ctl_json_via(Via::IpNetnsExec, ns, args)
 }
 
 /// The value of the sample `series` (name and labels, exactly) in a Prometheus text body.

@@ -435,27 +435,15 @@ fn several_loaders_in_one_namespace_are_told_apart_by_iface() {
 
 /// Runs `redirector ARGS` with `nsenter --net=` into `ns` (host mount namespace).
 fn nsenter_ctl(ns: &Netns, args: &[&str]) -> std::process::Output {
-    ns.nsenter_cmd(bins::redirector())
-        .args(args)
-        .output()
-        .unwrap()
+    ctl_via(Via::Nsenter, ns, args)
 }
 
 fn nsenter_ok(ns: &Netns, args: &[&str]) -> String {
-    let out = nsenter_ctl(ns, args);
-    assert!(
-        out.status.success(),
-        "nsenter redirector {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ctl_ok_via(Via::Nsenter, ns, args)
 }
 
 fn nsenter_json(ns: &Netns, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let text = nsenter_ok(ns, &all);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    ctl_json_via(Via::Nsenter, ns, args)
 }
 
 /// Runs `redirector detach` in `ns` on drop, so a failing test leaves nothing pinned.
