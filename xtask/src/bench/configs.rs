@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use super::plan::Config;
-use super::servers::wait_listening;
+use super::servers::{start_nginx, wait_listening};
 use super::testbed::Testbed;
 use crate::cmd::Cmd;
 use crate::netns::NetNs;
@@ -116,14 +116,9 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
             let stream = Path::new(NGINX_STREAM_MODULE).exists();
             let conf = nginx_proxy_conf(ip, &tools.work_dir, stream);
             let conf = write(&tools.work_dir, "nginx-proxy.conf", &conf)?;
-            let mut nginx = Background::spawn(
-                "nginx-proxy",
-                ns.exec("nginx")
-                    .args(["-e", "stderr", "-g", "daemon off;", "-c"])
-                    .arg(conf),
-            )?;
-            wait_listening(ns, 80, &mut nginx)?;
-            applied.processes.push(nginx);
+            applied
+                .processes
+                .push(start_nginx(ns, "nginx-proxy", &conf, 80)?);
         }
         Config::RedirectorXdp | Config::RedirectorXdpGeneric | Config::RedirectorTc => {
             let mode = match config {

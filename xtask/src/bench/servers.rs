@@ -69,13 +69,18 @@ fn start_nginx_static(ns: &NetNs, ip: &str, work_dir: &Path) -> Result<Backgroun
             root = root.display(),
         ),
     )?;
+    start_nginx(ns, "nginx-static", &conf, 8080)
+}
+
+/// Runs nginx with `conf` in the foreground in `ns`; returns once it listens on `port`.
+pub fn start_nginx(ns: &NetNs, label: &'static str, conf: &Path, port: u16) -> Result<Background> {
     let mut nginx = Background::spawn(
-        "nginx-static",
+        label,
         ns.exec("nginx")
             .args(["-e", "stderr", "-g", "daemon off;", "-c"])
-            .arg(&conf),
+            .arg(conf),
     )?;
-    wait_listening(ns, 8080, &mut nginx)?;
+    wait_listening(ns, port, &mut nginx)?;
     Ok(nginx)
 }
 
