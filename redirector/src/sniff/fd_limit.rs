@@ -75,8 +75,9 @@ mod tests {
         assert_eq!(budget.needed, 4096 * FDS_PER_CONN + FDS_SPARE);
         // A smaller need afterwards leaves the raised limit alone.
         let again = ensure(1).unwrap();
+        // (Other tests of this process may only have raised it further meanwhile.)
+        assert!(again.before >= budget.now, "{again:?} after {budget:?}");
         assert_eq!(again.now, again.before);
-        assert!(again.before >= budget.now.min(again.before));
     }
 
     #[test]
