@@ -353,18 +353,7 @@ pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, Contro
         .collect();
     // The control lock serialises the read-modify-write of `flow_flushed`.
     let _lock = instance.lock_rules()?;
-    let mut removed = 0;
-    let mut result = Ok(());
-    for key in &doomed {
-        match instance.maps.remove_flow(key) {
-            Ok(true) => removed += 1,
-            Ok(false) => {}
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
+    let (removed, result) = instance.maps.remove_flows(&doomed);
     // Counted even after an error: what was removed must not look evicted.
     instance
         .maps

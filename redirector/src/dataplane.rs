@@ -182,4 +182,11 @@ impl Dataplane {
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, DataplaneError> {
         Ok(self.maps.remove_flow(key)?)
     }
+
+    /// Removes flow entries in batches, skipping those already gone; returns how many were
+    /// removed, also when it then fails.
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> (usize, Result<(), DataplaneError>) {
+        let (removed, result) = self.maps.remove_flows(keys);
+        (removed, result.map_err(DataplaneError::from))
+    }
 }

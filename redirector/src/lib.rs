@@ -5,6 +5,7 @@
 //! (e.g. `BPF_PROG_TEST_RUN` on the loaded programs).
 
 pub mod attach;
+pub mod batch;
 pub mod config;
 pub mod control;
 pub mod dataplane;

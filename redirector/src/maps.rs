@@ -17,7 +17,7 @@ use redirector_common::{
     stats::Counter,
 };
 
-use crate::{rules::RedirectRule, source_filter::SourcePrefix};
+use crate::{batch, rules::RedirectRule, source_filter::SourcePrefix};
 
 /// Every map that `redirector run` pins, by name (the pin file is named after the map).
 pub const PINNED_MAPS: [&str; 6] = [
@@ -54,6 +54,14 @@ fn missing(name: &'static str) -> MapsError {
             name: name.to_string(),
         },
     }
+}
+
+/// A failed batch command on the conntrack map, in aya's error type like every other.
+fn batch_error(io_error: std::io::Error) -> MapsError {
+    err(FLOWS_MAP)(MapError::SyscallError(aya::sys::SyscallError {
+        call: "bpf_map_batch",
+        io_error,
+    }))
 }
 
 fn is_enoent(e: &MapError) -> bool {
@@ -301,8 +309,38 @@ impl Maps {
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapsError> {
         let map: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(&self.flows).map_err(err(FLOWS_MAP))?;
-        // An entry deleted between key iteration and lookup yields KeyNotFound: skip it.
-        Ok(map.iter().filter_map(Result::ok).collect())
+        match batch::lookup_all(self.flows_fd()?) {
+            Ok(flows) => Ok(flows),
+            // A kernel without batch commands for this map: walk it key by key, skipping
+            // entries deleted between key iteration and lookup (KeyNotFound).
+            Err(e) if batch::is_unsupported(&e) => Ok(map.iter().filter_map(Result::ok).collect()),
+            Err(e) => Err(batch_error(e)),
+        }
+    }
+
+    /// Removes the flow entries `keys`, skipping those already gone (closed meanwhile).
+    /// Returns how many were removed, also when it then fails (they are gone all the same).
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> (usize, Result<(), MapsError>) {
+        let fd = match self.flows_fd() {
+            Ok(fd) => fd,
+            Err(e) => return (0, Err(e)),
+        };
+        match batch::delete_all(fd, keys) {
+            (0, Err(e)) if batch::is_unsupported(&e) => self.remove_flows_one_by_one(keys),
+            (removed, result) => (removed, result.map_err(batch_error)),
+        }
+    }
+
+    fn remove_flows_one_by_one(&mut self, keys: &[FlowKey]) -> (usize, Result<(), MapsError>) {
+        let mut removed = 0;
+        for key in keys {
+            match self.remove_flow(key) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => return (removed, Err(e)),
+            }
+        }
+        (removed, Ok(()))
     }
 
     /// The conntrack map's descriptor, for tooling that reads what the kernel reports about

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use redirector_common::{
     conntrack::{STATE_CLOSING, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_SYN_SENT},
-    maps::FlowValue,
+    maps::{FlowKey, FlowValue},
     stats::Counter,
 };
 
@@ -64,20 +64,14 @@ pub fn monotonic_ns() -> u64 {
 /// told apart from removals); returns how many were removed.
 pub fn reap(dp: &mut Dataplane, timeouts: &Timeouts) -> Result<usize, DataplaneError> {
     let now = monotonic_ns();
-    let mut removed = 0;
-    let mut result = Ok(());
-    for (key, flow) in dp.flows()? {
-        if timeouts.expired(&flow, now) {
-            match dp.remove_flow(&key) {
-                Ok(true) => removed += 1,
-                Ok(false) => {} // closed by a RST meanwhile, counted by the kernel
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-    }
+    let expired: Vec<FlowKey> = dp
+        .flows()?
+        .into_iter()
+        .filter(|(_, flow)| timeouts.expired(flow, now))
+        .map(|(key, _)| key)
+        .collect();
+    // Keys closed by a RST meanwhile are skipped (and counted by the kernel).
+    let (removed, result) = dp.remove_flows(&expired);
     // Counted even after an error: what was removed must not look evicted.
     dp.maps_mut()
         .add_to_user_counter(Counter::FlowReaped, removed as u64)?;

@@ -7,7 +7,12 @@
 
 use aya::programs::{TestRun, TestRunOptions};
 use redirector::{dataplane::Dataplane, rules::RedirectRule, source_filter::SourcePrefix};
-use redirector_common::stats::Counter;
+use redirector_common::{
+    addr::v4_mapped,
+    conntrack::STATE_ESTABLISHED,
+    maps::{FlowKey, FlowValue},
+    stats::Counter,
+};
 use redirector_tests::fixtures::{shared_kernel_lock, SerialGuard};
 use redirector_tests::packets::{flags::*, verify_checksums, Ext, Frame};
 
@@ -513,6 +518,15 @@ fn disabled_rule_and_source_filter_create_no_flows() {
         Some(&data.with_ports(40044, 8080)),
         Counter::RewriteIngress,
     );
+    // A retransmitted SYN still belongs to its flow (it is not a new one).
+    case(
+        &mut dp,
+        "retransmitted syn after disable",
+        Prog::Xdp,
+        &syn,
+        Some(&syn.with_ports(40044, 8080)),
+        Counter::RewriteIngress,
+    );
     let new_syn = Frame::tcp(CLIENT4, SERVER4, 40045, 80, SYN);
     case(
         &mut dp,
@@ -580,4 +594,71 @@ fn port_reuse_after_close_replaces_the_entry() {
     assert_eq!(counters[Counter::FlowCreated as usize], 2);
     assert_eq!(counters[Counter::FlowReplaced as usize], 1);
     assert_eq!(redirector::stats::evicted(&counters, flows.len()), 0);
+}
+
+/// The loader reads and prunes the conntrack table in batches (one syscall per thousands of
+/// entries, not two per entry): each entry comes back exactly once with its value, and a
+/// batch removal skips keys that are already gone instead of stopping at them.
+#[test]
+fn conntrack_batches_see_every_entry_once_and_skip_missing_keys() {
+    const FLOWS: u32 = 10_000;
+    let lock = shared_kernel_lock();
+    // Room to spare: an LRU map may evict a little before it is full.
+    let mut dp = Loaded {
+        dp: Dataplane::load(32_768).expect("load (are you root?)"),
+        _lock: lock,
+    };
+    let key = |i: u32| FlowKey {
+        client_addr: v4_mapped([10, 3, (i >> 8) as u8, i as u8]),
+        server_addr: v4_mapped([10, 3, 255, 1]),
+        client_port_be: (20_000 + (i % 1000) as u16).to_be(),
+        _pad: 0,
+    };
+    let value = |i: u32| FlowValue {
+        orig_port: 80,
+        target_port: 8080,
+        state: STATE_ESTABLISHED,
+        fin_flags: 0,
+        _pad: 0,
+        rule_slot: 0,
+        _pad2: 0,
+        created_ns: u64::from(i),
+        last_seen_ns: u64::from(i) * 7,
+    };
+    for i in 0..FLOWS {
+        dp.insert_flow(key(i), value(i)).unwrap();
+    }
+    // The batch command itself must work here, not only the key-by-key fallback.
+    let fd = dp.maps().flows_fd().unwrap();
+    let batched: Vec<(FlowKey, FlowValue)> = redirector::batch::lookup_all(fd).unwrap();
+    assert_eq!(batched.len(), FLOWS as usize);
+    let mut seen: Vec<u64> = dp
+        .flows()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let i = v.created_ns as u32;
+            assert_eq!((k, v.last_seen_ns), (key(i), u64::from(i) * 7), "entry {i}");
+            v.created_ns
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..u64::from(FLOWS)).collect::<Vec<_>>());
+
+    // Every even entry, with absent keys in front, in the middle and at the end.
+    let mut doomed = vec![key(FLOWS + 1)];
+    doomed.extend((0..FLOWS).step_by(2).map(key));
+    doomed.insert(doomed.len() / 2, key(FLOWS + 2));
+    doomed.push(key(FLOWS + 3));
+    let (removed, result) = dp.remove_flows(&doomed);
+    result.unwrap();
+    assert_eq!(removed, FLOWS as usize / 2);
+    let mut left: Vec<u64> = dp
+        .flows()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.created_ns)
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, (1..u64::from(FLOWS)).step_by(2).collect::<Vec<_>>());
 }
