@@ -14,7 +14,7 @@ use crate::dataplane::{Dataplane, DataplaneError};
 /// Requested ingress hook (`--mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
-    /// Native XDP, else generic XDP, else TC ingress.
+    /// TC ingress on a veth; elsewhere native XDP, else generic XDP, else TC ingress.
     #[default]
     Auto,
     /// Native (driver) XDP only.
@@ -191,7 +191,12 @@ impl Attached {
 /// caller drops it, which detaches every link.
 pub fn attach(dp: &mut Dataplane, iface: &str, mode: Mode) -> Result<Attached, AttachError> {
     let (hook, ingress) = match mode {
-        Mode::Xdp => attach_xdp(dp, iface, Hook::XdpNative)?,
+        Mode::Xdp => {
+            if crate::iface::is_veth(iface) {
+                log::warn!("{iface} is a veth: {VETH_XDP_COST}; --mode tc avoids that");
+            }
+            attach_xdp(dp, iface, Hook::XdpNative)?
+        }
         Mode::XdpGeneric => attach_xdp(dp, iface, Hook::XdpGeneric)?,
         Mode::Tc => (
             Hook::TcIngress,
@@ -208,7 +213,18 @@ pub fn attach(dp: &mut Dataplane, iface: &str, mode: Mode) -> Result<Attached, A
     })
 }
 
+/// Why `auto` avoids XDP on a veth, and what `--mode xdp` there costs.
+const VETH_XDP_COST: &str = "native XDP on a veth copies each TCP data packet into an XDP \
+     buffer and turns off TSO on its peer (docs/BENCH.md measures it)";
+
 fn attach_auto(dp: &mut Dataplane, iface: &str) -> Result<(Hook, IngressLinkId), AttachError> {
+    if crate::iface::is_veth(iface) {
+        log::info!(
+            "{iface} is a veth: auto uses tc ingress ({VETH_XDP_COST}; --mode xdp forces XDP)"
+        );
+        let id = attach_tc(dp, iface, TcAttachType::Ingress)?;
+        return Ok((Hook::TcIngress, IngressLinkId::Tc(id)));
+    }
     for hook in [Hook::XdpNative, Hook::XdpGeneric] {
         match attach_xdp(dp, iface, hook) {
             Ok(attached) => return Ok(attached),

@@ -138,8 +138,8 @@ pub struct RunArgs {
     #[arg(long = "redirect", value_name = "FROM:TO")]
     pub redirects: Vec<RedirectRule>,
 
-    /// Ingress hook: auto (native XDP, else generic XDP, else TC), xdp, xdp-generic, tc
-    /// [default: auto].
+    /// Ingress hook: auto (TC on a veth, whose peer would lose TSO under XDP; elsewhere
+    /// native XDP, else generic XDP, else TC), xdp, xdp-generic, tc [default: auto].
     #[arg(long, value_name = "MODE")]
     pub mode: Option<Mode>,
 

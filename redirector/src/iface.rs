@@ -1,4 +1,4 @@
-//! Network interfaces: name → index, and the default-route interface.
+//! Network interfaces: name → index, driver name, and the default-route interface.
 
 use std::{ffi::CString, fs};
 
@@ -32,6 +32,62 @@ pub fn ifindex(name: &str) -> Result<u32, IfaceError> {
     } else {
         Ok(index)
     }
+}
+
+/// The interface's driver as ethtool reports it (`veth`, `virtio_net`, `mlx5_core`, …), or
+/// `None` if it cannot be asked (no such interface, no ethtool support).
+pub fn driver(name: &str) -> Option<String> {
+    /// `struct ethtool_drvinfo` (include/uapi/linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 4 * 32 + 12 + 5 * 4],
+    }
+    /// `struct ifreq` with its `ifr_data` member.
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 4 * 32 + 12 + 5 * 4],
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a plain socket call; the descriptor is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return None;
+    }
+    // SAFETY: `req` is a valid `ifreq` whose data pointer names `info`, a `ethtool_drvinfo`
+    // that outlives the call; the kernel writes at most `sizeof(ethtool_drvinfo)` bytes.
+    let ret = unsafe { libc::ioctl(sock, SIOCETHTOOL, &mut req) };
+    // SAFETY: `sock` is our open descriptor, closed once.
+    unsafe { libc::close(sock) };
+    if ret < 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
+/// True if `name` is one end of a veth pair.
+pub fn is_veth(name: &str) -> bool {
+    driver(name).as_deref() == Some("veth")
 }
 
 /// Names of all interfaces in this network namespace.

@@ -132,12 +132,22 @@ fn foreign_xdp_program_is_not_replaced() {
         .unwrap()
     });
     status.expect("attach foreign program");
-    for mode in ["auto", "xdp", "xdp-generic"] {
+    for mode in ["xdp", "xdp-generic"] {
         assert_fails(
             &run_in(&ns, &["--iface", "v0", "--mode", mode]),
             "already has an XDP program",
         );
     }
+    // `auto` takes TC ingress on a veth, which leaves the foreign XDP program alone.
+    let mut cmd = ns.cmd(bins::redirector());
+    cmd.args(["run", "--iface", "v0", "--mode", "auto"]);
+    let mut auto = Proc::spawn("auto", cmd, false);
+    let ready = auto.wait_line("redirector ready", Duration::from_secs(30));
+    assert!(ready.contains("v0 (tc)"), "{ready}");
+    auto.signal(libc::SIGTERM);
+    let (status, _) = auto.wait_exit(Duration::from_secs(10));
+    assert!(status.success());
+    assert!(xdp_attached(&ns), "the foreign program stays");
     drop(dp);
     assert!(!xdp_attached(&ns), "our stand-in program detaches on drop");
 }
@@ -234,4 +244,45 @@ fn config_file_is_used_and_flags_override_it() {
     loader.signal(libc::SIGTERM);
     let (status, lines) = loader.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{lines:?} {}", loader.stderr_text());
+}
+
+/// Native XDP on a veth turns off TSO on its peer: `auto` takes TC ingress there, and an
+/// explicit `--mode xdp` works but says what it costs.
+#[test]
+fn auto_mode_prefers_tc_on_a_veth_and_xdp_there_warns() {
+    let ns = veth_ns("vethauto");
+    let tso = |ns: &Netns| {
+        let out = must(ns.cmd("ethtool").args(["-k", "v1"]));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("tcp-segmentation-offload:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(tso(&ns).ends_with(": on"), "{}", tso(&ns));
+    for (mode, hook, peer_tso) in [("auto", "tc", ": on"), ("xdp", "xdp", ": off")] {
+        let mut cmd = ns.cmd(bins::redirector());
+        cmd.args(["run", "--iface", "v0", "--mode", mode]);
+        if mode == "auto" {
+            // auto's choice is an info line; the cost of forcing xdp is a default warning.
+            cmd.env("RUST_LOG", "info");
+        }
+        let mut run = Proc::spawn(mode, cmd, false);
+        let ready = run.wait_line("redirector ready", Duration::from_secs(30));
+        assert!(ready.contains(&format!("v0 ({hook})")), "{mode}: {ready}");
+        assert!(
+            tso(&ns).starts_with(&format!("tcp-segmentation-offload{peer_tso}")),
+            "{mode}: {}",
+            tso(&ns)
+        );
+        run.signal(libc::SIGTERM);
+        let (status, _) = run.wait_exit(Duration::from_secs(10));
+        assert!(status.success());
+        let stderr = run.stderr_text();
+        assert!(
+            stderr.contains("turns off TSO on its peer"),
+            "{mode} explains the veth choice:\n{stderr}"
+        );
+    }
+    assert!(tso(&ns).ends_with(": on"), "TSO is back once XDP is gone");
 }
