@@ -156,6 +156,12 @@ impl Background {
         self.label
     }
 
+    /// The process ID (still ours until the process is reaped, which only `stop` and the
+    /// exit checks do).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     fn pid(&self) -> Pid {
         // Linux PIDs fit in an i32 (pid_max is at most 2^22).
         Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX))

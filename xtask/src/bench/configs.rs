@@ -40,6 +40,11 @@ pub struct Applied {
 struct Undo(Vec<Cmd>);
 
 impl Applied {
+    /// The processes this configuration started (none for rules-only configurations).
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(Background::id).collect()
+    }
+
     /// Stops the processes and removes the rules; fails if the server namespace still has
     /// nftables rules afterwards (they would tax every later configuration).
     pub fn remove(mut self, ns: &NetNs) -> Result<()> {

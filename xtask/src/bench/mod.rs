@@ -5,10 +5,12 @@
 //! modes on loopback (`sniff-bench`); the testbed; then per phase
 //! (the servers on 8080/8443 for one kind of traffic) every repetition applies each
 //! configuration in turn and runs that phase's loads against it, each from a fresh client
-//! source address, recording checksum errors and SYN retransmits; finally medians, ratios to
-//! direct, the targets, and the JSON/Markdown/SVG files.
+//! source address, recording checksum errors, SYN retransmits and the CPU time of the
+//! configuration's own processes; finally medians, ratios to direct, the targets, and the
+//! JSON/Markdown/SVG files.
 
 mod configs;
+mod cpu;
 mod kernel;
 mod loads;
 mod machine;
@@ -212,7 +214,7 @@ impl Session<'_> {
             };
             for load in slot.loads {
                 done += 1;
-                let run = self.measure(slot.repetition, slot.config, load)?;
+                let run = self.measure(slot.repetition, slot.config, load, &applied.pids())?;
                 println!(
                     "[{done}/{total}] rep {}/{} {:<22} {:<15} {}",
                     slot.repetition,
@@ -231,10 +233,18 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// One load run from a fresh client address, with the TCP health counters around it.
-    fn measure(&mut self, repetition: u32, config: Config, load: Load) -> Result<Run> {
+    /// One load run from a fresh client address, with the TCP health counters and the CPU
+    /// time of the configuration's processes (`pids`) around it.
+    fn measure(
+        &mut self,
+        repetition: u32,
+        config: Config,
+        load: Load,
+        pids: &[u32],
+    ) -> Result<Run> {
         let client_addr = self.testbed.rotate_client_address()?.to_owned();
         let before = self.health()?;
+        let meter = cpu::Meter::start(pids);
         let target = Target {
             client: &self.testbed.topology.client,
             server_ip: self.testbed.server_ip(),
@@ -242,7 +252,13 @@ impl Session<'_> {
             wsload: &self.binaries.wsload,
         };
         let result = loads::run(load, &target, self.params);
+        let config_cpu_pct = meter.and_then(|m| m.map(cpu::Meter::stop).transpose());
         let health = netstat::delta(before, self.health()?);
+        let config_cpu_pct = config_cpu_pct.unwrap_or_else(|err| {
+            let error = format!("{config} {load} rep {repetition}: CPU of its processes: {err:#}");
+            self.failures.push(error);
+            None
+        });
         let (measurement, error) = match result {
             Ok(m) => (Some(m), None),
             Err(err) => {
@@ -259,6 +275,7 @@ impl Session<'_> {
             measurement,
             error,
             health,
+            config_cpu_pct,
         })
     }
 
@@ -271,6 +288,7 @@ impl Session<'_> {
             measurement: None,
             error: Some(error.to_owned()),
             health: Health::default(),
+            config_cpu_pct: None,
         });
     }
 
@@ -292,6 +310,9 @@ fn describe(run: &Run) -> String {
     }
     if m.errors > 0 {
         text.push_str(&format!(" errors {}", m.errors));
+    }
+    if let Some(pct) = run.config_cpu_pct {
+        text.push_str(&format!(" cpu {pct:.1}%"));
     }
     if run.health.syn_retransmits > 0 {
         text.push_str(&format!(" syn-retrans {}", run.health.syn_retransmits));

@@ -95,6 +95,7 @@ pub fn markdown(report: &Report) -> String {
 
     throughput_table(&mut md, report);
     latency_table(&mut md, report);
+    cpu_table(&mut md, report);
     targets_list(&mut md, &report.targets);
     if let Some(kernel) = &report.kernel {
         kernel_tables(&mut md, kernel);
@@ -142,10 +143,19 @@ fn throughput_table(md: &mut String, report: &Report) {
                 figure(c.median),
                 c.ratio_to_direct.map_or("–".into(), |r| format!("{r:.2}"))
             ),
-            None if !config.carries(load) => "n/a".into(),
-            None => "failed".into(),
+            None => no_figure(load, config),
         },
     );
+}
+
+/// What a table shows for a pair without a figure: `n/a` when the configuration cannot
+/// carry the load, `failed` when it could but no run produced a figure.
+fn no_figure(load: Load, config: Config) -> String {
+    if config.carries(load) {
+        "failed".into()
+    } else {
+        "n/a".into()
+    }
 }
 
 /// A table with one row per configuration and one column per load: `text` writes each
@@ -194,6 +204,32 @@ fn latency_table(md: &mut String, report: &Report) {
         ),
         _ => "n/a".into(),
     });
+}
+
+fn cpu_table(md: &mut String, report: &Report) {
+    let loads = loads_present(report);
+    let _ = writeln!(
+        md,
+        "## CPU of the configuration's own processes (median % of one core during the load)\n\n\
+         Lower is better. User and system time of the processes the configuration starts \
+         (loader, proxy) and their children, from /proc; `–`: it starts none. In-kernel work \
+         (netfilter rules, XDP and tc programs) is attributable to no process and is not in \
+         this table, so a redirector row shows only its loader.\n"
+    );
+    let header: Vec<String> = loads.iter().map(ToString::to_string).collect();
+    config_rows(md, report, &loads, &header, cpu_text);
+}
+
+/// One cell of the CPU table.
+fn cpu_text(load: Load, config: Config, cell: Option<&Cell>) -> String {
+    match cell {
+        Some(Cell {
+            config_cpu_pct: Some(pct),
+            ..
+        }) => format!("{pct:.1}"),
+        Some(_) => "–".into(),
+        None => no_figure(load, config),
+    }
 }
 
 fn targets_list(md: &mut String, targets: &[Target]) {
@@ -366,6 +402,7 @@ mod tests {
     use crate::bench::stats;
 
     fn run(config: Config, load: Load, value: f64, p99: Option<f64>) -> Run {
+        let config_cpu_pct = (config == Config::Nginx).then_some(42.34);
         Run {
             repetition: 1,
             config,
@@ -379,6 +416,7 @@ mod tests {
             }),
             error: None,
             health: Health::default(),
+            config_cpu_pct,
         }
     }
 
@@ -420,6 +458,11 @@ mod tests {
         assert!(md.contains("| iptables | 90.0 (0.90) | failed |"), "{md}");
         assert!(md.contains("| nginx | 50.0 (0.50) | n/a |"), "{md}");
         assert!(md.contains("| nginx | 1000 / 2000 (2.00) |"), "{md}");
+        let cpu = md.split("## CPU").nth(1).unwrap();
+        // Rules only: `–`, not 0; nginx's own processes: its figure.
+        assert!(cpu.contains("| direct | – | – |"), "{md}");
+        assert!(cpu.contains("| iptables | – | failed |"), "{md}");
+        assert!(cpu.contains("| nginx | 42.3 | n/a |"), "{md}");
     }
 
     #[test]

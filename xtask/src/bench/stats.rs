@@ -19,6 +19,9 @@ pub struct Run {
     /// Why there is no measurement.
     pub error: Option<String>,
     pub health: Health,
+    /// CPU time of the configuration's own processes and their children during the load, in
+    /// % of one core; `None` when it started none (its work is in the kernel).
+    pub config_cpu_pct: Option<f64>,
 }
 
 /// The figures of one (load, configuration) pair over its repetitions.
@@ -43,6 +46,8 @@ pub struct Cell {
     pub errors: u64,
     pub csum_errors: u64,
     pub syn_retransmits: u64,
+    /// Median of the runs' `config_cpu_pct`.
+    pub config_cpu_pct: Option<f64>,
 }
 
 /// The median (mean of the middle two for an even count); `None` for no values.
@@ -98,6 +103,11 @@ fn cell(runs: &[Run], load: Load, config: Config) -> Option<Cell> {
         .collect();
     let figures: Vec<&Measurement> = mine.iter().filter_map(|r| r.measurement.as_ref()).collect();
     let values: Vec<f64> = figures.iter().map(|m| m.value).collect();
+    let cpu_pcts: Vec<f64> = mine
+        .iter()
+        .filter(|r| r.measurement.is_some())
+        .filter_map(|r| r.config_cpu_pct)
+        .collect();
     let median_value = median(&values)?;
     let pick = |f: fn(&Measurement) -> Option<f64>| {
         let values: Vec<f64> = figures.iter().filter_map(|m| f(m)).collect();
@@ -125,6 +135,7 @@ fn cell(runs: &[Run], load: Load, config: Config) -> Option<Cell> {
         errors: figures.iter().map(|m| m.errors).sum(),
         csum_errors: mine.iter().map(|r| r.health.csum_errors).sum(),
         syn_retransmits: mine.iter().map(|r| r.health.syn_retransmits).sum(),
+        config_cpu_pct: median(&cpu_pcts),
     })
 }
 
@@ -254,7 +265,26 @@ mod tests {
             }),
             error: None,
             health: Health::default(),
+            config_cpu_pct: None,
         }
+    }
+
+    #[test]
+    fn cpu_is_the_median_of_the_runs_with_a_figure() {
+        let mut runs: Vec<Run> = [10.0, 30.0, 90.0]
+            .into_iter()
+            .map(|pct| Run {
+                config_cpu_pct: Some(pct),
+                ..run(Config::Nginx, 100.0, 1.0)
+            })
+            .collect();
+        runs[2].measurement = None;
+        runs.push(run(Config::Direct, 100.0, 1.0));
+        let cells = summarize(&runs);
+        let nginx = find(&cells, Load::HttpKeepAlive, Config::Nginx).unwrap();
+        assert_eq!(nginx.config_cpu_pct, Some(20.0));
+        let direct = find(&cells, Load::HttpKeepAlive, Config::Direct).unwrap();
+        assert_eq!(direct.config_cpu_pct, None);
     }
 
     #[test]
