@@ -10,10 +10,12 @@
 //! - [`per_ip`]: connections open per client address, for `--max-conns-per-ip`;
 //! - [`server`]: accept loop, limits, timeouts and routing;
 //! - [`fd_limit`]: the open-file limit raised to what `--max-conns` needs;
+//! - [`alloc`]: freed connection memory kept in the allocator (no madvise per shrink);
 //! - [`counters`]: what happened, for the exit report;
 //! - [`metrics`]: the counters in the Prometheus text format;
 //! - [`publish`]: the counters of `run --sniff-listen`, published for `redirector stats`.
 
+pub mod alloc;
 pub mod counters;
 pub mod detect;
 pub mod fd_limit;

@@ -207,6 +207,9 @@ impl SniffServer {
             Ok(_) => {}
             Err(err) => log::warn!("could not read or raise the open-file limit: {err}"),
         }
+        if !super::alloc::keep_freed_memory() {
+            log::debug!("allocator trim threshold unchanged (not glibc)");
+        }
         let mut listeners = vec![(bind(config.listen).await?, ListenerKind::Http)];
         if let Some(tls) = &config.tls {
             listeners.push((bind(tls.listen).await?, ListenerKind::Tls));
