@@ -1,5 +1,6 @@
-//! CPU time of a configuration's own processes over one load run, from /proc: each started
-//! process and all its descendants, as a percentage of one core.
+//! CPU time over one load run, from /proc: of a configuration's own processes (each started
+//! process and all its descendants, as a percentage of one core), and stolen from the whole
+//! machine by its hypervisor (as a percentage of all CPU time).
 
 use std::collections::HashMap;
 use std::fs;
@@ -45,6 +46,51 @@ impl Meter {
         let cpu = ticks.saturating_sub(self.ticks) as f64 / clock_ticks_per_second()?;
         Ok(if wall > 0.0 { cpu / wall * 100.0 } else { 0.0 })
     }
+}
+
+/// CPU time the hypervisor gave to others while this (virtual) machine wanted to run: the
+/// `steal` column of /proc/stat's `cpu` line. A run with much steal measured the host's
+/// other tenants as much as the configuration.
+pub struct StealMeter {
+    steal: u64,
+    total: u64,
+}
+
+impl StealMeter {
+    pub fn start() -> Result<Self> {
+        let (steal, total) = read_steal()?;
+        Ok(Self { steal, total })
+    }
+
+    /// Stolen ticks ÷ all ticks since `start`, × 100.
+    pub fn stop(self) -> Result<f64> {
+        let (steal, total) = read_steal()?;
+        let total = total.saturating_sub(self.total);
+        let steal = steal.saturating_sub(self.steal);
+        Ok(if total > 0 {
+            steal as f64 / total as f64 * 100.0
+        } else {
+            0.0
+        })
+    }
+}
+
+fn read_steal() -> Result<(u64, u64)> {
+    let text = fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
+    parse_cpu_line(&text).context("no `cpu` line in /proc/stat")
+}
+
+/// (steal, sum of all columns but guest time, which user time already holds) of the
+/// machine-wide `cpu` line: user nice system idle iowait irq softirq steal guest guest_nice.
+fn parse_cpu_line(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let columns: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|c| c.parse().ok())
+        .collect::<Option<_>>()?;
+    let steal = *columns.get(7)?;
+    Some((steal, columns.iter().take(8).sum()))
 }
 
 /// The unit of the /proc times (USER_HZ, 100 on every Linux architecture in practice).
@@ -110,6 +156,17 @@ fn parse_stat(line: &str) -> Option<ProcStat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_column_of_the_cpu_line() {
+        let text = "cpu  100 5 50 800 10 1 4 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\n";
+        assert_eq!(parse_cpu_line(text), Some((30, 1000)));
+        assert_eq!(parse_cpu_line("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_cpu_line("cpu  1 2 3\n"), None, "too few columns");
+        let meter = StealMeter::start().unwrap();
+        let pct = meter.stop().unwrap();
+        assert!((0.0..=100.0).contains(&pct), "{pct}");
+    }
 
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {

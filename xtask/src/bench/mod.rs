@@ -245,6 +245,7 @@ impl Session<'_> {
         let client_addr = self.testbed.rotate_client_address()?.to_owned();
         let before = self.health()?;
         let meter = cpu::Meter::start(pids);
+        let steal = cpu::StealMeter::start();
         let target = Target {
             client: &self.testbed.topology.client,
             server_ip: self.testbed.server_ip(),
@@ -253,6 +254,8 @@ impl Session<'_> {
         };
         let result = loads::run(load, &target, self.params);
         let config_cpu_pct = meter.and_then(|m| m.map(cpu::Meter::stop).transpose());
+        // Context for the figures, not one of them: a failed reading is left out quietly.
+        let steal_pct = steal.and_then(cpu::StealMeter::stop).ok();
         let health = netstat::delta(before, self.health()?);
         let config_cpu_pct = config_cpu_pct.unwrap_or_else(|err| {
             let error = format!("{config} {load} rep {repetition}: CPU of its processes: {err:#}");
@@ -276,6 +279,7 @@ impl Session<'_> {
             error,
             health,
             config_cpu_pct,
+            steal_pct,
         })
     }
 
@@ -289,6 +293,7 @@ impl Session<'_> {
             error: Some(error.to_owned()),
             health: Health::default(),
             config_cpu_pct: None,
+            steal_pct: None,
         });
     }
 
@@ -313,6 +318,9 @@ fn describe(run: &Run) -> String {
     }
     if let Some(pct) = run.config_cpu_pct {
         text.push_str(&format!(" cpu {pct:.1}%"));
+    }
+    if let Some(steal) = run.steal_pct.filter(|s| *s >= 1.0) {
+        text.push_str(&format!(" steal {steal:.0}%"));
     }
     if run.health.syn_retransmits > 0 {
         text.push_str(&format!(" syn-retrans {}", run.health.syn_retransmits));

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::machine::Machine;
 use super::plan::{Config, Load, Params};
-use super::stats::{Cell, Run, Target};
+use super::stats::{median, Cell, Run, Target};
 use super::svg;
 
 /// Everything one benchmark produced.
@@ -356,7 +356,9 @@ fn health(md: &mut String, report: &Report) {
          `errors` adds up what the generators count: wrk socket errors (with \
          `Connection: close` wrk counts the server's closes as read errors), wsload errors and \
          iperf3 retransmits.\n\n\
-         | configuration | SYN retransmits | errors |\n|---|---:|---:|"
+         {steal}\n\n\
+         | configuration | SYN retransmits | errors | steal % (median / max) |\n|---|---:|---:|---:|",
+        steal = steal_summary(report),
     );
     for config in &report.configs {
         let syn: u64 = report
@@ -371,7 +373,17 @@ fn health(md: &mut String, report: &Report) {
             .filter(|c| c.config == *config)
             .map(|c| c.errors)
             .sum();
-        let _ = writeln!(md, "| {config} | {syn} | {errors} |");
+        let steal: Vec<f64> = report
+            .runs
+            .iter()
+            .filter(|r| r.config == *config)
+            .filter_map(|r| r.steal_pct)
+            .collect();
+        let steal = match (median(&steal), steal.iter().copied().reduce(f64::max)) {
+            (Some(median), Some(max)) => format!("{median:.1} / {max:.1}"),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(md, "| {config} | {syn} | {errors} | {steal} |");
     }
     if !report.failures.is_empty() {
         let _ = writeln!(md, "\nFailures:\n");
@@ -381,6 +393,26 @@ fn health(md: &mut String, report: &Report) {
     }
     md.push('\n');
 }
+
+/// One sentence on the CPU time the hypervisor took during the loads (a virtual machine's
+/// other tenants): the noise the repetitions' spread partly comes from.
+fn steal_summary(report: &Report) -> String {
+    let steal: Vec<f64> = report.runs.iter().filter_map(|r| r.steal_pct).collect();
+    let (Some(median), Some(max)) = (median(&steal), steal.iter().copied().reduce(f64::max)) else {
+        return "CPU steal: not measured.".to_owned();
+    };
+    let heavy = steal.iter().filter(|s| **s >= STEAL_HEAVY_PCT).count();
+    format!(
+        "CPU steal (time the hypervisor gave to other guests while this machine wanted to run) \
+         during the loads: median {median:.1} %, max {max:.1} %; {heavy} of {} runs at \
+         {STEAL_HEAVY_PCT:.0} % or more. Steal lowers whichever configuration it hits; \
+         interleaving spreads it over all of them.",
+        steal.len()
+    )
+}
+
+/// Steal at which a run is called out in the health summary.
+const STEAL_HEAVY_PCT: f64 = 10.0;
 
 /// A figure with a sensible number of digits for its size.
 pub fn figure(value: f64) -> String {
@@ -403,6 +435,12 @@ mod tests {
 
     fn run(config: Config, load: Load, value: f64, p99: Option<f64>) -> Run {
         let config_cpu_pct = (config == Config::Nginx).then_some(42.34);
+        // Steal only in nginx's and direct's runs: iptables' row has none to show.
+        let steal_pct = match config {
+            Config::Nginx => Some(12.5),
+            Config::Direct => Some(0.5),
+            _ => None,
+        };
         Run {
             repetition: 1,
             config,
@@ -417,6 +455,7 @@ mod tests {
             error: None,
             health: Health::default(),
             config_cpu_pct,
+            steal_pct,
         }
     }
 
@@ -463,6 +502,14 @@ mod tests {
         assert!(cpu.contains("| direct | – | – |"), "{md}");
         assert!(cpu.contains("| iptables | – | failed |"), "{md}");
         assert!(cpu.contains("| nginx | 42.3 | n/a |"), "{md}");
+        let health = md.split("## Health").nth(1).unwrap();
+        assert!(health.contains("| direct | 0 | 0 | 0.5 / 0.5 |"), "{md}");
+        assert!(health.contains("| iptables | 0 | 0 | – |"), "{md}");
+        assert!(health.contains("| nginx | 0 | 0 | 12.5 / 12.5 |"), "{md}");
+        assert!(
+            health.contains("median 0.5 %, max 12.5 %; 1 of 3 runs"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Run {
     /// CPU time of the configuration's own processes and their children during the load, in
     /// % of one core; `None` when it started none (its work is in the kernel).
     pub config_cpu_pct: Option<f64>,
+    /// CPU time the hypervisor stole from this machine during the load, in % of all CPU
+    /// time (`None` if /proc/stat could not be read).
+    pub steal_pct: Option<f64>,
 }
 
 /// The figures of one (load, configuration) pair over its repetitions.
@@ -266,6 +269,7 @@ mod tests {
             error: None,
             health: Health::default(),
             config_cpu_pct: None,
+            steal_pct: None,
         }
     }
 
