@@ -81,7 +81,7 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct BenchArgs {
     /// 3 repetitions of 2 s per load, fewer configurations: under 10 minutes (default: every
-    /// configuration and load, 5 × 10 s, about 70 minutes).
+    /// configuration and load, 5 × 10 s, about an hour).
     #[arg(long, conflicts_with = "smoke")]
     pub quick: bool,
     /// 1 repetition of 1 s per load: checks the harness in under 2 minutes (CI runs it).

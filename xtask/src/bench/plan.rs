@@ -10,7 +10,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (~70 min).
+    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (about an hour).
     Full,
     /// 3 repetitions of 2 s per load, without the TC pass-through baseline, generic XDP and
     /// the wss load (under 10 minutes).
