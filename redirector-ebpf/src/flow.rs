@@ -1,6 +1,6 @@
 //! Conntrack decisions: which tracked flow a packet belongs to, and the entry's update.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use redirector_common::{
     conntrack::{self, Direction, Transition},
     maps::{FlowKey, FlowValue, Rule},
@@ -11,9 +11,6 @@ use crate::{
     maps::{count, source_allowed, FLOWS, RULES},
     parse::TcpPacket,
 };
-
-/// `-EEXIST`, what a `BPF_NOEXIST` insert returns when the key is taken.
-const EEXIST: i32 = -17;
 
 /// Only refresh `last_seen_ns` this often, to keep the entry's cache line mostly read-only.
 const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
@@ -82,20 +79,26 @@ pub fn egress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
     })
 }
 
-/// Handles a SYN to a rule's FROM port: create its entry, or reuse a live one (a
-/// retransmitted SYN), or replace a closed one (the client reuses the port).
-///
-/// The common case, a new flow, costs one table operation: the insert itself finds out
-/// whether the key is taken (`BPF_NOEXIST`). A profile of the connection-rate benchmark
-/// showed the hash-bucket walk as the programs' largest cost; looking the key up before
-/// inserting it walked the bucket twice per SYN.
+/// Handles a SYN to a rule's FROM port: reuse a live entry (retransmitted SYN) or create one.
 #[inline(always)]
 fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result<Rewrite, Counter> {
+    let existing = FLOWS.get_ptr(key);
+    if let Some(existing) = existing {
+        // SAFETY: as in `ingress`; read only.
+        let existing = unsafe { &*existing };
+        if existing.orig_port == dst_port && !conntrack::is_reusable(existing.state) {
+            return Ok(Rewrite {
+                old_port_be: pkt.dst_port_be,
+                new_port_be: existing.target_port.to_be(),
+                rule_slot: existing.rule_slot,
+            });
+        }
+    }
     if rule.enabled == 0 {
-        return live_flow(key, pkt, dst_port).ok_or(Counter::PassRuleDisabled);
+        return Err(Counter::PassRuleDisabled);
     }
     if !source_allowed(&pkt.src_addr) {
-        return live_flow(key, pkt, dst_port).ok_or(Counter::PassSourceDenied);
+        return Err(Counter::PassSourceDenied);
     }
     let now = now_ns();
     let value = FlowValue {
@@ -109,49 +112,20 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
         created_ns: now,
         last_seen_ns: now,
     };
-    match FLOWS.insert(key, value, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(EEXIST) => {
-            if let Some(rewrite) = live_flow(key, pkt, dst_port) {
-                return Ok(rewrite);
-            }
-            // A closed flow (or another port's) holds the key: replace it. If it vanished
-            // meanwhile, this simply creates the entry.
-            let replacing = FLOWS.get_ptr(key).is_some();
-            FLOWS
-                .insert(key, value, 0)
-                .map_err(|_| Counter::FlowInsertFailed)?;
-            if replacing {
-                // One created, one gone, none evicted (user space derives evictions from
-                // these counts).
-                count(Counter::FlowReplaced);
-            }
-        }
-        Err(_) => return Err(Counter::FlowInsertFailed),
-    }
+    FLOWS
+        .insert(key, value, 0)
+        .map_err(|_| Counter::FlowInsertFailed)?;
     count(Counter::FlowCreated);
+    if existing.is_some() {
+        // The insert overwrote that entry: one created, one gone, none evicted (user space
+        // derives evictions from these counts).
+        count(Counter::FlowReplaced);
+    }
     crate::maps::with_rule_stats(rule.slot, |s| s.flows_new += 1);
     Ok(Rewrite {
         old_port_be: pkt.dst_port_be,
         new_port_be: rule.to_port.to_be(),
         rule_slot: rule.slot,
-    })
-}
-
-/// The rewrite of a live (not yet closed) flow to `dst_port` under `key`, if there is one:
-/// a retransmitted SYN belongs to the flow its first copy created.
-#[inline(always)]
-fn live_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16) -> Option<Rewrite> {
-    let existing = FLOWS.get_ptr(key)?;
-    // SAFETY: as in `ingress`; read only.
-    let existing = unsafe { &*existing };
-    if existing.orig_port != dst_port || conntrack::is_reusable(existing.state) {
-        return None;
-    }
-    Some(Rewrite {
-        old_port_be: pkt.dst_port_be,
-        new_port_be: existing.target_port.to_be(),
-        rule_slot: existing.rule_slot,
     })
 }
 
