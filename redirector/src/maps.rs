@@ -307,13 +307,16 @@ impl Maps {
 
     /// A snapshot of every tracked flow (entries may change while it is taken).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapsError> {
-        let map: HashMap<&MapData, FlowKey, FlowValue> =
-            HashMap::try_from(&self.flows).map_err(err(FLOWS_MAP))?;
+        // `flows_fd` refuses a map that is not a hash map, with the typed view's error.
         match batch::lookup_all(self.flows_fd()?) {
             Ok(flows) => Ok(flows),
             // A kernel without batch commands for this map: walk it key by key, skipping
             // entries deleted between key iteration and lookup (KeyNotFound).
-            Err(e) if batch::is_unsupported(&e) => Ok(map.iter().filter_map(Result::ok).collect()),
+            Err(e) if batch::is_unsupported(&e) => {
+                let map: HashMap<&MapData, FlowKey, FlowValue> =
+                    HashMap::try_from(&self.flows).map_err(err(FLOWS_MAP))?;
+                Ok(map.iter().filter_map(Result::ok).collect())
+            }
             Err(e) => Err(batch_error(e)),
         }
     }

@@ -379,9 +379,9 @@ fn health(md: &mut String, report: &Report) {
             .filter(|r| r.config == *config)
             .filter_map(|r| r.steal_pct)
             .collect();
-        let steal = match (median(&steal), steal.iter().copied().reduce(f64::max)) {
-            (Some(median), Some(max)) => format!("{median:.1} / {max:.1}"),
-            _ => "–".to_owned(),
+        let steal = match median_and_max(&steal) {
+            Some((median, max)) => format!("{median:.1} / {max:.1}"),
+            None => "–".to_owned(),
         };
         let _ = writeln!(md, "| {config} | {syn} | {errors} | {steal} |");
     }
@@ -398,7 +398,7 @@ fn health(md: &mut String, report: &Report) {
 /// other tenants): the noise the repetitions' spread partly comes from.
 fn steal_summary(report: &Report) -> String {
     let steal: Vec<f64> = report.runs.iter().filter_map(|r| r.steal_pct).collect();
-    let (Some(median), Some(max)) = (median(&steal), steal.iter().copied().reduce(f64::max)) else {
+    let Some((median, max)) = median_and_max(&steal) else {
         return "CPU steal: not measured.".to_owned();
     };
     let heavy = steal.iter().filter(|s| **s >= STEAL_HEAVY_PCT).count();
@@ -409,6 +409,11 @@ fn steal_summary(report: &Report) -> String {
          interleaving spreads it over all of them.",
         steal.len()
     )
+}
+
+/// The median and the largest of `values`; `None` for none.
+fn median_and_max(values: &[f64]) -> Option<(f64, f64)> {
+    Some((median(values)?, values.iter().copied().reduce(f64::max)?))
 }
 
 /// Steal at which a run is called out in the health summary.
