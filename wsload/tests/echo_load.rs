@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 
 use common::{assert_ordered_summary, int, wsload, wsload_json, EchoServer};
 
+/// A loopback port that was just free: nothing listens on it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn ipv6_available() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
 }
@@ -183,12 +192,7 @@ fn a_server_that_stops_echoing_cannot_hold_the_run() {
 
 #[test]
 fn refused_port_fails_with_a_clear_message() {
-    // A port that was just free: nothing listens on it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = Instant::now();
     let output = wsload(&[&format!("ws://127.0.0.1:{port}/"), "-c", "3", "--json"]);
     // Refused connections end the run at once, not after --duration (10 s).
@@ -208,11 +212,7 @@ fn refused_port_fails_with_a_clear_message() {
 
 #[test]
 fn churn_against_a_refused_port_stops_early() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = Instant::now();
     let output = wsload(&[
         &format!("ws://127.0.0.1:{port}/"),
