@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use super::plan::Config;
-use super::servers::{start_nginx, wait_listening};
+use super::servers::{nginx_conf, start_nginx, wait_listening};
 use super::testbed::Testbed;
 use crate::cmd::Cmd;
 use crate::netns::NetNs;
@@ -268,16 +268,8 @@ fn nginx_proxy_conf(ip: &str, work_dir: &Path, stream: bool) -> String {
     } else {
         (String::new(), String::new())
     };
-    format!(
-        "{load_stream}\
-         worker_processes auto;\n\
-         pid {dir}/nginx-proxy.pid;\n\
-         error_log {dir}/nginx-proxy.error.log warn;\n\
-         events {{ worker_connections 16384; }}\n\
-         http {{\n\
-         \x20 access_log off;\n\
-         \x20 keepalive_requests 10000000;\n\
-         \x20 map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
+    let http = format!(
+        "\x20 map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n\
          \x20 upstream backend {{ server {ip}:8080; keepalive 64; keepalive_requests 10000000; }}\n\
          \x20 server {{\n\
          \x20   listen {ip}:80 backlog=4096;\n\
@@ -289,10 +281,11 @@ fn nginx_proxy_conf(ip: &str, work_dir: &Path, stream: bool) -> String {
          \x20     proxy_set_header Host $host;\n\
          \x20     proxy_read_timeout 3600s;\n\
          \x20   }}\n\
-         \x20 }}\n\
-         }}\n\
-         {stream_block}",
-        dir = work_dir.display(),
+         \x20 }}\n"
+    );
+    format!(
+        "{load_stream}{}{stream_block}",
+        nginx_conf(work_dir, "nginx-proxy", 16384, &http)
     )
 }
 
@@ -315,5 +308,8 @@ mod tests {
         assert!(conf.contains("proxy_set_header Upgrade $http_upgrade;"));
         assert!(conf.contains("proxy_pass 10.0.0.2:8443;"));
         assert!(!nginx_proxy_conf("10.0.0.2", Path::new("/w"), false).contains("stream {"));
+        assert!(conf.contains("pid /w/nginx-proxy.pid;\nerror_log /w/nginx-proxy.error.log warn;"));
+        assert!(conf.contains("http {\n  access_log off;\n  keepalive_requests 10000000;\n  map "));
+        assert!(conf.ends_with("  }\n}\nstream {\n  server { listen 10.0.0.2:443 backlog=4096; proxy_pass 10.0.0.2:8443; }\n}\n"), "{conf}");
     }
 }

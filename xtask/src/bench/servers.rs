@@ -50,26 +50,38 @@ fn start_nginx_static(ns: &NetNs, ip: &str, work_dir: &Path) -> Result<Backgroun
     fs::create_dir_all(&root)?;
     fs::write(root.join("index.html"), static_page())?;
     let conf = work_dir.join("nginx-static.conf");
-    fs::write(
-        &conf,
-        format!(
-            "worker_processes auto;\n\
-             pid {dir}/nginx-static.pid;\n\
-             error_log {dir}/nginx-static.error.log warn;\n\
-             events {{ worker_connections 8192; }}\n\
-             http {{\n\
-             \x20 access_log off;\n\
-             \x20 keepalive_requests 10000000;\n\
-             \x20 server {{\n\
-             \x20   listen {ip}:8080 backlog=4096;\n\
-             \x20   root {root};\n\
-             \x20 }}\n\
-             }}\n",
-            dir = work_dir.display(),
-            root = root.display(),
-        ),
-    )?;
+    let server = format!(
+        "\x20 server {{\n\
+         \x20   listen {ip}:8080 backlog=4096;\n\
+         \x20   root {root};\n\
+         \x20 }}\n",
+        root = root.display(),
+    );
+    fs::write(&conf, nginx_conf(work_dir, "nginx-static", 8192, &server))?;
     start_nginx(ns, "nginx-static", &conf, 8080)
+}
+
+/// The main context every nginx of the bench runs with: pid file and error log named after
+/// `label` in `work_dir`, `worker_connections`, and an `http` block (no access log, no cap on
+/// keep-alive requests) around `http_body`.
+pub fn nginx_conf(
+    work_dir: &Path,
+    label: &str,
+    worker_connections: u32,
+    http_body: &str,
+) -> String {
+    format!(
+        "worker_processes auto;\n\
+         pid {dir}/{label}.pid;\n\
+         error_log {dir}/{label}.error.log warn;\n\
+         events {{ worker_connections {worker_connections}; }}\n\
+         http {{\n\
+         \x20 access_log off;\n\
+         \x20 keepalive_requests 10000000;\n\
+         {http_body}\
+         }}\n",
+        dir = work_dir.display(),
+    )
 }
 
 /// Runs nginx with `conf` in the foreground in `ns`; returns once it listens on `port`.
