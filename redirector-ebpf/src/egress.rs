@@ -3,11 +3,7 @@
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use redirector_common::{conntrack::Direction, stats::Counter};
 
-use crate::{
-    flow,
-    maps::count,
-    packet::{self, parse_tc},
-};
+use crate::{flow, maps::count, packet, parse::parse_tc};
 
 /// TC egress entry: `TC_ACT_UNSPEC` hands the packet on unchanged or rewritten.
 #[inline(always)]

@@ -9,8 +9,8 @@ use redirector_common::{conntrack::Direction, stats::Counter};
 use crate::{
     flow,
     maps::count,
-    packet::{self, parse_tc, PacketBuf},
-    parse::{parse_tcp, TcpPacket},
+    packet::{self, PacketBuf},
+    parse::{parse_tc, parse_tcp, TcpPacket},
 };
 
 /// XDP entry: always `XDP_PASS`; the packet is rewritten in place when it belongs to a flow.

@@ -89,29 +89,6 @@ impl PacketBuf for TcContext {
     }
 }
 
-/// Parses a TC packet, pulling headers into the linear area once if they are not there.
-#[inline(always)]
-pub fn parse_tc(ctx: &TcContext) -> Result<crate::parse::TcpPacket, Counter> {
-    match crate::parse::parse_tcp(&ctx.bounds()) {
-        Err(Counter::PassTruncated) => {
-            let linear = ctx.data_end() - ctx.data();
-            let total = ctx.len() as usize;
-            if total <= linear {
-                return Err(Counter::PassTruncated);
-            }
-            // Enough for Ethernet + 2 VLAN tags + IPv6 with extension headers + TCP.
-            let want = if total < PULL_LEN { total } else { PULL_LEN };
-            ctx.pull_data(want as u32)
-                .map_err(|_| Counter::PassTruncated)?;
-            crate::parse::parse_tcp(&ctx.bounds())
-        }
-        other => other,
-    }
-}
-
-/// Bytes pulled into the linear area when headers are split across fragments.
-const PULL_LEN: usize = 256;
-
 /// Rewrites the port `rewrite` names (destination towards the server, source towards the
 /// client) and accounts for it in the global and per-rule counters.
 #[inline(always)]

@@ -3,6 +3,8 @@
 
 use core::mem::size_of;
 
+use aya_ebpf::programs::TcContext;
+
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -10,6 +12,8 @@ use network_types::{
     vlan::VlanHdr,
 };
 use redirector_common::{addr::v4_mapped, stats::Counter};
+
+use crate::packet::PacketBuf as _;
 
 /// Ethertypes in network byte order, as they sit in the frame.
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
@@ -107,6 +111,29 @@ pub fn parse_tcp(pkt: &Bounds) -> Result<TcpPacket, Counter> {
         Err(Counter::PassNotIp)
     }
 }
+
+/// Parses a TC packet, pulling headers into the linear area once if they are not there.
+#[inline(always)]
+pub fn parse_tc(ctx: &TcContext) -> Result<TcpPacket, Counter> {
+    match parse_tcp(&ctx.bounds()) {
+        Err(Counter::PassTruncated) => {
+            let linear = ctx.data_end() - ctx.data();
+            let total = ctx.len() as usize;
+            if total <= linear {
+                return Err(Counter::PassTruncated);
+            }
+            // Enough for Ethernet + 2 VLAN tags + IPv6 with extension headers + TCP.
+            let want = if total < PULL_LEN { total } else { PULL_LEN };
+            ctx.pull_data(want as u32)
+                .map_err(|_| Counter::PassTruncated)?;
+            parse_tcp(&ctx.bounds())
+        }
+        other => other,
+    }
+}
+
+/// Bytes pulled into the linear area when headers are split across fragments.
+const PULL_LEN: usize = 256;
 
 /// Skips the Ethernet header and up to `MAX_VLAN_TAGS` VLAN tags.
 #[inline(always)]
