@@ -181,7 +181,7 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
             ConntrackJson {
                 tracked,
                 size: info.conntrack_size,
-                evicted: crate::stats::evicted(&counters, tracked),
+                evicted: crate::observe::stats::evicted(&counters, tracked),
             }
         },
         sources: SourcesJson {

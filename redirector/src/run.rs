@@ -11,8 +11,12 @@ use redirector::{
     dataplane::Dataplane,
     iface, instance,
     maps::Maps,
-    metrics::{self, Labels},
-    metrics_http, pin, privileges, reaper, rules,
+    observe::{
+        http as metrics_http,
+        prometheus::{self as metrics, Labels},
+        stats::Snapshot,
+    },
+    pin, privileges, reaper, rules,
     sniff::{
         self,
         publish::Publisher,
@@ -21,7 +25,6 @@ use redirector::{
     state::{
         self, InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT,
     },
-    stats::Snapshot,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
 

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use redirector::{
-    metrics_http,
+    observe::http as metrics_http,
     sniff::{
         detect::DetectConfig,
         metrics as sniff_metrics,

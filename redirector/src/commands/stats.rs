@@ -3,7 +3,7 @@
 
 use std::{io::Write as _, time::Duration};
 
-use redirector::{control, pin, sniff::publish, stats::Snapshot};
+use redirector::{control, observe::stats::Snapshot, pin, sniff::publish};
 
 use crate::cli::StatsArgs;
 

@@ -11,7 +11,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::metrics;
+use super::prometheus;
 
 /// Longest request head accepted.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -79,7 +79,7 @@ pub fn respond(head: &[u8], render: impl FnOnce() -> Result<String, String>) -> 
     const TEXT: &str = "text/plain; charset=utf-8";
     match route(head) {
         Route::Metrics { head_only } => match render() {
-            Ok(body) => response("200 OK", metrics::CONTENT_TYPE, &body, head_only),
+            Ok(body) => response("200 OK", prometheus::CONTENT_TYPE, &body, head_only),
             Err(e) => response("500 Internal Server Error", TEXT, &format!("{e}\n"), false),
         },
         Route::NotFound => response("404 Not Found", TEXT, "not found; try /metrics\n", false),
@@ -177,7 +177,7 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains("Content-Length: 4\r\n"), "{ok}");
         assert!(ok.contains("Connection: close\r\n"), "{ok}");
-        assert!(ok.contains(metrics::CONTENT_TYPE), "{ok}");
+        assert!(ok.contains(prometheus::CONTENT_TYPE), "{ok}");
         assert!(ok.ends_with("\r\n\r\na 1\n"), "{ok}");
 
         let head = text(respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", || {

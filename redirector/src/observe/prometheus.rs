@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use redirector_common::stats::Counter;
 
-use crate::stats::Snapshot;
+use super::stats::Snapshot;
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -182,7 +182,7 @@ mod tests {
     use redirector_common::maps::RuleStats;
 
     use super::*;
-    use crate::{rules::RedirectRule, stats::RuleSnapshot};
+    use crate::{observe::stats::RuleSnapshot, rules::RedirectRule};
 
     fn snapshot() -> Snapshot {
         let mut counters = [0u64; Counter::COUNT as usize];

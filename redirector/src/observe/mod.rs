@@ -1,0 +1,6 @@
+//! What a running instance reports: a counter snapshot ([`stats`]), its Prometheus text
+//! ([`prometheus`]) and the `--metrics` HTTP endpoint that serves it ([`http`]).
+
+pub mod http;
+pub mod prometheus;
+pub mod stats;
