@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 
 use redirector::{
-    attach::Mode,
+    dataplane::attach::Mode,
     rules::RedirectRule,
     sniff::{
         detect::DEFAULT_MAX_HEADER_BYTES,

@@ -15,8 +15,10 @@ use redirector_common::{
 use serde::Serialize;
 
 use crate::{
-    maps::MapsError,
-    privileges::{self, PrivilegeError},
+    dataplane::{
+        maps::MapsError,
+        privileges::{self, PrivilegeError},
+    },
     reaper::monotonic_ns,
     rules::{RedirectRule, RuleError},
     source_filter::SourcePrefix,

@@ -4,17 +4,12 @@
 //! The `redirector` binary is a thin CLI over this library; the tests drive it directly
 //! (e.g. `BPF_PROG_TEST_RUN` on the loaded programs).
 
-pub mod attach;
-pub mod batch;
 pub mod config;
 pub mod control;
 pub mod dataplane;
-pub mod iface;
 pub mod instance;
-pub mod maps;
 pub mod observe;
 pub mod pin;
-pub mod privileges;
 pub mod reaper;
 pub mod rules;
 pub mod sniff;

@@ -6,17 +6,15 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use redirector::{
-    attach,
     config::{RunSettings, TimeoutSettings},
-    dataplane::Dataplane,
-    iface, instance,
-    maps::Maps,
+    dataplane::{attach, iface, maps::Maps, privileges, Dataplane},
+    instance,
     observe::{
         http as metrics_http,
         prometheus::{self as metrics, Labels},
         stats::Snapshot,
     },
-    pin, privileges, reaper, rules,
+    pin, reaper, rules,
     sniff::{
         self,
         publish::Publisher,

@@ -10,9 +10,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{
+        maps::{Maps, MapsError},
+        Dataplane, DataplaneError,
+    },
     instance,
-    maps::{Maps, MapsError},
     pin,
 };
 

@@ -630,7 +630,7 @@ fn conntrack_batches_see_every_entry_once_and_skip_missing_keys() {
     }
     // The batch command itself must work here, not only the key-by-key fallback.
     let fd = dp.maps().flows_fd().unwrap();
-    let batched: Vec<(FlowKey, FlowValue)> = redirector::batch::lookup_all(fd).unwrap();
+    let batched: Vec<(FlowKey, FlowValue)> = redirector::dataplane::batch::lookup_all(fd).unwrap();
     assert_eq!(batched.len(), FLOWS as usize);
     let mut seen: Vec<u64> = dp
         .flows()

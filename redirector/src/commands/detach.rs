@@ -1,6 +1,6 @@
 //! `redirector detach`: remove a persisted instance.
 
-use redirector::{privileges, state};
+use redirector::{dataplane::privileges, state};
 
 use crate::cli::Target;
 

@@ -6,7 +6,7 @@ use redirector_common::stats::Counter;
 use serde::Serialize;
 
 use crate::{
-    maps::{Maps, MapsError, RuleCounters},
+    dataplane::maps::{Maps, MapsError, RuleCounters},
     rules::RedirectRule,
 };
 

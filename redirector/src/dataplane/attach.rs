@@ -9,7 +9,7 @@ use aya::programs::{
     ProgramError, XdpMode,
 };
 
-use crate::dataplane::{Dataplane, DataplaneError};
+use super::{iface, Dataplane, DataplaneError};
 
 /// Requested ingress hook (`--mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,7 +192,7 @@ impl Attached {
 pub fn attach(dp: &mut Dataplane, iface: &str, mode: Mode) -> Result<Attached, AttachError> {
     let (hook, ingress) = match mode {
         Mode::Xdp => {
-            if crate::iface::is_veth(iface) {
+            if iface::is_veth(iface) {
                 log::warn!("{iface} is a veth: {VETH_XDP_COST}; --mode tc avoids that");
             }
             attach_xdp(dp, iface, Hook::XdpNative)?
@@ -218,7 +218,7 @@ const VETH_XDP_COST: &str = "native XDP on a veth copies each TCP data packet in
      buffer and turns off TSO on its peer (docs/BENCH.md measures it)";
 
 fn attach_auto(dp: &mut Dataplane, iface: &str) -> Result<(Hook, IngressLinkId), AttachError> {
-    if crate::iface::is_veth(iface) {
+    if iface::is_veth(iface) {
         log::info!(
             "{iface} is a veth: auto uses tc ingress ({VETH_XDP_COST}; --mode xdp forces XDP)"
         );

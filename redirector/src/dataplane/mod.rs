@@ -1,4 +1,13 @@
-//! The loaded eBPF object: programs verified by the kernel and typed access to its maps.
+//! The kernel side as user space sees it: the loaded eBPF object ([`Dataplane`], its
+//! programs verified by the kernel), typed access to its maps ([`maps`], batched through
+//! [`batch`]), attaching to interfaces ([`attach`], [`iface`]), and the privileges all of
+//! that needs ([`privileges`]).
+
+pub mod attach;
+pub mod batch;
+pub mod iface;
+pub mod maps;
+pub mod privileges;
 
 use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
@@ -12,12 +21,10 @@ use redirector_common::{
     stats::Counter,
 };
 
-pub use crate::maps::RuleCounters;
-use crate::{
-    maps::{Maps, MapsError},
-    rules::RedirectRule,
-    source_filter::SourcePrefix,
-};
+pub use maps::RuleCounters;
+use maps::{Maps, MapsError};
+
+use crate::{rules::RedirectRule, source_filter::SourcePrefix};
 
 /// The eBPF object built from `redirector-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector"));

@@ -17,7 +17,8 @@ use redirector_common::{
     stats::Counter,
 };
 
-use crate::{batch, rules::RedirectRule, source_filter::SourcePrefix};
+use super::batch;
+use crate::{rules::RedirectRule, source_filter::SourcePrefix};
 
 /// Every map that `redirector run` pins, by name (the pin file is named after the map).
 pub const PINNED_MAPS: [&str; 6] = [
