@@ -15,7 +15,9 @@ use std::{
 use redirector_common::maps::DEFAULT_CONNTRACK_SIZE;
 use serde::Deserialize;
 
-use crate::{dataplane::attach::Mode, reaper::Timeouts, rules::RedirectRule, source_filter::SourcePrefix};
+use crate::{
+    dataplane::attach::Mode, reaper::Timeouts, rules::RedirectRule, source_filter::SourcePrefix,
+};
 
 /// The configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +168,9 @@ impl RunSettings {
                 .mode
                 .map(|m| {
                     m.parse()
-                        .map_err(|e: crate::dataplane::attach::ModeParseError| invalid("mode", e.to_string()))
+                        .map_err(|e: crate::dataplane::attach::ModeParseError| {
+                            invalid("mode", e.to_string())
+                        })
                 })
                 .transpose()?,
             allow: parse_all("allow", file.allow, &invalid)?,

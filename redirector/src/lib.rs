@@ -5,13 +5,10 @@
 //! (e.g. `BPF_PROG_TEST_RUN` on the loaded programs).
 
 pub mod config;
-pub mod control;
 pub mod dataplane;
 pub mod instance;
 pub mod observe;
-pub mod pin;
 pub mod reaper;
 pub mod rules;
 pub mod sniff;
 pub mod source_filter;
-pub mod state;

@@ -8,20 +8,23 @@ use anyhow::Context as _;
 use redirector::{
     config::{RunSettings, TimeoutSettings},
     dataplane::{attach, iface, maps::Maps, privileges, Dataplane},
-    instance,
+    instance::{
+        self,
+        info::{InstanceInfo, InterfaceInfo, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT},
+        lock, paths as pin,
+        pinned::PinnedInstance,
+    },
     observe::{
         http as metrics_http,
         prometheus::{self as metrics, Labels},
         stats::Snapshot,
     },
-    pin, reaper, rules,
+    reaper,
+    rules::{self, RuleSlots},
     sniff::{
         self,
         publish::Publisher,
         server::{SniffConfig, SniffServer},
-    },
-    state::{
-        self, InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT,
     },
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -129,12 +132,12 @@ fn load_and_serve(
         .transpose()?;
     let _locks = ifaces
         .iter()
-        .map(|name| instance::lock(name))
+        .map(|name| lock::lock(name))
         .collect::<Result<Vec<_>, _>>()?;
     // A persisted instance is not adopted: its maps may come from another version, and its
     // links would have to be replaced one by one. `detach` first makes the choice explicit.
     for name in &ifaces {
-        if let Some(old) = state::persisted_on(name)? {
+        if let Some(old) = instance::persisted_on(name)? {
             anyhow::bail!(
                 "interface {name} still carries a persisted redirector (run --persist, loader \
                  pid {} exited); remove it with `redirector detach --iface {}` first",
@@ -146,6 +149,8 @@ fn load_and_serve(
 
     let mut dp = Dataplane::load(conntrack_size)?;
     dp.set_rules(&rules)?;
+    let mut slots = RuleSlots::default();
+    let rule_slots = slots.assign(&rules);
     dp.set_allowed_sources(&settings.allow)?;
     let mut hooks = Vec::new();
     let mut interfaces = Vec::new();
@@ -178,16 +183,11 @@ fn load_and_serve(
         mode: mode.to_string(),
         interfaces,
         conntrack_size,
-        rules: rules
-            .iter()
-            .enumerate()
-            .map(|(slot, r)| RuleInfo {
-                from_port: r.from_port,
-                to_port: r.to_port,
-                slot: slot as u32,
-            })
+        rules: rule_slots
+            .into_iter()
+            .map(|(rule, slot)| RuleInfo::new(rule, slot))
             .collect(),
-        next_slot: rules.len() as u32,
+        next_slot: slots.next_fresh(),
         timeouts: Some(TimeoutsInfo::from(&timeouts)),
         metrics: metrics_url.clone(),
         persist,

@@ -593,7 +593,10 @@ fn port_reuse_after_close_replaces_the_entry() {
     let counters = dp.counters().unwrap();
     assert_eq!(counters[Counter::FlowCreated as usize], 2);
     assert_eq!(counters[Counter::FlowReplaced as usize], 1);
-    assert_eq!(redirector::observe::stats::evicted(&counters, flows.len()), 0);
+    assert_eq!(
+        redirector::observe::stats::evicted(&counters, flows.len()),
+        0
+    );
 }
 
 /// The loader reads and prunes the conntrack table in batches (one syscall per thousands of

@@ -1,6 +1,6 @@
 //! `redirector add FROM:TO`: a new rule at runtime.
 
-use redirector::control;
+use redirector::instance::control;
 
 use crate::cli::AddArgs;
 

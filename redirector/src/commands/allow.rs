@@ -1,6 +1,6 @@
 //! `redirector allow CIDR`: let new connections from CIDR be redirected.
 
-use redirector::control;
+use redirector::instance::control;
 
 use crate::cli::SourceArgs;
 

@@ -1,6 +1,6 @@
 //! `redirector disable PORT`: stop redirecting new connections to PORT.
 
-use redirector::control;
+use redirector::instance::control;
 
 use crate::cli::PortArgs;
 

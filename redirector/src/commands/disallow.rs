@@ -1,6 +1,6 @@
 //! `redirector disallow CIDR`: stop redirecting new connections from CIDR.
 
-use redirector::control;
+use redirector::instance::control;
 
 use crate::cli::SourceArgs;
 

@@ -1,6 +1,6 @@
 //! `redirector enable PORT`: redirect new connections to PORT again.
 
-use redirector::control;
+use redirector::instance::control;
 
 use crate::cli::PortArgs;
 

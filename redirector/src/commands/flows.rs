@@ -1,13 +1,13 @@
 //! `redirector flows`: the tracked flows.
 
-use redirector::control;
+use redirector::instance::{control, view};
 
 use crate::cli::FlowsArgs;
 
 /// Lists the tracked flows of the instance of this network namespace.
 pub fn run(args: FlowsArgs) -> anyhow::Result<()> {
     let instance = control::open(args.target.iface.as_deref())?;
-    let flows = control::flows(&instance, args.port)?;
+    let flows = view::flows(&instance, args.port)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&flows)?);
         return Ok(());

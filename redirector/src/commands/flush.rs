@@ -1,6 +1,6 @@
 //! `redirector flush`: forget tracked flows.
 
-use redirector::control;
+use redirector::instance::control;
 
 use crate::cli::FlushArgs;
 

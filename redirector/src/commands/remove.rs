@@ -1,6 +1,6 @@
 //! `redirector remove FROM`: drop a rule at runtime.
 
-use redirector::control;
+use redirector::instance::control;
 
 use crate::cli::PortArgs;
 

@@ -3,7 +3,11 @@
 
 use std::{io::Write as _, time::Duration};
 
-use redirector::{control, observe::stats::Snapshot, pin, sniff::publish};
+use redirector::{
+    instance::{control, paths},
+    observe::stats::Snapshot,
+    sniff::publish,
+};
 
 use crate::cli::StatsArgs;
 
@@ -28,7 +32,7 @@ fn print_once(args: &StatsArgs, watching: bool) -> anyhow::Result<()> {
     // The loader's sniffing proxy (`run --sniff-listen`), if it runs one.
     let info = &instance.info;
     let sniff = publish::read(
-        &pin::sniff_stats_file(info.netns_inode, info.key_iface()),
+        &paths::sniff_stats_file(info.netns_inode, info.key_iface()),
         info.pid,
     )?;
     if args.json {

@@ -1,13 +1,13 @@
 //! `redirector status`: interfaces, hook mode, rules, conntrack fill.
 
-use redirector::control;
+use redirector::instance::{control, view};
 
 use crate::cli::ReadArgs;
 
 /// Prints the status of the instance of this network namespace.
 pub fn run(args: ReadArgs) -> anyhow::Result<()> {
     let instance = control::open(args.target.iface.as_deref())?;
-    let status = control::status(&instance)?;
+    let status = view::status(&instance)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

@@ -18,7 +18,10 @@ use redirector_common::{
 };
 
 use super::batch;
-use crate::{rules::RedirectRule, source_filter::SourcePrefix};
+use crate::{
+    rules::{RedirectRule, RuleSlots},
+    source_filter::SourcePrefix,
+};
 
 /// Every map that `redirector run` pins, by name (the pin file is named after the map).
 pub const PINNED_MAPS: [&str; 6] = [
@@ -135,10 +138,11 @@ impl Maps {
         HashMap::try_from(&mut self.rules).map_err(err(RULES_MAP))
     }
 
-    /// Installs `rules` (enabled); rule `i` uses counter slot `i`.
+    /// Installs the first rules of an instance (enabled), with the slots
+    /// [`RuleSlots::assign`] gives them.
     pub fn set_rules(&mut self, rules: &[RedirectRule]) -> Result<(), MapsError> {
-        for (slot, rule) in rules.iter().enumerate() {
-            self.insert_rule(*rule, slot as u32)?;
+        for (rule, slot) in RuleSlots::default().assign(rules) {
+            self.insert_rule(rule, slot)?;
         }
         Ok(())
     }

@@ -139,12 +139,13 @@ impl Dataplane {
         &mut self.maps
     }
 
-    /// Pins every map into `dir` (see `crate::pin`).
+    /// Pins every map into `dir` (see `crate::instance::paths`).
     pub fn pin_maps(&self, dir: &std::path::Path) -> Result<(), DataplaneError> {
         Ok(self.maps.pin(dir)?)
     }
 
-    /// Installs `rules` (enabled); rule `i` uses counter slot `i`.
+    /// Installs the first rules of an instance (enabled); rule `i` uses counter slot `i`
+    /// ([`crate::rules::RuleSlots::assign`]).
     pub fn set_rules(&mut self, rules: &[RedirectRule]) -> Result<(), DataplaneError> {
         Ok(self.maps.set_rules(rules)?)
     }

@@ -1,84 +1,17 @@
-//! What the control commands do to a running instance, and the JSON they print.
-//!
-//! Noun commands (`status`, `stats`, `flows`) only read; verb commands (`enable`,
-//! `disable`, `add`, `remove`, `flush`) change the pinned maps. Flows already tracked
-//! keep being rewritten through their conntrack entry whatever happens to their rule.
+//! What the noun commands (`status`, `flows`) read from an instance, in the shape their
+//! `--json` prints (field names are stable, see docs/CONTROL.md).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use redirector_common::{
     addr::as_v4,
     conntrack,
-    maps::{FlowKey, FlowValue, MAX_ALLOW, MAX_RULES},
-    stats::Counter,
+    maps::{FlowKey, FlowValue},
 };
 use serde::Serialize;
 
-use crate::{
-    dataplane::{
-        maps::MapsError,
-        privileges::{self, PrivilegeError},
-    },
-    reaper::monotonic_ns,
-    rules::{RedirectRule, RuleError},
-    source_filter::SourcePrefix,
-    state::{Instance, RuleInfo, StateError, TimeoutsInfo},
-};
-
-/// A control command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    /// Not root.
-    #[error(transparent)]
-    Privileges(#[from] PrivilegeError),
-    /// No instance, several, or its state is unreadable.
-    #[error(transparent)]
-    State(Box<StateError>),
-    /// A map operation failed.
-    #[error(transparent)]
-    Maps(Box<MapsError>),
-    /// No rule on that FROM port.
-    #[error("no rule for port {0} (see `redirector status`)")]
-    UnknownPort(u16),
-    /// `add` of a FROM port that already has a rule.
-    #[error("port {0} already has a rule; remove it first")]
-    RuleExists(u16),
-    /// The rule is invalid (e.g. as many rules as the map holds).
-    #[error(transparent)]
-    Rule(#[from] RuleError),
-    /// Every counter slot is in use by a rule or by flows of a removed rule.
-    #[error("no free rule slot: all {MAX_RULES} are used by rules or by flows of removed rules (try `redirector flush`)")]
-    NoFreeSlot,
-    /// `allow` of a prefix that is listed already.
-    #[error("{0} is already in the allow list")]
-    AlreadyAllowed(SourcePrefix),
-    /// `disallow` of a prefix that is not listed (exactly).
-    #[error(
-        "{0} is not in the allow list (see `redirector status`; give a prefix exactly as listed)"
-    )]
-    NotAllowed(SourcePrefix),
-    /// The allow list holds as many prefixes as its map.
-    #[error("the allow list is full ({MAX_ALLOW} prefixes)")]
-    AllowListFull,
-}
-
-impl From<StateError> for ControlError {
-    fn from(e: StateError) -> Self {
-        ControlError::State(Box::new(e))
-    }
-}
-
-impl From<MapsError> for ControlError {
-    fn from(e: MapsError) -> Self {
-        ControlError::Maps(Box::new(e))
-    }
-}
-
-/// Checks privileges and opens the instance of this network namespace.
-pub fn open(iface: Option<&str>) -> Result<Instance, ControlError> {
-    privileges::check()?;
-    Ok(Instance::find(iface)?)
-}
+use super::{control::ControlError, info::TimeoutsInfo, Instance};
+use crate::{observe::stats::evicted, reaper::monotonic_ns};
 
 /// `redirector status --json`.
 #[derive(Debug, Serialize)]
@@ -183,7 +116,7 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
             ConntrackJson {
                 tracked,
                 size: info.conntrack_size,
-                evicted: crate::observe::stats::evicted(&counters, tracked),
+                evicted: evicted(&counters, tracked),
             }
         },
         sources: SourcesJson {
@@ -200,95 +133,6 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
         persist: info.persist,
         loader_running: instance.loader_running,
     })
-}
-
-/// Adds `prefix` to the allow list and turns source filtering on; returns true if
-/// filtering was off before (every source was allowed, now only `prefix` is).
-pub fn allow_source(instance: &mut Instance, prefix: SourcePrefix) -> Result<bool, ControlError> {
-    let _lock = instance.lock_rules()?;
-    let was_filtering = instance.maps.filtering_sources()?;
-    let listed = instance.maps.allowed_sources()?;
-    if listed.contains(&prefix) && was_filtering {
-        return Err(ControlError::AlreadyAllowed(prefix));
-    }
-    if listed.len() >= MAX_ALLOW as usize {
-        return Err(ControlError::AllowListFull);
-    }
-    instance.maps.allow_source(prefix)?;
-    Ok(!was_filtering)
-}
-
-/// Removes `prefix` from the allow list; returns how many prefixes are left (filtering
-/// stays on: with none left, no source creates flows). Tracked flows are not affected.
-pub fn disallow_source(
-    instance: &mut Instance,
-    prefix: SourcePrefix,
-) -> Result<usize, ControlError> {
-    let _lock = instance.lock_rules()?;
-    if !instance.maps.filtering_sources()? || !instance.maps.disallow_source(prefix)? {
-        return Err(ControlError::NotAllowed(prefix));
-    }
-    Ok(instance.maps.allowed_sources()?.len())
-}
-
-/// Enables or disables new-flow redirection on `port`.
-pub fn set_enabled(instance: &mut Instance, port: u16, enabled: bool) -> Result<(), ControlError> {
-    if instance.maps.set_rule_enabled(port, enabled)? {
-        Ok(())
-    } else {
-        Err(ControlError::UnknownPort(port))
-    }
-}
-
-/// Adds `rule` (enabled); returns its counter slot.
-///
-/// Slots are handed out from the instance file's `next_slot`, so a removed rule's slot
-/// (still fed by its surviving flows) is not reused while fresh ones remain; after
-/// that, the lowest slot used by no rule and no flow is reused with zeroed counters.
-pub fn add_rule(instance: &mut Instance, rule: RedirectRule) -> Result<u32, ControlError> {
-    let _lock = instance.lock_rules()?;
-    instance.reload_info()?;
-    let rules = instance.maps.rules()?;
-    if rules.iter().any(|(from, _)| *from == rule.from_port) {
-        return Err(ControlError::RuleExists(rule.from_port));
-    }
-    if rules.len() >= MAX_RULES as usize {
-        return Err(RuleError::TooMany(rules.len() + 1).into());
-    }
-    let slot = if instance.info.next_slot < MAX_RULES {
-        instance.info.next_slot += 1;
-        instance.info.next_slot - 1
-    } else {
-        let flows = instance.maps.flows()?;
-        let slot = (0..MAX_RULES)
-            .find(|s| {
-                !rules.iter().any(|(_, r)| r.slot == *s)
-                    && !flows.iter().any(|(_, f)| f.rule_slot == *s)
-            })
-            .ok_or(ControlError::NoFreeSlot)?;
-        instance.maps.reset_rule_counters(slot)?;
-        slot
-    };
-    instance.maps.insert_rule(rule, slot)?;
-    instance.info.rules.push(RuleInfo {
-        from_port: rule.from_port,
-        to_port: rule.to_port,
-        slot,
-    });
-    instance.save_info()?;
-    Ok(slot)
-}
-
-/// Removes the rule on `port`; its tracked flows keep working until they close.
-pub fn remove_rule(instance: &mut Instance, port: u16) -> Result<(), ControlError> {
-    let _lock = instance.lock_rules()?;
-    instance.reload_info()?;
-    if !instance.maps.remove_rule(port)? {
-        return Err(ControlError::UnknownPort(port));
-    }
-    instance.info.rules.retain(|r| r.from_port != port);
-    instance.save_info()?;
-    Ok(())
 }
 
 /// One flow in `redirector flows --json`.
@@ -341,27 +185,6 @@ pub fn flows(instance: &Instance, port: Option<u16>) -> Result<Vec<FlowJson>, Co
         .collect();
     flows.sort_by_key(|(_, v)| v.created_ns);
     Ok(flows.iter().map(|(k, v)| flow_json(k, v, now)).collect())
-}
-
-/// Forgets tracked flows (to `port` only, if given); returns how many were removed.
-/// Their connections break: further packets are no longer rewritten.
-pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, ControlError> {
-    let doomed: Vec<FlowKey> = instance
-        .maps
-        .flows()?
-        .into_iter()
-        .filter(|(_, v)| port.is_none_or(|p| v.orig_port == p))
-        .map(|(k, _)| k)
-        .collect();
-    // The control lock serialises the read-modify-write of `flow_flushed`.
-    let _lock = instance.lock_rules()?;
-    let (removed, result) = instance.maps.remove_flows(&doomed);
-    // Counted even after an error: what was removed must not look evicted.
-    instance
-        .maps
-        .add_to_user_counter(Counter::FlowFlushed, removed as u64)?;
-    result?;
-    Ok(removed)
 }
 
 #[cfg(test)]
