@@ -14,7 +14,7 @@ use redirector::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{SniffArgs, SniffOptions};
+use super::SniffOptions;
 
 /// The proxy's configuration from its addresses and the shared options (of `sniff`, or
 /// of `run` with their `--sniff-` prefix).
@@ -127,4 +127,30 @@ fn tls_route(args: &SniffOptions) -> Option<TlsRoute> {
         http_backend: args.tls_http?,
         ws_sni: args.ws_sni.clone(),
     })
+}
+
+/// Arguments of `redirector sniff`.
+#[derive(Debug, clap::Args)]
+pub struct SniffArgs {
+    /// Accept clients on ADDR:PORT, e.g. 0.0.0.0:80 or [::]:80.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+
+    /// Backend of WebSocket upgrades.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub websocket: SocketAddr,
+
+    /// Backend of every other HTTP request.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: SocketAddr,
+
+    /// Serve the proxy's counters in Prometheus text at http://ADDR/metrics (off by
+    /// default). Port 0 picks a free port; the ready line shows the address in use.
+    ///
+    /// Example: --metrics 127.0.0.1:9465
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub options: SniffOptions,
 }

@@ -2,7 +2,7 @@
 
 use redirector::{dataplane::privileges, instance::pinned};
 
-use crate::cli::Target;
+use super::Target;
 
 /// Unpins the links (detaching the programs) and maps of the persisted instance.
 pub fn run(args: Target) -> anyhow::Result<()> {

@@ -9,7 +9,22 @@ use redirector::{
     sniff::publish,
 };
 
-use crate::cli::StatsArgs;
+use super::Target;
+
+/// Arguments of `stats`.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Print JSON (field names are stable; see docs/CONTROL.md). With --watch, one
+    /// compact JSON document per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the counters again every SECS seconds until interrupted (Ctrl-C); stops
+    /// with an error when the loader goes away.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch: Option<u64>,
+    #[command(flatten)]
+    pub target: Target,
+}
 
 /// Prints the counters of the instance of this network namespace; with `--watch`, again
 /// every interval until interrupted or until the instance is gone.

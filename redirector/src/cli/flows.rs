@@ -2,7 +2,20 @@
 
 use redirector::instance::{control, view};
 
-use crate::cli::FlowsArgs;
+use super::Target;
+
+/// Arguments of `flows`.
+#[derive(Debug, clap::Args)]
+pub struct FlowsArgs {
+    /// Only flows to this FROM port.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Print JSON (field names are stable; see docs/CONTROL.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
 
 /// Lists the tracked flows of the instance of this network namespace.
 pub fn run(args: FlowsArgs) -> anyhow::Result<()> {

@@ -2,7 +2,17 @@
 
 use redirector::instance::control;
 
-use crate::cli::FlushArgs;
+use super::Target;
+
+/// Arguments of `flush`.
+#[derive(Debug, clap::Args)]
+pub struct FlushArgs {
+    /// Only flows to this FROM port.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub target: Target,
+}
 
 /// Removes tracked flows (to `args.port` only, if given).
 pub fn run(args: FlushArgs) -> anyhow::Result<()> {

@@ -2,7 +2,17 @@
 
 use redirector::instance::{control, view};
 
-use crate::cli::ReadArgs;
+use super::Target;
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    /// Print JSON (field names are stable; see docs/CONTROL.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
 
 /// Prints the status of the instance of this network namespace.
 pub fn run(args: ReadArgs) -> anyhow::Result<()> {

@@ -1,23 +1,39 @@
-//! Command-line interface (clap derive); the doc comments are the `--help` text.
+//! The `redirector` command line: one module per verb, each holding its clap arguments
+//! (whose doc comments are the `--help` text) and its handler; this one holds the verbs
+//! themselves and [`dispatch`]es to them.
 
-use clap::{Parser, Subcommand};
+mod detach;
+mod flows;
+mod flush;
+mod rules;
+mod run;
+mod sniff;
+mod sources;
+mod stats;
+mod status;
+
 use std::net::SocketAddr;
 
-use redirector::{
-    dataplane::attach::Mode,
-    rules::RedirectRule,
-    sniff::{
-        detect::DEFAULT_MAX_HEADER_BYTES,
-        proxy_protocol::ProxyProtocol,
-        server::{
-            NotHttpPolicy, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_TIMEOUT_SECS,
-            DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNS,
-        },
-        sni::SniPattern,
-        splice::RelayMode,
+use clap::{Parser, Subcommand};
+
+use flows::FlowsArgs;
+use flush::FlushArgs;
+use redirector::sniff::{
+    detect::DEFAULT_MAX_HEADER_BYTES,
+    proxy_protocol::ProxyProtocol,
+    server::{
+        NotHttpPolicy, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_TIMEOUT_SECS,
+        DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNS,
     },
-    source_filter::SourcePrefix,
+    sni::SniPattern,
+    splice::RelayMode,
 };
+use rules::{AddArgs, PortArgs};
+use run::RunArgs;
+use sniff::SniffArgs;
+use sources::SourceArgs;
+use stats::StatsArgs;
+use status::ReadArgs;
 
 /// Kernel-level (eBPF) port redirector for WebSocket traffic.
 ///
@@ -118,97 +134,6 @@ pub enum Command {
     Sniff(SniffArgs),
 }
 
-/// Arguments of `redirector run`.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// Read settings from a TOML file (same keys as these flags, see
-    /// dist/redirector.toml); flags given here override it.
-    ///
-    /// Example: --config /etc/redirector/redirector.toml
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<std::path::PathBuf>,
-
-    /// Interface to attach to (repeatable). Default: the default-route interface.
-    /// The first one names the instance (`--iface` of the other commands accepts any).
-    #[arg(long = "iface", value_name = "IFACE")]
-    pub ifaces: Vec<String>,
-
-    /// Redirect new TCP flows to port FROM to port TO (repeatable).
-    /// Default: 80:8080 and 443:8443.
-    #[arg(long = "redirect", value_name = "FROM:TO")]
-    pub redirects: Vec<RedirectRule>,
-
-    /// Ingress hook: auto (TC on a veth, whose peer would lose TSO under XDP; elsewhere
-    /// native XDP, else generic XDP, else TC), xdp, xdp-generic, tc [default: auto].
-    #[arg(long, value_name = "MODE")]
-    pub mode: Option<Mode>,
-
-    /// Only redirect flows from sources in this IPv4/IPv6 prefix (repeatable).
-    /// Default: all sources.
-    #[arg(long = "allow", value_name = "CIDR")]
-    pub allow: Vec<SourcePrefix>,
-
-    /// Maximum number of tracked flows (LRU: the least recently used entry is evicted
-    /// when full) [default: 65536].
-    #[arg(long, value_name = "N")]
-    pub conntrack_size: Option<u32>,
-
-    /// Serve Prometheus metrics at http://ADDR/metrics (off by default). Port 0 picks a
-    /// free port; the `redirector ready` line shows the address in use.
-    ///
-    /// Example: --metrics 127.0.0.1:9464
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
-
-    /// Forget an established flow idle for SECS seconds [default: 432000, 5 days].
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout_established: Option<u64>,
-
-    /// Forget a flow SECS seconds after FIN was seen in both directions [default: 10].
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout_closing: Option<u64>,
-
-    /// Forget a flow idle for SECS seconds after FIN in one direction [default: 120].
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout_fin_wait: Option<u64>,
-
-    /// Forget a flow whose handshake has not completed after SECS seconds [default: 60].
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout_handshake: Option<u64>,
-
-    /// Leave the programs attached when the loader exits (links and maps pinned in the
-    /// initial mount namespace's bpffs); `redirector detach` removes them. While no loader
-    /// runs, no reaper does: closed flows leave the table only by LRU eviction.
-    #[arg(long)]
-    pub persist: bool,
-
-    #[command(flatten)]
-    pub sniff: RunSniffArgs,
-}
-
-/// The sniffing proxy run inside `redirector run`: its addresses, then every option of
-/// `redirector sniff` under a `--sniff-` prefix (see [`command`]).
-#[derive(Debug, clap::Args)]
-pub struct RunSniffArgs {
-    /// Also run the sniffing proxy of `redirector sniff` in this process, accepting on
-    /// ADDR:PORT; it stops with the redirector and its counters follow the redirector's.
-    /// Every option of `redirector sniff` is available with a `--sniff-` prefix
-    /// (`--sniff-max-conns`, `--sniff-header-timeout`, `--sniff-tls-listen`, …).
-    #[arg(long, value_name = "ADDR:PORT", requires_all = ["sniff_websocket", "sniff_http"])]
-    pub sniff_listen: Option<SocketAddr>,
-
-    /// Backend of sniffed WebSocket upgrades (`--websocket` of `redirector sniff`).
-    #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
-    pub sniff_websocket: Option<SocketAddr>,
-
-    /// Backend of other sniffed HTTP (`--http` of `redirector sniff`).
-    #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
-    pub sniff_http: Option<SocketAddr>,
-
-    #[command(flatten)]
-    pub options: SniffOptions,
-}
-
 /// Which running instance to talk to.
 #[derive(Debug, clap::Args)]
 pub struct Target {
@@ -216,111 +141,6 @@ pub struct Target {
     /// namespace.
     #[arg(long, value_name = "IFACE")]
     pub iface: Option<String>,
-}
-
-/// Arguments of `status`.
-#[derive(Debug, clap::Args)]
-pub struct ReadArgs {
-    /// Print JSON (field names are stable; see docs/CONTROL.md).
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-/// Arguments of `stats`.
-#[derive(Debug, clap::Args)]
-pub struct StatsArgs {
-    /// Print JSON (field names are stable; see docs/CONTROL.md). With --watch, one
-    /// compact JSON document per line.
-    #[arg(long)]
-    pub json: bool,
-    /// Print the counters again every SECS seconds until interrupted (Ctrl-C); stops
-    /// with an error when the loader goes away.
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub watch: Option<u64>,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-/// Arguments of `flows`.
-#[derive(Debug, clap::Args)]
-pub struct FlowsArgs {
-    /// Only flows to this FROM port.
-    #[arg(long, value_name = "PORT")]
-    pub port: Option<u16>,
-    /// Print JSON (field names are stable; see docs/CONTROL.md).
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-/// Arguments of `enable`, `disable` and `remove`.
-#[derive(Debug, clap::Args)]
-pub struct PortArgs {
-    /// The rule's FROM port.
-    #[arg(value_name = "PORT")]
-    pub port: u16,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-/// Arguments of `add`.
-#[derive(Debug, clap::Args)]
-pub struct AddArgs {
-    /// The new rule.
-    #[arg(value_name = "FROM:TO")]
-    pub rule: RedirectRule,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-/// Arguments of `allow` and `disallow`.
-#[derive(Debug, clap::Args)]
-pub struct SourceArgs {
-    /// An IPv4 or IPv6 prefix, e.g. 10.0.0.0/8 or 2001:db8::/32 (a bare address is /32
-    /// or /128).
-    #[arg(value_name = "CIDR")]
-    pub prefix: SourcePrefix,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-/// Arguments of `flush`.
-#[derive(Debug, clap::Args)]
-pub struct FlushArgs {
-    /// Only flows to this FROM port.
-    #[arg(long, value_name = "PORT")]
-    pub port: Option<u16>,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-/// Arguments of `redirector sniff`.
-#[derive(Debug, clap::Args)]
-pub struct SniffArgs {
-    /// Accept clients on ADDR:PORT, e.g. 0.0.0.0:80 or [::]:80.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: SocketAddr,
-
-    /// Backend of WebSocket upgrades.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub websocket: SocketAddr,
-
-    /// Backend of every other HTTP request.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub http: SocketAddr,
-
-    /// Serve the proxy's counters in Prometheus text at http://ADDR/metrics (off by
-    /// default). Port 0 picks a free port; the ready line shows the address in use.
-    ///
-    /// Example: --metrics 127.0.0.1:9465
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<SocketAddr>,
-
-    #[command(flatten)]
-    pub options: SniffOptions,
 }
 
 /// The options of the sniffing proxy, shared by `redirector sniff` (as written here) and
@@ -397,6 +217,17 @@ pub struct SniffOptions {
     pub relay: RelayMode,
 }
 
+/// A `--ws-path` must be an absolute path prefix.
+fn parse_ws_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.contains(|c: char| c.is_ascii_whitespace()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid --ws-path `{s}`: expected a path prefix starting with /"
+        ))
+    }
+}
+
 /// Names `redirector run` accepted for sniff options before they all took the `--sniff-`
 /// prefix; still accepted (hidden).
 const RUN_SNIFF_LEGACY_NAMES: &[(&str, &str)] = &[("ws_paths", "ws-path")];
@@ -425,22 +256,30 @@ pub fn command() -> clap::Command {
     })
 }
 
+/// Runs the handler of `command`.
+pub fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => run::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Flows(args) => flows::run(args),
+        Command::Enable(args) => rules::enable(args),
+        Command::Disable(args) => rules::disable(args),
+        Command::Add(args) => rules::add(args),
+        Command::Remove(args) => rules::remove(args),
+        Command::Flush(args) => flush::run(args),
+        Command::Allow(args) => sources::allow(args),
+        Command::Disallow(args) => sources::disallow(args),
+        Command::Detach(args) => detach::run(args),
+        Command::Sniff(args) => sniff::sniff(args),
+    }
+}
+
 /// Parses the process's command line with [`command`]; exits with clap's message on error.
 pub fn parse() -> Cli {
     use clap::FromArgMatches as _;
     let matches = command().get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
-/// A `--ws-path` must be an absolute path prefix.
-fn parse_ws_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') && !s.contains(|c: char| c.is_ascii_whitespace()) {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "invalid --ws-path `{s}`: expected a path prefix starting with /"
-        ))
-    }
 }
 
 #[cfg(test)]
