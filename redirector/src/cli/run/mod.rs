@@ -1,0 +1,160 @@
+//! `redirector run`: its arguments, and the loader in four steps — [`prepare`] (check and
+//! claim), [`start`] (load, attach, pin, announce), [`serve`] (until a signal), [`stop`]
+//! (unpin, detach, report). With `--sniff-listen`, the sniffing proxy of `redirector sniff`
+//! runs on the same runtime, its counters on `/metrics` and published for `redirector stats`.
+
+mod prepare;
+mod serve;
+mod start;
+mod stop;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use redirector::{
+    config::{RunSettings, TimeoutSettings},
+    dataplane::attach::Mode,
+    rules::RedirectRule,
+    sniff::server::SniffConfig,
+    source_filter::SourcePrefix,
+};
+
+use super::{sniff as sniff_cmd, SniffOptions};
+use prepare::Prepared;
+
+/// Arguments of `redirector run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Read settings from a TOML file (same keys as these flags, see
+    /// dist/redirector.toml); flags given here override it.
+    ///
+    /// Example: --config /etc/redirector/redirector.toml
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Interface to attach to (repeatable). Default: the default-route interface.
+    /// The first one names the instance (`--iface` of the other commands accepts any).
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+
+    /// Redirect new TCP flows to port FROM to port TO (repeatable).
+    /// Default: 80:8080 and 443:8443.
+    #[arg(long = "redirect", value_name = "FROM:TO")]
+    pub redirects: Vec<RedirectRule>,
+
+    /// Ingress hook: auto (TC on a veth, whose peer would lose TSO under XDP; elsewhere
+    /// native XDP, else generic XDP, else TC), xdp, xdp-generic, tc [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<Mode>,
+
+    /// Only redirect flows from sources in this IPv4/IPv6 prefix (repeatable).
+    /// Default: all sources.
+    #[arg(long = "allow", value_name = "CIDR")]
+    pub allow: Vec<SourcePrefix>,
+
+    /// Maximum number of tracked flows (LRU: the least recently used entry is evicted
+    /// when full) [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub conntrack_size: Option<u32>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default). Port 0 picks a
+    /// free port; the `redirector ready` line shows the address in use.
+    ///
+    /// Example: --metrics 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Forget an established flow idle for SECS seconds [default: 432000, 5 days].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_established: Option<u64>,
+
+    /// Forget a flow SECS seconds after FIN was seen in both directions [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_closing: Option<u64>,
+
+    /// Forget a flow idle for SECS seconds after FIN in one direction [default: 120].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_fin_wait: Option<u64>,
+
+    /// Forget a flow whose handshake has not completed after SECS seconds [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_handshake: Option<u64>,
+
+    /// Leave the programs attached when the loader exits (links and maps pinned in the
+    /// initial mount namespace's bpffs); `redirector detach` removes them. While no loader
+    /// runs, no reaper does: closed flows leave the table only by LRU eviction.
+    #[arg(long)]
+    pub persist: bool,
+
+    #[command(flatten)]
+    pub sniff: RunSniffArgs,
+}
+
+/// The sniffing proxy run inside `redirector run`: its addresses, then every option of
+/// `redirector sniff` under a `--sniff-` prefix (see [`command`]).
+#[derive(Debug, clap::Args)]
+pub struct RunSniffArgs {
+    /// Also run the sniffing proxy of `redirector sniff` in this process, accepting on
+    /// ADDR:PORT; it stops with the redirector and its counters follow the redirector's.
+    /// Every option of `redirector sniff` is available with a `--sniff-` prefix
+    /// (`--sniff-max-conns`, `--sniff-header-timeout`, `--sniff-tls-listen`, …).
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["sniff_websocket", "sniff_http"])]
+    pub sniff_listen: Option<SocketAddr>,
+
+    /// Backend of sniffed WebSocket upgrades (`--websocket` of `redirector sniff`).
+    #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
+    pub sniff_websocket: Option<SocketAddr>,
+
+    /// Backend of other sniffed HTTP (`--http` of `redirector sniff`).
+    #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
+    pub sniff_http: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub options: SniffOptions,
+}
+
+/// The flags as settings ("not given" kept apart from defaults).
+fn flag_settings(args: RunArgs) -> RunSettings {
+    RunSettings {
+        ifaces: args.ifaces,
+        redirects: args.redirects,
+        mode: args.mode,
+        allow: args.allow,
+        conntrack_size: args.conntrack_size,
+        metrics: args.metrics,
+        timeouts: TimeoutSettings {
+            established: args.timeout_established,
+            closing: args.timeout_closing,
+            fin_wait: args.timeout_fin_wait,
+            handshake: args.timeout_handshake,
+        },
+    }
+}
+
+/// Runs the loader in the foreground.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.config.clone();
+    let persist = args.persist;
+    let sniff = sniff_config(&args.sniff);
+    let flags = flag_settings(args);
+    let settings = match config {
+        Some(path) => flags.or(RunSettings::load(&path)?),
+        None => flags,
+    };
+    let report = Prepared::new(settings, sniff, persist)?
+        .start()?
+        .serve()?
+        .stop()?;
+    print!("{report}");
+    Ok(())
+}
+
+/// The sniffing proxy's configuration, if `--sniff-listen` was given (clap requires both
+/// backends with it), with every `--sniff-*` option.
+fn sniff_config(args: &RunSniffArgs) -> Option<SniffConfig> {
+    Some(sniff_cmd::sniff_config(
+        args.sniff_listen?,
+        args.sniff_websocket?,
+        args.sniff_http?,
+        &args.options,
+    ))
+}

@@ -1,0 +1,105 @@
+//! Step 3 of `run`: reap expired flows, serve `/metrics`, run the sniffing proxy and
+//! publish its counters, until SIGINT or SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redirector::{dataplane::Dataplane, observe::http as metrics_http, reaper};
+use tokio::signal::unix::Signal;
+
+use super::start::{Loaded, Started};
+
+/// How often closed and idle flows are reclaimed.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Renders the `/metrics` body at each scrape.
+pub type MetricsBody = Box<dyn Fn() -> Result<String, String>>;
+
+/// The signals that stop the loader.
+pub struct Signals {
+    pub(super) interrupt: Signal,
+    pub(super) terminate: Signal,
+}
+
+impl Started {
+    /// Serves until a signal; then stops the sniffing proxy and the runtime (closing the
+    /// sniffed connections still open) and hands back what [`Loaded::stop`] takes down.
+    pub fn serve(self) -> anyhow::Result<Loaded> {
+        let Started {
+            runtime,
+            mut loaded,
+            timeouts,
+            signals,
+            metrics,
+            sniff,
+        } = self;
+        runtime.block_on(async {
+            let (stop_sniff, sniff_stopped) = tokio::sync::oneshot::channel::<()>();
+            let sniffing = sniff.map(|server| {
+                tokio::spawn(server.serve(async move {
+                    let _ = sniff_stopped.await;
+                }))
+            });
+            let publishing = async {
+                match &loaded.sniff_publisher {
+                    Some(publisher) => publisher.run().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let served = tokio::select! {
+                served = reap_until_signal(&mut loaded.dp, &timeouts, signals, metrics) => served,
+                () = publishing => unreachable!("publishing runs until dropped"),
+            };
+            let _ = stop_sniff.send(());
+            if let Some(sniffing) = sniffing {
+                sniffing.await.context("the sniffing proxy's task failed")?;
+            }
+            served
+        })?;
+        // Sniffed connections still open are closed with the runtime.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        Ok(loaded)
+    }
+}
+
+/// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM (which
+/// also stop the sniffing proxy).
+async fn reap_until_signal(
+    dp: &mut Dataplane,
+    timeouts: &reaper::Timeouts,
+    mut signals: Signals,
+    metrics: Option<(std::net::TcpListener, MetricsBody)>,
+) -> anyhow::Result<()> {
+    let metrics = match metrics {
+        Some((listener, render)) => {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("registering the --metrics listener")?;
+            Some(metrics_http::serve(listener, render))
+        }
+        None => None,
+    };
+    let metrics = async move {
+        match metrics {
+            Some(server) => server.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(metrics);
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = signals.interrupt.recv() => break,
+            _ = signals.terminate.recv() => break,
+            () = &mut metrics => unreachable!("the metrics server runs until dropped"),
+            _ = tick.tick() => {
+                match reaper::reap(dp, timeouts) {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("reclaimed {n} closed or idle flows"),
+                    Err(e) => log::warn!("reaping flows: {e}"),
+                }
+            }
+        }
+    }
+    log::info!("signal received, detaching");
+    Ok(())
+}

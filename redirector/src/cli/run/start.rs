@@ -1,0 +1,202 @@
+//! Step 2 of `run`: load the dataplane, attach it to every interface, pin the instance,
+//! publish the proxy's counters, install the signal handlers, and announce `ready`.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use redirector::{
+    dataplane::{attach, maps::Maps, Dataplane},
+    instance::{
+        info::{InstanceInfo, InterfaceInfo, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT},
+        lock::FileLock,
+        paths,
+        pinned::PinnedInstance,
+    },
+    observe::{
+        prometheus::{self, Labels},
+        stats::Snapshot,
+    },
+    reaper::Timeouts,
+    rules::{RedirectRule, RuleSlots},
+    sniff::{self, counters::Counters, publish::Publisher, server::SniffServer},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{
+    prepare::Prepared,
+    serve::{MetricsBody, Signals},
+};
+use crate::cli::sniff as sniff_cmd;
+
+/// A loaded, attached and pinned redirector, announced ready; [`Started::serve`] runs it.
+pub struct Started {
+    pub(super) runtime: tokio::runtime::Runtime,
+    pub(super) loaded: Loaded,
+    pub(super) timeouts: Timeouts,
+    pub(super) signals: Signals,
+    /// The `--metrics` listener and what it serves.
+    pub(super) metrics: Option<(std::net::TcpListener, MetricsBody)>,
+    pub(super) sniff: Option<SniffServer>,
+}
+
+/// What stays in place while the loader serves, and [`Loaded::stop`] takes down.
+pub struct Loaded {
+    pub(super) dp: Dataplane,
+    pub(super) pinned: PinnedInstance,
+    pub(super) ifaces: Vec<String>,
+    pub(super) persist: bool,
+    /// The sniffing proxy's counters, and their publication for `redirector stats`.
+    pub(super) sniff_counters: Option<Arc<Counters>>,
+    pub(super) sniff_publisher: Option<Publisher>,
+    pub(super) locks: Vec<FileLock>,
+}
+
+impl Prepared {
+    /// Loads, attaches and pins; prints the ready line(s).
+    pub fn start(mut self) -> anyhow::Result<Started> {
+        let mut dp = Dataplane::load(self.conntrack_size)?;
+        dp.set_rules(&self.rules)?;
+        dp.set_allowed_sources(&self.allow)?;
+        let mut interfaces = Vec::new();
+        let mut links = Vec::new();
+        for name in &self.ifaces {
+            let attached = attach::attach(&mut dp, name, self.mode)?;
+            let hook = attached.hook;
+            if self.persist {
+                let (ingress, egress) = attached.take_links(&mut dp)?;
+                links.push((paths::link_pin_name(name, "ingress"), ingress));
+                links.push((paths::link_pin_name(name, "egress"), egress));
+            }
+            log::info!("attached to {name}: ingress {hook}, egress tc");
+            interfaces.push(InterfaceInfo {
+                name: name.clone(),
+                ingress_hook: hook.to_string(),
+            });
+        }
+        let metrics_url = self
+            .metrics
+            .as_ref()
+            .map(|listener| anyhow::Ok(format!("http://{}/metrics", listener.local_addr()?)))
+            .transpose()?;
+        let info = self.info(interfaces, metrics_url.clone());
+        let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
+        log::info!("maps pinned in {}", pinned.dir().display());
+        let sniff_counters = self.sniff.as_ref().map(SniffServer::counters);
+        // `redirector stats` of other processes reads the proxy's counters from this file.
+        let sniff_publisher = sniff_counters
+            .as_ref()
+            .map(|counters| {
+                let path = paths::sniff_stats_file(info.netns_inode, info.key_iface());
+                Publisher::create(path, Arc::clone(counters))
+            })
+            .transpose()
+            .context("publishing the sniff counters")?;
+        let metrics = match self.metrics.take() {
+            Some(listener) => {
+                let render = self.metrics_body(&pinned, sniff_counters.clone())?;
+                Some((listener, render))
+            }
+            None => None,
+        };
+        // Handlers are installed before `ready` is printed: a SIGTERM right after it must
+        // still detach cleanly instead of killing the process with its pins in place.
+        let signals = {
+            let _runtime = self.runtime.enter();
+            Signals {
+                interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+                terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            }
+        };
+        if let Some(server) = &self.sniff {
+            let addrs = server.local_addrs().context("reading the sniff address")?;
+            println!(
+                "redirector sniff ready: listening on {}",
+                sniff_cmd::listening(&addrs)
+            );
+        }
+        print_ready(&info, &self.rules, &metrics_url);
+        Ok(Started {
+            runtime: self.runtime,
+            loaded: Loaded {
+                dp,
+                pinned,
+                ifaces: self.ifaces,
+                persist: self.persist,
+                sniff_counters,
+                sniff_publisher,
+                locks: self.locks,
+            },
+            timeouts: self.timeouts,
+            signals,
+            metrics,
+            sniff: self.sniff,
+        })
+    }
+
+    /// The instance file of what was attached.
+    fn info(&self, interfaces: Vec<InterfaceInfo>, metrics: Option<String>) -> InstanceInfo {
+        let mut slots = RuleSlots::default();
+        let rules = slots.assign(&self.rules);
+        InstanceInfo {
+            format: INSTANCE_FORMAT,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            netns_inode: paths::netns_inode(),
+            mode: self.mode.to_string(),
+            interfaces,
+            conntrack_size: self.conntrack_size,
+            rules: rules
+                .into_iter()
+                .map(|(rule, slot)| RuleInfo::new(rule, slot))
+                .collect(),
+            next_slot: slots.next_fresh(),
+            timeouts: Some(TimeoutsInfo::from(&self.timeouts)),
+            metrics,
+            persist: self.persist,
+        }
+    }
+
+    /// What `/metrics` serves: the maps (through handles of its own, opened from their
+    /// pins, so scrapes never wait for the reaper's `&mut Dataplane`) and the sniffing
+    /// proxy's counters.
+    fn metrics_body(
+        &self,
+        pinned: &PinnedInstance,
+        sniff_counters: Option<Arc<Counters>>,
+    ) -> anyhow::Result<MetricsBody> {
+        let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
+        let labels = Labels {
+            iface: self.ifaces[0].clone(),
+            conntrack_capacity: self.conntrack_size,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        Ok(Box::new(move || {
+            let snapshot = Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
+            let mut body = prometheus::render(&snapshot, &labels);
+            if let Some(counters) = &sniff_counters {
+                body.push_str(&sniff::metrics::render(counters));
+            }
+            Ok(body)
+        }))
+    }
+}
+
+/// `redirector ready: IFACE (HOOK), … rules FROM->TO … conntrack-size N[ metrics URL]`.
+fn print_ready(info: &InstanceInfo, rules: &[RedirectRule], metrics_url: &Option<String>) {
+    let hooks: Vec<String> = info
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.ingress_hook))
+        .collect();
+    let rules: Vec<String> = rules.iter().map(ToString::to_string).collect();
+    let metrics_note = match metrics_url {
+        Some(url) => format!(" metrics {url}"),
+        None => String::new(),
+    };
+    println!(
+        "redirector ready: {} rules {} conntrack-size {}{metrics_note}",
+        hooks.join(", "),
+        rules.join(" "),
+        info.conntrack_size
+    );
+}
