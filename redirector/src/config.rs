@@ -166,12 +166,7 @@ impl RunSettings {
             redirects: parse_all("redirects", file.redirects, &invalid)?,
             mode: file
                 .mode
-                .map(|m| {
-                    m.parse()
-                        .map_err(|e: crate::dataplane::attach::ModeParseError| {
-                            invalid("mode", e.to_string())
-                        })
-                })
+                .map(|m| Mode::parse(&m).map_err(|e| invalid("mode", e)))
                 .transpose()?,
             allow: parse_all("allow", file.allow, &invalid)?,
             conntrack_size: file.conntrack_size,

@@ -1,6 +1,8 @@
 //! Attaching the programs to an interface: the hook mode for ingress, TC for egress.
 
-use std::{fmt, io, str::FromStr};
+use std::{fmt, io};
+
+use clap::ValueEnum;
 
 use aya::programs::{
     links::{FdLink, LinkError},
@@ -11,8 +13,8 @@ use aya::programs::{
 
 use super::{iface, Dataplane, DataplaneError};
 
-/// Requested ingress hook (`--mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Requested ingress hook (`--mode`, `mode =` in a config file); the names are clap's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// TC ingress on a veth; elsewhere native XDP, else generic XDP, else TC ingress.
     #[default]
@@ -25,14 +27,28 @@ pub enum Mode {
     Tc,
 }
 
+impl Mode {
+    /// Parses a mode name; the error names the accepted ones (the value parser of
+    /// `--mode`, whose error text the CLI keeps, and of the config file's `mode`).
+    pub fn parse(text: &str) -> Result<Mode, String> {
+        Mode::from_str(text, false).map_err(|_| {
+            let names: Vec<String> = Mode::value_variants()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let (last, rest) = names.split_last().expect("Mode has variants");
+            format!(
+                "invalid mode `{text}`: expected {} or {last}",
+                rest.join(", ")
+            )
+        })
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Auto => "auto",
-            Mode::Xdp => "xdp",
-            Mode::XdpGeneric => "xdp-generic",
-            Mode::Tc => "tc",
-        })
+        let value = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(value.get_name())
     }
 }
 
@@ -54,25 +70,6 @@ impl fmt::Display for Hook {
             Hook::XdpGeneric => "xdp-generic",
             Hook::TcIngress => "tc",
         })
-    }
-}
-
-/// `--mode` text that is not a mode.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid mode `{0}`: expected auto, xdp, xdp-generic or tc")]
-pub struct ModeParseError(String);
-
-impl FromStr for Mode {
-    type Err = ModeParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Mode::Auto),
-            "xdp" => Ok(Mode::Xdp),
-            "xdp-generic" => Ok(Mode::XdpGeneric),
-            "tc" => Ok(Mode::Tc),
-            _ => Err(ModeParseError(s.to_string())),
-        }
     }
 }
 
@@ -284,4 +281,22 @@ fn is_busy(err: &ProgramError) -> bool {
     };
     matches!(code, Some(libc::EBUSY) | Some(libc::EEXIST))
         || matches!(err, ProgramError::SyscallError(e) if e.io_error.kind() == io::ErrorKind::AlreadyExists)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_by_their_names_and_a_bad_one_is_explained() {
+        for mode in Mode::value_variants() {
+            assert_eq!(Mode::parse(&mode.to_string()), Ok(*mode));
+        }
+        let names: Vec<String> = Mode::value_variants().iter().map(Mode::to_string).collect();
+        assert_eq!(names, ["auto", "xdp", "xdp-generic", "tc"]);
+        assert_eq!(
+            Mode::parse("fast").unwrap_err(),
+            "invalid mode `fast`: expected auto, xdp, xdp-generic or tc"
+        );
+    }
 }

@@ -43,7 +43,7 @@ pub struct RunArgs {
 
     /// Ingress hook: auto (TC on a veth, whose peer would lose TSO under XDP; elsewhere
     /// native XDP, else generic XDP, else TC), xdp, xdp-generic, tc [default: auto].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", value_parser = Mode::parse)]
     pub mode: Option<Mode>,
 
     /// Only redirect flows from sources in this IPv4/IPv6 prefix (repeatable).
