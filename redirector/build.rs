@@ -1,5 +1,5 @@
 //! Compiles the eBPF crate for bpfel-unknown-none with the nightly toolchain (aya-build)
-//! and leaves the object in OUT_DIR, where `src/ebpf.rs` embeds it.
+//! and leaves the object in OUT_DIR, where `src/dataplane/mod.rs` embeds it (`OBJECT`).
 
 use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;

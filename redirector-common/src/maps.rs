@@ -86,9 +86,10 @@ pub struct FlowValue {
     pub rule_slot: u32,
     /// Explicit padding, always zero.
     pub _pad2: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the flow was created.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE: CLOCK_MONOTONIC at tick
+    /// resolution) when the flow was created.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet seen in either direction.
+    /// `bpf_ktime_get_coarse_ns()` of the last packet seen in either direction.
     pub last_seen_ns: u64,
 }
 
