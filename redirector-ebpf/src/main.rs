@@ -5,6 +5,9 @@
 //! port of tracked flows FROM→TO; TC egress rewrites the source port of replies TO→FROM.
 #![no_std]
 #![no_main]
+// aya-ebpf's #[xdp] and #[classifier] emit each exported entry symbol without the doc
+// comment written on it; a binary has nothing else `missing_docs` would check.
+#![allow(missing_docs)]
 
 mod egress;
 mod flow;

@@ -269,6 +269,7 @@ pub fn sample(body: &str, series: &str) -> u64 {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// Creates a fresh directory whose name contains `tag`.
     pub fn new(tag: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
