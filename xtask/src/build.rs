@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::cmd::{heading, Cmd};
 use crate::setup;
+use testkit::cmd::{heading, Cmd};
 
 /// Packages whose binaries the demo and the tests run.
 const PACKAGES: [&str; 3] = ["redirector", "redirector-tests", "wsload"];

@@ -8,8 +8,8 @@ use anyhow::{Context as _, Result};
 use crate::bench;
 use crate::build::{self, workspace_root, Binaries, Profile};
 use crate::cli::{BenchArgs, TestArgs};
-use crate::cmd::{heading, Cmd};
 use crate::setup;
+use testkit::cmd::{heading, Cmd};
 
 /// Built only for bpfel-unknown-none, by aya-build from redirector's build.rs. For the host it
 /// neither links (`cargo test`) nor reliably checks (`cargo clippy --all-targets`: the test

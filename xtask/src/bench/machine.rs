@@ -7,7 +7,7 @@ use std::fs;
 use serde::Serialize;
 
 use crate::build::workspace_root;
-use crate::cmd::Cmd;
+use testkit::cmd::Cmd;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {

@@ -23,12 +23,11 @@ mod stats;
 mod svg;
 mod testbed;
 
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use nix::fcntl::{Flock, FlockArg};
 
 use self::configs::Tools;
 use self::loads::Target;
@@ -36,21 +35,17 @@ use self::netstat::Health;
 use self::plan::{Config, Load, Mode, Params, Phase};
 use self::report::{LoadInfo, Report};
 use self::stats::Run;
-use self::testbed::Testbed;
+use self::testbed::{Testbed, BENCH};
 use crate::build::{self, workspace_root, Binaries, Profile};
 use crate::cli::BenchArgs;
-use crate::cmd::{heading, Cmd};
-use crate::interrupt;
-use crate::netns::BENCH;
-use crate::process::Background;
-
-/// The machine-wide lock the kernel tests take (tests/src/fixtures.rs): while the benchmark
-/// has programs loaded, another checkout's tests must not check that none are.
-const KERNEL_LOCK: &str = "/run/lock/redirector-tests.lock";
+use testkit::cmd::{heading, Cmd};
+use testkit::interrupt;
+use testkit::lock::KernelLock;
+use testkit::process::Proc;
 
 /// `cargo xtask bench`: setup, build, then `run_with`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    interrupt::install("bench", &BENCH)?;
+    interrupt::install("bench", [BENCH.client.netns, BENCH.server.netns])?;
     let binaries = build::run(Profile::Release)?;
     run_with(&binaries, args)
 }
@@ -104,7 +99,9 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     };
 
     let runs = {
-        let _lock = kernel_lock()?;
+        // The machine-wide lock the kernel tests take: while the benchmark has programs
+        // loaded, another checkout's tests must not check that none are (waits for them).
+        let _lock = KernelLock::exclusive()?;
         heading("testbed");
         let mut testbed = Testbed::create()?;
         let work_dir = WorkDir::create()?;
@@ -184,7 +181,7 @@ impl Session<'_> {
     fn run_all(&mut self, configs: &[Config], loads: &[Load]) -> Result<()> {
         let slots = plan::schedule(self.params, configs, loads);
         let total: usize = slots.iter().map(|s| s.loads.len()).sum();
-        let mut servers: Option<(Phase, Vec<Background>)> = None;
+        let mut servers: Option<(Phase, Vec<Proc>)> = None;
         let mut done = 0;
         for slot in slots {
             interrupt::check()?;
@@ -375,7 +372,7 @@ fn run_json(cmd: Cmd, timeout: std::time::Duration) -> Result<serde_json::Value>
         bail!(
             "`{shown}` failed ({}){}",
             output.describe_end(timeout),
-            crate::cmd::describe_output(&output.stdout, &output.stderr)
+            testkit::cmd::describe_output(&output.stdout, &output.stderr)
         );
     }
     serde_json::from_str(output.stdout.trim())
@@ -399,20 +396,6 @@ impl Drop for WorkDir {
             eprintln!("  warning: could not remove {}: {err}", self.0.display());
         }
     }
-}
-
-/// Takes the machine-wide kernel-test lock for the load runs (waits for a running test).
-fn kernel_lock() -> Result<Flock<File>> {
-    let path = Path::new(KERNEL_LOCK);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("could not open {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| errno)
-        .with_context(|| format!("could not lock {}", path.display()))
 }
 
 #[cfg(test)]
