@@ -1,7 +1,9 @@
-//! `cargo xtask bench`: redirector against direct, iptables, nftables, HAProxy and nginx, with
-//! real load generators between two network namespaces; results in bench/results/.
+//! The benchmark behind `cargo xtask bench`: redirector against direct, iptables, nftables,
+//! HAProxy and nginx, with real load generators between two network namespaces; results in
+//! bench/results/. Its measuring tools are this crate's binaries `kernel-bench` and
+//! `sniff-bench`; xtask builds everything and calls [`run_with`].
 //!
-//! Order of a run: build; the kernel-side cost (`kernel-bench`); the sniffing proxy's relay
+//! Order of a run: build (xtask); the kernel-side cost (`kernel-bench`); the sniffing proxy's relay
 //! modes on loopback (`sniff-bench`); the testbed; then per phase
 //! (the servers on 8080/8443 for one kind of traffic) every repetition applies each
 //! configuration in turn and runs that phase's loads against it, each from a fresh client
@@ -9,6 +11,7 @@
 //! configuration's own processes; finally medians, ratios to direct, the targets, and the
 //! JSON/Markdown/SVG files.
 
+mod args;
 mod configs;
 mod cpu;
 mod kernel;
@@ -24,7 +27,7 @@ mod svg;
 mod testbed;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
@@ -35,22 +38,26 @@ use self::netstat::Health;
 use self::plan::{Config, Load, Mode, Params, Phase};
 use self::report::{LoadInfo, Report};
 use self::stats::Run;
-use self::testbed::{Testbed, BENCH};
-use crate::build::{self, workspace_root, Binaries, Profile};
-use crate::cli::BenchArgs;
+use self::testbed::Testbed;
 use testkit::cmd::{heading, Cmd};
 use testkit::interrupt;
 use testkit::lock::KernelLock;
 use testkit::process::Proc;
 
-/// `cargo xtask bench`: setup, build, then `run_with`.
-pub fn run(args: &BenchArgs) -> Result<()> {
-    interrupt::install("bench", [BENCH.client.netns, BENCH.server.netns])?;
-    let binaries = build::run(Profile::Release)?;
-    run_with(&binaries, args)
+pub use self::args::BenchArgs;
+pub use self::testbed::BENCH;
+
+/// Absolute paths of the built binaries the benchmark runs.
+pub struct Binaries {
+    pub redirector: PathBuf,
+    pub ws_echo: PathBuf,
+    pub wsload: PathBuf,
+    pub kernel_bench: PathBuf,
+    pub sniff_bench: PathBuf,
 }
 
-/// The benchmark with already built binaries (also the smoke step of `cargo xtask test`).
+/// The benchmark with already built binaries (`cargo xtask bench` after its build, and the
+/// smoke step of `cargo xtask test`).
 pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     let params = Params::for_mode(args.mode());
     let name = args
@@ -377,6 +384,12 @@ fn run_json(cmd: Cmd, timeout: std::time::Duration) -> Result<serde_json::Value>
     }
     serde_json::from_str(output.stdout.trim())
         .with_context(|| format!("`{shown}` printed no valid JSON"))
+}
+
+/// The workspace root: this crate's manifest directory is one level below it.
+fn workspace_root() -> &'static Path {
+    let bench_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench_dir.parent().unwrap_or(bench_dir)
 }
 
 /// Config files and the static page; removed on drop.

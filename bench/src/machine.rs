@@ -6,7 +6,7 @@ use std::fs;
 
 use serde::Serialize;
 
-use crate::build::workspace_root;
+use crate::workspace_root;
 use testkit::cmd::Cmd;
 
 #[derive(Debug, Clone, Serialize)]
