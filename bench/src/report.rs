@@ -60,7 +60,10 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             serde_json::to_string_pretty(report)? + "\n",
         ),
         (base.with_extension("md"), markdown(report)),
-        (base.with_extension("svg"), svg::chart(report)),
+        (
+            base.with_extension("svg"),
+            svg::chart(&report.name, &report.summary),
+        ),
     ];
     let mut written = Vec::new();
     for (path, text) in files {
