@@ -2,9 +2,7 @@
 //! WebSocket client, and the checks that nothing of a stopped loader remains.
 
 use std::{
-    fs::File,
     io::Write,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Command,
     process::Output,
@@ -13,35 +11,36 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    bins,
+use testkit::{
+    error_chain,
+    lock::KernelLock,
     netns::{Netns, Topology},
     process::Proc,
 };
+
+use crate::bins;
 
 /// Tests that start loaders run one at a time within a test binary, so "no redirector
 /// program is loaded any more" after a loader exits is a meaningful check.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The machine-wide lock file: test processes of other checkouts (and the benchmark) load
-/// redirector programs into the same kernel, so the check needs a lock across processes too.
-const KERNEL_LOCK: &str = "/run/lock/redirector-tests.lock";
-
 /// Held while a test may load redirector programs; released on drop.
 pub struct SerialGuard {
     _thread: Option<MutexGuard<'static, ()>>,
-    _file: File,
+    _kernel: KernelLock,
 }
 
-/// Takes the one-loader-at-a-time lock, within this process and across processes (a
-/// panicking test does not poison it for others).
+/// Takes the one-loader-at-a-time lock, within this process and across processes (the
+/// machine-wide [`KernelLock`]: test processes of other checkouts and the benchmark load
+/// redirector programs into the same kernel). A panicking test does not poison it for
+/// others.
 pub fn serial() -> SerialGuard {
     let thread = SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     SerialGuard {
         _thread: Some(thread),
-        _file: kernel_lock(libc::LOCK_EX),
+        _kernel: KernelLock::exclusive().unwrap_or_else(|e| panic!("{}", error_chain(&e))),
     }
 }
 
@@ -51,26 +50,8 @@ pub fn serial() -> SerialGuard {
 pub fn shared_kernel_lock() -> SerialGuard {
     SerialGuard {
         _thread: None,
-        _file: kernel_lock(libc::LOCK_SH),
+        _kernel: KernelLock::shared().unwrap_or_else(|e| panic!("{}", error_chain(&e))),
     }
-}
-
-fn kernel_lock(mode: libc::c_int) -> File {
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(KERNEL_LOCK)
-        .unwrap_or_else(|e| panic!("open {KERNEL_LOCK}: {e}"));
-    // SAFETY: flock(2) on a descriptor this function owns; the lock lives as long as `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), mode) };
-    assert_eq!(
-        rc,
-        0,
-        "flock {KERNEL_LOCK}: {}",
-        std::io::Error::last_os_error()
-    );
-    file
 }
 
 /// Starts ws-echo in the server namespace on 8080 (ws) and 8443 (wss), IPv4 and IPv6,

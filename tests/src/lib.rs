@@ -1,4 +1,6 @@
-//! Test support for redirector: network namespaces, child processes, packet builders.
+//! Test support for redirector: the binaries under test, the fixtures of the namespace
+//! suites, packet builders. Generic support (network namespaces, child processes, the
+//! machine-wide test lock) is in the `testkit` crate.
 //!
 //! Everything that creates kernel or process state returns an RAII guard that removes
 //! exactly what it created (by name or PID) when dropped, also when a test panics.
@@ -6,6 +8,4 @@
 pub mod bins;
 pub mod error_text;
 pub mod fixtures;
-pub mod netns;
 pub mod packets;
-pub mod process;

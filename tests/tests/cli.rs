@@ -5,11 +5,8 @@ use std::{process::Output, time::Duration};
 
 use aya::programs::XdpMode;
 use redirector::dataplane::Dataplane;
-use redirector_tests::{
-    bins,
-    netns::{must, Netns},
-    process::Proc,
-};
+use redirector_tests::bins;
+use testkit::{cmd::must, netns::Netns, process::Proc};
 
 fn run_in(ns: &Netns, args: &[&str]) -> Output {
     ns.cmd(bins::redirector())
@@ -122,7 +119,7 @@ fn foreign_xdp_program_is_not_replaced() {
     let mut dp = Dataplane::load(16).unwrap();
     let status = std::thread::scope(|s| {
         s.spawn(|| {
-            enter_netns(&ns.name);
+            enter_netns(ns.name());
             dp.xdp_ingress()
                 .unwrap()
                 .attach("v0", XdpMode::Skb)

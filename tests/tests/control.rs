@@ -4,13 +4,13 @@
 
 use std::{io::Write, path::Path, time::Duration};
 
-use redirector_tests::{
-    bins,
-    fixtures::*,
-    netns::{must, Netns, Topology},
+use redirector_tests::{bins, fixtures::*};
+use serde_json::Value;
+use testkit::{
+    cmd::must,
+    netns::{Netns, Topology},
     process::Proc,
 };
-use serde_json::Value;
 
 /// Asserts a control command fails with `needle` in its error.
 fn ctl_fails(ns: &Netns, args: &[&str], needle: &str) {

@@ -4,8 +4,9 @@
 
 use std::{io::Write, time::Duration};
 
-use redirector_tests::{bins, fixtures::*, netns::Topology, process::Proc};
+use redirector_tests::{bins, fixtures::*};
 use serde_json::Value;
+use testkit::{netns::Topology, process::Proc};
 
 /// `curl` inside the server namespace: (HTTP status, body).
 fn http_get(topo: &Topology, url: &str) -> (u16, String) {

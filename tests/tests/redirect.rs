@@ -1,10 +1,8 @@
 //! Namespace integration: the real loader, real eBPF programs, real WebSocket servers and
 //! clients over a veth pair with full checksums (tx offload off on both ends).
 
-use redirector_tests::{
-    fixtures::*,
-    netns::{must, Topology},
-};
+use redirector_tests::fixtures::*;
+use testkit::{cmd::must, netns::Topology};
 
 /// Value of `key=` on the `rule FROM->TO:` line of the loader's final counters.
 fn rule_stat(lines: &[String], rule: &str, key: &str) -> u64 {

@@ -14,8 +14,8 @@ use std::{
 use redirector_tests::{
     bins,
     fixtures::{sample, start_http_server, TempDir},
-    process::Proc,
 };
+use testkit::process::Proc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Size of the file the HTTP backend serves.

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use redirector_tests::{
-    bins,
-    fixtures::*,
-    netns::{must, Netns, Topology},
+use redirector_tests::{bins, fixtures::*};
+use testkit::{
+    cmd::must,
+    netns::{Netns, Topology},
     process::Proc,
 };
 

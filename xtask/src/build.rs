@@ -1,17 +1,22 @@
 //! `cargo xtask build`: setup, then build the loader, the test helpers (`ws-echo`,
-//! `ws-client`) and the benchmark tools (`wsload`, `kernel-bench`), and find where cargo put
-//! them.
+//! `ws-client`) and the benchmark tools (`wsload`, `kernel-bench`, `sniff-bench`), and find
+//! where cargo put them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::cmd::{heading, Cmd};
 use crate::setup;
+use testkit::cmd::{heading, Cmd};
 
 /// Packages whose binaries the demo and the tests run.
-const PACKAGES: [&str; 3] = ["redirector", "redirector-tests", "wsload"];
+const PACKAGES: [&str; 4] = [
+    "redirector",
+    "redirector-tests",
+    "wsload",
+    "redirector-bench",
+];
 
 /// Which cargo profile to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +49,19 @@ pub struct Binaries {
     pub wsload: PathBuf,
     pub kernel_bench: PathBuf,
     pub sniff_bench: PathBuf,
+}
+
+impl Binaries {
+    /// The ones the benchmark runs.
+    pub fn for_bench(&self) -> redirector_bench::Binaries {
+        redirector_bench::Binaries {
+            redirector: self.redirector.clone(),
+            ws_echo: self.ws_echo.clone(),
+            wsload: self.wsload.clone(),
+            kernel_bench: self.kernel_bench.clone(),
+            sniff_bench: self.sniff_bench.clone(),
+        }
+    }
 }
 
 /// `cargo xtask build`: setup, then `build_binaries`.

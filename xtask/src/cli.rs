@@ -2,7 +2,6 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bench::plan::Mode;
 use crate::build::Profile;
 
 /// Developer tasks for redirector: set up the toolchain, build, run the demo, run the tests.
@@ -51,7 +50,7 @@ pub enum Command {
     /// if a run failed or any TCP checksum error was seen.
     ///
     /// Example: cargo xtask bench --quick
-    Bench(BenchArgs),
+    Bench(redirector_bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,47 +75,6 @@ pub struct DemoArgs {
     /// After the echoes, keep everything up for trying it by hand until Ctrl-C.
     #[arg(long)]
     pub hold: bool,
-}
-
-#[derive(Debug, Clone, Default, Args)]
-pub struct BenchArgs {
-    /// 3 repetitions of 2 s per load, fewer configurations: under 10 minutes (default: every
-    /// configuration and load, 5 × 10 s, about an hour).
-    #[arg(long, conflicts_with = "smoke")]
-    pub quick: bool,
-    /// 1 repetition of 1 s per load: checks the harness in under 2 minutes (CI runs it).
-    #[arg(long)]
-    pub smoke: bool,
-    /// Name of the result files (default: the mode, e.g. `quick`).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Directory of the result files.
-    #[arg(long, value_name = "DIR", default_value = None)]
-    pub out: Option<std::path::PathBuf>,
-    /// Only these configurations (comma-separated ids, e.g. nginx,redirector-xdp); direct is
-    /// always measured.
-    #[arg(long = "config", value_name = "ID", value_delimiter = ',')]
-    pub configs: Vec<String>,
-    /// Only these loads (comma-separated: http-keepalive, http-conn-rate, ws-messages,
-    /// wss-messages, ws-conn-rate, bulk).
-    #[arg(long = "load", value_name = "ID", value_delimiter = ',')]
-    pub loads: Vec<String>,
-    /// Skip the steps without load generators: the kernel-side cost (kernel-bench) and the
-    /// sniffing proxy's relay modes (sniff-bench).
-    #[arg(long)]
-    pub no_kernel: bool,
-}
-
-impl BenchArgs {
-    pub fn mode(&self) -> Mode {
-        if self.smoke {
-            Mode::Smoke
-        } else if self.quick {
-            Mode::Quick
-        } else {
-            Mode::Full
-        }
-    }
 }
 
 #[derive(Debug, Args)]

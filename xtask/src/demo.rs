@@ -12,13 +12,33 @@ use nix::sys::signal::Signal;
 
 use crate::build::{self, Binaries, Profile};
 use crate::cli::DemoArgs;
-use crate::cmd::{describe_output, heading};
-use crate::interrupt;
-use crate::netns::{Side, Topology, DEMO};
+use testkit::cmd::{describe_output, heading};
+use testkit::interrupt;
+use testkit::netns::{Link, Side, Topology};
+use testkit::process::Proc;
 
+/// The demo's namespaces.
+///
+/// ```text
+///  rdr-demo-cli                                      rdr-demo-srv
+///  rdrd-c 10.200.0.1/24 fd00:200::1/64  <== veth ==>  rdrd-s 10.200.0.2/24 fd00:200::2/64
+/// ```
+const DEMO: Link = Link {
+    client: Side {
+        netns: "rdr-demo-cli",
+        veth: "rdrd-c",
+        ipv4: "10.200.0.1",
+        ipv6: "fd00:200::1",
+    },
+    server: Side {
+        netns: "rdr-demo-srv",
+        veth: "rdrd-s",
+        ipv4: "10.200.0.2",
+        ipv6: "fd00:200::2",
+    },
+};
 const CLIENT: Side = DEMO.client;
 const SERVER: Side = DEMO.server;
-use crate::process::Background;
 
 /// Text sent by every client; its echo must come back as `echo: <MESSAGE>`.
 const MESSAGE: &str = "hello server";
@@ -39,8 +59,8 @@ const HOLD_POLL: Duration = Duration::from_millis(200);
 /// the namespaces (fields drop after `Drop::drop`).
 struct Demo {
     topology: Topology,
-    echo_server: Option<Background>,
-    loader: Option<Background>,
+    echo_server: Option<Proc>,
+    loader: Option<Proc>,
 }
 
 impl Drop for Demo {
@@ -58,7 +78,7 @@ struct Probe {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
-    interrupt::install("demo", &DEMO)?;
+    interrupt::install("demo", [CLIENT.netns, SERVER.netns])?;
     let binaries = build::run(Profile::Release)?;
     interrupt::check()?;
 
@@ -118,14 +138,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-fn start_echo_server(topology: &Topology, ws_echo: &Path) -> Result<Background> {
+fn start_echo_server(topology: &Topology, ws_echo: &Path) -> Result<Proc> {
     let command = topology
         .server
         .exec(ws_echo)
         .args(["--listen", "0.0.0.0:8080", "--listen", "[::]:8080"])
         .args(["--tls-listen", "0.0.0.0:8443", "--tls-listen", "[::]:8443"])
         .args(["--cert-name", SERVER.ipv4, "--cert-name", SERVER.ipv6]);
-    let mut echo_server = Background::spawn("ws-echo", command)?;
+    let mut echo_server = Proc::background("ws-echo", command)?;
     let mut listening = 0;
     echo_server.wait_for_stdout(
         &format!("{ECHO_LISTENERS} `listening ...` lines"),
@@ -144,12 +164,12 @@ fn start_echo_server(topology: &Topology, ws_echo: &Path) -> Result<Background> 
 ///
 /// Through nsenter rather than `ip netns exec`: the latter mounts a private /sys, which hides
 /// the bpffs at /sys/fs/bpf, so pins made by `run` would be invisible to `stats`.
-fn start_loader(topology: &Topology, redirector: &Path) -> Result<Background> {
+fn start_loader(topology: &Topology, redirector: &Path) -> Result<Proc> {
     let command = topology
         .server
         .enter_net_only(redirector)
         .args(["run", "--iface", SERVER.veth]);
-    let mut loader = Background::spawn("redirector", command)?;
+    let mut loader = Proc::background("redirector", command)?;
     loader.wait_for_stdout(
         &format!("a `{LOADER_READY_PREFIX}` line"),
         LOADER_READY_TIMEOUT,
@@ -303,7 +323,7 @@ fn show_stats(topology: &Topology, redirector: &Path) {
 
 /// Sends SIGINT to the loader, which prints its final counters (echoed with the
 /// `[redirector]` prefix) and detaches; SIGKILL if it takes too long.
-fn stop_loader(loader: &mut Background) -> Result<()> {
+fn stop_loader(loader: &mut Proc) -> Result<()> {
     println!(
         "stopping the {} with SIGINT; it prints its final counters:",
         loader.label()

@@ -3,11 +3,7 @@
 mod bench;
 mod build;
 mod cli;
-mod cmd;
 mod demo;
-mod interrupt;
-mod netns;
-mod process;
 mod setup;
 mod test;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context as _, Result};
 use nix::unistd::geteuid;
 
-use crate::cmd::{heading, Cmd};
+use testkit::cmd::{heading, Cmd};
 
 /// Debian packages the build, the demo or the tests cannot do without.
 const REQUIRED_PACKAGES: &[&str] = &[
@@ -167,7 +167,8 @@ fn apt_get(args: &[&str]) -> Result<()> {
     Cmd::new("apt-get")
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()
+        .run()?;
+    Ok(())
 }
 
 /// Whether apt could install `package` (`apt-cache policy` shows a candidate version).

@@ -5,10 +5,11 @@
 
 use anyhow::{Context as _, Result};
 
-use crate::bench;
+use redirector_bench::BenchArgs;
+use testkit::cmd::{heading, Cmd};
+
 use crate::build::{self, workspace_root, Binaries, Profile};
-use crate::cli::{BenchArgs, TestArgs};
-use crate::cmd::{heading, Cmd};
+use crate::cli::TestArgs;
 use crate::setup;
 
 /// Built only for bpfel-unknown-none, by aya-build from redirector's build.rs. For the host it
@@ -111,7 +112,8 @@ fn bench_smoke(binaries: &Binaries) -> Result<()> {
         out: Some(workspace_root().join("target").join("bench-smoke")),
         ..BenchArgs::default()
     };
-    bench::run_with(binaries, &args).context("test step `bench --smoke` failed")
+    redirector_bench::run_with(&binaries.for_bench(), &args)
+        .context("test step `bench --smoke` failed")
 }
 
 /// Runs each fuzz target for a bounded time; a crash (a panic, a failed invariant) fails

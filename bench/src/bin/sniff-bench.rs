@@ -16,7 +16,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use clap::Parser;
-use redirector_tests::{bins, process::Proc};
+use redirector_tests::bins;
+use testkit::process::Proc;
 
 /// Splice vs copy relay of `redirector sniff` on loopback.
 #[derive(Parser)]

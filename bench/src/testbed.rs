@@ -4,7 +4,28 @@
 
 use anyhow::{Context as _, Result};
 
-use crate::netns::{NetNs, Topology, BENCH};
+use testkit::netns::{Link, Netns, Side, Topology};
+
+/// The benchmark's namespaces (apart from the demo's, so both can be up at once).
+///
+/// ```text
+///  rdr-bench-cli                                     rdr-bench-srv
+///  rdrb-c 10.201.0.1/24 fd00:201::1/64  <== veth ==>  rdrb-s 10.201.0.2/24 fd00:201::2/64
+/// ```
+pub const BENCH: Link = Link {
+    client: Side {
+        netns: "rdr-bench-cli",
+        veth: "rdrb-c",
+        ipv4: "10.201.0.1",
+        ipv6: "fd00:201::1",
+    },
+    server: Side {
+        netns: "rdr-bench-srv",
+        veth: "rdrb-s",
+        ipv4: "10.201.0.2",
+        ipv6: "fd00:201::2",
+    },
+};
 
 /// Extra client addresses, 10.201.0.11 … : one per run, round robin. 64 runs take longer
 /// than TIME_WAIT's 60 s, so no address is used again while its last run's connections
@@ -84,7 +105,7 @@ impl Testbed {
     }
 }
 
-fn sysctl(ns: &NetNs, key: &str, value: &str) -> Result<()> {
+fn sysctl(ns: &Netns, key: &str, value: &str) -> Result<()> {
     ns.exec("sysctl")
         .args(["-q", "-w", &format!("{key}={value}")])
         .run_captured()

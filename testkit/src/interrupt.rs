@@ -1,12 +1,9 @@
-//! Ctrl-C (and SIGTERM/SIGHUP) during `demo` and `bench`: remembered instead of killing xtask, so that
-//! waits stop early and the RAII teardown still runs; a second Ctrl-C exits at once.
+//! Ctrl-C (and SIGTERM/SIGHUP) during `cargo xtask demo` and `bench`: remembered instead of
+//! killing the process, so that waits stop early and the RAII teardown still runs; a second
+//! Ctrl-C exits at once.
 
 use std::process;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use anyhow::{bail, Context as _, Result};
-
-use crate::netns::Link;
 
 /// Set by the signal handler, cleared by `take`.
 static REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -14,21 +11,32 @@ static REQUESTED: AtomicBool = AtomicBool::new(false);
 /// Exit status of a process ended by SIGINT, by shell convention.
 const EXIT_INTERRUPTED: i32 = 130;
 
-/// Installs the handler for the verb `verb` that builds `link`; without it (setup, build,
-/// test) Ctrl-C keeps its default effect.
-pub fn install(verb: &'static str, link: &'static Link) -> Result<()> {
+/// The handler could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error("could not install the Ctrl-C handler")]
+pub struct InstallError(#[source] ctrlc::Error);
+
+/// Ctrl-C was pressed: the current verb leaves through its guards.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by Ctrl-C")]
+pub struct Interrupted;
+
+/// Installs the handler for the xtask verb `verb`, which creates the network namespaces
+/// `netns` (named in the hint of a second Ctrl-C); without it (setup, build, test) Ctrl-C
+/// keeps its default effect.
+pub fn install(verb: &'static str, netns: [&'static str; 2]) -> Result<(), InstallError> {
     ctrlc::set_handler(move || {
         if REQUESTED.swap(true, Ordering::SeqCst) {
             eprintln!(
                 "\nsecond Ctrl-C: exiting without teardown; the next `cargo xtask {verb}` \
                  removes the leftovers, or: ip netns del {}; ip netns del {}",
-                link.client.netns, link.server.netns
+                netns[0], netns[1]
             );
             process::exit(EXIT_INTERRUPTED);
         }
         eprintln!("\nCtrl-C: stopping and tearing down (press again to exit at once)");
     })
-    .context("could not install the Ctrl-C handler")
+    .map_err(InstallError)
 }
 
 /// Whether Ctrl-C was pressed since the last `take`.
@@ -42,9 +50,9 @@ pub fn take() -> bool {
 }
 
 /// Fails if Ctrl-C was pressed, to leave the current verb through its guards.
-pub fn check() -> Result<()> {
+pub fn check() -> Result<(), Interrupted> {
     if requested() {
-        bail!("interrupted by Ctrl-C");
+        return Err(Interrupted);
     }
     Ok(())
 }

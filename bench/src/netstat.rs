@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::netns::NetNs;
+use testkit::netns::Netns;
 
 /// The counters one run is judged by, as differences over the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -27,7 +27,7 @@ impl Health {
 }
 
 /// Reads the counters of `ns` now.
-pub fn read(ns: &NetNs) -> Result<Health> {
+pub fn read(ns: &Netns) -> Result<Health> {
     let text = ns
         .exec("cat")
         .args(["/proc/net/snmp", "/proc/net/netstat"])

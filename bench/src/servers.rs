@@ -10,8 +10,8 @@ use anyhow::{bail, Context as _, Result};
 
 use super::plan::Phase;
 use super::testbed::Testbed;
-use crate::netns::NetNs;
-use crate::process::Background;
+use testkit::netns::Netns;
+use testkit::process::Proc;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
@@ -24,14 +24,14 @@ pub fn start(
     testbed: &Testbed,
     work_dir: &Path,
     ws_echo: &Path,
-) -> Result<Vec<Background>> {
+) -> Result<Vec<Proc>> {
     let ns = &testbed.topology.server;
     let ip = testbed.server_ip();
     match phase {
         Phase::Http => Ok(vec![start_nginx_static(ns, ip, work_dir)?]),
         Phase::WebSocket => Ok(vec![start_ws_echo(ns, ip, ws_echo)?]),
         Phase::Bulk => {
-            let mut iperf = Background::spawn(
+            let mut iperf = Proc::background(
                 "iperf3",
                 ns.exec("iperf3")
                     .args(["--server", "--bind", ip, "--port", "8080"])
@@ -45,7 +45,7 @@ pub fn start(
     }
 }
 
-fn start_nginx_static(ns: &NetNs, ip: &str, work_dir: &Path) -> Result<Background> {
+fn start_nginx_static(ns: &Netns, ip: &str, work_dir: &Path) -> Result<Proc> {
     let root = work_dir.join("www");
     fs::create_dir_all(&root)?;
     fs::write(root.join("index.html"), static_page())?;
@@ -85,8 +85,8 @@ pub fn nginx_conf(
 }
 
 /// Runs nginx with `conf` in the foreground in `ns`; returns once it listens on `port`.
-pub fn start_nginx(ns: &NetNs, label: &'static str, conf: &Path, port: u16) -> Result<Background> {
-    let mut nginx = Background::spawn(
+pub fn start_nginx(ns: &Netns, label: &'static str, conf: &Path, port: u16) -> Result<Proc> {
+    let mut nginx = Proc::background(
         label,
         ns.exec("nginx")
             .args(["-e", "stderr", "-g", "daemon off;", "-c"])
@@ -103,8 +103,8 @@ fn static_page() -> String {
     format!("{head}{filler}{tail}")
 }
 
-fn start_ws_echo(ns: &NetNs, ip: &str, ws_echo: &Path) -> Result<Background> {
-    let mut echo = Background::spawn(
+fn start_ws_echo(ns: &Netns, ip: &str, ws_echo: &Path) -> Result<Proc> {
+    let mut echo = Proc::background(
         "ws-echo",
         ns.exec(ws_echo)
             .args(["--listen", &format!("{ip}:8080")])
@@ -121,7 +121,7 @@ fn start_ws_echo(ns: &NetNs, ip: &str, ws_echo: &Path) -> Result<Background> {
 
 /// Waits until something in `ns` listens on TCP `port`; fails at once if `server` exits
 /// (its output has been echoed with its label).
-pub fn wait_listening(ns: &NetNs, port: u16, server: &mut Background) -> Result<()> {
+pub fn wait_listening(ns: &Netns, port: u16, server: &mut Proc) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         server

@@ -1,7 +1,9 @@
-//! `cargo xtask bench`: redirector against direct, iptables, nftables, HAProxy and nginx, with
-//! real load generators between two network namespaces; results in bench/results/.
+//! The benchmark behind `cargo xtask bench`: redirector against direct, iptables, nftables,
+//! HAProxy and nginx, with real load generators between two network namespaces; results in
+//! bench/results/. Its measuring tools are this crate's binaries `kernel-bench` and
+//! `sniff-bench`; xtask builds everything and calls [`run_with`].
 //!
-//! Order of a run: build; the kernel-side cost (`kernel-bench`); the sniffing proxy's relay
+//! Order of a run: build (xtask); the kernel-side cost (`kernel-bench`); the sniffing proxy's relay
 //! modes on loopback (`sniff-bench`); the testbed; then per phase
 //! (the servers on 8080/8443 for one kind of traffic) every repetition applies each
 //! configuration in turn and runs that phase's loads against it, each from a fresh client
@@ -9,6 +11,7 @@
 //! configuration's own processes; finally medians, ratios to direct, the targets, and the
 //! JSON/Markdown/SVG files.
 
+mod args;
 mod configs;
 mod cpu;
 mod kernel;
@@ -23,12 +26,11 @@ mod stats;
 mod svg;
 mod testbed;
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use nix::fcntl::{Flock, FlockArg};
 
 use self::configs::Tools;
 use self::loads::Target;
@@ -37,25 +39,25 @@ use self::plan::{Config, Load, Mode, Params, Phase};
 use self::report::{LoadInfo, Report};
 use self::stats::Run;
 use self::testbed::Testbed;
-use crate::build::{self, workspace_root, Binaries, Profile};
-use crate::cli::BenchArgs;
-use crate::cmd::{heading, Cmd};
-use crate::interrupt;
-use crate::netns::BENCH;
-use crate::process::Background;
+use testkit::cmd::{heading, Cmd};
+use testkit::interrupt;
+use testkit::lock::KernelLock;
+use testkit::process::Proc;
 
-/// The machine-wide lock the kernel tests take (tests/src/fixtures.rs): while the benchmark
-/// has programs loaded, another checkout's tests must not check that none are.
-const KERNEL_LOCK: &str = "/run/lock/redirector-tests.lock";
+pub use self::args::BenchArgs;
+pub use self::testbed::BENCH;
 
-/// `cargo xtask bench`: setup, build, then `run_with`.
-pub fn run(args: &BenchArgs) -> Result<()> {
-    interrupt::install("bench", &BENCH)?;
-    let binaries = build::run(Profile::Release)?;
-    run_with(&binaries, args)
+/// Absolute paths of the built binaries the benchmark runs.
+pub struct Binaries {
+    pub redirector: PathBuf,
+    pub ws_echo: PathBuf,
+    pub wsload: PathBuf,
+    pub kernel_bench: PathBuf,
+    pub sniff_bench: PathBuf,
 }
 
-/// The benchmark with already built binaries (also the smoke step of `cargo xtask test`).
+/// The benchmark with already built binaries (`cargo xtask bench` after its build, and the
+/// smoke step of `cargo xtask test`).
 pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     let params = Params::for_mode(args.mode());
     let name = args
@@ -104,7 +106,9 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     };
 
     let runs = {
-        let _lock = kernel_lock()?;
+        // The machine-wide lock the kernel tests take: while the benchmark has programs
+        // loaded, another checkout's tests must not check that none are (waits for them).
+        let _lock = KernelLock::exclusive()?;
         heading("testbed");
         let mut testbed = Testbed::create()?;
         let work_dir = WorkDir::create()?;
@@ -184,7 +188,7 @@ impl Session<'_> {
     fn run_all(&mut self, configs: &[Config], loads: &[Load]) -> Result<()> {
         let slots = plan::schedule(self.params, configs, loads);
         let total: usize = slots.iter().map(|s| s.loads.len()).sum();
-        let mut servers: Option<(Phase, Vec<Background>)> = None;
+        let mut servers: Option<(Phase, Vec<Proc>)> = None;
         let mut done = 0;
         for slot in slots {
             interrupt::check()?;
@@ -375,11 +379,17 @@ fn run_json(cmd: Cmd, timeout: std::time::Duration) -> Result<serde_json::Value>
         bail!(
             "`{shown}` failed ({}){}",
             output.describe_end(timeout),
-            crate::cmd::describe_output(&output.stdout, &output.stderr)
+            testkit::cmd::describe_output(&output.stdout, &output.stderr)
         );
     }
     serde_json::from_str(output.stdout.trim())
         .with_context(|| format!("`{shown}` printed no valid JSON"))
+}
+
+/// The workspace root: this crate's manifest directory is one level below it.
+fn workspace_root() -> &'static Path {
+    let bench_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench_dir.parent().unwrap_or(bench_dir)
 }
 
 /// Config files and the static page; removed on drop.
@@ -399,20 +409,6 @@ impl Drop for WorkDir {
             eprintln!("  warning: could not remove {}: {err}", self.0.display());
         }
     }
-}
-
-/// Takes the machine-wide kernel-test lock for the load runs (waits for a running test).
-fn kernel_lock() -> Result<Flock<File>> {
-    let path = Path::new(KERNEL_LOCK);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("could not open {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| errno)
-        .with_context(|| format!("could not lock {}", path.display()))
 }
 
 #[cfg(test)]

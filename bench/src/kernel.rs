@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::plan::Mode;
 use super::run_json;
 use super::stats::{judge, Target};
-use crate::cmd::Cmd;
+use testkit::cmd::Cmd;
 
 /// Bound of the whole kernel step (the full mode fills a 1 M-entry table).
 const TIMEOUT: Duration = Duration::from_secs(600);

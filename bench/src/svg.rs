@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::plan::{Config, Load};
-use super::report::Report;
+use super::stats::Cell;
 
 const WIDTH: f64 = 860.0;
 const LABEL_WIDTH: f64 = 190.0;
@@ -26,13 +26,12 @@ fn color(config: Config) -> &'static str {
     }
 }
 
-/// The SVG document for `report`.
-pub fn chart(report: &Report) -> String {
+/// The SVG document of the report `name` with the summary cells `summary`.
+pub fn chart(name: &str, summary: &[Cell]) -> String {
     let groups: Vec<(Load, Vec<(Config, f64)>)> = Load::ALL
         .into_iter()
         .map(|load| {
-            let bars = report
-                .summary
+            let bars = summary
                 .iter()
                 .filter(|c| c.load == load)
                 .filter_map(|c| c.ratio_to_direct.map(|r| (c.config, r)))
@@ -63,7 +62,7 @@ pub fn chart(report: &Report) -> String {
     let _ = writeln!(
         svg,
         r##"<rect width="100%" height="100%" fill="#ffffff"/><text x="10" y="22" font-size="15" font-weight="bold">redirector benchmark {}: median throughput as a ratio to direct (higher is better)</text>"##,
-        escape(&report.name)
+        escape(name)
     );
     let mut y = TOP;
     for (load, bars) in &groups {

@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result};
 use super::plan::Config;
 use super::servers::{nginx_conf, start_nginx, wait_listening};
 use super::testbed::Testbed;
-use crate::cmd::Cmd;
-use crate::netns::NetNs;
-use crate::process::Background;
+use testkit::cmd::Cmd;
+use testkit::netns::Netns;
+use testkit::process::Proc;
 
 const LOADER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// nginx's stream module (TCP passthrough for 443), a dynamic module on Debian.
@@ -32,7 +32,7 @@ pub struct Tools {
 
 /// What a configuration left running or installed; undone on drop.
 pub struct Applied {
-    processes: Vec<Background>,
+    processes: Vec<Proc>,
     rules: Option<Undo>,
 }
 
@@ -42,12 +42,12 @@ struct Undo(Vec<Cmd>);
 impl Applied {
     /// The processes this configuration started (none for rules-only configurations).
     pub fn pids(&self) -> Vec<u32> {
-        self.processes.iter().map(Background::id).collect()
+        self.processes.iter().map(Proc::id).collect()
     }
 
     /// Stops the processes and removes the rules; fails if the server namespace still has
     /// nftables rules afterwards (they would tax every later configuration).
-    pub fn remove(mut self, ns: &NetNs) -> Result<()> {
+    pub fn remove(mut self, ns: &Netns) -> Result<()> {
         self.undo();
         let left = ns.exec("nft").args(["list", "ruleset"]).run_captured()?;
         if !left.trim().is_empty() {
@@ -92,7 +92,7 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
             } else {
                 "tc"
             };
-            let mut baseline = Background::spawn(
+            let mut baseline = Proc::background(
                 "pass-through",
                 ns.enter_net_only(&tools.kernel_bench).args([
                     "--attach-pass",
@@ -112,7 +112,7 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
             let http = config == Config::HaproxyHttp;
             let conf = write(&tools.work_dir, "haproxy.cfg", &haproxy_conf(ip, http))?;
             let mut haproxy =
-                Background::spawn("haproxy", ns.exec("haproxy").args(["-db", "-f"]).arg(conf))?;
+                Proc::background("haproxy", ns.exec("haproxy").args(["-db", "-f"]).arg(conf))?;
             wait_listening(ns, 80, &mut haproxy)?;
             wait_listening(ns, 443, &mut haproxy)?;
             applied.processes.push(haproxy);
@@ -132,7 +132,7 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
                 _ => "tc",
             };
             // nsenter, not `ip netns exec`: the loader pins under the host's /sys/fs/bpf.
-            let mut loader = Background::spawn(
+            let mut loader = Proc::background(
                 "redirector",
                 ns.enter_net_only(&tools.redirector).args([
                     "run",
@@ -148,7 +148,7 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
             applied.processes.push(loader);
         }
         Config::RedirectorSniff => {
-            let mut sniff = Background::spawn(
+            let mut sniff = Proc::background(
                 "redirector-sniff",
                 ns.exec(&tools.redirector)
                     .arg("sniff")
@@ -184,7 +184,7 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
 /// every configuration measured after this one (and fill the conntrack table with the
 /// connection-rate loads' TIME_WAIT entries until SYNs are dropped). The legacy xtables
 /// `nat` table cannot be unregistered once created, which is why it is not used.
-fn iptables(ns: &NetNs, ip: &str) -> Result<Undo> {
+fn iptables(ns: &Netns, ip: &str) -> Result<Undo> {
     let rule = |from: &str, to: &str| {
         ns.exec(IPTABLES)
             .args(["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-d", ip])
@@ -196,7 +196,7 @@ fn iptables(ns: &NetNs, ip: &str) -> Result<Undo> {
     Ok(undo)
 }
 
-fn nftables(ns: &NetNs, ip: &str, work_dir: &Path) -> Result<Undo> {
+fn nftables(ns: &Netns, ip: &str, work_dir: &Path) -> Result<Undo> {
     let rules = format!(
         "table ip {NFT_TABLE} {{\n\
          \x20 chain prerouting {{\n\

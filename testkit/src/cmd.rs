@@ -1,21 +1,62 @@
-//! Running external programs: every error names the full command line and, when the output was
-//! captured, what the program printed.
+//! Running external programs: [`Cmd`] for xtask and the benchmark, whose every error names the
+//! full command line and, when the output was captured, what the program printed; [`must`]
+//! for tests, which panics the same way.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::{self, BufRead as _, BufReader, Read};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
-
 use crate::interrupt;
 
 /// How often bounded waits look at the child again.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why a command did not run to a successful end.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not start `{command}` (is `{program}` installed and on PATH?)")]
+    Start {
+        command: String,
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not wait for `{command}`")]
+    Wait {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    /// It exited non-zero; `output` is empty or the quoted end of what it printed.
+    #[error("`{command}` failed ({status}){output}")]
+    Failed {
+        command: String,
+        status: ExitStatus,
+        output: String,
+    },
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs a command to completion and panics with its output if it fails (for tests).
+pub fn must(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 /// Prints a step header, the line a reader scans for.
 pub fn heading(title: impl fmt::Display) {
@@ -83,11 +124,8 @@ impl Cmd {
     /// exits 0.
     pub fn run(mut self) -> Result<()> {
         println!("$ {self}");
-        let status = self.command.status().with_context(|| self.start_error())?;
-        if !status.success() {
-            bail!("`{self}` failed ({status})");
-        }
-        Ok(())
+        let status = self.command.status().map_err(|e| self.start_error(e))?;
+        self.check(status)
     }
 
     /// Like `run`, but also hands each stdout line to `on_line` after echoing it.
@@ -97,7 +135,7 @@ impl Cmd {
             .command
             .stdout(Stdio::piped())
             .spawn()
-            .with_context(|| self.start_error())?;
+            .map_err(|e| self.start_error(e))?;
         if let Some(stdout) = child.stdout.take() {
             let mut reader = BufReader::new(stdout);
             let mut raw = Vec::new();
@@ -113,11 +151,8 @@ impl Cmd {
                 raw.clear();
             }
         }
-        let status = child.wait().with_context(|| self.wait_error())?;
-        if !status.success() {
-            bail!("`{self}` failed ({status})");
-        }
-        Ok(())
+        let status = child.wait().map_err(|e| self.wait_error(e))?;
+        self.check(status)
     }
 
     /// Runs it quietly and returns its stdout; fails unless it exits 0, quoting its output.
@@ -125,21 +160,21 @@ impl Cmd {
         let shown = self.to_string();
         let output = self.output()?;
         if !output.status.success() {
-            bail!(
-                "`{shown}` failed ({}){}",
-                output.status,
-                describe_output(
+            return Err(Error::Failed {
+                command: shown,
+                status: output.status,
+                output: describe_output(
                     &String::from_utf8_lossy(&output.stdout),
-                    &String::from_utf8_lossy(&output.stderr)
-                )
-            );
+                    &String::from_utf8_lossy(&output.stderr),
+                ),
+            });
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Runs it quietly; fails only if it cannot be started at all.
     pub fn output(mut self) -> Result<Output> {
-        self.command.output().with_context(|| self.start_error())
+        self.command.output().map_err(|e| self.start_error(e))
     }
 
     /// Runs it quietly for at most `timeout` (or until Ctrl-C), then kills it.
@@ -149,7 +184,7 @@ impl Cmd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| self.start_error())?;
+            .map_err(|e| self.start_error(e))?;
         let stdout = child
             .stdout
             .take()
@@ -160,7 +195,7 @@ impl Cmd {
             .map(|pipe| thread::spawn(|| read_all(pipe)));
         let deadline = Instant::now() + timeout;
         let status = loop {
-            if let Some(status) = child.try_wait().with_context(|| self.wait_error())? {
+            if let Some(status) = child.try_wait().map_err(|e| self.wait_error(e))? {
                 break Some(status);
             }
             if Instant::now() >= deadline || interrupt::requested() {
@@ -191,18 +226,34 @@ impl Cmd {
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
-            .with_context(|| self.start_error())
+            .map_err(|e| self.start_error(e))
     }
 
-    fn start_error(&self) -> String {
-        format!(
-            "could not start `{self}` (is `{}` installed and on PATH?)",
-            self.argv[0].to_string_lossy()
-        )
+    /// Fails unless `status` is a successful exit.
+    fn check(&self, status: ExitStatus) -> Result<()> {
+        if !status.success() {
+            return Err(Error::Failed {
+                command: self.to_string(),
+                status,
+                output: String::new(),
+            });
+        }
+        Ok(())
     }
 
-    fn wait_error(&self) -> String {
-        format!("could not wait for `{self}`")
+    fn start_error(&self, source: io::Error) -> Error {
+        Error::Start {
+            command: self.to_string(),
+            program: self.argv[0].to_string_lossy().into_owned(),
+            source,
+        }
+    }
+
+    fn wait_error(&self, source: io::Error) -> Error {
+        Error::Wait {
+            command: self.to_string(),
+            source,
+        }
     }
 }
 

@@ -27,9 +27,9 @@ pub struct Report {
     pub runs: Vec<Run>,
     pub summary: Vec<Cell>,
     pub targets: Vec<Target>,
-    /// `kernel-bench --json` output (see tests/src/bin/kernel-bench/main.rs for its schema).
+    /// `kernel-bench --json` output (see bench/src/bin/kernel-bench/main.rs for its schema).
     pub kernel: Option<serde_json::Value>,
-    /// `sniff-bench --json` output (tests/src/bin/sniff-bench.rs).
+    /// `sniff-bench --json` output (bench/src/bin/sniff-bench.rs).
     pub relay: Option<serde_json::Value>,
     /// Runs or steps that failed; a benchmark with failures exits non-zero.
     pub failures: Vec<String>,
@@ -60,7 +60,10 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             serde_json::to_string_pretty(report)? + "\n",
         ),
         (base.with_extension("md"), markdown(report)),
-        (base.with_extension("svg"), svg::chart(report)),
+        (
+            base.with_extension("svg"),
+            svg::chart(&report.name, &report.summary),
+        ),
     ];
     let mut written = Vec::new();
     for (path, text) in files {
@@ -433,10 +436,10 @@ pub fn figure(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::loads::Measurement;
-    use crate::bench::netstat::Health;
-    use crate::bench::plan::Mode;
-    use crate::bench::stats;
+    use crate::loads::Measurement;
+    use crate::netstat::Health;
+    use crate::plan::Mode;
+    use crate::stats;
 
     fn run(config: Config, load: Load, value: f64, p99: Option<f64>) -> Run {
         let config_cpu_pct = (config == Config::Nginx).then_some(42.34);

@@ -6,8 +6,8 @@ use std::fs;
 
 use serde::Serialize;
 
-use crate::build::workspace_root;
-use crate::cmd::Cmd;
+use crate::workspace_root;
+use testkit::cmd::Cmd;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {

@@ -9,8 +9,8 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use super::plan::{Load, Params, Ports};
-use crate::cmd::{describe_output, Cmd};
-use crate::netns::NetNs;
+use testkit::cmd::{describe_output, Cmd};
+use testkit::netns::Netns;
 
 /// Time a load generator gets beyond its own duration to connect, finish and report.
 const OVERRUN: Duration = Duration::from_secs(30);
@@ -32,7 +32,7 @@ pub struct Measurement {
 
 /// Where the load generator sends its traffic.
 pub struct Target<'a> {
-    pub client: &'a NetNs,
+    pub client: &'a Netns,
     pub server_ip: &'a str,
     pub ports: Ports,
     pub wsload: &'a Path,
@@ -99,7 +99,7 @@ pub fn run(load: Load, target: &Target, params: &Params) -> Result<Measurement> 
     measurement.with_context(|| format!("could not read the figures of `{shown}`"))
 }
 
-fn wrk(client: &NetNs, seconds: &str, connections: &str) -> Cmd {
+fn wrk(client: &Netns, seconds: &str, connections: &str) -> Cmd {
     client
         .exec("wrk")
         .args(["--threads", WRK_THREADS, "--connections", connections])

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::plan::Mode;
 use super::run_json;
-use crate::cmd::Cmd;
+use testkit::cmd::Cmd;
 
 /// Bound of the whole relay step.
 const TIMEOUT: Duration = Duration::from_secs(600);
