@@ -3,20 +3,16 @@
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 
-use redirector::{
-    attach::Mode,
-    rules::RedirectRule,
-    sniff::{
-        detect::DEFAULT_MAX_HEADER_BYTES,
-        proxy_protocol::ProxyProtocol,
-        server::{
-            NotHttpPolicy, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_TIMEOUT_SECS,
-            DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNS,
-        },
-        sni::SniPattern,
-        splice::RelayMode,
+use redirector::{attach::Mode, rules::RedirectRule, source_filter::SourcePrefix};
+use redirector_sniff::{
+    detect::DEFAULT_MAX_HEADER_BYTES,
+    proxy_protocol::ProxyProtocol,
+    server::{
+        NotHttpPolicy, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_TIMEOUT_SECS,
+        DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNS,
     },
-    source_filter::SourcePrefix,
+    sni::SniPattern,
+    splice::RelayMode,
 };
 
 /// Kernel-level (eBPF) port redirector for WebSocket traffic.

@@ -13,16 +13,13 @@ use redirector::{
     maps::Maps,
     metrics::{self, Labels},
     metrics_http, pin, privileges, reaper, rules,
-    sniff::{
-        self,
-        publish::Publisher,
-        server::{SniffConfig, SniffServer},
-    },
+    sniff_publish::Publisher,
     state::{
         self, InstanceInfo, InterfaceInfo, PinnedInstance, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT,
     },
     stats::Snapshot,
 };
+use redirector_sniff::server::{SniffConfig, SniffServer};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
@@ -219,7 +216,7 @@ fn load_and_serve(
                     Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
                 let mut body = metrics::render(&snapshot, &labels);
                 if let Some(counters) = &sniff_counters {
-                    body.push_str(&sniff::metrics::render(counters));
+                    body.push_str(&redirector_sniff::metrics::render(counters));
                 }
                 Ok(body)
             });

@@ -3,7 +3,7 @@
 
 use std::{io::Write as _, time::Duration};
 
-use redirector::{control, pin, sniff::publish, stats::Snapshot};
+use redirector::{control, pin, sniff_publish, stats::Snapshot};
 
 use crate::cli::StatsArgs;
 
@@ -27,7 +27,7 @@ fn print_once(args: &StatsArgs, watching: bool) -> anyhow::Result<()> {
     let snapshot = Snapshot::read(&instance.maps)?;
     // The loader's sniffing proxy (`run --sniff-listen`), if it runs one.
     let info = &instance.info;
-    let sniff = publish::read(
+    let sniff = sniff_publish::read(
         &pin::sniff_stats_file(info.netns_inode, info.key_iface()),
         info.pid,
     )?;

@@ -1,6 +1,6 @@
 //! TLS detection: the server name (SNI) of a ClientHello, read without decrypting anything.
 //!
-//! Like [`super::detect`], one pure function over the bytes received so far. The
+//! Like [`crate::detect`], one pure function over the bytes received so far. The
 //! ClientHello may span several TLS records (large key shares do); their fragments are
 //! joined before parsing. Layouts are from RFC 8446 §5.1 (records), §4.1.2 (ClientHello)
 //! and RFC 6066 §3 (server_name).

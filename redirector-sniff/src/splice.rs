@@ -33,7 +33,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{
+use crate::{
     prefixed::PrefixedIo,
     relay::{self, relayed, until_idle, Activity, RelayError, Relayed},
 };

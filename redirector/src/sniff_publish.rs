@@ -19,7 +19,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::counters::{Counter, Counters};
+use redirector_sniff::counters::{Counter, Counters};
 
 /// How often the loader rewrites the file.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);

@@ -14,8 +14,8 @@
 //! - `NeedMore` only below the size limit, `TooLarge` only at or past it (or, for HTTP,
 //!   with more than [`MAX_HEADERS`] header lines).
 
-use super::detect::{detect, DetectConfig, Detection, MAX_HEADERS, MAX_METHOD_LEN};
-use super::sni::{detect_sni, test_support::client_hello_split, SniDetection};
+use crate::detect::{detect, DetectConfig, Detection, MAX_HEADERS, MAX_METHOD_LEN};
+use crate::sni::{detect_sni, test_support::client_hello_split, SniDetection};
 
 /// Generated inputs per property.
 const CASES: usize = 4_000;
