@@ -5,7 +5,7 @@
 //! Deterministic: a fixed-seed xorshift generator and a fixed number of cases, so a failure
 //! reproduces with the same `cargo test`, and the run takes well under a second in release.
 //! The coverage-guided counterpart, with the same invariants, is the cargo-fuzz project in
-//! redirector/fuzz (run for a bounded time by `cargo xtask test`).
+//! redirector-sniff/fuzz (run for a bounded time by `cargo xtask test`).
 //!
 //! Invariants, for every input and every prefix of it:
 //! - no panic;
