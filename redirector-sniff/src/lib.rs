@@ -13,7 +13,9 @@
 //! - [`fd_limit`]: the open-file limit raised to what `--max-conns` needs;
 //! - [`alloc`]: freed connection memory kept in the allocator (no madvise per shrink);
 //! - [`counters`]: what happened, for the exit report;
-//! - [`metrics`]: the counters in the Prometheus text format.
+//! - [`metrics`]: the counters in the Prometheus text format;
+//! - [`option_value`]: the one error of option values that do not parse, and the keyword
+//!   table of the enum options (`--relay`, `--not-http`, `--proxy-protocol`).
 //!
 //! The command line, the loader and the publication of the counters for `redirector stats`
 //! live in the `redirector` crate, which depends on this one (never the reverse). The two
@@ -26,6 +28,7 @@ pub mod counters;
 pub mod detect;
 pub mod fd_limit;
 pub mod metrics;
+pub mod option_value;
 pub mod per_ip;
 pub mod prefixed;
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::per_ip::ClientKey;
 use crate::{
     counters::{Counter, Counters},
     detect::{detect, DetectConfig, Detection},
+    option_value::{InvalidValue, Keyword},
     per_ip::{IpPermit, PerIpLimit},
     proxy_protocol::ProxyProtocol,
     relay::RelayError,
@@ -59,20 +60,19 @@ pub enum NotHttpPolicy {
     Http,
 }
 
-/// An unknown `--not-http` value.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid --not-http `{0}`: expected close or http")]
-pub struct NotHttpPolicyParseError(String);
+impl Keyword for NotHttpPolicy {
+    const OPTION: &'static str = "not-http";
+    const KEYWORDS: &'static [(&'static str, Self)] = &[
+        ("close", NotHttpPolicy::Close),
+        ("http", NotHttpPolicy::Http),
+    ];
+}
 
 impl FromStr for NotHttpPolicy {
-    type Err = NotHttpPolicyParseError;
+    type Err = InvalidValue;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "close" => Ok(NotHttpPolicy::Close),
-            "http" => Ok(NotHttpPolicy::Http),
-            _ => Err(NotHttpPolicyParseError(s.to_string())),
-        }
+        Self::from_keyword(s)
     }
 }
 
