@@ -1,5 +1,6 @@
 //! redirector: load, configure and attach the eBPF port redirector; read its state; or run
-//! the user-space sniffing proxy (`sniff`) that routes WebSocket and HTTP to different backends.
+//! the user-space sniffing proxy (`sniff`, the `redirector-sniff` crate) that routes WebSocket
+//! and HTTP to different backends.
 //!
 //! The `redirector` binary is a thin CLI over this library; the tests drive it directly
 //! (e.g. `BPF_PROG_TEST_RUN` on the loaded programs).
@@ -10,5 +11,4 @@ pub mod instance;
 pub mod observe;
 pub mod reaper;
 pub mod rules;
-pub mod sniff;
 pub mod source_filter;

@@ -348,7 +348,7 @@ fn parse_bpf_linker_version(output: &str) -> Option<String> {
     }
 }
 
-/// cargo-fuzz runs the fuzz targets of redirector/fuzz (with the nightly toolchain).
+/// cargo-fuzz runs the fuzz targets of redirector-sniff/fuzz (with the nightly toolchain).
 fn ensure_cargo_fuzz() -> Result<String> {
     if let Ok(version) = Cmd::cargo().args(["fuzz", "--version"]).run_captured() {
         return Ok(version.trim().to_owned());

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: setup, lint (rustfmt, clippy on the host crates and on the eBPF crate
 //! for its BPF target), build, then the whole test suite with the built binaries' paths in
 //! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN and KERNEL_BENCH_BIN, then a bounded run of
-//! each fuzz target of redirector/fuzz, then the benchmark's smoke run.
+//! each fuzz target of redirector-sniff/fuzz, then the benchmark's smoke run.
 
 use anyhow::{Context as _, Result};
 
@@ -18,7 +18,7 @@ use crate::setup;
 /// workspace's default-members; `--workspace` alone would pull it in.
 const EBPF_PACKAGE: &str = "redirector-ebpf";
 
-/// The cargo-fuzz targets in redirector/fuzz (the sniffing proxy's detectors).
+/// The cargo-fuzz targets in redirector-sniff/fuzz (the sniffing proxy's detectors).
 const FUZZ_TARGETS: &[&str] = &["detect", "sni"];
 /// How long each fuzz target runs in `cargo xtask test`.
 const FUZZ_SECONDS_PER_TARGET: u32 = 20;
@@ -117,9 +117,9 @@ fn bench_smoke(binaries: &Binaries) -> Result<()> {
 }
 
 /// Runs each fuzz target for a bounded time; a crash (a panic, a failed invariant) fails
-/// the step, and libFuzzer leaves the input under redirector/fuzz/artifacts.
+/// the step, and libFuzzer leaves the input under redirector-sniff/fuzz/artifacts.
 fn fuzz() -> Result<()> {
-    let fuzz_dir = workspace_root().join("redirector").join("fuzz");
+    let fuzz_dir = workspace_root().join("redirector-sniff").join("fuzz");
     for target in FUZZ_TARGETS {
         heading(format_args!("fuzz: {target} ({FUZZ_SECONDS_PER_TARGET} s)"));
         Cmd::cargo()

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 use flows::FlowsArgs;
 use flush::FlushArgs;
-use redirector::sniff::{
+use redirector_sniff::{
     detect::DEFAULT_MAX_HEADER_BYTES,
     proxy_protocol::ProxyProtocol,
     server::{

@@ -1,16 +1,14 @@
 //! `redirector sniff`: bind, announce, serve (and `--metrics`) until a signal, report the
-//! counters (the library side is `redirector::sniff`).
+//! counters (the library side is the `redirector-sniff` crate).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use redirector::{
-    observe::http as metrics_http,
-    sniff::{
-        detect::DetectConfig,
-        metrics as sniff_metrics,
-        server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
-    },
+use redirector::observe::http as metrics_http;
+use redirector_sniff::{
+    detect::DetectConfig,
+    metrics as sniff_metrics,
+    server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
 };
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -5,8 +5,7 @@ use std::{io::Write as _, time::Duration};
 
 use redirector::{
     instance::{control, paths},
-    observe::stats::Snapshot,
-    sniff::publish,
+    observe::{sniff_publish, stats::Snapshot},
 };
 
 use super::Target;
@@ -46,7 +45,7 @@ fn print_once(args: &StatsArgs, watching: bool) -> anyhow::Result<()> {
     let snapshot = Snapshot::read(&instance.maps)?;
     // The loader's sniffing proxy (`run --sniff-listen`), if it runs one.
     let info = &instance.info;
-    let sniff = publish::read(
+    let sniff = sniff_publish::read(
         &paths::sniff_stats_file(info.netns_inode, info.key_iface()),
         info.pid,
     )?;

@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod prometheus;
+pub mod sniff_publish;
 pub mod stats;

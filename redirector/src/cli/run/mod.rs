@@ -14,12 +14,12 @@ use redirector::{
     config::{RunSettings, TimeoutSettings},
     dataplane::attach::Mode,
     rules::RedirectRule,
-    sniff::server::SniffConfig,
     source_filter::SourcePrefix,
 };
 
 use super::{sniff as sniff_cmd, SniffOptions};
 use prepare::Prepared;
+use redirector_sniff::server::SniffConfig;
 
 /// Arguments of `redirector run`.
 #[derive(Debug, clap::Args)]

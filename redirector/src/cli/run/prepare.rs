@@ -11,9 +11,9 @@ use redirector::{
     instance::{self, lock},
     reaper::Timeouts,
     rules::{self, RedirectRule},
-    sniff::server::{SniffConfig, SniffServer},
     source_filter::SourcePrefix,
 };
+use redirector_sniff::server::{SniffConfig, SniffServer};
 use tokio::runtime::Runtime;
 
 /// What `run` checked and claimed, ready to [`Prepared::start`].

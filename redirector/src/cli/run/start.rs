@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use redirector::observe::sniff_publish::Publisher;
 use redirector::{
     dataplane::{attach, maps::Maps, Dataplane},
     instance::{
@@ -18,8 +19,8 @@ use redirector::{
     },
     reaper::Timeouts,
     rules::{RedirectRule, RuleSlots},
-    sniff::{self, counters::Counters, publish::Publisher, server::SniffServer},
 };
+use redirector_sniff::{counters::Counters, server::SniffServer};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
@@ -174,7 +175,7 @@ impl Prepared {
             let snapshot = Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
             let mut body = prometheus::render(&snapshot, &labels);
             if let Some(counters) = &sniff_counters {
-                body.push_str(&sniff::metrics::render(counters));
+                body.push_str(&redirector_sniff::metrics::render(counters));
             }
             Ok(body)
         }))

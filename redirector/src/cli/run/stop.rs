@@ -3,7 +3,8 @@
 
 use std::{fmt, sync::Arc};
 
-use redirector::{observe::stats::Snapshot, sniff::counters::Counters};
+use redirector::observe::stats::Snapshot;
+use redirector_sniff::counters::Counters;
 
 use super::start::Loaded;
 

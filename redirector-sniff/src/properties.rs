@@ -5,7 +5,7 @@
 //! Deterministic: a fixed-seed xorshift generator and a fixed number of cases, so a failure
 //! reproduces with the same `cargo test`, and the run takes well under a second in release.
 //! The coverage-guided counterpart, with the same invariants, is the cargo-fuzz project in
-//! redirector/fuzz (run for a bounded time by `cargo xtask test`).
+//! redirector-sniff/fuzz (run for a bounded time by `cargo xtask test`).
 //!
 //! Invariants, for every input and every prefix of it:
 //! - no panic;
@@ -14,8 +14,8 @@
 //! - `NeedMore` only below the size limit, `TooLarge` only at or past it (or, for HTTP,
 //!   with more than [`MAX_HEADERS`] header lines).
 
-use super::detect::{detect, DetectConfig, Detection, MAX_HEADERS, MAX_METHOD_LEN};
-use super::sni::{detect_sni, test_support::client_hello_split, SniDetection};
+use crate::detect::{detect, DetectConfig, Detection, MAX_HEADERS, MAX_METHOD_LEN};
+use crate::sni::{detect_sni, test_support::client_hello_split, SniDetection};
 
 /// Generated inputs per property.
 const CASES: usize = 4_000;

@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, str::FromStr};
 
+use crate::option_value::{InvalidValue, Keyword};
+
 /// Signature that starts every version 2 header.
 const V2_SIGNATURE: [u8; 12] = [
     0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
@@ -23,20 +25,17 @@ pub enum ProxyProtocol {
     V2,
 }
 
-/// An unknown `--proxy-protocol` value.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid --proxy-protocol `{0}`: expected v1 or v2")]
-pub struct ProxyProtocolParseError(String);
+impl Keyword for ProxyProtocol {
+    const OPTION: &'static str = "proxy-protocol";
+    const KEYWORDS: &'static [(&'static str, Self)] =
+        &[("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)];
+}
 
 impl FromStr for ProxyProtocol {
-    type Err = ProxyProtocolParseError;
+    type Err = InvalidValue;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "v1" => Ok(ProxyProtocol::V1),
-            "v2" => Ok(ProxyProtocol::V2),
-            _ => Err(ProxyProtocolParseError(s.to_string())),
-        }
+        Self::from_keyword(s)
     }
 }
 

@@ -2,7 +2,7 @@
 //! `redirector stats` of other processes.
 //!
 //! The loader rewrites one small JSON file under `/run/redirector` (path from
-//! [`crate::pin::sniff_stats_file`]) every [`PUBLISH_INTERVAL`], atomically (temporary file,
+//! [`crate::instance::paths::sniff_stats_file`]) every [`PUBLISH_INTERVAL`], atomically (temporary file,
 //! then rename), and removes it when it stops. A file rather than a pinned BPF map: the
 //! counters are user-space atomics that no BPF program touches, /run is shared by every
 //! `ip netns exec` (bpffs pins are only reachable through the loader's root), and the
@@ -19,7 +19,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::counters::{Counter, Counters};
+use redirector_sniff::counters::{Counter, Counters};
 
 /// How often the loader rewrites the file.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);

@@ -33,7 +33,8 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{
+use crate::{
+    option_value::{InvalidValue, Keyword},
     prefixed::PrefixedIo,
     relay::{self, relayed, until_idle, Activity, RelayError, Relayed},
 };
@@ -59,31 +60,27 @@ pub enum RelayMode {
 /// of spliced (splicing costs more than copying for small messages).
 pub const SPLICE_THRESHOLD: usize = 16 * 1024;
 
-/// An unknown `--relay` value.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid --relay `{0}`: expected auto, splice or copy")]
-pub struct RelayModeParseError(String);
+impl Keyword for RelayMode {
+    const OPTION: &'static str = "relay";
+    const KEYWORDS: &'static [(&'static str, Self)] = &[
+        ("auto", RelayMode::Auto),
+        ("splice", RelayMode::Splice),
+        ("copy", RelayMode::Copy),
+    ];
+}
 
 impl FromStr for RelayMode {
-    type Err = RelayModeParseError;
+    type Err = InvalidValue;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(RelayMode::Auto),
-            "splice" => Ok(RelayMode::Splice),
-            "copy" => Ok(RelayMode::Copy),
-            _ => Err(RelayModeParseError(s.to_string())),
-        }
+        Self::from_keyword(s)
     }
 }
 
+/// The keyword (`--relay`'s default is shown in `--help` with it).
 impl fmt::Display for RelayMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RelayMode::Auto => "auto",
-            RelayMode::Splice => "splice",
-            RelayMode::Copy => "copy",
-        })
+        f.write_str(self.keyword())
     }
 }
 

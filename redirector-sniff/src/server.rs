@@ -6,7 +6,7 @@
 //! [`detect`]; connections on the optional TLS listener by the server name of their
 //! ClientHello ([`detect_sni`]). With `--proxy-protocol`, backends get a PROXY header
 //! before the client's bytes. `--max-conns` bounds the connections open at once, and
-//! `--max-conns-per-ip` those of one client ([`super::per_ip`]); connections over either
+//! `--max-conns-per-ip` those of one client ([`crate::per_ip`]); connections over either
 //! are closed as soon as they are accepted (a FIN, no data) and counted.
 
 use std::{future::Future, io, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
@@ -18,10 +18,11 @@ use tokio::{
 };
 
 #[cfg(doc)]
-use super::per_ip::ClientKey;
-use super::{
+use crate::per_ip::ClientKey;
+use crate::{
     counters::{Counter, Counters},
     detect::{detect, DetectConfig, Detection},
+    option_value::{InvalidValue, Keyword},
     per_ip::{IpPermit, PerIpLimit},
     proxy_protocol::ProxyProtocol,
     relay::RelayError,
@@ -59,20 +60,19 @@ pub enum NotHttpPolicy {
     Http,
 }
 
-/// An unknown `--not-http` value.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid --not-http `{0}`: expected close or http")]
-pub struct NotHttpPolicyParseError(String);
+impl Keyword for NotHttpPolicy {
+    const OPTION: &'static str = "not-http";
+    const KEYWORDS: &'static [(&'static str, Self)] = &[
+        ("close", NotHttpPolicy::Close),
+        ("http", NotHttpPolicy::Http),
+    ];
+}
 
 impl FromStr for NotHttpPolicy {
-    type Err = NotHttpPolicyParseError;
+    type Err = InvalidValue;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "close" => Ok(NotHttpPolicy::Close),
-            "http" => Ok(NotHttpPolicy::Http),
-            _ => Err(NotHttpPolicyParseError(s.to_string())),
-        }
+        Self::from_keyword(s)
     }
 }
 
@@ -190,7 +190,7 @@ impl SniffServer {
                 max: Semaphore::MAX_PERMITS,
             });
         }
-        match super::fd_limit::ensure(config.max_conns) {
+        match crate::fd_limit::ensure(config.max_conns) {
             Ok(budget) if budget.now < budget.needed => log::warn!(
                 "open-file limit {} (hard limit reached) allows about {} relayed connections, \
                  fewer than --max-conns {}; raise it (ulimit -Hn, LimitNOFILE=) or lower --max-conns",
@@ -207,7 +207,7 @@ impl SniffServer {
             Ok(_) => {}
             Err(err) => log::warn!("could not read or raise the open-file limit: {err}"),
         }
-        if !super::alloc::keep_freed_memory() {
+        if !crate::alloc::keep_freed_memory() {
             log::debug!("allocator trim threshold unchanged (not glibc)");
         }
         let mut listeners = vec![(bind(config.listen).await?, ListenerKind::Http)];

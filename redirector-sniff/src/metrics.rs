@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::counters::{Counter, Counters};
+use crate::counters::{Counter, Counters};
 
 /// Metric family and optional (label, value) of one counter.
 ///

@@ -4,10 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redirector_fuzz::{
-    sni::{detect_sni, SniDetection},
-    MAX_INPUT,
-};
+use redirector_sniff::sni::{detect_sni, SniDetection};
+use redirector_sniff_fuzz::MAX_INPUT;
 
 fuzz_target!(|data: &[u8]| {
     let [a, b, rest @ ..] = data else {

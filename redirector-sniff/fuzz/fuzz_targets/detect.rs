@@ -4,10 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redirector_fuzz::{
-    detect::{detect, DetectConfig, Detection, MAX_HEADERS},
-    MAX_INPUT,
-};
+use redirector_sniff::detect::{detect, DetectConfig, Detection, MAX_HEADERS};
+use redirector_sniff_fuzz::MAX_INPUT;
 
 fuzz_target!(|data: &[u8]| {
     let [a, b, c, rest @ ..] = data else {

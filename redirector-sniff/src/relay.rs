@@ -1,7 +1,7 @@
 //! The bidirectional copy between a client and its backend, with an idle timeout.
 //!
 //! Bytes are relayed untouched by `tokio::io::copy_bidirectional` (user-space buffers;
-//! [`super::splice`] is the zero-copy alternative, `--relay splice`). When one side
+//! [`crate::splice`] is the zero-copy alternative, `--relay splice`). When one side
 //! finishes sending, the other side's write half is shut down, and the relay ends once
 //! both directions are done, or when neither direction moved a byte for the idle timeout.
 

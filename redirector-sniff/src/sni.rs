@@ -1,9 +1,11 @@
 //! TLS detection: the server name (SNI) of a ClientHello, read without decrypting anything.
 //!
-//! Like [`super::detect`], one pure function over the bytes received so far. The
+//! Like [`crate::detect`], one pure function over the bytes received so far. The
 //! ClientHello may span several TLS records (large key shares do); their fragments are
 //! joined before parsing. Layouts are from RFC 8446 §5.1 (records), §4.1.2 (ClientHello)
 //! and RFC 6066 §3 (server_name).
+
+use crate::option_value::InvalidValue;
 
 /// TLS record content type of handshake messages.
 const CONTENT_HANDSHAKE: u8 = 22;
@@ -193,13 +195,8 @@ impl<'a> Reader<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SniPattern(String);
 
-/// An unusable `--ws-sni` pattern.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid --ws-sni `{0}`: expected a host name such as ws.example.com or *.example.com")]
-pub struct SniPatternParseError(String);
-
 impl std::str::FromStr for SniPattern {
-    type Err = SniPatternParseError;
+    type Err = InvalidValue;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let name = s.strip_prefix("*.").unwrap_or(s);
@@ -212,7 +209,11 @@ impl std::str::FromStr for SniPattern {
         if valid {
             Ok(SniPattern(s.to_ascii_lowercase()))
         } else {
-            Err(SniPatternParseError(s.to_string()))
+            Err(InvalidValue {
+                option: "ws-sni",
+                value: s.to_string(),
+                expected: "a host name such as ws.example.com or *.example.com".to_string(),
+            })
         }
     }
 }

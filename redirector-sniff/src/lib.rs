@@ -1,5 +1,6 @@
-//! `redirector sniff`: a user-space TCP proxy that tells WebSocket upgrades from plain
-//! HTTP by reading the start of each connection, then relays it to the matching backend.
+//! redirector-sniff: the user-space TCP proxy of `redirector sniff` (and of
+//! `redirector run --sniff-listen`), which tells WebSocket upgrades from plain HTTP by reading
+//! the start of each connection, then relays it to the matching backend.
 //!
 //! - [`detect`]: the pure decision over the bytes read so far;
 //! - [`prefixed`]: a stream that replays those bytes to the backend;
@@ -13,19 +14,26 @@
 //! - [`alloc`]: freed connection memory kept in the allocator (no madvise per shrink);
 //! - [`counters`]: what happened, for the exit report;
 //! - [`metrics`]: the counters in the Prometheus text format;
-//! - [`publish`]: the counters of `run --sniff-listen`, published for `redirector stats`.
+//! - [`option_value`]: the one error of option values that do not parse, and the keyword
+//!   table of the enum options (`--relay`, `--not-http`, `--proxy-protocol`).
+//!
+//! The command line, the loader and the publication of the counters for `redirector stats`
+//! live in the `redirector` crate, which depends on this one (never the reverse). The two
+//! detectors are pure functions: the property tests and the cargo-fuzz targets in `fuzz/`
+//! check them.
+#![warn(missing_docs)]
 
 pub mod alloc;
 pub mod counters;
 pub mod detect;
 pub mod fd_limit;
 pub mod metrics;
+pub mod option_value;
 pub mod per_ip;
 pub mod prefixed;
 #[cfg(test)]
 mod properties;
 pub mod proxy_protocol;
-pub mod publish;
 pub mod relay;
 pub mod server;
 pub mod sni;
