@@ -5,6 +5,10 @@
 //! port of tracked flows FROM→TO; TC egress rewrites the source port of replies TO→FROM.
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_xadd`: the only atomic add on bpfel (no `AtomicU64::fetch_add`
+// there); it compiles to one BPF_ATOMIC add, which the verifier accepts on map values.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod egress;
 mod flow;

@@ -353,7 +353,9 @@ pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, Contro
         .collect();
     // The control lock serialises the read-modify-write of `flow_flushed`.
     let _lock = instance.lock_rules()?;
-    let (removed, result) = instance.maps.remove_flows(&doomed);
+    let (removed, result) = instance
+        .maps
+        .remove_flows(&doomed, crate::maps::Remover::Control);
     // Counted even after an error: what was removed must not look evicted.
     instance
         .maps

@@ -53,6 +53,9 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
         Counter::FlowReplaced => (EVENTS, "event", "replaced"),
         Counter::FlowReaped => (EVENTS, "event", "reaped"),
         Counter::FlowFlushed => (EVENTS, "event", "flushed"),
+        Counter::PassTableFull => (PASSED, "reason", "table_full"),
+        Counter::FlowPromoted => (EVENTS, "event", "promoted"),
+        Counter::FlowPromoteFailed => (EVENTS, "event", "promote_failed"),
     }
 }
 
