@@ -9,6 +9,7 @@ pub mod batch;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod flow_tables;
 pub mod iface;
 pub mod instance;
 pub mod maps;

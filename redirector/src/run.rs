@@ -9,6 +9,7 @@ use redirector::{
     attach,
     config::{RunSettings, TimeoutSettings},
     dataplane::Dataplane,
+    flow_tables::FillWatch,
     iface, instance,
     maps::Maps,
     metrics::{self, Labels},
@@ -269,7 +270,7 @@ fn load_and_serve(
             }
         };
         let served = tokio::select! {
-            served = serve(&mut dp, &timeouts, signals, metrics) => served,
+            served = serve(&mut dp, &timeouts, signals, metrics, FillWatch::new(conntrack_size)) => served,
             () = publishing => unreachable!("publishing runs until dropped"),
         };
         let _ = stop_sniff.send(());
@@ -328,6 +329,7 @@ async fn serve(
     timeouts: &reaper::Timeouts,
     mut signals: Signals,
     metrics: Option<(std::net::TcpListener, MetricsBody)>,
+    mut fill: FillWatch,
 ) -> anyhow::Result<()> {
     let metrics = match metrics {
         Some((listener, render)) => {
@@ -355,6 +357,9 @@ async fn serve(
                     Ok(0) => {}
                     Ok(n) => log::debug!("reclaimed {n} closed or idle flows"),
                     Err(e) => log::warn!("reaping flows: {e}"),
+                }
+                if let Err(e) = fill.check(dp.maps()) {
+                    log::warn!("reading the flow tables' fill: {e}");
                 }
             }
         }
