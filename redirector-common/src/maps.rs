@@ -5,8 +5,18 @@
 
 /// Map of rules: key `u16` FROM port (host order) → [`Rule`].
 pub const RULES_MAP: &str = "RULES";
-/// LRU hash of tracked flows: [`FlowKey`] → [`FlowValue`].
-pub const FLOWS_MAP: &str = "FLOWS";
+/// LRU hash of half-open flows (SYN seen, handshake not complete): [`FlowKey`] →
+/// [`FlowValue`]. Under pressure it evicts only other half-open entries, like a SYN queue.
+pub const HALF_OPEN_MAP: &str = "HALF_OPEN";
+/// Plain (never evicting) hash of established flows: [`FlowKey`] → [`FlowValue`].
+pub const ESTABLISHED_MAP: &str = "ESTABLISHED";
+/// Array of `u64` cells whose combination is the number of established flows, read by
+/// the kernel at every SYN to admit a flow only if it can be promoted later. Indexed by
+/// `FLOW_COUNT_*`; each cell has exactly one kind of writer.
+pub const FLOW_COUNT_MAP: &str = "FLOW_COUNT";
+/// Name of the read-only global holding the established capacity (`--conntrack-size`),
+/// set by the loader at load time.
+pub const ESTABLISHED_CAPACITY_GLOBAL: &str = "ESTABLISHED_CAPACITY";
 /// LPM trie of allowed source prefixes: `Key<[u8; 16]>` → `u32` (unused, 1).
 pub const ALLOW_MAP: &str = "ALLOW";
 /// One-element array holding the [`Config`].
@@ -32,8 +42,50 @@ pub const PROG_PASS_TC: &str = "redirector_pass_tc";
 pub const MAX_RULES: u32 = 64;
 /// Maximum number of allowed source prefixes.
 pub const MAX_ALLOW: u32 = 1024;
-/// Default number of tracked flows.
-pub const DEFAULT_CONNTRACK_SIZE: u32 = 65_536;
+/// Default established capacity (`--conntrack-size`): sized for WebSocket hosts holding
+/// hundreds of thousands of idle connections. The table allocates entries on demand
+/// (`BPF_F_NO_PREALLOC`), so an idle host pays only for its hash buckets.
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 1_048_576;
+/// Largest half-open table: the SYN-queue-like LRU never needs more than a few seconds
+/// of SYN flood to turn over slower than any real handshake's round trip.
+pub const MAX_HALF_OPEN_SIZE: u32 = 65_536;
+
+/// Size of the half-open table for an established capacity of `capacity`: the same, up
+/// to [`MAX_HALF_OPEN_SIZE`].
+pub const fn half_open_size(capacity: u32) -> u32 {
+    if capacity < MAX_HALF_OPEN_SIZE {
+        capacity
+    } else {
+        MAX_HALF_OPEN_SIZE
+    }
+}
+
+/// `max_entries` of the established table for an established capacity of `capacity`:
+/// every admitted flow not yet promoted lives in the half-open table, so this headroom
+/// means a promotion never fails for lack of room.
+pub const fn established_max_entries(capacity: u32) -> u32 {
+    capacity.saturating_add(half_open_size(capacity))
+}
+
+/// [`FLOW_COUNT_MAP`] cell: promotions minus established entries the kernel removed
+/// (RST, port reuse); changed only by the kernel, with atomic adds.
+pub const FLOW_COUNT_KERNEL: u32 = 0;
+/// [`FLOW_COUNT_MAP`] cell: established entries the loader's reaper removed (written
+/// only by the reaper).
+pub const FLOW_COUNT_REAPER: u32 = 1;
+/// [`FLOW_COUNT_MAP`] cell: established entries removed (minus inserted) by control
+/// commands (`flush`) and tooling, serialised by the control lock.
+pub const FLOW_COUNT_CONTROL: u32 = 2;
+/// Number of [`FLOW_COUNT_MAP`] cells.
+pub const FLOW_COUNT_CELLS: u32 = 3;
+
+/// Established flows from the [`FLOW_COUNT_MAP`] cells, in wrapping arithmetic (each cell
+/// is a running total that may pass the others); negative while removals race their
+/// count, which only ever errs towards admitting less.
+#[inline(always)]
+pub const fn established_count(kernel: u64, reaper: u64, control: u64) -> i64 {
+    kernel.wrapping_sub(reaper).wrapping_sub(control) as i64
+}
 
 /// A redirect rule, the value of [`RULES_MAP`] keyed by the FROM port.
 #[repr(C)]
@@ -68,7 +120,7 @@ pub struct FlowKey {
     pub _pad: u16,
 }
 
-/// State of a tracked flow, the value of [`FLOWS_MAP`].
+/// State of a tracked flow, the value of [`HALF_OPEN_MAP`] and [`ESTABLISHED_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowValue {
@@ -125,6 +177,29 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 4);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
+const _: () = assert!(established_max_entries(DEFAULT_CONNTRACK_SIZE) == 1_114_112);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_open_follows_small_capacities_and_stops_at_its_maximum() {
+        assert_eq!(half_open_size(64), 64);
+        assert_eq!(established_max_entries(64), 128);
+        assert_eq!(half_open_size(DEFAULT_CONNTRACK_SIZE), MAX_HALF_OPEN_SIZE);
+        assert_eq!(established_max_entries(u32::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn established_count_survives_wrapping_cells() {
+        assert_eq!(established_count(10, 3, 2), 5);
+        // The control cell went "negative": tooling inserted 5 entries and removed 2.
+        assert_eq!(established_count(10, 3, 2u64.wrapping_sub(5)), 10);
+        // A removal counted before the kernel's promotion count caught up.
+        assert_eq!(established_count(1, 2, 0), -1);
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {

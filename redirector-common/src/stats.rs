@@ -46,11 +46,20 @@ pub enum Counter {
     FlowReaped,
     /// `redirector flush` removed an entry (written by user space only).
     FlowFlushed,
+    /// A SYN to an enabled rule was not redirected because the established table is full
+    /// (`--conntrack-size`): it passed untouched, so no accepted connection pays for it.
+    PassTableFull,
+    /// The client's handshake-completing ACK moved a flow from the half-open table to
+    /// the established one.
+    FlowPromoted,
+    /// Moving a flow to the established table failed (kernel out of memory); it stays
+    /// half-open (evictable) and the promotion is retried on its next packet.
+    FlowPromoteFailed,
 }
 
 impl Counter {
     /// Number of counters (size of the stats array).
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 24;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -75,6 +84,9 @@ impl Counter {
         Counter::FlowReplaced,
         Counter::FlowReaped,
         Counter::FlowFlushed,
+        Counter::PassTableFull,
+        Counter::FlowPromoted,
+        Counter::FlowPromoteFailed,
     ];
 
     /// Stable snake_case name used in output and metrics.
@@ -101,6 +113,9 @@ impl Counter {
             Counter::FlowReplaced => "flow_replaced",
             Counter::FlowReaped => "flow_reaped",
             Counter::FlowFlushed => "flow_flushed",
+            Counter::PassTableFull => "pass_table_full",
+            Counter::FlowPromoted => "flow_promoted",
+            Counter::FlowPromoteFailed => "flow_promote_failed",
         }
     }
 

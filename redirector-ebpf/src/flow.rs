@@ -1,19 +1,33 @@
 //! Conntrack decisions: which tracked flow a packet belongs to, and the entry's update.
+//!
+//! A flow lives in one of two tables. A SYN to an enabled rule creates it in `HALF_OPEN`
+//! (an LRU, so a SYN flood only evicts other half-open flows) if the established table
+//! has room; the client's handshake-completing ACK promotes it to `ESTABLISHED` (a plain
+//! hash that never evicts). Lookups try `ESTABLISHED` first: that is where nearly every
+//! packet's flow is.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use redirector_common::{
     conntrack::{self, Direction, Transition},
-    maps::{FlowKey, FlowValue, Rule},
+    maps::{
+        established_count, FlowKey, FlowValue, Rule, FLOW_COUNT_CONTROL, FLOW_COUNT_KERNEL,
+        FLOW_COUNT_REAPER,
+    },
     stats::Counter,
 };
 
 use crate::{
-    maps::{count, source_allowed, FLOWS, RULES},
+    maps::{
+        count, established_capacity, source_allowed, ESTABLISHED, FLOW_COUNT, HALF_OPEN, RULES,
+    },
     parse::TcpPacket,
 };
 
 /// Only refresh `last_seen_ns` this often, to keep the entry's cache line mostly read-only.
 const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// `-EEXIST`: `BPF_NOEXIST` insert of a key that is there.
+const EEXIST: i32 = 17;
 
 /// A rewrite to perform: the port's new value and the rule whose counters it feeds.
 pub struct Rewrite {
@@ -23,6 +37,24 @@ pub struct Rewrite {
     pub new_port_be: u16,
     /// `RuleStats` slot.
     pub rule_slot: u32,
+}
+
+/// Which conntrack table an entry was found in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    HalfOpen,
+    Established,
+}
+
+/// Finds the entry of `key`, established first.
+#[inline(always)]
+fn lookup(key: &FlowKey) -> Option<(*mut FlowValue, Table)> {
+    if let Some(entry) = ESTABLISHED.get_ptr_mut(key) {
+        return Some((entry, Table::Established));
+    }
+    HALF_OPEN
+        .get_ptr_mut(key)
+        .map(|entry| (entry, Table::HalfOpen))
 }
 
 /// Client→server: a SYN to an enabled rule creates an entry; other packets need one.
@@ -41,19 +73,21 @@ pub fn ingress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
             return new_flow(&key, pkt, dst_port, *rule);
         }
     }
-    let entry = FLOWS.get_ptr_mut(key).ok_or(Counter::PassUntracked)?;
+    let (entry, table) = lookup(&key).ok_or(Counter::PassUntracked)?;
     // SAFETY: a successful lookup returns a pointer to the map value, valid for this
     // program run (RCU); concurrent writers on other CPUs only race on plain integers.
     let flow = unsafe { &mut *entry };
     if flow.orig_port != dst_port {
         return Err(Counter::PassPortMismatch);
     }
-    track(&key, flow, Direction::ToServer, pkt.flags);
-    Ok(Rewrite {
+    // Read before `track`, which may remove (and so free) the entry.
+    let rewrite = Rewrite {
         old_port_be: pkt.dst_port_be,
         new_port_be: flow.target_port.to_be(),
         rule_slot: flow.rule_slot,
-    })
+    };
+    track(&key, flow, table, Direction::ToServer, pkt.flags);
+    Ok(rewrite)
 }
 
 /// Server→client: only packets of a tracked flow, from its target port, are rewritten.
@@ -65,32 +99,33 @@ pub fn egress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
         client_port_be: pkt.dst_port_be,
         _pad: 0,
     };
-    let entry = FLOWS.get_ptr_mut(key).ok_or(Counter::PassUntracked)?;
+    let (entry, table) = lookup(&key).ok_or(Counter::PassUntracked)?;
     // SAFETY: as in `ingress`.
     let flow = unsafe { &mut *entry };
     if flow.target_port != u16::from_be(pkt.src_port_be) {
         return Err(Counter::PassPortMismatch);
     }
-    track(&key, flow, Direction::ToClient, pkt.flags);
-    Ok(Rewrite {
+    let rewrite = Rewrite {
         old_port_be: pkt.src_port_be,
         new_port_be: flow.orig_port.to_be(),
         rule_slot: flow.rule_slot,
-    })
+    };
+    track(&key, flow, table, Direction::ToClient, pkt.flags);
+    Ok(rewrite)
 }
 
 /// Handles a SYN to a rule's FROM port: reuse a live entry (retransmitted SYN) or create one.
 #[inline(always)]
 fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result<Rewrite, Counter> {
-    let existing = FLOWS.get_ptr(key);
-    if let Some(existing) = existing {
+    let existing = lookup(key);
+    if let Some((entry, _)) = existing {
         // SAFETY: as in `ingress`; read only.
-        let existing = unsafe { &*existing };
-        if existing.orig_port == dst_port && !conntrack::is_reusable(existing.state) {
+        let entry = unsafe { &*entry };
+        if entry.orig_port == dst_port && !conntrack::is_reusable(entry.state) {
             return Ok(Rewrite {
                 old_port_be: pkt.dst_port_be,
-                new_port_be: existing.target_port.to_be(),
-                rule_slot: existing.rule_slot,
+                new_port_be: entry.target_port.to_be(),
+                rule_slot: entry.rule_slot,
             });
         }
     }
@@ -99,6 +134,17 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
     }
     if !source_allowed(&pkt.src_addr) {
         return Err(Counter::PassSourceDenied);
+    }
+    if let Some((_, table)) = existing {
+        // Port reuse after close (or the tuple now to another port): the new flow replaces
+        // the old entry. One created, one gone, none evicted (user space derives evictions
+        // from these counts); an established entry frees its place for the admission below.
+        if remove(key, table) {
+            count(Counter::FlowReplaced);
+        }
+    }
+    if !admit() {
+        return Err(Counter::PassTableFull);
     }
     let now = now_ns();
     let value = FlowValue {
@@ -112,15 +158,10 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
         created_ns: now,
         last_seen_ns: now,
     };
-    FLOWS
+    HALF_OPEN
         .insert(key, value, 0)
         .map_err(|_| Counter::FlowInsertFailed)?;
     count(Counter::FlowCreated);
-    if existing.is_some() {
-        // The insert overwrote that entry: one created, one gone, none evicted (user space
-        // derives evictions from these counts).
-        count(Counter::FlowReplaced);
-    }
     crate::maps::with_rule_stats(rule.slot, |s| s.flows_new += 1);
     Ok(Rewrite {
         old_port_be: pkt.dst_port_be,
@@ -129,9 +170,73 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
     })
 }
 
+/// True if the established table has room for one more flow: a flow is only admitted if
+/// it can be promoted. Flows admitted but not yet promoted are bounded by the half-open
+/// table, which is exactly the established table's headroom over its capacity.
+#[inline(always)]
+fn admit() -> bool {
+    let cell = |index| FLOW_COUNT.get(index).copied().unwrap_or(0);
+    let established = established_count(
+        cell(FLOW_COUNT_KERNEL),
+        cell(FLOW_COUNT_REAPER),
+        cell(FLOW_COUNT_CONTROL),
+    );
+    established < established_capacity() as i64
+}
+
+/// Adds `delta` (wrapping: `u64::MAX` is minus one) to the kernel's established count.
+#[inline(always)]
+fn add_established(delta: u64) {
+    if let Some(cell) = FLOW_COUNT.get_ptr_mut(FLOW_COUNT_KERNEL) {
+        // SAFETY: `cell` points at an array element, valid and 8-byte aligned for the
+        // program run. The add is atomic (one BPF_ATOMIC instruction, result unused), so
+        // promotions on other CPUs are never lost; relaxed order: it is only a count.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                cell, delta,
+            )
+        };
+    }
+}
+
+/// Removes the entry of `key` from `table`; true if this call removed it (another CPU or
+/// the reaper may have been first, and counted it itself).
+#[inline(always)]
+fn remove(key: &FlowKey, table: Table) -> bool {
+    match table {
+        Table::HalfOpen => HALF_OPEN.remove(key).is_ok(),
+        Table::Established => {
+            let removed = ESTABLISHED.remove(key).is_ok();
+            if removed {
+                add_established(u64::MAX);
+            }
+            removed
+        }
+    }
+}
+
+/// Moves a flow whose handshake completed from `HALF_OPEN` to `ESTABLISHED`. Counted
+/// before the insert so that the count never lags the table (admission errs low).
+#[inline(always)]
+fn promote(key: &FlowKey, flow: &FlowValue) {
+    add_established(1);
+    match ESTABLISHED.insert(key, flow, u64::from(BPF_NOEXIST)) {
+        Ok(()) => count(Counter::FlowPromoted),
+        // Another CPU promoted it first (and counted it): only the half-open copy is left.
+        Err(e) if e == -EEXIST => add_established(u64::MAX),
+        Err(_) => {
+            // Out of memory: it stays half-open and the next packet tries again.
+            add_established(u64::MAX);
+            count(Counter::FlowPromoteFailed);
+            return;
+        }
+    }
+    let _ = HALF_OPEN.remove(key);
+}
+
 /// Advances the flow's TCP state; a RST removes the entry (this packet is still rewritten).
 #[inline(always)]
-fn track(key: &FlowKey, flow: &mut FlowValue, dir: Direction, flags: u8) {
+fn track(key: &FlowKey, flow: &mut FlowValue, table: Table, dir: Direction, flags: u8) {
     let now = now_ns();
     if now.wrapping_sub(flow.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
         flow.last_seen_ns = now;
@@ -147,12 +252,16 @@ fn track(key: &FlowKey, flow: &mut FlowValue, dir: Direction, flags: u8) {
             flow.last_seen_ns = now;
         }
         Transition::Delete => {
-            // Counted only if this removal succeeded: another CPU (or the reaper) may have
-            // removed it first and counted it itself; evictions are derived from these counts.
-            if FLOWS.remove(key).is_ok() {
+            // Counted only if this removal succeeded: evictions are derived from these counts.
+            if remove(key, table) {
                 count(Counter::FlowClosedRst);
             }
+            return;
         }
+    }
+    // Also retried on later packets if a promotion failed.
+    if table == Table::HalfOpen && flow.state == conntrack::STATE_ESTABLISHED {
+        promote(key, flow);
     }
 }
 

@@ -8,6 +8,10 @@
 // aya-ebpf's #[xdp] and #[classifier] emit each exported entry symbol without the doc
 // comment written on it; a binary has nothing else `missing_docs` would check.
 #![allow(missing_docs)]
+// `core::intrinsics::atomic_xadd`: the only atomic add on bpfel (no `AtomicU64::fetch_add`
+// there); it compiles to one BPF_ATOMIC add, which the verifier accepts on map values.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod egress;
 mod flow;

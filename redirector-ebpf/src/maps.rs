@@ -1,12 +1,14 @@
 //! Every map of the redirector, one purpose each, and the counter helpers over them.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use redirector_common::{
     maps::{
-        Config, FlowKey, FlowValue, Rule, RuleStats, DEFAULT_CONNTRACK_SIZE, MAX_ALLOW, MAX_RULES,
+        established_max_entries, half_open_size, Config, FlowKey, FlowValue, Rule, RuleStats,
+        DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS, MAX_ALLOW, MAX_RULES,
     },
     stats::Counter,
 };
@@ -15,10 +17,31 @@ use redirector_common::{
 #[map]
 pub static RULES: HashMap<u16, Rule> = HashMap::with_max_entries(MAX_RULES, 0);
 
-/// Conntrack: one entry per redirected flow; size set by `--conntrack-size` at load.
+/// Conntrack of flows whose handshake has not completed. LRU: a SYN flood evicts other
+/// half-open entries, never an established one (those live in `ESTABLISHED`). Size set
+/// at load from `--conntrack-size` (`half_open_size`).
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
+pub static HALF_OPEN: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(half_open_size(DEFAULT_CONNTRACK_SIZE), 0);
+
+/// Conntrack of established flows: a plain hash that never evicts, entries allocated on
+/// promotion (no preallocation, so memory follows use). `max_entries` is the capacity
+/// plus the half-open size, so that a promotion never finds it full (see `flow::admit`).
+#[map]
+pub static ESTABLISHED: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(
+    established_max_entries(DEFAULT_CONNTRACK_SIZE),
+    BPF_F_NO_PREALLOC,
+);
+
+/// Cells whose combination counts established flows (`FLOW_COUNT_*`): the kernel adds
+/// to its own cell atomically; user space writes the others, one writer each.
+#[map]
+pub static FLOW_COUNT: Array<u64> = Array::with_max_entries(FLOW_COUNT_CELLS, 0);
+
+/// Established capacity (`--conntrack-size`); the loader sets it at load time
+/// (read-only data, so the verifier sees a constant).
+#[unsafe(no_mangle)]
+static ESTABLISHED_CAPACITY: u64 = DEFAULT_CONNTRACK_SIZE as u64;
 
 /// Source prefixes allowed to create flows (IPv4 as mapped IPv6); used when
 /// `CONFIG_F_FILTER_SOURCES` is set.
@@ -36,6 +59,14 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUN
 /// Per-rule counters, indexed by `Rule::slot`.
 #[map]
 pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+/// The established capacity the loader set.
+#[inline(always)]
+pub fn established_capacity() -> u64 {
+    // SAFETY: a plain read of a static; volatile so that the compiler does not fold the
+    // default in, which the loader replaces in the object's read-only data before loading.
+    unsafe { core::ptr::read_volatile(&ESTABLISHED_CAPACITY) }
+}
 
 /// Adds one to a global counter.
 #[inline(always)]

@@ -332,7 +332,9 @@ fn instance_file_and_pins_exist_only_while_running_and_other_versions_are_refuse
     );
     for pin in [
         "RULES",
-        "FLOWS",
+        "HALF_OPEN",
+        "ESTABLISHED",
+        "FLOW_COUNT",
         "ALLOW",
         "CONFIG",
         "STATS",

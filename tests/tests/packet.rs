@@ -53,8 +53,13 @@ impl std::ops::DerefMut for Loaded {
 }
 
 fn dataplane() -> Loaded {
+    dataplane_of(1024)
+}
+
+/// The loaded programs with room for `capacity` established flows.
+fn dataplane_of(capacity: u32) -> Loaded {
     let lock = shared_kernel_lock();
-    let mut dp = Dataplane::load(1024).expect("load (are you root?)");
+    let mut dp = Dataplane::load(capacity).expect("load (are you root?)");
     dp.set_rules(&rules()).unwrap();
     Loaded { dp, _lock: lock }
 }
@@ -664,4 +669,304 @@ fn conntrack_batches_see_every_entry_once_and_skip_missing_keys() {
         .collect();
     left.sort_unstable();
     assert_eq!(left, (1..u64::from(FLOWS)).step_by(2).collect::<Vec<_>>());
+}
+
+/// (established, half-open) entries.
+fn tables(dp: &Dataplane) -> (usize, usize) {
+    let maps = dp.maps();
+    (
+        maps.established_flows().unwrap().len(),
+        maps.half_open_flows().unwrap().len(),
+    )
+}
+
+/// Runs the three-way handshake of client port `port` to :80; asserts each step.
+fn handshake(dp: &mut Dataplane, port: u16) {
+    let syn = Frame::tcp(CLIENT4, SERVER4, port, 80, SYN);
+    let name = format!("syn {port}");
+    case(
+        dp,
+        &name,
+        Prog::Xdp,
+        &syn,
+        Some(&syn.with_ports(port, 8080)),
+        Counter::FlowCreated,
+    );
+    let syn_ack = Frame::tcp(SERVER4, CLIENT4, 8080, port, SYN | ACK);
+    let name = format!("syn-ack {port}");
+    let out = syn_ack.with_ports(80, port);
+    case(
+        dp,
+        &name,
+        Prog::TcEgress,
+        &syn_ack,
+        Some(&out),
+        Counter::RewriteEgress,
+    );
+    let ack = Frame::tcp(CLIENT4, SERVER4, port, 80, ACK);
+    let name = format!("ack {port}");
+    case(
+        dp,
+        &name,
+        Prog::Xdp,
+        &ack,
+        Some(&ack.with_ports(port, 8080)),
+        Counter::FlowPromoted,
+    );
+}
+
+/// Data of client port `port`, both ways, rewritten through its entry.
+fn assert_data_rewritten(dp: &mut Dataplane, port: u16) {
+    let mut data = Frame::tcp(CLIENT4, SERVER4, port, 80, ACK | PSH);
+    data.payload = b"ping".to_vec();
+    let name = format!("data in {port}");
+    let out = data.with_ports(port, 8080);
+    case(
+        dp,
+        &name,
+        Prog::TcIngress,
+        &data,
+        Some(&out),
+        Counter::RewriteIngress,
+    );
+    let mut reply = Frame::tcp(SERVER4, CLIENT4, 8080, port, ACK | PSH);
+    reply.payload = vec![0x5a; 77];
+    let name = format!("data out {port}");
+    let out = reply.with_ports(80, port);
+    case(
+        dp,
+        &name,
+        Prog::TcEgress,
+        &reply,
+        Some(&out),
+        Counter::RewriteEgress,
+    );
+}
+
+/// A SYN creates a half-open entry; the SYN-ACK is rewritten from it; the client's
+/// handshake-completing ACK promotes it to the established table; a RST removes it there.
+#[test]
+fn handshake_promotes_from_half_open_to_established_and_rst_removes() {
+    let mut dp = dataplane();
+    let syn = Frame::tcp(CLIENT4, SERVER4, 41000, 80, SYN);
+    case(
+        &mut dp,
+        "syn",
+        Prog::Xdp,
+        &syn,
+        Some(&syn.with_ports(41000, 8080)),
+        Counter::FlowCreated,
+    );
+    assert_eq!(tables(&dp), (0, 1), "a SYN is half-open, not established");
+    assert_eq!(dp.maps().established_count().unwrap(), 0);
+    let syn_ack = Frame::tcp(SERVER4, CLIENT4, 8080, 41000, SYN | ACK);
+    let out = syn_ack.with_ports(80, 41000);
+    case(
+        &mut dp,
+        "syn-ack from half-open",
+        Prog::TcEgress,
+        &syn_ack,
+        Some(&out),
+        Counter::RewriteEgress,
+    );
+    assert_eq!(tables(&dp), (0, 1), "the SYN-ACK does not promote");
+    let ack = Frame::tcp(CLIENT4, SERVER4, 41000, 80, ACK);
+    case(
+        &mut dp,
+        "ack promotes",
+        Prog::Xdp,
+        &ack,
+        Some(&ack.with_ports(41000, 8080)),
+        Counter::FlowPromoted,
+    );
+    assert_eq!(
+        tables(&dp),
+        (1, 0),
+        "promoted: established, gone from half-open"
+    );
+    assert_eq!(dp.maps().established_count().unwrap(), 1);
+    assert_data_rewritten(&mut dp, 41000);
+    let rst = Frame::tcp(SERVER4, CLIENT4, 8080, 41000, RST | ACK);
+    let out = rst.with_ports(80, 41000);
+    case(
+        &mut dp,
+        "rst",
+        Prog::TcEgress,
+        &rst,
+        Some(&out),
+        Counter::FlowClosedRst,
+    );
+    assert_eq!(tables(&dp), (0, 0));
+    assert_eq!(
+        dp.maps().established_count().unwrap(),
+        0,
+        "the RST gave its place back"
+    );
+    let counters = dp.counters().unwrap();
+    assert_eq!(redirector::observe::stats::evicted(&counters, 0), 0);
+}
+
+/// A RST during the handshake removes the half-open entry; FIN both ways on an
+/// established flow keeps it (closing) until reaped.
+#[test]
+fn rst_in_handshake_and_fin_on_established() {
+    let mut dp = dataplane();
+    let syn = Frame::tcp(CLIENT4, SERVER4, 41100, 80, SYN);
+    case(
+        &mut dp,
+        "syn",
+        Prog::Xdp,
+        &syn,
+        Some(&syn.with_ports(41100, 8080)),
+        Counter::FlowCreated,
+    );
+    let rst = Frame::tcp(SERVER4, CLIENT4, 8080, 41100, RST | ACK);
+    let out = rst.with_ports(80, 41100);
+    case(
+        &mut dp,
+        "rst half-open",
+        Prog::TcEgress,
+        &rst,
+        Some(&out),
+        Counter::FlowClosedRst,
+    );
+    assert_eq!(tables(&dp), (0, 0));
+    handshake(&mut dp, 41101);
+    let fin_in = Frame::tcp(CLIENT4, SERVER4, 41101, 80, FIN | ACK);
+    let out = fin_in.with_ports(41101, 8080);
+    case(
+        &mut dp,
+        "client fin",
+        Prog::Xdp,
+        &fin_in,
+        Some(&out),
+        Counter::RewriteIngress,
+    );
+    let fin_out = Frame::tcp(SERVER4, CLIENT4, 8080, 41101, FIN | ACK);
+    let out = fin_out.with_ports(80, 41101);
+    case(
+        &mut dp,
+        "server fin",
+        Prog::TcEgress,
+        &fin_out,
+        Some(&out),
+        Counter::FlowClosedFin,
+    );
+    let flows = dp.maps().established_flows().unwrap();
+    assert_eq!(flows.len(), 1, "closing, still established until reaped");
+    assert_eq!(
+        flows[0].1.state,
+        redirector_common::conntrack::STATE_CLOSING
+    );
+    // Port reuse of the closing tuple replaces it and gives its place back.
+    let reuse = Frame::tcp(CLIENT4, SERVER4, 41101, 443, SYN);
+    let out = reuse.with_ports(41101, 8443);
+    case(
+        &mut dp,
+        "reuse",
+        Prog::Xdp,
+        &reuse,
+        Some(&out),
+        Counter::FlowReplaced,
+    );
+    assert_eq!(tables(&dp), (0, 1));
+    assert_eq!(dp.maps().established_count().unwrap(), 0);
+}
+
+/// With the established table full, a new SYN passes untouched and is counted; once an
+/// established flow closes, new ones are admitted again.
+#[test]
+fn full_established_table_lets_new_syns_pass_untouched() {
+    let mut dp = dataplane_of(2);
+    handshake(&mut dp, 42001);
+    handshake(&mut dp, 42002);
+    assert_eq!(tables(&dp), (2, 0));
+    let syn = Frame::tcp(CLIENT4, SERVER4, 42003, 80, SYN);
+    case(
+        &mut dp,
+        "syn when full",
+        Prog::Xdp,
+        &syn,
+        None,
+        Counter::PassTableFull,
+    );
+    case(
+        &mut dp,
+        "syn when full (tc)",
+        Prog::TcIngress,
+        &syn,
+        None,
+        Counter::PassTableFull,
+    );
+    assert_eq!(tables(&dp), (2, 0), "nothing admitted");
+    // The accepted connections never paid for it.
+    assert_data_rewritten(&mut dp, 42001);
+    assert_data_rewritten(&mut dp, 42002);
+    let rst = Frame::tcp(CLIENT4, SERVER4, 42001, 80, RST);
+    let out = rst.with_ports(42001, 8080);
+    case(
+        &mut dp,
+        "rst frees a place",
+        Prog::Xdp,
+        &rst,
+        Some(&out),
+        Counter::FlowClosedRst,
+    );
+    handshake(&mut dp, 42003);
+    assert_eq!(tables(&dp), (2, 0));
+}
+
+/// Far more SYNs than the half-open table holds: half-open entries evict each other,
+/// never an established one, and the evictions are counted.
+#[test]
+fn half_open_flood_never_evicts_an_established_flow() {
+    const CAPACITY: u32 = 8;
+    let mut dp = dataplane_of(CAPACITY);
+    handshake(&mut dp, 43001);
+    handshake(&mut dp, 43002);
+    for port in 0..20 * CAPACITY as u16 {
+        let syn = Frame::tcp(CLIENT4, SERVER4, 50_000 + port, 80, SYN);
+        let (ret, out) = run(&mut dp, Prog::Xdp, &syn.build());
+        assert_eq!(ret, XDP_PASS);
+        assert_eq!(
+            out,
+            syn.with_ports(50_000 + port, 8080).build(),
+            "flood syn {port}"
+        );
+    }
+    let (established, half_open) = tables(&dp);
+    assert_eq!(established, 2, "no established flow evicted");
+    assert!(half_open <= CAPACITY as usize, "{half_open}");
+    assert_data_rewritten(&mut dp, 43001);
+    assert_data_rewritten(&mut dp, 43002);
+    let counters = dp.counters().unwrap();
+    let evicted = redirector::observe::stats::evicted(&counters, established + half_open);
+    assert_eq!(
+        counters[Counter::FlowCreated as usize],
+        2 + 20 * u64::from(CAPACITY)
+    );
+    assert!(evicted >= u64::from(19 * CAPACITY), "{evicted}");
+    // The most recent handshakes still complete.
+    let last = 50_000 + 20 * CAPACITY as u16 - 1;
+    let syn_ack = Frame::tcp(SERVER4, CLIENT4, 8080, last, SYN | ACK);
+    let out = syn_ack.with_ports(80, last);
+    case(
+        &mut dp,
+        "late syn-ack",
+        Prog::TcEgress,
+        &syn_ack,
+        Some(&out),
+        Counter::RewriteEgress,
+    );
+    let ack = Frame::tcp(CLIENT4, SERVER4, last, 80, ACK);
+    let out = ack.with_ports(last, 8080);
+    case(
+        &mut dp,
+        "late ack",
+        Prog::Xdp,
+        &ack,
+        Some(&out),
+        Counter::FlowPromoted,
+    );
+    assert_eq!(tables(&dp).0, 3);
 }

@@ -53,6 +53,17 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         "conntrack {}/{} flows tracked, {} evicted",
         status.conntrack.tracked, status.conntrack.size, status.conntrack.evicted
     );
+    let tables = &status.conntrack.tables;
+    println!(
+        "conntrack established {}/{}, half-open {}/{}, {} refused (table full), kernel memory {:.1} MiB",
+        tables.established,
+        status.conntrack.size,
+        tables.half_open,
+        tables.half_open_size,
+        tables.refused_full,
+        (tables.established_memory_bytes + tables.half_open_memory_bytes) as f64
+            / (1024.0 * 1024.0)
+    );
     match (status.sources.filtered, status.sources.allow.as_slice()) {
         (false, _) => println!("sources: all"),
         (true, []) => println!("sources: none (the allow list is empty)"),

@@ -1,32 +1,33 @@
 //! Typed access to the redirector's maps, whether owned by a loaded object or opened
 //! from their pins by another process (`redirector status`, `enable`, …).
 
-use std::{
-    os::fd::{AsFd as _, BorrowedFd},
-    path::Path,
-};
+use std::path::Path;
 
 use aya::maps::{
     lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use redirector_common::{
     maps::{
-        Config, FlowKey, FlowValue, Rule, RuleStats, ALLOW_MAP, CONFIG_F_FILTER_SOURCES,
-        CONFIG_MAP, FLOWS_MAP, RULES_MAP, RULE_STATS_MAP, STATS_MAP,
+        Config, Rule, RuleStats, ALLOW_MAP, CONFIG_F_FILTER_SOURCES, CONFIG_MAP, ESTABLISHED_MAP,
+        FLOW_COUNT_MAP, HALF_OPEN_MAP, RULES_MAP, RULE_STATS_MAP, STATS_MAP,
     },
     stats::Counter,
 };
 
-use super::batch;
 use crate::{
     rules::{RedirectRule, RuleSlots},
     source_filter::SourcePrefix,
 };
 
+mod flows;
+pub use flows::{Remover, TableMemory};
+
 /// Every map that `redirector run` pins, by name (the pin file is named after the map).
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 8] = [
     RULES_MAP,
-    FLOWS_MAP,
+    HALF_OPEN_MAP,
+    ESTABLISHED_MAP,
+    FLOW_COUNT_MAP,
     ALLOW_MAP,
     CONFIG_MAP,
     STATS_MAP,
@@ -60,23 +61,17 @@ fn missing(name: &'static str) -> MapsError {
     }
 }
 
-/// A failed batch command on the conntrack map, in aya's error type like every other.
-fn batch_error(io_error: std::io::Error) -> MapsError {
-    err(FLOWS_MAP)(MapError::SyscallError(aya::sys::SyscallError {
-        call: "bpf_map_batch",
-        io_error,
-    }))
-}
-
 fn is_enoent(e: &MapError) -> bool {
     matches!(e, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
         || matches!(e, MapError::KeyNotFound)
 }
 
-/// The six maps of one redirector instance.
+/// The eight maps of one redirector instance.
 pub struct Maps {
     rules: Map,
-    flows: Map,
+    half_open: Map,
+    established: Map,
+    flow_count: Map,
     allow: Map,
     config: Map,
     stats: Map,
@@ -89,7 +84,9 @@ impl Maps {
         let mut take = |name| ebpf.take_map(name).ok_or_else(|| missing(name));
         Ok(Maps {
             rules: take(RULES_MAP)?,
-            flows: take(FLOWS_MAP)?,
+            half_open: take(HALF_OPEN_MAP)?,
+            established: take(ESTABLISHED_MAP)?,
+            flow_count: take(FLOW_COUNT_MAP)?,
             allow: take(ALLOW_MAP)?,
             config: take(CONFIG_MAP)?,
             stats: take(STATS_MAP)?,
@@ -106,7 +103,9 @@ impl Maps {
         };
         Ok(Maps {
             rules: open(RULES_MAP)?,
-            flows: open(FLOWS_MAP)?,
+            half_open: open(HALF_OPEN_MAP)?,
+            established: open(ESTABLISHED_MAP)?,
+            flow_count: open(FLOW_COUNT_MAP)?,
             allow: open(ALLOW_MAP)?,
             config: open(CONFIG_MAP)?,
             stats: open(STATS_MAP)?,
@@ -118,7 +117,9 @@ impl Maps {
     pub fn pin(&self, dir: &Path) -> Result<(), MapsError> {
         for (name, map) in [
             (RULES_MAP, &self.rules),
-            (FLOWS_MAP, &self.flows),
+            (HALF_OPEN_MAP, &self.half_open),
+            (ESTABLISHED_MAP, &self.established),
+            (FLOW_COUNT_MAP, &self.flow_count),
             (ALLOW_MAP, &self.allow),
             (CONFIG_MAP, &self.config),
             (STATS_MAP, &self.stats),
@@ -308,80 +309,6 @@ impl Maps {
         let mut map: PerCpuArray<&mut MapData, RuleStats> =
             PerCpuArray::try_from(&mut self.rule_stats).map_err(err(RULE_STATS_MAP))?;
         map.set(slot, zero, 0).map_err(err(RULE_STATS_MAP))
-    }
-
-    /// A snapshot of every tracked flow (entries may change while it is taken).
-    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>, MapsError> {
-        // `flows_fd` refuses a map that is not a hash map, with the typed view's error.
-        match batch::lookup_all(self.flows_fd()?) {
-            Ok(flows) => Ok(flows),
-            // A kernel without batch commands for this map: walk it key by key, skipping
-            // entries deleted between key iteration and lookup (KeyNotFound).
-            Err(e) if batch::is_unsupported(&e) => {
-                let map: HashMap<&MapData, FlowKey, FlowValue> =
-                    HashMap::try_from(&self.flows).map_err(err(FLOWS_MAP))?;
-                Ok(map.iter().filter_map(Result::ok).collect())
-            }
-            Err(e) => Err(batch_error(e)),
-        }
-    }
-
-    /// Removes the flow entries `keys`, skipping those already gone (closed meanwhile).
-    /// Returns how many were removed, also when it then fails (they are gone all the same).
-    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> (usize, Result<(), MapsError>) {
-        let fd = match self.flows_fd() {
-            Ok(fd) => fd,
-            Err(e) => return (0, Err(e)),
-        };
-        match batch::delete_all(fd, keys) {
-            (0, Err(e)) if batch::is_unsupported(&e) => self.remove_flows_one_by_one(keys),
-            (removed, result) => (removed, result.map_err(batch_error)),
-        }
-    }
-
-    fn remove_flows_one_by_one(&mut self, keys: &[FlowKey]) -> (usize, Result<(), MapsError>) {
-        let mut removed = 0;
-        for key in keys {
-            match self.remove_flow(key) {
-                Ok(true) => removed += 1,
-                Ok(false) => {}
-                Err(e) => return (removed, Err(e)),
-            }
-        }
-        (removed, Ok(()))
-    }
-
-    /// The conntrack map's descriptor, for tooling that reads what the kernel reports about
-    /// it in `/proc/self/fdinfo/<fd>` (`max_entries`, `memlock`: its memory use).
-    pub fn flows_fd(&self) -> Result<BorrowedFd<'_>, MapsError> {
-        match &self.flows {
-            Map::LruHashMap(data) | Map::HashMap(data) => Ok(data.fd().as_fd()),
-            // Not a hash map at all: let the typed view say what it is instead.
-            other => Err(err(FLOWS_MAP)(
-                HashMap::<&MapData, FlowKey, FlowValue>::try_from(other)
-                    .err()
-                    .unwrap_or(MapError::InvalidMapType { map_type: 0 }),
-            )),
-        }
-    }
-
-    /// Inserts a flow entry directly (tests and tooling).
-    pub fn insert_flow(&mut self, key: FlowKey, value: FlowValue) -> Result<(), MapsError> {
-        let mut map: HashMap<&mut MapData, FlowKey, FlowValue> =
-            HashMap::try_from(&mut self.flows).map_err(err(FLOWS_MAP))?;
-        map.insert(key, value, 0).map_err(err(FLOWS_MAP))
-    }
-
-    /// Removes a flow entry; returns false if it was not there (it may have just closed),
-    /// which is not an error.
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<bool, MapsError> {
-        let mut map: HashMap<&mut MapData, FlowKey, FlowValue> =
-            HashMap::try_from(&mut self.flows).map_err(err(FLOWS_MAP))?;
-        match map.remove(key) {
-            Ok(()) => Ok(true),
-            Err(e) if is_enoent(&e) => Ok(false),
-            Err(e) => Err(err(FLOWS_MAP)(e)),
-        }
     }
 
     /// Adds `n` to a counter that only user space writes (`Counter::is_user_written`), on

@@ -15,7 +15,8 @@ use aya::{
 };
 use redirector_common::{
     maps::{
-        FlowKey, FlowValue, FLOWS_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
+        established_max_entries, half_open_size, FlowKey, FlowValue, ESTABLISHED_CAPACITY_GLOBAL,
+        ESTABLISHED_MAP, HALF_OPEN_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
         PROG_TC_INGRESS, PROG_XDP_INGRESS,
     },
     stats::Counter,
@@ -63,14 +64,18 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
 }
 
 impl Dataplane {
-    /// Loads the object with a conntrack table of `conntrack_size` entries and loads
-    /// (verifies) all three programs. Nothing is attached yet.
+    /// Loads the object with room for `conntrack_size` established flows (and
+    /// `half_open_size(conntrack_size)` handshakes) and loads (verifies) all three
+    /// programs. Nothing is attached yet.
     pub fn load(conntrack_size: u32) -> Result<Self, DataplaneError> {
         if conntrack_size == 0 {
             return Err(DataplaneError::ZeroConntrackSize);
         }
+        let capacity = u64::from(conntrack_size);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(FLOWS_MAP, conntrack_size)
+            .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
+            .map_max_entries(ESTABLISHED_MAP, established_max_entries(conntrack_size))
+            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true)
             .load(OBJECT)?;
         let maps = Maps::take_from(&mut ebpf)?;
         let mut dp = Dataplane { ebpf, maps };
@@ -191,10 +196,10 @@ impl Dataplane {
         Ok(self.maps.remove_flow(key)?)
     }
 
-    /// Removes flow entries in batches, skipping those already gone; returns how many were
-    /// removed, also when it then fails.
+    /// Removes flow entries in batches, skipping those already gone, as the reaper;
+    /// returns how many were removed, also when it then fails.
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> (usize, Result<(), DataplaneError>) {
-        let (removed, result) = self.maps.remove_flows(keys);
+        let (removed, result) = self.maps.remove_flows(keys, maps::Remover::Reaper);
         (removed, result.map_err(DataplaneError::from))
     }
 }

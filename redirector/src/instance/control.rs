@@ -11,7 +11,7 @@ use redirector_common::{
 use super::{info::RuleInfo, Instance, StateError};
 use crate::{
     dataplane::{
-        maps::MapsError,
+        maps::{MapsError, Remover},
         privileges::{self, PrivilegeError},
     },
     rules::{RedirectRule, RuleError, RuleSlots, Slot},
@@ -166,7 +166,7 @@ pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, Contro
             .filter(|(_, v)| port.is_none_or(|p| v.orig_port == p))
             .map(|(k, _)| k)
             .collect();
-        let (removed, result) = maps.remove_flows(&doomed);
+        let (removed, result) = maps.remove_flows(&doomed, Remover::Control);
         // Counted even after an error: what was removed must not look evicted.
         maps.add_to_user_counter(Counter::FlowFlushed, removed as u64)?;
         result?;

@@ -76,12 +76,15 @@ pub struct RuleJson {
 /// Conntrack fill in [`StatusJson`].
 #[derive(Debug, Serialize)]
 pub struct ConntrackJson {
-    /// Entries in the table.
+    /// Entries in both tables.
     pub tracked: usize,
-    /// Capacity (`--conntrack-size`).
+    /// Established capacity (`--conntrack-size`).
     pub size: u32,
-    /// Entries the LRU evicted to make room (`stats::evicted`).
+    /// Half-open entries the LRU evicted to make room (`stats::evicted`).
     pub evicted: u64,
+    /// The two tables, their fill and memory.
+    #[serde(flatten)]
+    pub tables: crate::observe::flow_tables::TablesJson,
 }
 
 /// Reads the status of `instance`.
@@ -117,6 +120,11 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
                 tracked,
                 size: info.conntrack_size,
                 evicted: evicted(&counters, tracked),
+                tables: crate::observe::flow_tables::TablesJson::read(
+                    &instance.maps,
+                    info.conntrack_size,
+                    &counters,
+                )?,
             }
         },
         sources: SourcesJson {

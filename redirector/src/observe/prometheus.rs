@@ -53,11 +53,14 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
         Counter::FlowReplaced => (EVENTS, "event", "replaced"),
         Counter::FlowReaped => (EVENTS, "event", "reaped"),
         Counter::FlowFlushed => (EVENTS, "event", "flushed"),
+        Counter::PassTableFull => (PASSED, "reason", "table_full"),
+        Counter::FlowPromoted => (EVENTS, "event", "promoted"),
+        Counter::FlowPromoteFailed => (EVENTS, "event", "promote_failed"),
     }
 }
 
 /// HELP text of each family, in output order.
-const FAMILIES: [(&str, &str, &str); 10] = [
+const FAMILIES: [(&str, &str, &str); 13] = [
     (
         "redirector_build_info",
         "gauge",
@@ -106,7 +109,22 @@ const FAMILIES: [(&str, &str, &str); 10] = [
     (
         "redirector_conntrack_capacity",
         "gauge",
-        "Size of the conntrack table (LRU: the least recently used flow is evicted when full).",
+        "Established flows held at most (--conntrack-size; never evicted: when full, new connections pass unredirected).",
+    ),
+    (
+        "redirector_conntrack_established_entries",
+        "gauge",
+        "Flows in the established table (never evicted).",
+    ),
+    (
+        "redirector_conntrack_half_open_entries",
+        "gauge",
+        "Flows in the half-open table (handshake not complete).",
+    ),
+    (
+        "redirector_conntrack_half_open_capacity",
+        "gauge",
+        "Size of the half-open table (LRU: evicts only other half-open flows when full).",
     ),
 ];
 
@@ -140,6 +158,16 @@ pub fn render(snapshot: &Snapshot, labels: &Labels) -> String {
             }
             "redirector_conntrack_entries" => sample(&iface, snapshot.flows as u64),
             "redirector_conntrack_capacity" => sample(&iface, u64::from(labels.conntrack_capacity)),
+            "redirector_conntrack_established_entries" => {
+                sample(&iface, snapshot.established as u64)
+            }
+            "redirector_conntrack_half_open_entries" => sample(&iface, snapshot.half_open as u64),
+            "redirector_conntrack_half_open_capacity" => sample(
+                &iface,
+                u64::from(redirector_common::maps::half_open_size(
+                    labels.conntrack_capacity,
+                )),
+            ),
             rule_family if rule_family.starts_with("redirector_rule_") => {
                 for r in &snapshot.rules {
                     let rule = format!(
@@ -218,6 +246,8 @@ mod tests {
             ],
             counters,
             flows: 3,
+            established: 2,
+            half_open: 1,
             evicted: 7,
         }
     }
@@ -250,6 +280,9 @@ mod tests {
             "redirector_rewrites_total{iface=\"veth-s\",result=\"failed\"} 117",
             "redirector_conntrack_entries{iface=\"veth-s\"} 3",
             "redirector_conntrack_capacity{iface=\"veth-s\"} 65536",
+            "redirector_conntrack_established_entries{iface=\"veth-s\"} 2",
+            "redirector_conntrack_half_open_entries{iface=\"veth-s\"} 1",
+            "redirector_conntrack_half_open_capacity{iface=\"veth-s\"} 65536",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }

@@ -17,15 +17,20 @@ pub struct Snapshot {
     pub rules: Vec<RuleSnapshot>,
     /// Global counters, indexed like `Counter::ALL`.
     pub counters: [u64; Counter::COUNT as usize],
-    /// Tracked flows right now.
+    /// Tracked flows right now (both tables).
     pub flows: usize,
-    /// Flows the LRU table evicted to make room (derived, see [`evicted`]).
+    /// Of which established (never evicted).
+    pub established: usize,
+    /// Of which half-open (handshake not complete).
+    pub half_open: usize,
+    /// Half-open flows the LRU table evicted to make room (derived, see [`evicted`]).
     pub evicted: u64,
 }
 
-/// Entries the LRU conntrack table evicted, derived from counts because BPF does not see
-/// evictions: every entry ever created is still tracked, or was removed explicitly (RST,
-/// replaced by a new SYN of its tuple, reaped, flushed), or was evicted.
+/// Entries the half-open (LRU) table evicted, derived from counts because BPF does not see
+/// evictions: every entry ever created is still tracked (half-open or, once promoted,
+/// established — which never evicts), or was removed explicitly (RST, replaced by a new
+/// SYN of its tuple, reaped, flushed), or was evicted.
 ///
 /// `counters` must be read before `tracked`: a flow created in between is then in
 /// `tracked` but not in `flow_created`, which errs low, never high. A flow removed in
@@ -72,11 +77,15 @@ impl Snapshot {
             })
             .collect::<Result<_, MapsError>>()?;
         let counters = maps.counters()?;
-        let flows = maps.flows()?.len();
+        let established = maps.established_flows()?.len();
+        let half_open = maps.half_open_flows()?.len();
+        let flows = established + half_open;
         Ok(Snapshot {
             rules,
             counters,
             flows,
+            established,
+            half_open,
             evicted: evicted(&counters, flows),
         })
     }
@@ -109,6 +118,8 @@ impl Snapshot {
                 .map(|c| (c.name(), self.get(*c)))
                 .collect(),
             flows_tracked: self.flows,
+            flows_established: self.established,
+            flows_half_open: self.half_open,
             flows_evicted: self.evicted,
         }
     }
@@ -121,9 +132,13 @@ pub struct StatsJson {
     pub rules: Vec<RuleStatsJson>,
     /// Every global counter by its stable name (`Counter::name`).
     pub counters: BTreeMap<&'static str, u64>,
-    /// Entries in the conntrack table.
+    /// Entries in the two conntrack tables.
     pub flows_tracked: usize,
-    /// Entries the LRU table evicted to make room ([`evicted`]).
+    /// Of which in the established table.
+    pub flows_established: usize,
+    /// Of which in the half-open table.
+    pub flows_half_open: usize,
+    /// Half-open entries the LRU table evicted to make room ([`evicted`]).
     pub flows_evicted: u64,
 }
 
@@ -166,6 +181,11 @@ impl fmt::Display for Snapshot {
             writeln!(f, "counter {}={}", counter.name(), self.get(counter))?;
         }
         writeln!(f, "flows tracked={}", self.flows)?;
+        writeln!(
+            f,
+            "flows established={} half_open={}",
+            self.established, self.half_open
+        )?;
         writeln!(f, "flows evicted={}", self.evicted)
     }
 }

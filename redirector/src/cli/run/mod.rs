@@ -51,8 +51,10 @@ pub struct RunArgs {
     #[arg(long = "allow", value_name = "CIDR")]
     pub allow: Vec<SourcePrefix>,
 
-    /// Maximum number of tracked flows (LRU: the least recently used entry is evicted
-    /// when full) [default: 65536].
+    /// Established flows held at most; they are never evicted. When full, new connections
+    /// are not redirected (counted as pass_table_full) until one closes. Handshakes wait
+    /// in a separate table of min(N, 65536) that evicts only other handshakes. Entries are
+    /// allocated on demand [default: 1048576].
     #[arg(long, value_name = "N")]
     pub conntrack_size: Option<u32>,
 
@@ -81,7 +83,7 @@ pub struct RunArgs {
 
     /// Leave the programs attached when the loader exits (links and maps pinned in the
     /// initial mount namespace's bpffs); `redirector detach` removes them. While no loader
-    /// runs, no reaper does: closed flows leave the table only by LRU eviction.
+    /// runs, no reaper does: closed flows stay tracked until `flush` or a new loader.
     #[arg(long)]
     pub persist: bool,
 

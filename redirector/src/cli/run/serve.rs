@@ -4,7 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use redirector::{dataplane::Dataplane, observe::http as metrics_http, reaper};
+use redirector::{
+    dataplane::Dataplane,
+    observe::{flow_tables::FillWatch, http as metrics_http},
+    reaper,
+};
 use tokio::signal::unix::Signal;
 
 use super::start::{Loaded, Started};
@@ -46,8 +50,9 @@ impl Started {
                     None => std::future::pending().await,
                 }
             };
+            let fill = FillWatch::new(loaded.conntrack_size);
             let served = tokio::select! {
-                served = reap_until_signal(&mut loaded.dp, &timeouts, signals, metrics) => served,
+                served = reap_until_signal(&mut loaded.dp, &timeouts, signals, metrics, fill) => served,
                 () = publishing => unreachable!("publishing runs until dropped"),
             };
             let _ = stop_sniff.send(());
@@ -69,6 +74,7 @@ async fn reap_until_signal(
     timeouts: &reaper::Timeouts,
     mut signals: Signals,
     metrics: Option<(std::net::TcpListener, MetricsBody)>,
+    mut fill: FillWatch,
 ) -> anyhow::Result<()> {
     let metrics = match metrics {
         Some((listener, render)) => {
@@ -96,6 +102,9 @@ async fn reap_until_signal(
                     Ok(0) => {}
                     Ok(n) => log::debug!("reclaimed {n} closed or idle flows"),
                     Err(e) => log::warn!("reaping flows: {e}"),
+                }
+                if let Err(e) = fill.check(dp.maps()) {
+                    log::warn!("reading the flow tables' fill: {e}");
                 }
             }
         }

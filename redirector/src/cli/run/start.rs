@@ -46,6 +46,8 @@ pub struct Loaded {
     pub(super) pinned: PinnedInstance,
     pub(super) ifaces: Vec<String>,
     pub(super) persist: bool,
+    /// The established-flow capacity (`--conntrack-size`), for the fill warnings.
+    pub(super) conntrack_size: u32,
     /// The sniffing proxy's counters, and their publication for `redirector stats`.
     pub(super) sniff_counters: Option<Arc<Counters>>,
     pub(super) sniff_publisher: Option<Publisher>,
@@ -123,6 +125,7 @@ impl Prepared {
                 pinned,
                 ifaces: self.ifaces,
                 persist: self.persist,
+                conntrack_size: self.conntrack_size,
                 sniff_counters,
                 sniff_publisher,
                 locks: self.locks,
