@@ -7,7 +7,7 @@ use clap::Parser;
 
 use crate::connect::MAX_MESSAGE_SIZE;
 use crate::frame::HEADER_LEN;
-use crate::run::Mode;
+use crate::plan::Mode;
 
 /// WebSocket load generator: echo message rate, echo latency and connection rate against
 /// WebSocket echo servers (ws:// and wss://), with a command line like tcpkali's.

@@ -17,7 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::connect::Connection;
 use crate::error_text::describe;
 use crate::frame::{Encoder, Filler, FrameError, Header};
-use crate::run::{Mode, Plan};
+use crate::plan::{Mode, Plan};
 use crate::stats::{Counters, Metric, Recorder};
 use crate::timeline::{Timeline, CLOSE};
 
