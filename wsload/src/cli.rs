@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use wsload::websocket::MAX_MESSAGE_SIZE;
 
-use crate::connect::MAX_MESSAGE_SIZE;
 use crate::frame::HEADER_LEN;
 use crate::plan::Mode;
 

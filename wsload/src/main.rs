@@ -6,7 +6,6 @@
 
 mod cli;
 mod connect;
-mod error_text;
 mod frame;
 mod limits;
 mod pacer;
@@ -15,9 +14,7 @@ mod report;
 mod run;
 mod session;
 mod stats;
-mod target;
 mod timeline;
-mod tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -27,6 +24,8 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser as _;
 use tokio::time::Instant;
+use wsload::error_text;
+use wsload::target::Target;
 
 use crate::cli::Cli;
 use crate::connect::Connector;
@@ -35,7 +34,6 @@ use crate::pacer::Pacer;
 use crate::plan::{Mode, Plan};
 use crate::report::{Report, Setup};
 use crate::stats::Histograms;
-use crate::target::Target;
 use crate::timeline::Timeline;
 
 /// Histogram shards per worker thread (see [`stats`]).

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
+use wsload::target::Target;
+
 use crate::connect::Connector;
 use crate::frame::Filler;
 use crate::pacer::Pacer;
 use crate::stats::Histograms;
-use crate::target::Target;
 use crate::timeline::Timeline;
 
 /// What each connection does.
