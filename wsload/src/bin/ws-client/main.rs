@@ -163,7 +163,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {}", redirector_tests::error_text::describe(err));
+    eprintln!("error: {}", wsload::error_text::describe(err.as_ref()));
     ExitCode::FAILURE
 }
 

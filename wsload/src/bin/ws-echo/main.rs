@@ -93,7 +93,7 @@ async fn main() -> ExitCode {
         Err(err) => {
             eprintln!(
                 "ws-echo: error: {}",
-                redirector_tests::error_text::describe(&err)
+                wsload::error_text::describe(err.as_ref())
             );
             ExitCode::FAILURE
         }
@@ -195,7 +195,7 @@ async fn accept_loop(listener: TcpListener, transport: Transport, config: WebSoc
                     if let Err(err) = serve_connection(tcp, transport, config).await {
                         eprintln!(
                             "ws-echo: connection from {peer}: {}",
-                            redirector_tests::error_text::describe(&err)
+                            wsload::error_text::describe(err.as_ref())
                         );
                     }
                 });
