@@ -6,6 +6,5 @@
 //! exactly what it created (by name or PID) when dropped, also when a test panics.
 
 pub mod bins;
-pub mod error_text;
 pub mod fixtures;
 pub mod packets;

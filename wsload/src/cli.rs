@@ -4,10 +4,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use wsload::websocket::MAX_MESSAGE_SIZE;
 
-use crate::connect::MAX_MESSAGE_SIZE;
 use crate::frame::HEADER_LEN;
-use crate::run::Mode;
+use crate::plan::Mode;
 
 /// WebSocket load generator: echo message rate, echo latency and connection rate against
 /// WebSocket echo servers (ws:// and wss://), with a command line like tcpkali's.

@@ -15,12 +15,9 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
+use wsload::target::Target;
+use wsload::{tls, websocket};
 
-use crate::target::Target;
-use crate::tls;
-
-/// Largest message and frame accepted, matching ws-echo.
-pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// Bounds of each connection's read buffer, which tungstenite allocates up front (128 KiB by
 /// default: 640 MB for 5 000 connections).
 const MIN_READ_BUFFER: usize = 4 << 10;
@@ -90,7 +87,7 @@ impl Connector {
         message_size: usize,
     ) -> Result<Self, rustls::Error> {
         let tls = match insecure_tls {
-            true => Some(TlsConnector::from(Arc::new(tls::insecure_config()?))),
+            true => Some(TlsConnector::from(Arc::new(tls::insecure_client_config()?))),
             false => None,
         };
         let (sources_v4, sources_v6) = sources.iter().partition(|ip| ip.is_ipv4());
@@ -100,12 +97,9 @@ impl Connector {
             sources_v6,
             next_source: AtomicUsize::new(0),
             timeout,
-            ws_config: WebSocketConfig::default()
-                .read_buffer_size(
-                    (message_size + FRAME_HEADER_MAX).clamp(MIN_READ_BUFFER, MAX_READ_BUFFER),
-                )
-                .max_message_size(Some(MAX_MESSAGE_SIZE))
-                .max_frame_size(Some(MAX_MESSAGE_SIZE)),
+            ws_config: websocket::config().read_buffer_size(
+                (message_size + FRAME_HEADER_MAX).clamp(MIN_READ_BUFFER, MAX_READ_BUFFER),
+            ),
         })
     }
 

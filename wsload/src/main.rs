@@ -6,17 +6,15 @@
 
 mod cli;
 mod connect;
-mod error_text;
 mod frame;
 mod limits;
 mod pacer;
+mod plan;
 mod report;
 mod run;
 mod session;
 mod stats;
-mod target;
 mod timeline;
-mod tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -26,15 +24,16 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser as _;
 use tokio::time::Instant;
+use wsload::error_text;
+use wsload::target::Target;
 
 use crate::cli::Cli;
 use crate::connect::Connector;
 use crate::frame::Filler;
 use crate::pacer::Pacer;
+use crate::plan::{Mode, Plan};
 use crate::report::{Report, Setup};
-use crate::run::{Mode, Plan};
 use crate::stats::Histograms;
-use crate::target::Target;
 use crate::timeline::Timeline;
 
 /// Histogram shards per worker thread (see [`stats`]).

@@ -5,7 +5,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::run::{Mode, Totals};
+use crate::plan::Mode;
+use crate::run::Totals;
 use crate::stats::Summary;
 
 /// The `--json` output; field names and meanings are a stable interface (see README.md).

@@ -7,40 +7,13 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::timeout_at;
 
-use crate::connect::Connector;
-use crate::frame::Filler;
-use crate::pacer::Pacer;
+use crate::plan::Plan;
 use crate::session::{Outcome, Worker};
-use crate::stats::{Counters, Hist, Histograms};
-use crate::target::Target;
-use crate::timeline::Timeline;
+use crate::stats::{Counters, Hist};
 
 /// After the hard deadline, tasks that have not ended (they all should have) get this long
 /// before they are aborted.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
-
-/// What each connection does.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode {
-    /// Closed loop: send a message, wait for its echo, send the next.
-    PingPong,
-    /// Open loop: this many messages per second per connection, echoes received concurrently.
-    Rate(f64),
-    /// Connect, one echo, close, reconnect.
-    Churn,
-}
-
-/// Everything the tasks share; read-only apart from atomics and the histogram shards.
-pub struct Plan {
-    pub targets: Vec<Target>,
-    pub mode: Mode,
-    pub connections: usize,
-    pub filler: Filler,
-    pub timeline: Timeline,
-    pub pacer: Pacer,
-    pub connector: Connector,
-    pub histograms: Arc<Histograms>,
-}
 
 /// The sums of a run.
 #[derive(Debug)]

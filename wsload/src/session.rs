@@ -13,11 +13,11 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+use wsload::error_text::describe;
 
 use crate::connect::Connection;
-use crate::error_text::describe;
 use crate::frame::{Encoder, Filler, FrameError, Header};
-use crate::run::{Mode, Plan};
+use crate::plan::{Mode, Plan};
 use crate::stats::{Counters, Metric, Recorder};
 use crate::timeline::{Timeline, CLOSE};
 

@@ -1,4 +1,5 @@
-//! Where to connect: a `ws://` or `wss://` URL, resolved once before the run.
+//! Where to connect: a `ws://` or `wss://` URL ([`Endpoint`]), and for `wsload` that URL
+//! resolved once before the run ([`Target`]).
 
 use std::fmt;
 use std::io;
@@ -8,18 +9,89 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio_tungstenite::tungstenite::http::Uri;
 
+/// Why a URL cannot be used.
 #[derive(Debug, Error)]
 pub enum TargetError {
+    /// Not a `ws://` or `wss://` URL with a host.
     #[error("invalid URL `{url}`: {reason}")]
-    Invalid { url: String, reason: String },
+    Invalid {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The host name lookup did not answer in time.
     #[error("resolving the host of `{url}` took more than {}s", after.as_secs_f64())]
-    ResolveTimeout { url: String, after: Duration },
+    ResolveTimeout {
+        /// The URL as given.
+        url: String,
+        /// How long the lookup was given.
+        after: Duration,
+    },
+    /// The host name lookup failed or found no address.
     #[error("cannot resolve the host of `{url}`")]
     Resolve {
+        /// The URL as given.
         url: String,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
+}
+
+/// A parsed server URL.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The URL as given, for the WebSocket handshake (Host header, path).
+    pub uri: Uri,
+    /// Whether it is `wss://`.
+    pub tls: bool,
+    /// Host without IPv6 brackets, for connecting and TLS server name indication.
+    pub host: String,
+    /// The URL's port, else 80 for ws:// and 443 for wss://.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `url`: `ws://HOST[:PORT][/PATH]` or `wss://HOST[:PORT][/PATH]`.
+    pub fn parse(url: &str) -> Result<Self, TargetError> {
+        let invalid = |reason: &str| TargetError::Invalid {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url.parse().map_err(|err| invalid(&format!("{err}")))?;
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => return Err(invalid("the scheme must be ws:// or wss://")),
+        };
+        let host = uri
+            .host()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| invalid("no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Self {
+            uri,
+            tls,
+            host,
+            port,
+        })
+    }
+}
+
+/// `HOST:PORT`, with an IPv6 host in brackets.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// One server URL and the address it resolved to.
@@ -27,16 +99,23 @@ pub enum TargetError {
 pub struct Target {
     /// The URL as given, for the WebSocket handshake (Host header, path) and the report.
     pub uri: Uri,
+    /// Whether it is `wss://`.
     pub tls: bool,
     /// Host without IPv6 brackets, for TLS server name indication.
     pub host: String,
+    /// The first address the host resolved to.
     pub addr: SocketAddr,
 }
 
 impl Target {
     /// Parses `url` and resolves its host within `limit` (the first address returned is used).
     pub async fn resolve(url: &str, limit: Duration) -> Result<Self, TargetError> {
-        let (uri, tls, host, port) = parse(url)?;
+        let Endpoint {
+            uri,
+            tls,
+            host,
+            port,
+        } = Endpoint::parse(url)?;
         let lookup = tokio::net::lookup_host((host.as_str(), port));
         let addr = tokio::time::timeout(limit, lookup)
             .await
@@ -62,49 +141,38 @@ impl Target {
     }
 }
 
+/// The URL as given.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.uri)
     }
 }
 
-/// Splits a URL into (URI, TLS?, host without brackets, port).
-fn parse(url: &str) -> Result<(Uri, bool, String, u16), TargetError> {
-    let invalid = |reason: &str| TargetError::Invalid {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let uri: Uri = url.parse().map_err(|err| invalid(&format!("{err}")))?;
-    let tls = match uri.scheme_str() {
-        Some("ws") => false,
-        Some("wss") => true,
-        _ => return Err(invalid("the scheme must be ws:// or wss://")),
-    };
-    let host = uri
-        .host()
-        .filter(|host| !host.is_empty())
-        .ok_or_else(|| invalid("no host"))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    Ok((uri, tls, host, port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<(bool, String, u16), TargetError> {
+        Endpoint::parse(url).map(|endpoint| (endpoint.tls, endpoint.host, endpoint.port))
+    }
+
     #[test]
     fn urls_parse() {
-        let (_, tls, host, port) = parse("ws://127.0.0.1:8080/").unwrap();
+        let (tls, host, port) = parse("ws://127.0.0.1:8080/").unwrap();
         assert_eq!((tls, host.as_str(), port), (false, "127.0.0.1", 8080));
-        let (_, tls, host, port) = parse("wss://[::1]/path").unwrap();
+        let (tls, host, port) = parse("wss://[::1]/path").unwrap();
         assert_eq!((tls, host.as_str(), port), (true, "::1", 443));
-        assert_eq!(parse("ws://localhost").unwrap().3, 80);
+        assert_eq!(parse("ws://localhost").unwrap().2, 80);
         assert!(parse("http://127.0.0.1/").is_err());
         assert!(parse("127.0.0.1:80").is_err());
+    }
+
+    #[test]
+    fn endpoints_show_host_and_port() {
+        let endpoint = Endpoint::parse("wss://[::1]/path").unwrap();
+        assert_eq!(endpoint.to_string(), "[::1]:443");
+        let endpoint = Endpoint::parse("ws://127.0.0.1:8080/").unwrap();
+        assert_eq!(endpoint.to_string(), "127.0.0.1:8080");
     }
 
     #[tokio::test]

@@ -12,19 +12,13 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// How long ws-echo may take to print its `listening` lines.
 const START_LIMIT: Duration = Duration::from_secs(10);
 
-/// The ws-echo binary: `$WS_ECHO_BIN` (set by `cargo xtask test`), else the release build.
+/// The ws-echo binary: `$WS_ECHO_BIN` (set by `cargo xtask test`), else the one cargo built
+/// with this test (ws-echo is a binary of this package).
 fn ws_echo_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("WS_ECHO_BIN") {
-        return PathBuf::from(path);
+    match std::env::var_os("WS_ECHO_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_ws-echo")),
     }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/ws-echo");
-    assert!(
-        path.exists(),
-        "{} not found: build it with `cargo build --release -p redirector-tests --bin ws-echo` \
-         or set WS_ECHO_BIN",
-        path.display()
-    );
-    path
 }
 
 /// A running ws-echo; killed when dropped.
