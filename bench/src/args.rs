@@ -4,8 +4,10 @@ use clap::Args;
 
 use crate::plan::Mode;
 
-// What to measure and where the result files go. No doc comment: the `--help` text of
-// the verb is the doc comment of xtask's `Command::Bench`.
+/// What to measure and where the result files go.
+///
+/// Not the `--help` text of the verb: that is the doc comment of xtask's `Command::Bench`,
+/// which clap applies after this one.
 #[derive(Debug, Clone, Default, Args)]
 pub struct BenchArgs {
     /// 3 repetitions of 2 s per load, fewer configurations: under 10 minutes (default: every
@@ -36,6 +38,7 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// How thorough the run is: `--smoke`, else `--quick`, else full.
     pub fn mode(&self) -> Mode {
         if self.smoke {
             Mode::Smoke

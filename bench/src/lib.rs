@@ -49,10 +49,15 @@ pub use self::testbed::BENCH;
 
 /// Absolute paths of the built binaries the benchmark runs.
 pub struct Binaries {
+    /// The redirector itself (its XDP/TC loader and its sniffing proxy).
     pub redirector: PathBuf,
+    /// ws-echo, the WebSocket (ws and wss) echo server of the WebSocket phase.
     pub ws_echo: PathBuf,
+    /// wsload, the WebSocket load generator.
     pub wsload: PathBuf,
+    /// kernel-bench, which measures the kernel-side cost with BPF_PROG_TEST_RUN.
     pub kernel_bench: PathBuf,
+    /// sniff-bench, which measures the sniffing proxy's relay modes on loopback.
     pub sniff_bench: PathBuf,
 }
 

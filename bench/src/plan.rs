@@ -44,6 +44,7 @@ impl Mode {
             .collect()
     }
 
+    /// Its name: the `mode` of the result files, and their default file name.
     pub fn name(self) -> &'static str {
         match self {
             Self::Full => "full",
@@ -56,8 +57,11 @@ impl Mode {
 /// Sizes of one run, fixed by the mode.
 #[derive(Debug, Clone, Serialize)]
 pub struct Params {
+    /// The mode these sizes are for.
     pub mode: Mode,
+    /// How often each configuration runs each load.
     pub repetitions: u32,
+    /// How long each run of a load lasts (in the result files: `load_seconds`, in seconds).
     #[serde(rename = "load_seconds")]
     #[serde(serialize_with = "as_secs")]
     pub load_time: Duration,
@@ -74,6 +78,7 @@ fn as_secs<S: serde::Serializer>(time: &Duration, s: S) -> Result<S::Ok, S::Erro
 }
 
 impl Params {
+    /// The sizes of `mode`: repetitions and load time from it, the rest the same for all.
     pub fn for_mode(mode: Mode) -> Self {
         let (repetitions, seconds) = match mode {
             Mode::Full => (5, 10),
@@ -123,6 +128,7 @@ pub enum Config {
 }
 
 impl Config {
+    /// Every configuration, in the order runs apply them and reports list them.
     pub const ALL: [Self; 12] = [
         Self::Direct,
         Self::PassXdp,
@@ -138,6 +144,7 @@ impl Config {
         Self::RedirectorSniff,
     ];
 
+    /// Its id in `--config` and the result files (kebab-case, e.g. `redirector-xdp`).
     pub fn id(self) -> &'static str {
         match self {
             Self::Direct => "direct",
@@ -155,6 +162,7 @@ impl Config {
         }
     }
 
+    /// The configuration whose [`id`](Self::id) is `id`, if any.
     pub fn from_id(id: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|config| config.id() == id)
     }
@@ -193,7 +201,9 @@ impl fmt::Display for Config {
 /// Ports the load generator targets.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
+    /// The port of plain HTTP, ws:// and iperf3 (80 or 8080).
     pub plain: u16,
+    /// The port of wss:// (443 or 8443).
     pub tls: u16,
 }
 
@@ -209,8 +219,10 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a run goes through them.
     pub const ALL: [Self; 3] = [Self::Http, Self::WebSocket, Self::Bulk];
 
+    /// The loads that run against this phase's servers, in run order.
     pub fn loads(self) -> &'static [Load] {
         match self {
             Self::Http => &[Load::HttpKeepAlive, Load::HttpConnRate],
@@ -249,6 +261,7 @@ pub enum Load {
 }
 
 impl Load {
+    /// Every load, in the order runs and reports take them.
     pub const ALL: [Self; 6] = [
         Self::HttpKeepAlive,
         Self::HttpConnRate,
@@ -258,6 +271,7 @@ impl Load {
         Self::Bulk,
     ];
 
+    /// Its id in `--load` and the result files (kebab-case, e.g. `ws-messages`).
     pub fn id(self) -> &'static str {
         match self {
             Self::HttpKeepAlive => "http-keepalive",
@@ -269,6 +283,7 @@ impl Load {
         }
     }
 
+    /// The load whose [`id`](Self::id) is `id`, if any.
     pub fn from_id(id: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|load| load.id() == id)
     }
@@ -301,9 +316,13 @@ impl fmt::Display for Load {
 /// One application of a configuration, during which each of `loads` runs once.
 #[derive(Debug, Clone)]
 pub struct Slot {
+    /// The phase it belongs to (which servers are listening).
     pub phase: Phase,
+    /// Which repetition it is, counted from 1.
     pub repetition: u32,
+    /// The configuration applied.
     pub config: Config,
+    /// The phase's loads that were selected and that `config` can carry, in run order.
     pub loads: Vec<Load>,
 }
 

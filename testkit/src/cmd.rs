@@ -19,24 +19,35 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Why a command did not run to a successful end.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The program could not be started (typically: it is not installed or not on PATH).
     #[error("could not start `{command}` (is `{program}` installed and on PATH?)")]
     Start {
+        /// The full command line, shell-quoted.
         command: String,
+        /// The program, the command line's first word.
         program: String,
+        /// Why spawning it failed.
         #[source]
         source: io::Error,
     },
+    /// Waiting for the started program (or checking whether it has exited) failed.
     #[error("could not wait for `{command}`")]
     Wait {
+        /// The full command line, shell-quoted.
         command: String,
+        /// Why the wait failed.
         #[source]
         source: io::Error,
     },
     /// It exited non-zero; `output` is empty or the quoted end of what it printed.
     #[error("`{command}` failed ({status}){output}")]
     Failed {
+        /// The full command line, shell-quoted.
         command: String,
+        /// How it ended.
         status: ExitStatus,
+        /// Empty when the output went to the terminal, else the last lines of its stdout
+        /// and stderr (see [`describe_output`]).
         output: String,
     },
 }
@@ -71,12 +82,16 @@ pub struct Cmd {
 
 /// What a program printed, and how it ended (`None`: killed after its time ran out).
 pub struct TimedOutput {
+    /// How it exited; `None` if it was killed at the deadline or on Ctrl-C.
     pub status: Option<ExitStatus>,
+    /// Everything it wrote to stdout (invalid UTF-8 replaced).
     pub stdout: String,
+    /// Everything it wrote to stderr (invalid UTF-8 replaced).
     pub stderr: String,
 }
 
 impl Cmd {
+    /// A command line of just `program` (looked up on PATH), with stdin from /dev/null.
     pub fn new(program: impl AsRef<OsStr>) -> Self {
         let program = program.as_ref();
         let mut command = Command::new(program);
@@ -93,12 +108,14 @@ impl Cmd {
         Self::new("cargo")
     }
 
+    /// Appends one argument.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.command.arg(arg.as_ref());
         self.argv.push(arg.as_ref().to_owned());
         self
     }
 
+    /// Appends each of `args` in order.
     pub fn args<I>(mut self, args: I) -> Self
     where
         I: IntoIterator,
@@ -110,11 +127,14 @@ impl Cmd {
         self
     }
 
+    /// Sets the environment variable `key` to `value` for the program (not shown in the
+    /// command line).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.command.env(key, value);
         self
     }
 
+    /// Runs the program in `dir` instead of the current directory.
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.command.current_dir(dir);
         self
@@ -269,6 +289,7 @@ impl fmt::Display for Cmd {
 }
 
 impl TimedOutput {
+    /// Whether it exited in time, with status 0.
     pub fn success(&self) -> bool {
         self.status.is_some_and(|status| status.success())
     }

@@ -15,15 +15,21 @@ pub const KERNEL_LOCK: &str = "/run/lock/redirector-tests.lock";
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The lock file could not be opened or created (e.g. /run/lock is not writable).
     #[error("could not open {path}")]
     Open {
+        /// The lock file, [`KERNEL_LOCK`].
         path: &'static str,
+        /// Why opening it failed.
         #[source]
         source: io::Error,
     },
+    /// flock(2) on the opened lock file failed.
     #[error("could not lock {path}")]
     Lock {
+        /// The lock file, [`KERNEL_LOCK`].
         path: &'static str,
+        /// The errno of flock(2).
         #[source]
         source: Errno,
     },

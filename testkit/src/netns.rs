@@ -28,12 +28,16 @@ const NETNS_RUN_DIR: &str = "/run/netns";
 /// Why a namespace or the link between two could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An `ip` or `ethtool` command of the setup failed.
     #[error(transparent)]
     Cmd(#[from] cmd::Error),
+    /// `ip link add ... type veth peer ...` failed.
     #[error("could not create the veth pair")]
     VethPair(#[source] cmd::Error),
+    /// A namespace of that name, left by an earlier run, could not be deleted.
     #[error("could not delete the leftover namespace {0}")]
     LeftoverNetns(&'static str, #[source] cmd::Error),
+    /// A veth end of that name, left by an earlier run, could not be deleted.
     #[error("could not delete the leftover link {0}")]
     LeftoverLink(&'static str, #[source] cmd::Error),
 }
@@ -42,15 +46,21 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One end of a fixed link: its namespace, its veth end and its addresses.
 pub struct Side {
+    /// The namespace's name (under /run/netns).
     pub netns: &'static str,
+    /// The name of this end of the veth pair, inside `netns`.
     pub veth: &'static str,
+    /// This end's IPv4 address, without prefix length (a /24 is added).
     pub ipv4: &'static str,
+    /// This end's IPv6 address, without prefix length (a /64 is added).
     pub ipv6: &'static str,
 }
 
 /// Both ends of one fixed topology (the demo's, the benchmark's).
 pub struct Link {
+    /// The client host's end.
     pub client: Side,
+    /// The server host's end (where the redirector runs).
     pub server: Side,
 }
 

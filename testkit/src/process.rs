@@ -35,52 +35,90 @@ const TEST_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Why a background process did not do what was waited for, or could not be stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The process could not be started.
     #[error(transparent)]
     Cmd(#[from] cmd::Error),
+    /// Ctrl-C was pressed during a wait.
     #[error(transparent)]
     Interrupted(#[from] Interrupted),
+    /// The process exited (or could not be checked on) while a wait for `what` was going on.
     #[error("{label} exited before {what}")]
     ExitedBefore {
+        /// The process's label.
         label: String,
+        /// What was being waited for, as the caller described it.
         what: String,
+        /// The [`Error::NotRunning`] (or [`Error::Check`]) that ended the wait.
         #[source]
         source: Box<Error>,
     },
+    /// The process has exited.
     #[error("{label} is no longer running ({status})")]
-    NotRunning { label: String, status: ExitStatus },
+    NotRunning {
+        /// The process's label.
+        label: String,
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// No stdout line was accepted as ready before the wait's timeout.
     #[error("{label} did not show {what} within {secs} s (command: `{command}`)")]
     NoReadyLine {
+        /// The process's label.
         label: String,
+        /// What was being waited for, as the caller described it.
         what: String,
+        /// The timeout, in whole seconds.
         secs: u64,
+        /// The process's command line.
         command: String,
     },
+    /// The process closed its stdout (while still running) before the line waited for.
     #[error("{label} closed its stdout before {what}")]
-    StdoutClosed { label: String, what: String },
+    StdoutClosed {
+        /// The process's label.
+        label: String,
+        /// What was being waited for, as the caller described it.
+        what: String,
+    },
+    /// kill(2) with the stop signal failed (other than for a process already gone).
     #[error("could not send {signal} to {pid}")]
     Signal {
+        /// The signal that was to be sent.
         signal: Signal,
+        /// The process's PID.
         pid: Pid,
+        /// The errno of kill(2).
         #[source]
         source: Errno,
     },
+    /// The SIGKILL after the grace period could not be sent.
     #[error("could not kill {label} (pid {pid})")]
     Kill {
+        /// The process's label.
         label: String,
+        /// The process's PID.
         pid: Pid,
+        /// Why sending SIGKILL failed.
         #[source]
         source: io::Error,
     },
+    /// Reaping the process after SIGKILL failed.
     #[error("could not wait for {label} (pid {pid})")]
     Wait {
+        /// The process's label.
         label: String,
+        /// The process's PID.
         pid: Pid,
+        /// Why the wait failed.
         #[source]
         source: io::Error,
     },
+    /// Checking whether the process has exited (a non-blocking wait) failed.
     #[error("could not check on {label}")]
     Check {
+        /// The process's label.
         label: String,
+        /// Why the check failed.
         #[source]
         source: io::Error,
     },
