@@ -826,7 +826,8 @@ fn ipv6_listener_reports_tcp6_in_the_proxy_header() {
 every_relay_mode!(bulk_full_duplex_transfer_is_relayed_intact);
 fn bulk_full_duplex_transfer_is_relayed_intact(relay: Option<&str>) {
     const BYTES: u64 = 16 << 20;
-    let stack = start_stack("bulk", &with_relay(relay, &[]));
+    let stack = start_stack("bulk", &with_relay(relay, &["--metrics", "127.0.0.1:0"]));
+    let metrics = metrics_addr(&stack.proxy);
     let out = Command::new(bins::ws_client())
         .args(["--url", &format!("ws://{}/bulk", stack.addr)])
         .args(["--bytes", &BYTES.to_string()])
@@ -844,6 +845,9 @@ fn bulk_full_duplex_transfer_is_relayed_intact(relay: Option<&str>) {
         )),
         "{stdout}"
     );
+    // The relay counts its bytes when both directions have ended, which is just after the
+    // client saw the end: stopping the proxy before then would cut the relay short.
+    wait_relayed(&metrics, BYTES, Duration::from_secs(20));
     let counters = stop_proxy(stack.proxy);
     assert_eq!(counters["websocket"], 1, "{counters:?}");
     // Frame headers come on top of the payload in both directions.
@@ -970,24 +974,51 @@ fn scrape(addr: &str) -> String {
     String::from_utf8(body.to_vec()).unwrap()
 }
 
+/// The `--metrics` address of a proxy, from its ready line.
+fn metrics_addr(proxy: &Proc) -> String {
+    let ready = proxy
+        .seen
+        .iter()
+        .find(|l| l.starts_with("redirector sniff ready"))
+        .unwrap()
+        .clone();
+    ready
+        .split_once(" metrics http://")
+        .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .to_string()
+}
+
+/// Waits (bounded by `limit`) until the proxy has counted more than `bytes` relayed in
+/// each direction, i.e. a relay of that size has finished.
+fn wait_relayed(metrics: &str, bytes: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let body = scrape(metrics);
+        let relayed = ["client_to_backend", "backend_to_client"].map(|direction| {
+            sample(
+                &body,
+                &format!("redirector_sniff_bytes_total{{direction=\"{direction}\"}}"),
+            )
+        });
+        if relayed.iter().all(|&n| n > bytes) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay not finished after {limit:?}: {relayed:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn metrics_endpoint_serves_the_live_counters() {
     let stack = start_stack(
         "metrics",
         &["--metrics", "127.0.0.1:0", "--max-conns-per-ip", "1"],
     );
-    let ready = stack
-        .proxy
-        .seen
-        .iter()
-        .find(|l| l.starts_with("redirector sniff ready"))
-        .unwrap()
-        .clone();
-    let metrics = ready
-        .split_once(" metrics http://")
-        .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
-        .to_string();
+    let metrics = metrics_addr(&stack.proxy);
     let before = scrape(&metrics);
     assert_eq!(sample(&before, "redirector_sniff_accepted_total"), 0);
     for i in 0..4 {
