@@ -516,10 +516,10 @@ fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
     let flows = nsenter_json(&topo.server, &["flows", "--port", "80"]);
     assert_eq!(flows.as_array().unwrap().len(), 3, "{flows}");
 
-    // A new loader does not adopt it.
+    // A new loader adopts it (tests/tests/restart.rs), but not in another mode.
     let mut cmd = topo.server.nsenter_cmd(bins::redirector());
     let out = cmd
-        .args(["run", "--iface", topo.server_if])
+        .args(["run", "--iface", topo.server_if, "--mode", "xdp"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -528,14 +528,12 @@ fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
         stderr.contains("redirector detach --iface veth-s"),
         "{stderr}"
     );
-    // Also when `ip netns exec` cannot see its pins; another interface is not blocked.
+    // When `ip netns exec` cannot see its pins, it says how to reach them; another
+    // interface is not blocked.
     let out = ctl(&topo.server, &["run", "--iface", topo.server_if]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("redirector detach --iface veth-s"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("nsenter --net="), "{stderr}");
     must(
         topo.server
             .cmd("ip")

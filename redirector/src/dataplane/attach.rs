@@ -4,10 +4,12 @@ use std::{fmt, io};
 
 use clap::ValueEnum;
 
+use std::path::Path;
+
 use aya::programs::{
-    links::{FdLink, LinkError},
-    tc::{SchedClassifierLinkId, TcAttachType},
-    xdp::XdpLinkId,
+    links::{FdLink, LinkError, PinnedLink},
+    tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachType},
+    xdp::{XdpLink, XdpLinkId},
     ProgramError, XdpMode,
 };
 
@@ -118,6 +120,122 @@ pub enum AttachError {
         #[source]
         source: LinkError,
     },
+}
+
+/// Adopting a persisted instance's link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptLinkError {
+    /// The pinned link could not be opened.
+    #[error("opening the pinned link {}: {source}", path.display())]
+    Open {
+        /// Pin path.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: LinkError,
+    },
+    /// The pinned link is not of the kind the instance file says.
+    #[error("the pinned link {} is not a {kind} link: {source}", path.display())]
+    Kind {
+        /// Pin path.
+        path: std::path::PathBuf,
+        /// Expected kind.
+        kind: &'static str,
+        /// Cause.
+        #[source]
+        source: LinkError,
+    },
+    /// `bpf_link_update` (or looking the program up) failed.
+    #[error("replacing the program on {iface} {direction}: {source}")]
+    Update {
+        /// Interface name.
+        iface: String,
+        /// "ingress" or "egress".
+        direction: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// Program lookup failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+/// Adopts the links pinned at `ingress` and `egress` for `iface`: atomically replaces
+/// (`bpf_link_update`) the program each runs by the matching program of `dp`, so the
+/// interface is never without one. `hook` is the ingress hook the persisted instance used.
+/// The links stay pinned; `dp`'s programs own the handles from now on (closing them does
+/// not detach pinned links).
+pub fn adopt(
+    dp: &mut Dataplane,
+    iface: &str,
+    hook: Hook,
+    ingress: &Path,
+    egress: &Path,
+) -> Result<(), AdoptLinkError> {
+    let update_err = |direction| {
+        let iface = iface.to_string();
+        move |source| AdoptLinkError::Update {
+            iface,
+            direction,
+            source,
+        }
+    };
+    let ingress_link = open_pinned(ingress)?;
+    match hook {
+        Hook::XdpNative | Hook::XdpGeneric => {
+            let link = XdpLink::try_from(ingress_link).map_err(kind_err(ingress, "XDP"))?;
+            dp.xdp_ingress()?
+                .attach_to_link(link)
+                .map_err(update_err("ingress"))?;
+        }
+        Hook::TcIngress => {
+            let link =
+                SchedClassifierLink::try_from(ingress_link).map_err(kind_err(ingress, "TCX"))?;
+            dp.tc_ingress()?
+                .attach_to_link(link)
+                .map_err(update_err("ingress"))?;
+        }
+    }
+    let link =
+        SchedClassifierLink::try_from(open_pinned(egress)?).map_err(kind_err(egress, "TCX"))?;
+    dp.tc_egress()?
+        .attach_to_link(link)
+        .map_err(update_err("egress"))?;
+    Ok(())
+}
+
+fn open_pinned(path: &Path) -> Result<FdLink, AdoptLinkError> {
+    PinnedLink::from_pin(path)
+        .map(FdLink::from)
+        .map_err(|source| AdoptLinkError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn kind_err(path: &Path, kind: &'static str) -> impl FnOnce(LinkError) -> AdoptLinkError {
+    let path = path.to_path_buf();
+    move |source| AdoptLinkError::Kind { path, kind, source }
+}
+
+impl Hook {
+    /// The hook named as in the instance file (`xdp`, `xdp-generic`, `tc`).
+    pub fn from_name(name: &str) -> Option<Hook> {
+        [Hook::XdpNative, Hook::XdpGeneric, Hook::TcIngress]
+            .into_iter()
+            .find(|hook| hook.to_string() == name)
+    }
+
+    /// True if `mode` (an explicit `--mode`) asks for this hook; `auto` accepts any.
+    pub fn satisfies(self, mode: Mode) -> bool {
+        match mode {
+            Mode::Auto => true,
+            Mode::Xdp => self == Hook::XdpNative,
+            Mode::XdpGeneric => self == Hook::XdpGeneric,
+            Mode::Tc => self == Hook::TcIngress,
+        }
+    }
 }
 
 /// The ingress link, whichever hook it is on.

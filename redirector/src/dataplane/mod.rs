@@ -9,6 +9,8 @@ pub mod iface;
 pub mod maps;
 pub mod privileges;
 
+use std::path::{Path, PathBuf};
+
 use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfError, EbpfLoader,
@@ -51,6 +53,9 @@ pub enum DataplaneError {
     /// `--conntrack-size` of zero.
     #[error("--conntrack-size must be at least 1")]
     ZeroConntrackSize,
+    /// Adopting: a map of the persisted instance is not pinned where expected.
+    #[error("adopting: pinned map {} is missing", .0.display())]
+    MissingPin(PathBuf),
 }
 
 /// The programs and maps of one loaded redirector.
@@ -72,11 +77,48 @@ impl Dataplane {
             return Err(DataplaneError::ZeroConntrackSize);
         }
         let capacity = u64::from(conntrack_size);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
             .map_max_entries(ESTABLISHED_MAP, established_max_entries(conntrack_size))
-            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true)
-            .load(OBJECT)?;
+            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true);
+        Self::load_with(loader)
+    }
+
+    /// Loads the object as [`Dataplane::load`] does, but reusing the maps pinned in `dir`
+    /// (every one of [`maps::PINNED_MAPS`], with their entries) instead of creating new
+    /// ones: adopting a persisted instance. `conntrack_size` must be the size the pinned
+    /// maps were created with (the instance file's), which a live map cannot change.
+    pub fn load_pinned(conntrack_size: u32, dir: &Path) -> Result<Self, DataplaneError> {
+        if conntrack_size == 0 {
+            return Err(DataplaneError::ZeroConntrackSize);
+        }
+        // aya would create (and pin) a map whose pin is missing: never mix old and new state.
+        if let Some(name) = maps::PINNED_MAPS
+            .iter()
+            .find(|name| !dir.join(name).exists())
+        {
+            return Err(DataplaneError::MissingPin(dir.join(name)));
+        }
+        let capacity = u64::from(conntrack_size);
+        let paths: Vec<(&str, PathBuf)> = maps::PINNED_MAPS
+            .iter()
+            .map(|name| (*name, dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
+            .map_max_entries(ESTABLISHED_MAP, established_max_entries(conntrack_size))
+            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Self::load_with(loader)
+    }
+
+    /// Loads the object with `loader` and verifies the three programs.
+    fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, DataplaneError> {
+        let mut ebpf = loader.load(OBJECT)?;
         let maps = Maps::take_from(&mut ebpf)?;
         let mut dp = Dataplane { ebpf, maps };
         dp.xdp_ingress()?

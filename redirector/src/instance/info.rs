@@ -13,8 +13,9 @@ use crate::{reaper::Timeouts, rules::RedirectRule};
 
 /// Version of the instance file format, and with it of the pinned maps' layout: bumped
 /// whenever a file or a map of an older loader would be misread (2: three counters
-/// appended to STATS).
-pub const INSTANCE_FORMAT: u32 = 2;
+/// appended to STATS; 3: the FLOWS map replaced by HALF_OPEN, ESTABLISHED and
+/// FLOW_COUNT). `run` adopts a persisted instance of this format only.
+pub const INSTANCE_FORMAT: u32 = 3;
 
 /// The instance file: what the loader was started with, plus the rule slots in use.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +110,16 @@ impl InstanceInfo {
     /// The interface that keys the instance's files.
     pub fn key_iface(&self) -> &str {
         self.interfaces.first().map_or("", |i| i.name.as_str())
+    }
+
+    /// Its programs stay attached without a loader: started with `--persist`, or (a loader
+    /// without it that adopted a persisted instance, then crashed) its links are pinned.
+    pub fn left_attached(&self) -> bool {
+        self.persist
+            || self
+                .pin_dir_from_here(false)
+                .join(paths::LINKS_DIR)
+                .exists()
     }
 
     /// The pin directory as this process can reach it: through the loader's root while

@@ -4,6 +4,7 @@
 //! what the control commands read ([`view`]) and change ([`control`]) — every change
 //! through [`Instance::edit`].
 
+pub mod adopt;
 pub mod control;
 pub mod info;
 pub mod lock;
@@ -58,6 +59,18 @@ pub enum StateError {
         version: String,
         /// The loader that wrote it (0: not recorded).
         pid: u32,
+    },
+    /// A persisted instance of another state format on the interface `run` starts on.
+    #[error("interface {iface} carries a persisted redirector of state format {found} (redirector {version}); this redirector {ours} uses format {expected} and cannot adopt its maps: remove it with `redirector detach --iface {iface}` of redirector {version} (or `rm -r {}`), which drops its flows, then start this one", pin_dir.display(), ours = env!("CARGO_PKG_VERSION"), expected = INSTANCE_FORMAT)]
+    IncompatiblePersisted {
+        /// The interface asked for.
+        iface: String,
+        /// Its pin directory.
+        pin_dir: PathBuf,
+        /// Its format (0: none).
+        found: u64,
+        /// The version that wrote it.
+        version: String,
     },
     /// bpffs could not be mounted.
     #[error("mounting bpffs at {path}", path = paths::BPFFS)]

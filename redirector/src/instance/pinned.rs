@@ -83,6 +83,26 @@ impl PinnedInstance {
         })
     }
 
+    /// Takes over the pinned state of the persisted instance whose maps and links `info`
+    /// (its new instance file) now uses: rewrites the instance file only. The pin directory
+    /// stays where it is (removing it would unpin the maps and links); unlike a created
+    /// instance, it is kept on drop: only [`PinnedInstance::remove`] (an explicit stop
+    /// without `--persist`) unpins it, so an error or crash mid-adoption loses nothing.
+    pub fn adopt(info: &InstanceInfo) -> Result<Self, StateError> {
+        let dir = paths::pin_dir(info.netns_inode, info.key_iface());
+        let info_path = write_info(info)?;
+        Ok(PinnedInstance {
+            dir,
+            info_path,
+            keep: true,
+        })
+    }
+
+    /// Unpins everything (maps and links) and removes the instance file.
+    pub fn remove(mut self) {
+        self.keep = false;
+    }
+
     /// The pin directory (as seen by this process).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -129,7 +149,7 @@ pub fn detach(iface: Option<&str>) -> Result<InstanceInfo, StateError> {
             info.key_iface().to_string(),
         ));
     }
-    if !info.persist {
+    if !info.left_attached() {
         return Err(StateError::NothingToDetach);
     }
     remove_pinned(&info.pin_dir_from_here(false), &info_path);

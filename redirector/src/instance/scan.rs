@@ -7,15 +7,21 @@ use std::{
 };
 
 use super::{
-    info::{read_info, InstanceInfo},
+    info::{read_info, InstanceInfo, INSTANCE_FORMAT},
     io_err, lock, paths, StateError,
 };
 
 /// The persisted instance of this network namespace that has `iface`, if any. For the
 /// loader, after it took the lock of `iface`: an instance file of another pid on it can
 /// then only be a leftover, persisted if its pins are still there.
+///
+/// A persisted instance of another state format on `iface` whose pins are still there is
+/// [`StateError::IncompatiblePersisted`]: its maps must not be reused, nor its pins replaced.
 pub fn persisted_on(iface: &str) -> Result<Option<InstanceInfo>, StateError> {
     let netns = paths::netns_inode();
+    if let Some(e) = other_format_persisted_on(netns, iface)? {
+        return Err(e);
+    }
     let (live, hidden) = scan_instances(netns)?;
     Ok(live
         .into_iter()
@@ -27,7 +33,80 @@ pub fn persisted_on(iface: &str) -> Result<Option<InstanceInfo>, StateError> {
                     || !paths::is_bpffs(Path::new(paths::BPFFS)))
         })
         .chain(hidden)
-        .find(|info| info.persist && info.interfaces.iter().any(|i| i.name == iface)))
+        .find(|info| info.left_attached() && info.interfaces.iter().any(|i| i.name == iface)))
+}
+
+/// The persisted instance of another format on `iface` whose pins this process sees, if
+/// any, as the error that refuses it.
+fn other_format_persisted_on(netns: u64, iface: &str) -> Result<Option<StateError>, StateError> {
+    let entries = match fs::read_dir(paths::RUN_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(Path::new(paths::RUN_DIR))(e)),
+    };
+    let prefix = paths::run_prefix(netns);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(&prefix) && name.ends_with(".json")) {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if let Some(other) = OtherFormat::of(&value, iface) {
+            let pin_dir = paths::pin_dir(netns, &other.key_iface);
+            if pin_dir.exists() {
+                return Ok(Some(StateError::IncompatiblePersisted {
+                    iface: iface.to_string(),
+                    pin_dir,
+                    found: other.found,
+                    version: other.version,
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What an instance file of another format says about a persisted instance.
+#[derive(Debug, PartialEq, Eq)]
+struct OtherFormat {
+    found: u64,
+    version: String,
+    key_iface: String,
+}
+
+impl OtherFormat {
+    /// `value` (an instance file) if it is of another format than ours and describes a
+    /// persisted instance on `iface`. Read loosely: older formats share these fields.
+    fn of(value: &serde_json::Value, iface: &str) -> Option<OtherFormat> {
+        let found = value.get("format").and_then(serde_json::Value::as_u64);
+        if found == Some(u64::from(INSTANCE_FORMAT)) || value.get("persist")? != true {
+            return None;
+        }
+        let names: Vec<&str> = value
+            .get("interfaces")?
+            .as_array()?
+            .iter()
+            .filter_map(|i| i.get("name")?.as_str())
+            .collect();
+        if !names.contains(&iface) {
+            return None;
+        }
+        Some(OtherFormat {
+            found: found.unwrap_or(0),
+            version: value
+                .get("version")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("unknown")
+                .to_string(),
+            key_iface: names[0].to_string(),
+        })
+    }
 }
 
 /// The one instance among `live` (on `iface`, if given).
@@ -110,7 +189,7 @@ fn scan_instances(netns: u64) -> Result<(Vec<Found>, Vec<InstanceInfo>), StateEr
             continue;
         }
         let running = lock::is_held(&paths::lock_file(netns, info.key_iface()));
-        if running || (info.persist && info.pin_dir_from_here(false).exists()) {
+        if running || (info.left_attached() && info.pin_dir_from_here(false).exists()) {
             live.push((path, info, running));
         } else if info.persist && !paths::is_bpffs(Path::new(paths::BPFFS)) {
             hidden.push(info);
@@ -122,5 +201,60 @@ fn scan_instances(netns: u64) -> Result<(Vec<Found>, Vec<InstanceInfo>), StateEr
     match incompatible {
         Some(e) if live.is_empty() && hidden.is_empty() => Err(e),
         _ => Ok((live, hidden)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(format: u32, persist: bool) -> serde_json::Value {
+        serde_json::json!({
+            "format": format,
+            "version": "0.1.0",
+            "pid": 7,
+            "persist": persist,
+            "interfaces": [
+                {"name": "eth0", "ingress_hook": "xdp"},
+                {"name": "eth1", "ingress_hook": "tc"},
+            ],
+        })
+    }
+
+    #[test]
+    fn a_persisted_instance_of_another_format_is_not_adoptable() {
+        let other = OtherFormat::of(&file(2, true), "eth1").expect("format 2 is another");
+        assert_eq!(
+            other,
+            OtherFormat {
+                found: 2,
+                version: "0.1.0".into(),
+                key_iface: "eth0".into(),
+            }
+        );
+        let err = StateError::IncompatiblePersisted {
+            iface: "eth1".into(),
+            pin_dir: paths::pin_dir(1, "eth0"),
+            found: other.found,
+            version: other.version,
+        };
+        let text = err.to_string();
+        assert!(text.contains("state format 2"), "{text}");
+        assert!(
+            text.contains(&format!("uses format {INSTANCE_FORMAT}")),
+            "{text}"
+        );
+        assert!(text.contains("redirector detach --iface eth1"), "{text}");
+        assert!(text.contains("drops its flows"), "{text}");
+    }
+
+    #[test]
+    fn ours_unpersisted_or_elsewhere_is_not_another_format() {
+        assert_eq!(OtherFormat::of(&file(INSTANCE_FORMAT, true), "eth0"), None);
+        assert_eq!(OtherFormat::of(&file(2, false), "eth0"), None);
+        assert_eq!(OtherFormat::of(&file(2, true), "eth9"), None);
+        let mut no_format = file(2, true);
+        no_format.as_object_mut().unwrap().remove("format");
+        assert_eq!(OtherFormat::of(&no_format, "eth0").unwrap().found, 0);
     }
 }

@@ -1,14 +1,17 @@
 //! Step 1 of `run`: everything that can fail before anything is loaded or attached — the
 //! rules, privileges, the interfaces, the sniff and metrics ports (bound now, so a busy
-//! one fails cleanly), the interface locks, and no persisted instance in the way.
+//! one fails cleanly), the interface locks, and the persisted instance to adopt, if any.
 
 use std::net::{SocketAddr, TcpListener};
 
 use anyhow::Context as _;
 use redirector::{
     config::RunSettings,
-    dataplane::{attach::Mode, iface, privileges},
-    instance::{self, lock},
+    dataplane::{
+        attach::{Hook, Mode},
+        iface, privileges,
+    },
+    instance::{self, adopt, info::InstanceInfo, lock},
     reaper::Timeouts,
     rules::{self, RedirectRule},
     source_filter::SourcePrefix,
@@ -32,6 +35,16 @@ pub struct Prepared {
     pub(super) metrics: Option<TcpListener>,
     /// The loader's lock of every interface, held until it exits.
     pub(super) locks: Vec<lock::FileLock>,
+    /// The persisted instance on these interfaces, to adopt instead of starting afresh.
+    pub(super) adopt: Option<Adoption>,
+}
+
+/// A persisted instance whose loader exited, checked to be adoptable.
+pub struct Adoption {
+    /// Its instance file.
+    pub(super) old: InstanceInfo,
+    /// Its interfaces (in its order) and their ingress hooks.
+    pub(super) hooks: Vec<(String, Hook)>,
 }
 
 impl Prepared {
@@ -71,10 +84,14 @@ impl Prepared {
             .iter()
             .map(|name| lock::lock(name))
             .collect::<Result<Vec<_>, _>>()?;
-        refuse_persisted(&ifaces)?;
+        let adopt = find_adoptable(&ifaces, settings.mode)?;
+        let conntrack_size = match &adopt {
+            Some(adoption) => adopted_size(&adoption.old, settings.conntrack_size),
+            None => settings.conntrack_size(),
+        };
         Ok(Prepared {
             mode: settings.mode(),
-            conntrack_size: settings.conntrack_size(),
+            conntrack_size,
             timeouts: settings.timeouts(),
             allow: settings.allow,
             rules,
@@ -84,6 +101,7 @@ impl Prepared {
             sniff,
             metrics,
             locks,
+            adopt,
         })
     }
 }
@@ -109,19 +127,37 @@ fn bind_metrics(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// A persisted instance is not adopted: its maps may come from another version, and its
-/// links would have to be replaced one by one. `detach` first makes the choice explicit.
-/// (Called with the interface locks held: another loader cannot be starting.)
-fn refuse_persisted(ifaces: &[String]) -> anyhow::Result<()> {
+/// The persisted instance on `ifaces` whose loader exited, checked for adoption: same
+/// state format (else [`instance::StateError::IncompatiblePersisted`]), same interfaces,
+/// and an explicit `mode` only if its hooks already are that mode — a hook cannot change
+/// without a moment with no program attached. (Called with the interface locks held:
+/// another loader cannot be starting.)
+fn find_adoptable(ifaces: &[String], mode: Option<Mode>) -> anyhow::Result<Option<Adoption>> {
     for name in ifaces {
         if let Some(old) = instance::persisted_on(name)? {
-            anyhow::bail!(
-                "interface {name} still carries a persisted redirector (run --persist, loader \
-                 pid {} exited); remove it with `redirector detach --iface {}` first",
-                old.pid,
-                old.key_iface()
-            );
+            if !old.pin_dir_from_here(false).exists() {
+                // `ip netns exec`: its pins are in the host's bpffs, not this one.
+                return Err(
+                    instance::StateError::PersistedElsewhere(old.key_iface().into()).into(),
+                );
+            }
+            let hooks = adopt::check(&old, ifaces, mode)?;
+            return Ok(Some(Adoption { old, hooks }));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The established capacity of an adopted instance: the pinned table's, which a live map
+/// cannot change; a different `--conntrack-size` is ignored with a warning.
+fn adopted_size(old: &InstanceInfo, asked: Option<u32>) -> u32 {
+    if let Some(asked) = asked.filter(|asked| *asked != old.conntrack_size) {
+        log::warn!(
+            "--conntrack-size {asked} ignored: the adopted tables hold {} established flows \
+             and a live table cannot be resized (`redirector detach`, which drops every \
+             flow, then a new start applies it)",
+            old.conntrack_size
+        );
+    }
+    old.conntrack_size
 }

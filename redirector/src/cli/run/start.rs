@@ -8,6 +8,7 @@ use redirector::observe::sniff_publish::Publisher;
 use redirector::{
     dataplane::{attach, maps::Maps, Dataplane},
     instance::{
+        adopt::{self, AdoptedRule},
         info::{InstanceInfo, InterfaceInfo, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT},
         lock::FileLock,
         paths,
@@ -24,10 +25,14 @@ use redirector_sniff::{counters::Counters, server::SniffServer};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
-    prepare::Prepared,
+    prepare::{Adoption, Prepared},
     serve::{MetricsBody, Signals},
 };
 use crate::cli::sniff as sniff_cmd;
+
+/// What starting produced: the dataplane, its pins, its instance file, and the adoption
+/// note of the ready line (if it adopted).
+type Begun = (Dataplane, PinnedInstance, InstanceInfo, Option<String>);
 
 /// A loaded, attached and pinned redirector, announced ready; [`Started::serve`] runs it.
 pub struct Started {
@@ -55,35 +60,18 @@ pub struct Loaded {
 }
 
 impl Prepared {
-    /// Loads, attaches and pins; prints the ready line(s).
+    /// Loads, attaches and pins (or adopts the persisted instance found by `prepare`);
+    /// prints the ready line(s).
     pub fn start(mut self) -> anyhow::Result<Started> {
-        let mut dp = Dataplane::load(self.conntrack_size)?;
-        dp.set_rules(&self.rules)?;
-        dp.set_allowed_sources(&self.allow)?;
-        let mut interfaces = Vec::new();
-        let mut links = Vec::new();
-        for name in &self.ifaces {
-            let attached = attach::attach(&mut dp, name, self.mode)?;
-            let hook = attached.hook;
-            if self.persist {
-                let (ingress, egress) = attached.take_links(&mut dp)?;
-                links.push((paths::link_pin_name(name, "ingress"), ingress));
-                links.push((paths::link_pin_name(name, "egress"), egress));
-            }
-            log::info!("attached to {name}: ingress {hook}, egress tc");
-            interfaces.push(InterfaceInfo {
-                name: name.clone(),
-                ingress_hook: hook.to_string(),
-            });
-        }
         let metrics_url = self
             .metrics
             .as_ref()
             .map(|listener| anyhow::Ok(format!("http://{}/metrics", listener.local_addr()?)))
             .transpose()?;
-        let info = self.info(interfaces, metrics_url.clone());
-        let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
-        log::info!("maps pinned in {}", pinned.dir().display());
+        let (dp, pinned, info, adopted) = match self.adopt.take() {
+            Some(adoption) => self.start_adopted(adoption, metrics_url.clone())?,
+            None => self.start_fresh(metrics_url.clone())?,
+        };
         let sniff_counters = self.sniff.as_ref().map(SniffServer::counters);
         // `redirector stats` of other processes reads the proxy's counters from this file.
         let sniff_publisher = sniff_counters
@@ -117,7 +105,7 @@ impl Prepared {
                 sniff_cmd::listening(&addrs)
             );
         }
-        print_ready(&info, &self.rules, &metrics_url);
+        print_ready(&info, &self.rules, &metrics_url, adopted.as_deref());
         Ok(Started {
             runtime: self.runtime,
             loaded: Loaded {
@@ -135,6 +123,77 @@ impl Prepared {
             metrics,
             sniff: self.sniff,
         })
+    }
+
+    /// A new instance: loads, attaches, pins.
+    fn start_fresh(&self, metrics_url: Option<String>) -> anyhow::Result<Begun> {
+        let mut dp = Dataplane::load(self.conntrack_size)?;
+        dp.set_rules(&self.rules)?;
+        dp.set_allowed_sources(&self.allow)?;
+        let mut interfaces = Vec::new();
+        let mut links = Vec::new();
+        for name in &self.ifaces {
+            let attached = attach::attach(&mut dp, name, self.mode)?;
+            let hook = attached.hook;
+            if self.persist {
+                let (ingress, egress) = attached.take_links(&mut dp)?;
+                links.push((paths::link_pin_name(name, "ingress"), ingress));
+                links.push((paths::link_pin_name(name, "egress"), egress));
+            }
+            log::info!("attached to {name}: ingress {hook}, egress tc");
+            interfaces.push(InterfaceInfo {
+                name: name.clone(),
+                ingress_hook: hook.to_string(),
+            });
+        }
+        let info = self.info(interfaces, metrics_url);
+        let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
+        log::info!("maps pinned in {}", pinned.dir().display());
+        Ok((dp, pinned, info, None))
+    }
+
+    /// Adopts the persisted instance `adoption`: loads the programs on its pinned maps,
+    /// installs this loader's rules and allow list in them, replaces the programs on its
+    /// pinned links (`bpf_link_update`: never a moment without one), then rewrites its
+    /// instance file. Until that last step an error leaves the pins as they were (the old
+    /// programs or, on interfaces already updated, the new ones, on the same maps).
+    fn start_adopted(
+        &self,
+        adoption: Adoption,
+        metrics_url: Option<String>,
+    ) -> anyhow::Result<Begun> {
+        let old = &adoption.old;
+        let dir = paths::pin_dir(old.netns_inode, old.key_iface());
+        let mut dp = Dataplane::load_pinned(old.conntrack_size, &dir)
+            .context("loading the new programs on the persisted maps")?;
+        let flow_slots = || -> anyhow::Result<_> {
+            Ok(dp.flows()?.iter().map(|(_, flow)| flow.rule_slot).collect())
+        };
+        let (rules, next_slot) = adopt::assign_slots(old, &self.rules, flow_slots)?;
+        adopt::apply_rules(dp.maps_mut(), old, &rules)?;
+        adopt::apply_allow(dp.maps_mut(), &self.allow)?;
+        let links = dir.join(paths::LINKS_DIR);
+        for (name, hook) in &adoption.hooks {
+            let ingress = links.join(paths::link_pin_name(name, "ingress"));
+            let egress = links.join(paths::link_pin_name(name, "egress"));
+            attach::adopt(&mut dp, name, *hook, &ingress, &egress)?;
+            log::info!("adopted the links on {name}: ingress {hook}, egress tc");
+        }
+        let mut info = self.info(old.interfaces.clone(), metrics_url);
+        info.mode.clone_from(&old.mode);
+        info.rules = rules.iter().map(AdoptedRule::info).collect();
+        info.next_slot = next_slot;
+        let established = dp.maps().established_count()?;
+        let pinned = PinnedInstance::adopt(&info).context("rewriting the instance file")?;
+        let note = format!(
+            "adopted {established} established flows from pid {}",
+            old.pid
+        );
+        log::info!(
+            "{note} (maps and links pinned in {})",
+            pinned.dir().display()
+        );
+        Ok((dp, pinned, info, Some(note)))
     }
 
     /// The instance file of what was attached.
@@ -185,8 +244,14 @@ impl Prepared {
     }
 }
 
-/// `redirector ready: IFACE (HOOK), … rules FROM->TO … conntrack-size N[ metrics URL]`.
-fn print_ready(info: &InstanceInfo, rules: &[RedirectRule], metrics_url: &Option<String>) {
+/// `redirector ready: IFACE (HOOK), … rules FROM->TO … conntrack-size N[ metrics URL][
+/// adopted N established flows from pid P]`.
+fn print_ready(
+    info: &InstanceInfo,
+    rules: &[RedirectRule],
+    metrics_url: &Option<String>,
+    adopted: Option<&str>,
+) {
     let hooks: Vec<String> = info
         .interfaces
         .iter()
@@ -197,8 +262,9 @@ fn print_ready(info: &InstanceInfo, rules: &[RedirectRule], metrics_url: &Option
         Some(url) => format!(" metrics {url}"),
         None => String::new(),
     };
+    let adopted_note = adopted.map(|note| format!(" {note}")).unwrap_or_default();
     println!(
-        "redirector ready: {} rules {} conntrack-size {}{metrics_note}",
+        "redirector ready: {} rules {} conntrack-size {}{metrics_note}{adopted_note}",
         hooks.join(", "),
         rules.join(" "),
         info.conntrack_size

@@ -27,8 +27,9 @@ impl Loaded {
             // The pinned links keep the programs attached, the pinned maps their state.
             self.pinned.keep();
         } else {
-            // Unpin first, so control commands stop finding a stopping instance.
-            drop(self.pinned);
+            // Unpin first, so control commands stop finding a stopping instance (also an
+            // adopted one: this loader's stop without --persist removes it for good).
+            self.pinned.remove();
         }
         // Rules may have changed at runtime: the snapshot reads them from the RULES map.
         let snapshot = Snapshot::read(self.dp.maps())?;
