@@ -36,3 +36,8 @@ pub fn ws_client() -> PathBuf {
 pub fn kernel_bench() -> PathBuf {
     locate("KERNEL_BENCH_BIN", "kernel-bench")
 }
+
+/// The spoofed-SYN generator of the flood test.
+pub fn syn_flood() -> PathBuf {
+    locate("SYN_FLOOD_BIN", "syn-flood")
+}

@@ -1,6 +1,6 @@
 //! `cargo xtask build`: setup, then build the loader, the test helpers (`ws-echo`,
-//! `ws-client`) and the benchmark tools (`wsload`, `kernel-bench`, `sniff-bench`), and find
-//! where cargo put them.
+//! `ws-client`, `syn-flood`) and the benchmark tools (`wsload`, `kernel-bench`,
+//! `sniff-bench`), and find where cargo put them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -49,6 +49,7 @@ pub struct Binaries {
     pub wsload: PathBuf,
     pub kernel_bench: PathBuf,
     pub sniff_bench: PathBuf,
+    pub syn_flood: PathBuf,
 }
 
 impl Binaries {
@@ -93,6 +94,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         wsload: bin_dir.join("wsload"),
         kernel_bench: bin_dir.join("kernel-bench"),
         sniff_bench: bin_dir.join("sniff-bench"),
+        syn_flood: bin_dir.join("syn-flood"),
     };
     for path in [
         &binaries.redirector,
@@ -101,6 +103,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         &binaries.wsload,
         &binaries.kernel_bench,
         &binaries.sniff_bench,
+        &binaries.syn_flood,
     ] {
         ensure!(
             path.is_file(),
