@@ -14,6 +14,7 @@ use redirector::{
         pinned::PinnedInstance,
     },
     observe::{
+        kernel_log,
         prometheus::{self, Labels},
         stats::Snapshot,
     },
@@ -58,6 +59,7 @@ impl Prepared {
     /// Loads, attaches and pins; prints the ready line(s).
     pub fn start(mut self) -> anyhow::Result<Started> {
         let mut dp = Dataplane::load(self.conntrack_size)?;
+        kernel_log::spawn(&mut dp, self.runtime.handle());
         dp.set_rules(&self.rules)?;
         dp.set_allowed_sources(&self.allow)?;
         let mut interfaces = Vec::new();
