@@ -17,6 +17,7 @@ use redirector_common::{
 };
 
 use crate::{
+    events,
     maps::{
         count, established_capacity, source_allowed, ESTABLISHED, FLOW_COUNT, HALF_OPEN, RULES,
     },
@@ -143,7 +144,8 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
             count(Counter::FlowReplaced);
         }
     }
-    if !admit() {
+    if let Err(established) = admit() {
+        events::table_full(dst_port, established, established_capacity());
         return Err(Counter::PassTableFull);
     }
     let now = now_ns();
@@ -170,18 +172,23 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
     })
 }
 
-/// True if the established table has room for one more flow: a flow is only admitted if
-/// it can be promoted. Flows admitted but not yet promoted are bounded by the half-open
-/// table, which is exactly the established table's headroom over its capacity.
+/// Ok if the established table has room for one more flow, else the established count: a
+/// flow is only admitted if it can be promoted. Flows admitted but not yet promoted are
+/// bounded by the half-open table, which is exactly the established table's headroom
+/// over its capacity.
 #[inline(always)]
-fn admit() -> bool {
+fn admit() -> Result<(), i64> {
     let cell = |index| FLOW_COUNT.get(index).copied().unwrap_or(0);
     let established = established_count(
         cell(FLOW_COUNT_KERNEL),
         cell(FLOW_COUNT_REAPER),
         cell(FLOW_COUNT_CONTROL),
     );
-    established < established_capacity() as i64
+    if established < established_capacity() as i64 {
+        Ok(())
+    } else {
+        Err(established)
+    }
 }
 
 /// Adds `delta` (wrapping: `u64::MAX` is minus one) to the kernel's established count.
@@ -224,10 +231,11 @@ fn promote(key: &FlowKey, flow: &FlowValue) {
         Ok(()) => count(Counter::FlowPromoted),
         // Another CPU promoted it first (and counted it): only the half-open copy is left.
         Err(e) if e == -EEXIST => add_established(u64::MAX),
-        Err(_) => {
+        Err(errno) => {
             // Out of memory: it stays half-open and the next packet tries again.
             add_established(u64::MAX);
             count(Counter::FlowPromoteFailed);
+            events::promote_failed(flow.orig_port, -errno);
             return;
         }
     }

@@ -14,6 +14,7 @@
 #![allow(internal_features)]
 
 mod egress;
+mod events;
 mod flow;
 mod ingress;
 mod maps;

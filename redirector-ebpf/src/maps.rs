@@ -1,5 +1,6 @@
 //! Every map of the redirector, one purpose each, and the counter helpers over them.
 
+use crate::events::Event;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
@@ -59,6 +60,11 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUN
 /// Per-rule counters, indexed by `Rule::slot`.
 #[map]
 pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+/// Time (`bpf_ktime_get_coarse_ns`) of the last log record per `events::Event`, per CPU:
+/// the rate limit of kernel log records. Not pinned: it starts over with each load.
+#[map]
+pub static LOG_LAST_NS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::COUNT, 0);
 
 /// The established capacity the loader set.
 #[inline(always)]

@@ -296,15 +296,15 @@ fn stats_watch_reprints_until_the_loader_stops_and_the_loader_is_quiet() {
 }
 
 /// Waits (bounded) until the loader's stderr (read from now on: reading consumes it)
-/// contains every one of `needles`.
-fn wait_stderr(loader: &Proc, needles: &[&str], limit: Duration) {
+/// contains every one of `needles`; returns what it read.
+fn wait_stderr(loader: &Proc, needles: &[&str], limit: Duration) -> String {
     let deadline = std::time::Instant::now() + limit;
     let mut log = String::new();
     loop {
         log.push_str(&loader.stderr_text());
         log.push('\n');
         if needles.iter().all(|n| log.contains(n)) {
-            return;
+            return log;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -340,9 +340,11 @@ fn a_full_established_table_refuses_new_connections_and_keeps_every_open_one() {
         assert!(std::time::Instant::now() < deadline, "too slow");
         sessions.push(open_session(&topo, &url));
     }
+    let refusing = std::time::Instant::now();
     for _ in 0..EXTRA {
         assert_refused(&topo, &url);
     }
+    let refusing = refusing.elapsed();
     for (i, session) in sessions.iter_mut().enumerate() {
         exchange(session, &format!("still there {i}"));
     }
@@ -384,8 +386,20 @@ fn a_full_established_table_refuses_new_connections_and_keeps_every_open_one() {
         "{text}"
     );
     // Filled between two checks: the 95 % warning stands for the 80 % one too.
-    let warnings = ["95% full", "raise --conntrack-size (now 64)"];
-    wait_stderr(&loader, &warnings, Duration::from_secs(10));
+    // The kernel's own record of a refused SYN (aya-log), rate-limited to one per second
+    // per CPU however many SYNs it refuses.
+    let kernel = "redirector::kernel] established table full (64/64), SYN to :80 not \
+                  redirected; raise --conntrack-size";
+    let warnings = ["95% full", "raise --conntrack-size (now 64)", kernel];
+    let log = wait_stderr(&loader, &warnings, Duration::from_secs(10));
+    let records = log.matches(kernel).count() as u64;
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let bound = cpus * (refusing.as_secs() + 2);
+    assert!(
+        records <= bound.min(get("pass_table_full")),
+        "{records} kernel records for {} refused SYNs in {refusing:?} on {cpus} CPUs:\n{log}",
+        get("pass_table_full")
+    );
 
     // A session that closes gives its place back once reaped (closing timeout 1 s).
     close_session(sessions.pop().unwrap());

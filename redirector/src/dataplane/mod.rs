@@ -176,6 +176,13 @@ impl Dataplane {
         program.try_into().map_err(prog_err(name))
     }
 
+    /// Takes the kernel's log ring (aya-log), for [`crate::observe::kernel_log`] to drain.
+    pub fn kernel_logger(
+        &mut self,
+    ) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, aya_log::Error> {
+        aya_log::EbpfLogger::init(&mut self.ebpf)
+    }
+
     /// The maps, for reading.
     pub fn maps(&self) -> &Maps {
         &self.maps

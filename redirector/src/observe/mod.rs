@@ -3,6 +3,7 @@
 
 pub mod flow_tables;
 pub mod http;
+pub mod kernel_log;
 pub mod prometheus;
 pub mod sniff_publish;
 pub mod stats;

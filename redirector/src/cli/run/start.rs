@@ -15,6 +15,7 @@ use redirector::{
         pinned::PinnedInstance,
     },
     observe::{
+        kernel_log,
         prometheus::{self, Labels},
         stats::Snapshot,
     },
@@ -128,6 +129,7 @@ impl Prepared {
     /// A new instance: loads, attaches, pins.
     fn start_fresh(&self, metrics_url: Option<String>) -> anyhow::Result<Begun> {
         let mut dp = Dataplane::load(self.conntrack_size)?;
+        kernel_log::spawn(&mut dp, self.runtime.handle());
         dp.set_rules(&self.rules)?;
         dp.set_allowed_sources(&self.allow)?;
         let mut interfaces = Vec::new();
@@ -166,6 +168,7 @@ impl Prepared {
         let dir = paths::pin_dir(old.netns_inode, old.key_iface());
         let mut dp = Dataplane::load_pinned(old.conntrack_size, &dir)
             .context("loading the new programs on the persisted maps")?;
+        kernel_log::spawn(&mut dp, self.runtime.handle());
         let flow_slots = || -> anyhow::Result<_> {
             Ok(dp.flows()?.iter().map(|(_, flow)| flow.rule_slot).collect())
         };
