@@ -214,11 +214,15 @@ impl Drop for Netns {
     }
 }
 
-/// One end of a link being built.
-struct End<'a> {
-    veth: &'a str,
-    ipv4: &'a str,
-    ipv6: &'a str,
+/// One end of a veth link being built: its name and addresses (without prefix length;
+/// /24 and /64 are added).
+pub struct End<'a> {
+    /// Name of the veth end inside its namespace.
+    pub veth: &'a str,
+    /// IPv4 address (private range, only inside the test's namespaces).
+    pub ipv4: &'a str,
+    /// IPv6 address (ULA, only inside the test's namespaces).
+    pub ipv6: &'a str,
 }
 
 /// Client and server namespaces joined by a veth pair, with IPv4 and IPv6 addresses
@@ -338,7 +342,12 @@ impl Topology {
 /// Creates the veth pair between `client` and `server` and configures both ends. It is
 /// created inside the client namespace with the peer placed straight into the server
 /// namespace: no name ever exists in the root namespace.
-fn join(client: &Netns, client_end: &End<'_>, server: &Netns, server_end: &End<'_>) -> Result<()> {
+pub fn join(
+    client: &Netns,
+    client_end: &End<'_>,
+    server: &Netns,
+    server_end: &End<'_>,
+) -> Result<()> {
     client
         .ip(&[
             "link",
