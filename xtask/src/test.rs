@@ -1,6 +1,6 @@
 //! `cargo xtask test`: setup, lint (rustfmt, clippy on the host crates and on the eBPF crate
 //! for its BPF target), build, then the whole test suite with the built binaries' paths in
-//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, KERNEL_BENCH_BIN and SYN_FLOOD_BIN, then a
+//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN, KERNEL_BENCH_BIN and SYN_FLOOD_BIN, then a
 //! bounded run of each fuzz target of redirector-sniff/fuzz, then the benchmark's smoke run.
 
 use anyhow::{Context as _, Result};
@@ -87,6 +87,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("REDIRECTOR_BIN", &binaries.redirector)
         .env("WS_ECHO_BIN", &binaries.ws_echo)
         .env("WS_CLIENT_BIN", &binaries.ws_client)
+        .env("WSLOAD_BIN", &binaries.wsload)
         .env("KERNEL_BENCH_BIN", &binaries.kernel_bench)
         .env("SYN_FLOOD_BIN", &binaries.syn_flood)
         .current_dir(workspace_root())
