@@ -523,6 +523,7 @@ fn ten_restarts_under_traffic_lose_no_echo_and_no_connection() {
     );
     let held = wsload_report(held);
     let churn = wsload_report(churn);
+    eprintln!("sessions: {held}\nchurn: {churn}");
     for (name, report) in [("sessions", &held), ("churn", &churn)] {
         assert_eq!(report["errors"], 0, "{name}: {report}");
         assert_eq!(report["connect_errors"], 0, "{name}: {report}");

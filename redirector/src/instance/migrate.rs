@@ -296,3 +296,17 @@ pub fn swap(tmp: &Path, dir: &Path) -> Result<(), MigrateError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_2_counters_are_the_first_of_todays() {
+        // Format 3 appended its counters after format 2's 21: an index-by-index copy
+        // keeps every counter's meaning.
+        let names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names[OLD_STATS_COUNT as usize - 1], "flow_flushed");
+        assert_eq!(names[OLD_STATS_COUNT as usize], "pass_table_full");
+    }
+}
