@@ -32,6 +32,11 @@ pub fn ws_client() -> PathBuf {
     locate("WS_CLIENT_BIN", "ws-client")
 }
 
+/// The WebSocket load generator.
+pub fn wsload() -> PathBuf {
+    locate("WSLOAD_BIN", "wsload")
+}
+
 /// The kernel-side benchmark.
 pub fn kernel_bench() -> PathBuf {
     locate("KERNEL_BENCH_BIN", "kernel-bench")

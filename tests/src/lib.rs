@@ -7,4 +7,5 @@
 
 pub mod bins;
 pub mod fixtures;
+pub mod format2;
 pub mod packets;

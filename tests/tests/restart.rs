@@ -6,7 +6,12 @@
 
 use std::time::Duration;
 
-use redirector_tests::{bins, fixtures::*};
+use redirector::dataplane::maps::Maps;
+use redirector_common::{
+    conntrack::{STATE_ESTABLISHED, STATE_SYN_SENT},
+    maps::{FlowKey, FlowValue},
+};
+use redirector_tests::{bins, fixtures::*, format2};
 use serde_json::Value;
 use testkit::{
     cmd::must,
@@ -192,12 +197,12 @@ fn adoption_refused_for_another_mode_interfaces_or_format_leaves_it_redirecting(
     let file = format!("/run/redirector/netns-{netns}-{iface}.json");
     let original = std::fs::read_to_string(&file).unwrap();
     let mut older: Value = serde_json::from_str(&original).unwrap();
-    older["format"] = 2.into();
+    older["format"] = 4.into();
     std::fs::write(&file, older.to_string()).unwrap();
     run_refused(
         &topo,
         &["run", "--iface", iface, "--persist"],
-        "state format 2",
+        "state format 4",
     );
     std::fs::write(&file, original).unwrap();
 
@@ -205,5 +210,334 @@ fn adoption_refused_for_another_mode_interfaces_or_format_leaves_it_redirecting(
     all_echo(&mut sessions, "after the refusals");
     assert_echo(&topo, &url);
     ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
+    assert_no_program_loaded();
+}
+
+/// Removes a persisted instance on drop: `detach`, else (a format-2 instance, which this
+/// version's `detach` does not read) its pin directory and instance file.
+struct RemoveOnDrop<'a> {
+    ns: &'a Netns,
+    iface: &'a str,
+}
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        if ctl_via(Via::Nsenter, self.ns, &["detach"]).status.success() {
+            return;
+        }
+        let (dir, info) = format2::instance_paths(self.ns, self.iface);
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_file(info);
+    }
+}
+
+/// A flow of a client that does not exist (10.99.0.N:4000+N → the server's :80), in
+/// `state`, seen now.
+fn made_up_flow(n: u8, state: u8) -> (FlowKey, FlowValue) {
+    let mut client_addr = [0u8; 16];
+    client_addr[10..12].copy_from_slice(&[0xff, 0xff]);
+    client_addr[12..].copy_from_slice(&[10, 99, 0, n]);
+    let mut server_addr = client_addr;
+    server_addr[12..].copy_from_slice(&[10, 99, 1, 1]);
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(rc, 0);
+    let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let key = FlowKey {
+        client_addr,
+        server_addr,
+        client_port_be: (4000 + u16::from(n)).to_be(),
+        _pad: 0,
+    };
+    let value = FlowValue {
+        orig_port: 80,
+        target_port: 8080,
+        state,
+        fin_flags: 0,
+        _pad: 0,
+        rule_slot: 0,
+        _pad2: 0,
+        created_ns: now_ns,
+        last_seen_ns: now_ns,
+    };
+    (key, value)
+}
+
+/// A persisted loader whose state was made format 2 (see `format2`), with the open
+/// sessions, their flows and a made-up established and handshake flow in its FLOWS.
+struct Format2Instance {
+    topo: Topology,
+    sessions: Vec<Proc>,
+    established: (FlowKey, FlowValue),
+    handshake: (FlowKey, FlowValue),
+    flows: usize,
+    stats_before: Value,
+    echo: Proc,
+}
+
+const MIGRATION_SIZE: &str = "4096";
+
+fn format2_instance(tag: &str) -> Format2Instance {
+    let topo = Topology::new(tag);
+    let echo = start_echo(&topo, &[]);
+    let loader = start_persist(&topo, &["--conntrack-size", MIGRATION_SIZE]);
+    let sessions = open_sessions(&topo);
+    let stats_before = ctl_json_via(Via::Nsenter, &topo.server, &["stats"]);
+    stop_loader(loader);
+    let established = made_up_flow(1, STATE_ESTABLISHED);
+    let handshake = made_up_flow(2, STATE_SYN_SENT);
+    let flows = format2::downgrade(&topo.server, topo.server_if, &[established, handshake]);
+    assert!(flows >= 2 * SESSIONS_PER_PORT + 2, "{flows}");
+    Format2Instance {
+        topo,
+        sessions,
+        established,
+        handshake,
+        flows,
+        stats_before,
+        echo,
+    }
+}
+
+#[test]
+fn an_upgrade_from_format_2_migrates_every_flow_into_the_right_table() {
+    let _serial = serial();
+    let mut old = format2_instance("rs-mig");
+    let topo = &old.topo;
+    let _cleanup = RemoveOnDrop {
+        ns: &topo.server,
+        iface: topo.server_if,
+    };
+    let (dir, info_path) = format2::instance_paths(&topo.server, topo.server_if);
+    let names = format2::pinned_names(&dir);
+    assert!(names.contains(&"FLOWS".to_string()), "{names:?}");
+    assert!(!names.contains(&"ESTABLISHED".to_string()), "{names:?}");
+    all_echo(&mut old.sessions, "format 2 before the upgrade");
+
+    let loader = start_persist(topo, &["--conntrack-size", MIGRATION_SIZE]);
+    let ready = ready_line(&loader);
+    assert!(ready.contains("from state format 2"), "{ready}");
+    all_echo(&mut old.sessions, "after the migration");
+    assert_echo(topo, &topo.url("ws", false, 80));
+
+    // The pin directory is format 3's, the instance file too.
+    let names = format2::pinned_names(&dir);
+    for name in [
+        "ALLOW",
+        "CONFIG",
+        "ESTABLISHED",
+        "FLOW_COUNT",
+        "HALF_OPEN",
+        "RULES",
+        "RULE_STATS",
+        "STATS",
+        "instance",
+        "links",
+    ] {
+        assert!(names.contains(&name.to_string()), "{name}: {names:?}");
+    }
+    assert!(!names.contains(&"FLOWS".to_string()), "{names:?}");
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    assert_eq!(info["format"], 3, "{info}");
+    assert_eq!(info["pid"], loader.pid(), "{info}");
+
+    // Each flow in the table of its state, and the admission count matching.
+    let maps = Maps::from_pins(&dir).unwrap();
+    let established = maps.established_flows().unwrap();
+    let half_open = maps.half_open_flows().unwrap();
+    let has = |table: &[(FlowKey, FlowValue)], key: &FlowKey| table.iter().any(|(k, _)| k == key);
+    assert!(has(&established, &old.established.0), "{established:?}");
+    assert!(!has(&half_open, &old.established.0));
+    assert!(has(&half_open, &old.handshake.0), "{half_open:?}");
+    assert!(!has(&established, &old.handshake.0));
+    assert!(
+        established.len() + half_open.len() >= old.flows,
+        "{} + {} < {}",
+        established.len(),
+        half_open.len(),
+        old.flows
+    );
+    assert_eq!(
+        maps.established_count().unwrap(),
+        established.len() as i64,
+        "FLOW_COUNT"
+    );
+    // The rule counters (RULE_STATS, kept) and the global ones (STATS, copied) continue.
+    let after = ctl_json_via(Via::Nsenter, &topo.server, &["stats"]);
+    assert_eq!(
+        flows_new(&after, 443),
+        flows_new(&old.stats_before, 443),
+        "{after}"
+    );
+    assert!(
+        flows_new(&after, 80) > flows_new(&old.stats_before, 80),
+        "{after}"
+    );
+    drop(maps);
+
+    stop_loader(loader);
+    all_echo(&mut old.sessions, "after the migrated loader stopped");
+    ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
+    assert!(!dir.exists());
+    drop(old.echo);
+    assert_no_program_loaded();
+}
+
+#[test]
+fn a_refused_migration_leaves_the_old_instance_redirecting() {
+    let _serial = serial();
+    let mut old = format2_instance("rs-migno");
+    let topo = &old.topo;
+    let _cleanup = RemoveOnDrop {
+        ns: &topo.server,
+        iface: topo.server_if,
+    };
+    let iface = topo.server_if;
+    let (dir, info_path) = format2::instance_paths(&topo.server, iface);
+    let names = format2::pinned_names(&dir);
+    let original = std::fs::read_to_string(&info_path).unwrap();
+
+    // A format this version does not know.
+    let mut unknown: Value = serde_json::from_str(&original).unwrap();
+    unknown["format"] = 4.into();
+    std::fs::write(&info_path, unknown.to_string()).unwrap();
+    run_refused(
+        topo,
+        &["run", "--iface", iface, "--persist"],
+        "state format 4",
+    );
+    std::fs::write(&info_path, &original).unwrap();
+    // Format 2, but a migration that fails before the link update: too small a table.
+    run_refused(
+        topo,
+        &[
+            "run",
+            "--iface",
+            iface,
+            "--persist",
+            "--conntrack-size",
+            "4",
+        ],
+        "nothing was changed, it keeps redirecting",
+    );
+
+    assert_eq!(format2::pinned_names(&dir), names);
+    assert_eq!(std::fs::read_to_string(&info_path).unwrap(), original);
+    all_echo(&mut old.sessions, "after the refusals");
+    assert_echo(topo, &topo.url("ws", false, 80));
+    assert_eq!(
+        ctl_via(Via::Nsenter, &topo.server, &["detach"])
+            .status
+            .code(),
+        Some(1),
+        "this version does not detach a format-2 instance"
+    );
+
+    // It can still be migrated afterwards.
+    let loader = start_persist(topo, &["--conntrack-size", MIGRATION_SIZE]);
+    all_echo(&mut old.sessions, "after the migration");
+    stop_loader(loader);
+    ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
+    drop(old.echo);
+    assert_no_program_loaded();
+}
+
+/// Loader restarts in [`ten_restarts_under_traffic_lose_no_echo_and_no_connection`].
+const RESTARTS: usize = 10;
+/// Length of its traffic, seconds: the restarts take a few seconds (a loader loads and
+/// verifies its programs at each start); what is left waits for the traffic to end.
+const TRAFFIC_SECS: u64 = 40;
+
+/// Starts `wsload ARGS --json` from the client namespace to :80 for [`TRAFFIC_SECS`].
+fn start_wsload(topo: &Topology, label: &str, args: &[&str]) -> Proc {
+    let mut cmd = topo.client.cmd(bins::wsload());
+    cmd.arg(topo.url("ws", false, 80)).args(args).args([
+        "--duration",
+        &TRAFFIC_SECS.to_string(),
+        "--json",
+    ]);
+    Proc::spawn(label, cmd, false)
+}
+
+/// Waits for `wsload` to end and returns its JSON report.
+fn wsload_report(mut wsload: Proc) -> Value {
+    let (status, lines) = wsload.wait_exit(Duration::from_secs(TRAFFIC_SECS + 30));
+    assert!(
+        status.success(),
+        "{}: {}",
+        wsload.label(),
+        wsload.stderr_text()
+    );
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{}: no JSON report in {lines:?}", wsload.label()));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn ten_restarts_under_traffic_lose_no_echo_and_no_connection() {
+    let _serial = serial();
+    let topo = Topology::new("rs-ten");
+    let _echo = start_echo(&topo, &[]);
+    let mut loader = start_persist(&topo, &[]);
+    let _cleanup = DetachOnDrop(&topo.server);
+    // Long-lived sessions echoing twice a second each, and a loop of short connections
+    // (connect, handshake, one echo, close) at 20 per second.
+    let held = start_wsload(
+        &topo,
+        "wsload sessions",
+        &["--connections", "20", "--message-rate", "2"],
+    );
+    let churn = start_wsload(
+        &topo,
+        "wsload churn",
+        &["--conn-churn", "--connections", "2", "--connect-rate", "20"],
+    );
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    for restart in 0..RESTARTS {
+        let pid = loader.pid();
+        if restart % 2 == 0 {
+            stop_loader(loader);
+        } else {
+            loader.signal(libc::SIGKILL);
+            let (status, _) = loader.wait_exit(Duration::from_secs(10));
+            assert!(!status.success(), "killed: {status}");
+        }
+        // A moment with no loader at all: the pinned programs carry the traffic.
+        std::thread::sleep(Duration::from_millis(300));
+        loader = start_persist(&topo, &[]);
+        adopted_flows(&ready_line(&loader), pid);
+    }
+    // The traffic must have covered every restart, or the test proved nothing.
+    assert!(
+        started.elapsed() < Duration::from_secs(TRAFFIC_SECS - 1),
+        "the restarts outlasted the traffic ({:?})",
+        started.elapsed()
+    );
+    let held = wsload_report(held);
+    let churn = wsload_report(churn);
+    eprintln!("sessions: {held}\nchurn: {churn}");
+    for (name, report) in [("sessions", &held), ("churn", &churn)] {
+        assert_eq!(report["errors"], 0, "{name}: {report}");
+        assert_eq!(report["connect_errors"], 0, "{name}: {report}");
+        assert_eq!(
+            report["messages_received"], report["messages_sent"],
+            "{name}: {report}"
+        );
+    }
+    assert_eq!(held["connects_ok"], 20, "{held}");
+    assert!(held["messages_received"].as_u64().unwrap() > 0, "{held}");
+    assert!(churn["connects_ok"].as_u64().unwrap() > 0, "{churn}");
+
+    stop_loader(loader);
+    let out = ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
+    assert!(out.contains("redirector detached"), "{out}");
     assert_no_program_loaded();
 }

@@ -87,6 +87,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("REDIRECTOR_BIN", &binaries.redirector)
         .env("WS_ECHO_BIN", &binaries.ws_echo)
         .env("WS_CLIENT_BIN", &binaries.ws_client)
+        .env("WSLOAD_BIN", &binaries.wsload)
         .env("KERNEL_BENCH_BIN", &binaries.kernel_bench)
         .env("SYN_FLOOD_BIN", &binaries.syn_flood)
         .env("WSLOAD_BIN", &binaries.wsload)

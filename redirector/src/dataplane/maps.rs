@@ -20,7 +20,9 @@ use crate::{
 };
 
 mod flows;
+mod import;
 pub use flows::{Remover, TableMemory};
+pub use import::Imported;
 
 /// Every map that `redirector run` pins, by name (the pin file is named after the map).
 pub const PINNED_MAPS: [&str; 8] = [
@@ -33,6 +35,12 @@ pub const PINNED_MAPS: [&str; 8] = [
     STATS_MAP,
     RULE_STATS_MAP,
 ];
+
+/// The maps whose layout state format 2 (the previous release) shares with today's:
+/// a migration from it reuses them, with their rules, allow list and rule counters.
+/// (Its FLOWS table is copied into the two flow tables; its STATS, three counters
+/// shorter, is copied index by index.)
+pub const KEPT_ON_MIGRATION: [&str; 4] = [RULES_MAP, ALLOW_MAP, CONFIG_MAP, RULE_STATS_MAP];
 
 /// A map operation failed.
 #[derive(Debug, thiserror::Error)]

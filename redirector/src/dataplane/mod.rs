@@ -116,6 +116,36 @@ impl Dataplane {
         Self::load_with(loader)
     }
 
+    /// Loads the object as [`Dataplane::load`] does, reusing from `old_dir` (a persisted
+    /// instance of the previous state format) only the maps whose layout did not change,
+    /// [`maps::KEPT_ON_MIGRATION`]; the flow tables, their count and STATS are new and
+    /// empty. Nothing is pinned: the caller pins the whole set elsewhere, then swaps.
+    pub fn load_migrating(conntrack_size: u32, old_dir: &Path) -> Result<Self, DataplaneError> {
+        if conntrack_size == 0 {
+            return Err(DataplaneError::ZeroConntrackSize);
+        }
+        if let Some(name) = maps::KEPT_ON_MIGRATION
+            .iter()
+            .find(|name| !old_dir.join(name).exists())
+        {
+            return Err(DataplaneError::MissingPin(old_dir.join(name)));
+        }
+        let capacity = u64::from(conntrack_size);
+        let paths: Vec<(&str, PathBuf)> = maps::KEPT_ON_MIGRATION
+            .iter()
+            .map(|name| (*name, old_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
+            .map_max_entries(ESTABLISHED_MAP, established_max_entries(conntrack_size))
+            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Self::load_with(loader)
+    }
+
     /// Loads the object with `loader` and verifies the three programs.
     fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(OBJECT)?;

@@ -8,6 +8,7 @@ pub mod adopt;
 pub mod control;
 pub mod info;
 pub mod lock;
+pub mod migrate;
 pub mod paths;
 pub mod pinned;
 mod scan;
@@ -61,7 +62,7 @@ pub enum StateError {
         pid: u32,
     },
     /// A persisted instance of another state format on the interface `run` starts on.
-    #[error("interface {iface} carries a persisted redirector of state format {found} (redirector {version}); this redirector {ours} uses format {expected} and cannot adopt its maps: remove it with `redirector detach --iface {iface}` of redirector {version} (or `rm -r {}`), which drops its flows, then start this one", pin_dir.display(), ours = env!("CARGO_PKG_VERSION"), expected = INSTANCE_FORMAT)]
+    #[error("interface {iface} carries a persisted redirector of state format {found} (redirector {version}); this redirector {ours} uses format {expected} and migrates only format {from}, so it cannot take over its maps (the persisted redirector was left untouched and keeps redirecting): remove it with `redirector detach --iface {iface}` of redirector {version} (or `rm -r {}`), which drops its flows, then start this one", pin_dir.display(), ours = env!("CARGO_PKG_VERSION"), expected = INSTANCE_FORMAT, from = migrate::MIGRATES_FROM)]
     IncompatiblePersisted {
         /// The interface asked for.
         iface: String,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! /sys/fs/bpf/redirector/netns-<inode>/<iface>/   bpffs, in the loader's mount namespace
-//!     RULES FLOWS ALLOW CONFIG STATS RULE_STATS     pinned maps, named after the map
+//!     RULES HALF_OPEN ESTABLISHED FLOW_COUNT        pinned maps, named after the map
+//!     ALLOW CONFIG STATS RULE_STATS
 //!     instance -> /run/redirector/netns-<inode>-<iface>.json   symlink to the instance file
 //! /sys/fs/bpf/redirector/tmp/<inode>-<iface>-<pid>/  being created; renamed into place
 //! /run/redirector/
@@ -28,7 +29,7 @@
 //!
 //! ```text
 //! /sys/fs/bpf/redirector/netns-<inode>/<iface>/
-//!     RULES FLOWS ALLOW CONFIG STATS RULE_STATS instance     as above
+//!     (the maps) instance                                    as above
 //!     links/<iface>-ingress  links/<iface>-egress            pinned BPF links
 //! ```
 //!

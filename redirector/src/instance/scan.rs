@@ -8,19 +8,25 @@ use std::{
 
 use super::{
     info::{read_info, InstanceInfo, INSTANCE_FORMAT},
-    io_err, lock, paths, StateError,
+    io_err, lock,
+    migrate::MIGRATES_FROM,
+    paths, StateError,
 };
 
 /// The persisted instance of this network namespace that has `iface`, if any. For the
 /// loader, after it took the lock of `iface`: an instance file of another pid on it can
 /// then only be a leftover, persisted if its pins are still there.
 ///
-/// A persisted instance of another state format on `iface` whose pins are still there is
-/// [`StateError::IncompatiblePersisted`]: its maps must not be reused, nor its pins replaced.
+/// A persisted instance of the previous state format ([`MIGRATES_FROM`]) is returned as
+/// found (its `format` says so: `run` migrates it); one of any other format whose pins
+/// are still there is [`StateError::IncompatiblePersisted`]: its maps must not be reused,
+/// nor its pins replaced.
 pub fn persisted_on(iface: &str) -> Result<Option<InstanceInfo>, StateError> {
     let netns = paths::netns_inode();
-    if let Some(e) = other_format_persisted_on(netns, iface)? {
-        return Err(e);
+    match other_format_persisted_on(netns, iface)? {
+        Some(OtherPersisted::Migratable(info)) => return Ok(Some(info)),
+        Some(OtherPersisted::Refused(e)) => return Err(e),
+        None => {}
     }
     let (live, hidden) = scan_instances(netns)?;
     Ok(live
@@ -36,9 +42,20 @@ pub fn persisted_on(iface: &str) -> Result<Option<InstanceInfo>, StateError> {
         .find(|info| info.left_attached() && info.interfaces.iter().any(|i| i.name == iface)))
 }
 
+/// A persisted instance of another format than ours.
+enum OtherPersisted {
+    /// Of [`MIGRATES_FROM`]: its instance file.
+    Migratable(InstanceInfo),
+    /// Of a format `run` cannot take over: the error that refuses it.
+    Refused(StateError),
+}
+
 /// The persisted instance of another format on `iface` whose pins this process sees, if
-/// any, as the error that refuses it.
-fn other_format_persisted_on(netns: u64, iface: &str) -> Result<Option<StateError>, StateError> {
+/// any.
+fn other_format_persisted_on(
+    netns: u64,
+    iface: &str,
+) -> Result<Option<OtherPersisted>, StateError> {
     let entries = match fs::read_dir(paths::RUN_DIR) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -59,14 +76,24 @@ fn other_format_persisted_on(netns: u64, iface: &str) -> Result<Option<StateErro
         };
         if let Some(other) = OtherFormat::of(&value, iface) {
             let pin_dir = paths::pin_dir(netns, &other.key_iface);
-            if pin_dir.exists() {
-                return Ok(Some(StateError::IncompatiblePersisted {
+            if !pin_dir.exists() {
+                continue;
+            }
+            if other.found == u64::from(MIGRATES_FROM) {
+                let info = serde_json::from_value(value).map_err(|source| StateError::Json {
+                    path: entry.path(),
+                    source,
+                })?;
+                return Ok(Some(OtherPersisted::Migratable(info)));
+            }
+            return Ok(Some(OtherPersisted::Refused(
+                StateError::IncompatiblePersisted {
                     iface: iface.to_string(),
                     pin_dir,
                     found: other.found,
                     version: other.version,
-                }));
-            }
+                },
+            )));
         }
     }
     Ok(None)

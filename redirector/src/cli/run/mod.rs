@@ -1,8 +1,10 @@
 //! `redirector run`: its arguments, and the loader in four steps — [`prepare`] (check and
-//! claim), [`start`] (load, attach, pin, announce), [`serve`] (until a signal), [`stop`]
+//! claim), [`start`] (load, attach, pin, announce — or adopt a persisted instance, [`migrate`]
+//! one of the previous state format), [`serve`] (until a signal), [`stop`]
 //! (unpin, detach, report). With `--sniff-listen`, the sniffing proxy of `redirector sniff`
 //! runs on the same runtime, its counters on `/metrics` and published for `redirector stats`.
 
+mod migrate;
 mod prepare;
 mod serve;
 mod start;

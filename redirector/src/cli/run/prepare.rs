@@ -45,6 +45,9 @@ pub struct Adoption {
     pub(super) old: InstanceInfo,
     /// Its interfaces (in its order) and their ingress hooks.
     pub(super) hooks: Vec<(String, Hook)>,
+    /// Pinned by the previous state format ([`instance::migrate::MIGRATES_FROM`]): its
+    /// flow table is migrated into today's two.
+    pub(super) migrate: bool,
 }
 
 impl Prepared {
@@ -86,8 +89,11 @@ impl Prepared {
             .collect::<Result<Vec<_>, _>>()?;
         let adopt = find_adoptable(&ifaces, settings.mode)?;
         let conntrack_size = match &adopt {
-            Some(adoption) => adopted_size(&adoption.old, settings.conntrack_size),
-            None => settings.conntrack_size(),
+            Some(adoption) if !adoption.migrate => {
+                adopted_size(&adoption.old, settings.conntrack_size)
+            }
+            // A migration creates new flow tables: the asked (or default) size applies.
+            _ => settings.conntrack_size(),
         };
         Ok(Prepared {
             mode: settings.mode(),
@@ -128,7 +134,8 @@ fn bind_metrics(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// The persisted instance on `ifaces` whose loader exited, checked for adoption: same
-/// state format (else [`instance::StateError::IncompatiblePersisted`]), same interfaces,
+/// state format or the previous one, migrated (else
+/// [`instance::StateError::IncompatiblePersisted`]), same interfaces,
 /// and an explicit `mode` only if its hooks already are that mode — a hook cannot change
 /// without a moment with no program attached. (Called with the interface locks held:
 /// another loader cannot be starting.)
@@ -142,7 +149,12 @@ fn find_adoptable(ifaces: &[String], mode: Option<Mode>) -> anyhow::Result<Optio
                 );
             }
             let hooks = adopt::check(&old, ifaces, mode)?;
-            return Ok(Some(Adoption { old, hooks }));
+            let migrate = old.format == instance::migrate::MIGRATES_FROM;
+            return Ok(Some(Adoption {
+                old,
+                hooks,
+                migrate,
+            }));
         }
     }
     Ok(None)

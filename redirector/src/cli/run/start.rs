@@ -33,7 +33,7 @@ use crate::cli::sniff as sniff_cmd;
 
 /// What starting produced: the dataplane, its pins, its instance file, and the adoption
 /// note of the ready line (if it adopted).
-type Begun = (Dataplane, PinnedInstance, InstanceInfo, Option<String>);
+pub(super) type Begun = (Dataplane, PinnedInstance, InstanceInfo, Option<String>);
 
 /// A loaded, attached and pinned redirector, announced ready; [`Started::serve`] runs it.
 pub struct Started {
@@ -70,6 +70,9 @@ impl Prepared {
             .map(|listener| anyhow::Ok(format!("http://{}/metrics", listener.local_addr()?)))
             .transpose()?;
         let (dp, pinned, info, adopted) = match self.adopt.take() {
+            Some(adoption) if adoption.migrate => {
+                self.start_migrated(adoption, metrics_url.clone())?
+            }
             Some(adoption) => self.start_adopted(adoption, metrics_url.clone())?,
             None => self.start_fresh(metrics_url.clone())?,
         };
@@ -200,7 +203,11 @@ impl Prepared {
     }
 
     /// The instance file of what was attached.
-    fn info(&self, interfaces: Vec<InterfaceInfo>, metrics: Option<String>) -> InstanceInfo {
+    pub(super) fn info(
+        &self,
+        interfaces: Vec<InterfaceInfo>,
+        metrics: Option<String>,
+    ) -> InstanceInfo {
         let mut slots = RuleSlots::default();
         let rules = slots.assign(&self.rules);
         InstanceInfo {
