@@ -46,8 +46,3 @@ pub fn kernel_bench() -> PathBuf {
 pub fn syn_flood() -> PathBuf {
     locate("SYN_FLOOD_BIN", "syn-flood")
 }
-
-/// The WebSocket load generator.
-pub fn wsload() -> PathBuf {
-    locate("WSLOAD_BIN", "wsload")
-}

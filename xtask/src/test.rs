@@ -90,7 +90,6 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("WSLOAD_BIN", &binaries.wsload)
         .env("KERNEL_BENCH_BIN", &binaries.kernel_bench)
         .env("SYN_FLOOD_BIN", &binaries.syn_flood)
-        .env("WSLOAD_BIN", &binaries.wsload)
         .current_dir(workspace_root())
         .run_tee(|line| totals.add(line));
     let result = tests
