@@ -551,4 +551,21 @@ mod tests {
         );
         assert!(md.contains("| 1000 | 40.0 | 1.00 | – | – |"), "{md}");
     }
+
+    #[test]
+    fn kernel_memory_rows_show_each_table() {
+        let mut md = String::new();
+        let kernel = serde_json::json!({"memory": [{
+            "part": "default", "table": "established", "allocation": "on_demand",
+            "max_entries": 1114112, "empty_bytes": 33555328, "entries": 100000,
+            "memlock_bytes": 46355328, "bytes_per_entry": 128.0
+        }]});
+        kernel_tables(&mut md, &kernel);
+        assert!(
+            md.contains(
+                "| default | established | on_demand | 1114112 | 33555328 | 100000 | 46355328 | 128.0 |"
+            ),
+            "{md}"
+        );
+    }
 }
