@@ -276,8 +276,8 @@ fn kernel_tables(md: &mut String, kernel: &serde_json::Value) {
     let _ = writeln!(
         md,
         "## Kernel-side cost (BPF_PROG_TEST_RUN, median ns per packet)\n\n\
-         | hook | case | ns/packet | pass-through ns/packet | ratio to pass-through |\n\
-         |---|---|---:|---:|---:|"
+         | hook | case | path | method | ns/packet | pass-through ns/packet | ratio to pass-through |\n\
+         |---|---|---|---|---:|---:|---:|"
     );
     json_rows(
         md,
@@ -285,6 +285,8 @@ fn kernel_tables(md: &mut String, kernel: &serde_json::Value) {
         &[
             ("hook", 0),
             ("case", 0),
+            ("path", 0),
+            ("method", 0),
             ("ns_per_pkt", 1),
             ("pass_ns_per_pkt", 1),
             ("ratio_to_pass", 2),
@@ -308,15 +310,23 @@ fn kernel_tables(md: &mut String, kernel: &serde_json::Value) {
     );
     let _ = writeln!(
         md,
-        "\n| flow table size | kernel memory (bytes) | bytes per flow |\n|---:|---:|---:|"
+        "\nConntrack table memory (fdinfo `memlock`). On demand: bytes per entry = (memory with \
+         the entries − empty) / entries; preallocated: empty / max_entries.\n\n\
+         | part | table | allocation | max_entries | empty (bytes) | entries | with entries (bytes) | bytes per entry |\n\
+         |---|---|---|---:|---:|---:|---:|---:|"
     );
     json_rows(
         md,
         &kernel["memory"],
         &[
+            ("part", 0),
+            ("table", 0),
+            ("allocation", 0),
             ("max_entries", 0),
+            ("empty_bytes", 0),
+            ("entries", 0),
             ("memlock_bytes", 0),
-            ("bytes_per_flow", 1),
+            ("bytes_per_entry", 1),
         ],
     );
     md.push('\n');
@@ -535,7 +545,27 @@ mod tests {
             "scaling": [{"flows": 1000, "ns_per_pkt": 40.0, "ratio_to_1k": 1.0}],
         });
         kernel_tables(&mut md, &kernel);
-        assert!(md.contains("| xdp | hit_v4 | 41.5 | – | – |"), "{md}");
+        assert!(
+            md.contains("| xdp | hit_v4 | – | – | 41.5 | – | – |"),
+            "{md}"
+        );
         assert!(md.contains("| 1000 | 40.0 | 1.00 | – | – |"), "{md}");
+    }
+
+    #[test]
+    fn kernel_memory_rows_show_each_table() {
+        let mut md = String::new();
+        let kernel = serde_json::json!({"memory": [{
+            "part": "default", "table": "established", "allocation": "on_demand",
+            "max_entries": 1114112, "empty_bytes": 33555328, "entries": 100000,
+            "memlock_bytes": 46355328, "bytes_per_entry": 128.0
+        }]});
+        kernel_tables(&mut md, &kernel);
+        assert!(
+            md.contains(
+                "| default | established | on_demand | 1114112 | 33555328 | 100000 | 46355328 | 128.0 |"
+            ),
+            "{md}"
+        );
     }
 }

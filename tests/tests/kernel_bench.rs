@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, process::Command};
 
 use redirector_common::maps::{
-    established_max_entries, FlowKey, FlowValue, DEFAULT_CONNTRACK_SIZE,
+    established_max_entries, half_open_size, FlowKey, FlowValue, DEFAULT_CONNTRACK_SIZE,
 };
 use redirector_tests::bins;
 use serde_json::Value;
@@ -62,22 +62,34 @@ fn check_cases(report: &Value) {
                 .unwrap_or_else(|| panic!("{f} in {row}"))
                 .to_string()
         };
-        seen.insert(format!("{} {} {}", key("hook"), key("case"), key("method")));
+        seen.insert(format!(
+            "{} {} {} {}",
+            key("hook"),
+            key("case"),
+            key("path"),
+            key("method")
+        ));
     }
-    let mut want = vec!["xdp pass repeat", "xdp pass single", "tc pass repeat"];
+    let mut want = vec![
+        "xdp pass baseline repeat",
+        "xdp pass baseline single",
+        "tc pass baseline repeat",
+    ];
+    // hook, case, path, method: every case names the path it was checked to take.
     let per_family = [
-        "xdp syn single",
-        "xdp hit repeat",
-        "xdp miss repeat",
-        "xdp non_tcp repeat",
-        "tc hit repeat",
-        "tc miss repeat",
+        ("xdp", "syn", "half_open_insert", "single"),
+        ("xdp", "promote", "promote", "single"),
+        ("xdp", "hit", "established_hit", "repeat"),
+        ("xdp", "miss", "untracked", "repeat"),
+        ("xdp", "non_tcp", "not_tcp", "repeat"),
+        ("tc", "hit", "established_hit", "repeat"),
+        ("tc", "syn_ack", "half_open_hit", "repeat"),
+        ("tc", "miss", "untracked", "repeat"),
     ];
     let mut named = Vec::new();
     for fam in ["v4", "v6"] {
-        for case in per_family {
-            let (hook_case, method) = case.rsplit_once(' ').unwrap();
-            named.push(format!("{hook_case}_{fam} {method}"));
+        for (hook, case, path, method) in per_family {
+            named.push(format!("{hook} {case}_{fam} {path} {method}"));
         }
     }
     want.extend(named.iter().map(String::as_str));
@@ -114,25 +126,46 @@ fn check_scaling(report: &Value) {
 fn check_memory(report: &Value) {
     let min = (size_of::<FlowKey>() + size_of::<FlowValue>()) as f64;
     let memory = rows(report, "memory");
-    // The established table of the default capacity: allocated on demand, so while empty
-    // it costs only its buckets, less than a key and value per slot.
-    let default_entries = established_max_entries(DEFAULT_CONNTRACK_SIZE);
-    assert!(
-        memory.iter().any(|m| m["max_entries"] == default_entries),
-        "default size missing: {memory:?}"
+    let row = |part: &str, table: &str| {
+        memory
+            .iter()
+            .find(|m| m["part"] == part && m["table"] == table)
+            .unwrap_or_else(|| panic!("no {part} {table} row: {memory:?}"))
+    };
+    // The default established table allocates on demand: while empty it costs its
+    // buckets, and each inserted flow at least its key and value.
+    let established = row("default", "established");
+    assert_eq!(established["allocation"], "on_demand", "{established}");
+    assert_eq!(
+        established["max_entries"],
+        established_max_entries(DEFAULT_CONNTRACK_SIZE),
+        "{established}"
     );
-    for row in memory
-        .iter()
-        .filter(|m| m["max_entries"] != default_entries)
-    {
+    assert_eq!(established["entries"], 10_000, "--smoke fills 10 k flows");
+    // The half-open table is preallocated: its memory is all fixed, at least a key and
+    // value per slot.
+    let half_open = row("default", "half_open");
+    assert_eq!(half_open["allocation"], "preallocated", "{half_open}");
+    assert_eq!(
+        half_open["max_entries"],
+        half_open_size(DEFAULT_CONNTRACK_SIZE),
+        "{half_open}"
+    );
+    assert_eq!(half_open["empty_bytes"], half_open["memlock_bytes"]);
+    let scaling: Vec<_> = memory.iter().filter(|m| m["part"] == "scaling").collect();
+    assert_eq!(
+        scaling.len(),
+        2,
+        "one row per --smoke scaling size: {memory:?}"
+    );
+    for row in [established, half_open].into_iter().chain(scaling) {
+        let empty = row["empty_bytes"].as_u64().expect("empty_bytes");
+        let with = row["memlock_bytes"].as_u64().expect("memlock_bytes");
+        assert!(empty > 0 && with >= empty, "{row}");
+        let per_entry = positive(row, "bytes_per_entry");
         assert!(
-            row["memlock_bytes"].as_u64().expect("memlock_bytes") > 0,
-            "{row}"
-        );
-        let per_flow = positive(row, "bytes_per_flow");
-        assert!(
-            per_flow >= min,
-            "{per_flow} bytes per flow < key + value {min}: {row}"
+            per_entry >= min,
+            "{per_entry} bytes per entry < key + value {min}: {row}"
         );
     }
 }
@@ -140,7 +173,7 @@ fn check_memory(report: &Value) {
 #[test]
 fn smoke_run_reports_well_formed_sane_json() {
     let report = smoke_report();
-    assert_eq!(report["schema"], 1);
+    assert_eq!(report["schema"], 2);
     assert_eq!(report["mode"], "smoke");
     assert!(!report["kernel"].as_str().expect("kernel").is_empty());
     assert!(report["cpus"].as_u64().expect("cpus") >= 1);

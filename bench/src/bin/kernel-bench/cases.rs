@@ -1,6 +1,6 @@
 //! The per-packet cases: each is first run once and checked to take the path it names
-//! (output frame, checksums, the one counter it feeds), then timed next to the baseline
-//! of its hook.
+//! (output frame, checksums, the one counter it feeds, and the table its entry ends up
+//! in), then timed next to the baseline of its hook.
 //!
 //! BPF_PROG_TEST_RUN with `repeat` runs the program again and again on the same buffer
 //! without restoring it, so after a real rewrite (80→8080) the second run would see port
@@ -9,16 +9,22 @@
 //! exactly the instructions of a real hit (lookup, port check, state update, checksum
 //! update, store, counters) and writes back the bytes it read; `pair_repeat` checks that
 //! `rewrite_ingress`/`rewrite_egress` rose once per run. The real 80→8080 rewrite is
-//! checked byte for byte first, and timed in single mode by the scaling part. A SYN
-//! creates its flow once, so SYNs are timed in single mode, one fresh flow per run.
+//! checked byte for byte first, and timed in single mode by the scaling part.
+//!
+//! Cases that change the tables are timed in single mode, one fresh entry per run: a SYN
+//! creates its half-open entry (one new client port per run), and a handshake ACK
+//! promotes a half-open entry that user space inserted for that run alone (state
+//! SYN_RECV, as after the server's SYN-ACK). After each round the case checks where its
+//! entries are (all half-open after SYNs; all established, none half-open, after ACKs)
+//! and removes them.
 
 use anyhow::{ensure, Context as _, Result};
 use redirector::dataplane::Dataplane;
-use redirector_common::{conntrack, stats::Counter};
+use redirector_common::{conntrack, maps::FlowKey, stats::Counter};
 use redirector_tests::packets::{flags::*, verify_checksums, Frame};
 
 use crate::{
-    flows::{self, addr16},
+    flows::{self, addr16, Found},
     measure::{self, Hook, Method, Paired, Probe, Prog, Settings},
     report::CaseRow,
 };
@@ -27,6 +33,10 @@ use crate::{
 const REAL_PORT: u16 = 40001;
 /// Client port of the fixed-point flow timed in repeat mode.
 const FIXED_PORT: u16 = 40002;
+/// Client port of the half-open fixed-point flow (the SYN-ACK case).
+const HALF_OPEN_FIXED_PORT: u16 = 40003;
+/// First client port of a round of SYNs or handshake ACKs.
+const FRESH_PORT_BASE: u16 = 10_000;
 /// A port without a rule (and a client port without a flow).
 const NO_RULE_PORT: u16 = 22;
 const UNTRACKED_CLIENT_PORT: u16 = 50000;
@@ -42,6 +52,8 @@ struct Family {
     non_tcp_proto: u8,
     /// A client address of its own for each round of SYNs, so every SYN is a new flow.
     syn_client: fn(usize) -> String,
+    /// A client address of its own for each round of handshake ACKs.
+    promote_client: fn(usize) -> String,
 }
 
 const FAMILIES: [Family; 2] = [
@@ -51,6 +63,7 @@ const FAMILIES: [Family; 2] = [
         server: "10.1.0.2",
         non_tcp_proto: 17,
         syn_client: |round| format!("10.2.{round}.1"),
+        promote_client: |round| format!("10.3.{round}.1"),
     },
     Family {
         name: "v6",
@@ -58,32 +71,123 @@ const FAMILIES: [Family; 2] = [
         server: "fd00:1::2",
         non_tcp_proto: 58,
         syn_client: |round| format!("fd00:2::{round:x}:1"),
+        promote_client: |round| format!("fd00:3::{round:x}:1"),
     },
 ];
+
+/// The code path a case times, named in its JSON row (`path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The empty program of the hook.
+    Baseline,
+    /// A SYN to a rule: admission check, new `HALF_OPEN` entry.
+    HalfOpenInsert,
+    /// The client's handshake-completing ACK: its `HALF_OPEN` entry moves to
+    /// `ESTABLISHED`.
+    Promote,
+    /// A packet of an established flow: found in `ESTABLISHED` (the first lookup).
+    EstablishedHit,
+    /// A packet of a half-open flow: `ESTABLISHED` missed, found in `HALF_OPEN`.
+    HalfOpenHit,
+    /// TCP without a flow: both tables missed, passed untouched.
+    Untracked,
+    /// Not TCP: passed before any lookup.
+    NotTcp,
+}
+
+impl Path {
+    /// Name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Baseline => "baseline",
+            Path::HalfOpenInsert => "half_open_insert",
+            Path::Promote => "promote",
+            Path::EstablishedHit => "established_hit",
+            Path::HalfOpenHit => "half_open_hit",
+            Path::Untracked => "untracked",
+            Path::NotTcp => "not_tcp",
+        }
+    }
+}
+
+/// A case timed in repeat mode: a frame that is a fixed point of the program.
+struct RepeatCase {
+    hook: Hook,
+    case: &'static str,
+    path: Path,
+    input: Frame,
+    counter: Counter,
+}
 
 /// Checks every case, then times it; returns one row per case.
 pub fn run(dp: &mut Dataplane, settings: &Settings) -> Result<Vec<CaseRow>> {
     let mut rows = Vec::new();
     for fam in &FAMILIES {
         check_handshake(dp, fam).with_context(|| format!("checking the {} flow", fam.name))?;
-        flows::insert_fixed_point(dp, fam.client, fam.server, FIXED_PORT)?;
+        insert_fixed_points(dp, fam)?;
         rows.push(syn(dp, fam, settings)?);
-        for (hook, case, input, counter) in repeat_cases(fam) {
-            let name = format!("{case}_{}", fam.name);
-            eprintln!("  {} {name}", hook.name());
-            let prog = hook.program();
-            check(dp, prog, &name, &input, None, counter)?;
-            let bytes = input.build();
-            let paired = measure::pair_repeat(dp, prog, &bytes, &bytes, counter, settings)
-                .with_context(|| format!("timing {} {name}", hook.name()))?;
-            rows.push(CaseRow::new(hook, &name, Method::Repeat, paired));
+        rows.push(promote(dp, fam, settings)?);
+        for case in repeat_cases(fam) {
+            let name = format!("{}_{}", case.case, fam.name);
+            eprintln!("  {} {name}", case.hook.name());
+            let prog = case.hook.program();
+            check(dp, prog, &name, &case.input, None, case.counter)?;
+            let bytes = case.input.build();
+            let paired = measure::pair_repeat(dp, prog, &bytes, &bytes, case.counter, settings)
+                .with_context(|| format!("timing {} {name}", case.hook.name()))?;
+            rows.push(CaseRow::new(
+                case.hook,
+                &name,
+                case.path,
+                Method::Repeat,
+                paired,
+            ));
         }
+        check_fixed_points(dp, fam)?;
     }
     Ok(rows)
 }
 
+/// The fixed-point flows of a family: an established one, and a half-open one whose
+/// SYN-ACK the egress program rewrites from `HALF_OPEN`.
+fn insert_fixed_points(dp: &mut Dataplane, fam: &Family) -> Result<()> {
+    flows::insert_fixed_point(dp, fam.client, fam.server, FIXED_PORT)?;
+    flows::insert_half_open_fixed_point(dp, fam.client, fam.server, HALF_OPEN_FIXED_PORT)?;
+    check_fixed_points(dp, fam)
+}
+
+/// Each fixed-point flow is in the table its cases claim (before the timing, and after
+/// it: a hit that promoted or removed its entry would have timed another path).
+fn check_fixed_points(dp: &Dataplane, fam: &Family) -> Result<()> {
+    let (c, s) = (addr16(fam.client), addr16(fam.server));
+    for (port, want) in [
+        (
+            FIXED_PORT,
+            Found {
+                established: 1,
+                half_open: 0,
+            },
+        ),
+        (
+            HALF_OPEN_FIXED_PORT,
+            Found {
+                established: 0,
+                half_open: 1,
+            },
+        ),
+    ] {
+        let found = flows::locate(dp, &[flows::key(c, s, port)])?;
+        ensure!(
+            found == want,
+            "{} fixed-point flow from port {port}: {found:?}, expected {want:?}",
+            fam.name
+        );
+    }
+    Ok(())
+}
+
 /// The repeat-mode cases of a family: frames that are fixed points of the program.
-fn repeat_cases(fam: &Family) -> Vec<(Hook, &'static str, Frame, Counter)> {
+fn repeat_cases(fam: &Family) -> Vec<RepeatCase> {
     let data = |src, dst, sport, dport| {
         let mut frame = Frame::tcp(src, dst, sport, dport, ACK | PSH);
         frame.payload = PAYLOAD.to_vec();
@@ -92,29 +196,55 @@ fn repeat_cases(fam: &Family) -> Vec<(Hook, &'static str, Frame, Counter)> {
     let mut non_tcp = data(fam.client, fam.server, UNTRACKED_CLIENT_PORT, 80);
     non_tcp.proto = fam.non_tcp_proto;
     let (c, s) = (fam.client, fam.server);
+    let case = |hook, case, path, input, counter| RepeatCase {
+        hook,
+        case,
+        path,
+        input,
+        counter,
+    };
     vec![
-        (
+        case(
             Hook::Xdp,
             "hit",
+            Path::EstablishedHit,
             data(c, s, FIXED_PORT, 80),
             Counter::RewriteIngress,
         ),
-        (
+        case(
             Hook::Xdp,
             "miss",
+            Path::Untracked,
             data(c, s, UNTRACKED_CLIENT_PORT, NO_RULE_PORT),
             Counter::PassUntracked,
         ),
-        (Hook::Xdp, "non_tcp", non_tcp, Counter::PassNotTcp),
-        (
+        case(
+            Hook::Xdp,
+            "non_tcp",
+            Path::NotTcp,
+            non_tcp,
+            Counter::PassNotTcp,
+        ),
+        case(
             Hook::Tc,
             "hit",
+            Path::EstablishedHit,
             data(s, c, 80, FIXED_PORT),
             Counter::RewriteEgress,
         ),
-        (
+        // The first run moves the entry from SYN_SENT to SYN_RECV, every later one keeps
+        // it there: a fixed point that stays half-open.
+        case(
+            Hook::Tc,
+            "syn_ack",
+            Path::HalfOpenHit,
+            Frame::tcp(s, c, 80, HALF_OPEN_FIXED_PORT, SYN | ACK),
+            Counter::RewriteEgress,
+        ),
+        case(
             Hook::Tc,
             "miss",
+            Path::Untracked,
             data(s, c, NO_RULE_PORT, UNTRACKED_CLIENT_PORT),
             Counter::PassUntracked,
         ),
@@ -201,18 +331,41 @@ fn check_handshake(dp: &mut Dataplane, fam: &Family) -> Result<()> {
     Ok(())
 }
 
-/// SYNs to 80, one fresh client per run (single mode): each creates its flow. The flows
-/// of a round are removed after it, so no round's SYNs have to evict (the LRU would,
-/// after `conntrack size` SYNs) and the flows the other cases time stay in the table.
+/// The keys of a round of fresh flows from `client`, one per single-mode call.
+fn fresh_keys(client: &str, server: &str, settings: &Settings) -> Vec<FlowKey> {
+    let (client, server) = (addr16(client), addr16(server));
+    fresh_ports(settings)
+        .map(|port| flows::key(client, server, port))
+        .collect()
+}
+
+/// Client ports of a round of fresh flows.
+fn fresh_ports(settings: &Settings) -> std::ops::Range<u16> {
+    FRESH_PORT_BASE..FRESH_PORT_BASE + settings.single_calls as u16
+}
+
+/// Fails unless the keys of a round are where its case put them.
+fn check_found(dp: &Dataplane, name: &str, keys: &[FlowKey], want: Found) -> Result<()> {
+    let found = flows::locate(dp, keys)?;
+    ensure!(
+        found == want,
+        "case {name}: after a round of {} runs the tables hold {found:?} of its flows, \
+         expected {want:?}",
+        keys.len()
+    );
+    Ok(())
+}
+
+/// SYNs to 80, one fresh client port per run (single mode): each creates its half-open
+/// flow. The flows of a round are removed after it, so no round's SYNs have to evict (the
+/// LRU would, once full) and the flows the other cases time stay in the tables.
 fn syn(dp: &mut Dataplane, fam: &Family, settings: &Settings) -> Result<CaseRow> {
     let name = format!("syn_{}", fam.name);
     eprintln!("  xdp {name}");
     let (mut prog_ns, mut pass_ns) = (Vec::new(), Vec::new());
     for round in 0..settings.rounds {
         let client = (fam.syn_client)(round);
-        let ports = 10_000..10_000 + settings.single_calls as u16;
-        let probes: Vec<Probe> = ports
-            .clone()
+        let probes: Vec<Probe> = fresh_ports(settings)
             .map(|port| {
                 let syn = Frame::tcp(&client, fam.server, port, 80, SYN);
                 Probe {
@@ -225,13 +378,96 @@ fn syn(dp: &mut Dataplane, fam: &Family, settings: &Settings) -> Result<CaseRow>
             .with_context(|| format!("timing xdp {name}"))?;
         prog_ns.push(paired.prog_ns);
         pass_ns.push(paired.pass_ns);
-        for port in ports {
-            dp.remove_flow(&flows::key(addr16(&client), addr16(fam.server), port))?;
-        }
+        let keys = fresh_keys(&client, fam.server, settings);
+        let want = Found {
+            established: 0,
+            half_open: keys.len(),
+        };
+        check_found(dp, &name, &keys, want)?;
+        remove(dp, &keys)?;
     }
-    let paired = Paired {
-        prog_ns: measure::median(&prog_ns),
-        pass_ns: measure::median(&pass_ns),
-    };
-    Ok(CaseRow::new(Hook::Xdp, &name, Method::Single, paired))
+    Ok(CaseRow::new(
+        Hook::Xdp,
+        &name,
+        Path::HalfOpenInsert,
+        Method::Single,
+        medians(&prog_ns, &pass_ns),
+    ))
+}
+
+/// Handshake-completing ACKs (single mode), each promoting a half-open entry inserted
+/// for it alone just before the round: every run must count one promotion, and after
+/// the round all its flows must be established (and counted so for admission), none
+/// half-open. They are removed after the round.
+fn promote(dp: &mut Dataplane, fam: &Family, settings: &Settings) -> Result<CaseRow> {
+    let name = format!("promote_{}", fam.name);
+    eprintln!("  xdp {name}");
+    let (mut prog_ns, mut pass_ns) = (Vec::new(), Vec::new());
+    for round in 0..settings.rounds {
+        let client = (fam.promote_client)(round);
+        let keys = fresh_keys(&client, fam.server, settings);
+        flows::insert_syn_recv(dp, &keys)?;
+        check_found(
+            dp,
+            &name,
+            &keys,
+            Found {
+                established: 0,
+                half_open: keys.len(),
+            },
+        )?;
+        let probes: Vec<Probe> = fresh_ports(settings)
+            .map(|port| {
+                let ack = Frame::tcp(&client, fam.server, port, 80, ACK);
+                Probe {
+                    input: ack.build(),
+                    want: ack.with_ports(port, 8080).build(),
+                }
+            })
+            .collect();
+        let admitted = dp.maps().established_count()?;
+        let paired = measure::pair_single(dp, Prog::XdpIngress, &probes, Counter::FlowPromoted)
+            .with_context(|| format!("timing xdp {name}"))?;
+        prog_ns.push(paired.prog_ns);
+        pass_ns.push(paired.pass_ns);
+        let promoted = dp.maps().established_count()? - admitted;
+        ensure!(
+            promoted == keys.len() as i64,
+            "case {name}: the admission count rose by {promoted} over {} promotions",
+            keys.len()
+        );
+        let want = Found {
+            established: keys.len(),
+            half_open: 0,
+        };
+        check_found(dp, &name, &keys, want)?;
+        remove(dp, &keys)?;
+    }
+    Ok(CaseRow::new(
+        Hook::Xdp,
+        &name,
+        Path::Promote,
+        Method::Single,
+        medians(&prog_ns, &pass_ns),
+    ))
+}
+
+/// Removes a round's flows from whichever table holds them; all must have been there.
+fn remove(dp: &mut Dataplane, keys: &[FlowKey]) -> Result<()> {
+    let (removed, result) = dp.remove_flows(keys);
+    result.context("removing a round's flows")?;
+    ensure!(
+        removed == keys.len(),
+        "removed {removed} of a round's {} flows",
+        keys.len()
+    );
+    Ok(())
+}
+
+/// The medians over rounds of a single-mode case and of its baseline.
+fn medians(prog_ns: &[f64], pass_ns: &[f64]) -> Paired {
+    Paired {
+        prog_ns: measure::median(prog_ns),
+        pass_ns: measure::median(pass_ns),
+    }
 }

@@ -1,13 +1,17 @@
-//! Conntrack entries written from user space: the fixed-point probe flow and the bulk
-//! fill of the scaling part, keyed exactly as the programs key them.
+//! Conntrack entries written from user space, keyed exactly as the programs key them:
+//! the fixed-point probe flows, the half-open entries the promotion case consumes, the
+//! bulk fill of the scaling and memory parts, and where an entry is found (which table).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context as _, Result};
 use redirector::dataplane::Dataplane;
 use redirector_common::{
     addr::v4_mapped,
-    conntrack::STATE_ESTABLISHED,
+    conntrack::{STATE_ESTABLISHED, STATE_SYN_RECV, STATE_SYN_SENT},
     maps::{FlowKey, FlowValue},
 };
 
@@ -41,11 +45,16 @@ pub fn key(client: [u8; 16], server: [u8; 16], client_port: u16) -> FlowKey {
 
 /// An established flow redirected from `orig_port` to `target_port` by rule slot 0.
 fn established(orig_port: u16, target_port: u16) -> FlowValue {
+    flow(orig_port, target_port, STATE_ESTABLISHED)
+}
+
+/// A flow in `state` redirected from `orig_port` to `target_port` by rule slot 0.
+fn flow(orig_port: u16, target_port: u16, state: u8) -> FlowValue {
     let now = monotonic_ns();
     FlowValue {
         orig_port,
         target_port,
-        state: STATE_ESTABLISHED,
+        state,
         fin_flags: 0,
         _pad: 0,
         rule_slot: 0,
@@ -61,6 +70,50 @@ pub fn insert_fixed_point(dp: &mut Dataplane, client: &str, server: &str, port: 
     let key = key(addr16(client), addr16(server), port);
     dp.insert_flow(key, established(80, 80))
         .context("inserting the fixed-point flow")
+}
+
+/// Inserts a half-open fixed-point flow (FROM and TO both 80) whose client has sent its
+/// SYN: a SYN-ACK of it is rewritten from the half-open table, and leaves it half-open.
+pub fn insert_half_open_fixed_point(
+    dp: &mut Dataplane,
+    client: &str,
+    server: &str,
+    port: u16,
+) -> Result<()> {
+    let key = key(addr16(client), addr16(server), port);
+    dp.insert_flow(key, flow(80, 80, STATE_SYN_SENT))
+        .context("inserting the half-open fixed-point flow")
+}
+
+/// Inserts one half-open 80→8080 entry per key whose SYN-ACK has been seen: the client's
+/// next ACK completes the handshake and promotes it.
+pub fn insert_syn_recv(dp: &mut Dataplane, keys: &[FlowKey]) -> Result<()> {
+    let value = flow(80, 8080, STATE_SYN_RECV);
+    for key in keys {
+        dp.insert_flow(*key, value)
+            .context("inserting a half-open flow to promote")?;
+    }
+    Ok(())
+}
+
+/// How many of `keys` each table holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Keys found in `ESTABLISHED`.
+    pub established: usize,
+    /// Keys found in `HALF_OPEN`.
+    pub half_open: usize,
+}
+
+/// Counts `keys` in each conntrack table (one batched snapshot of each).
+pub fn locate(dp: &Dataplane, keys: &[FlowKey]) -> Result<Found> {
+    let wanted: HashSet<FlowKey> = keys.iter().copied().collect();
+    let count =
+        |flows: Vec<(FlowKey, FlowValue)>| flows.iter().filter(|(k, _)| wanted.contains(k)).count();
+    Ok(Found {
+        established: count(dp.maps().established_flows()?),
+        half_open: count(dp.maps().half_open_flows()?),
+    })
 }
 
 /// Client address and port of the `i`-th bulk flow.

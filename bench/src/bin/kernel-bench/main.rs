@@ -1,6 +1,7 @@
 //! `kernel-bench`: per-packet cost of the redirector's eBPF programs with
 //! `BPF_PROG_TEST_RUN`, next to empty programs of the same hooks timed in the same run,
-//! the hit path against the size of the conntrack table, and the table's kernel memory.
+//! the hit path against the size of the conntrack table, and the conntrack tables'
+//! kernel memory (per established flow, measured by filling the on-demand table).
 //!
 //! Run as root: `kernel-bench [--json] [--quick] [--smoke]`. With `--attach-pass IFACE
 //! [--hook xdp|xdp-generic|tc]` it measures nothing: it attaches the empty programs like
@@ -13,13 +14,13 @@
 //!
 //! How packets are timed (`repeat` and `single` methods) is explained in `measure.rs`, the
 //! cases and the fixed-point flow in `cases.rs`, the scaling part (one hot flow, and the
-//! spread over random flows) in `scaling.rs`.
+//! spread over random flows) in `scaling.rs`, the memory figures in `memory.rs`.
 //!
-//! # JSON schema (`schema` 1)
+//! # JSON schema (`schema` 2)
 //!
 //! ```text
 //! {
-//!   "schema": 1,
+//!   "schema": 2,
 //!   "kernel": "6.18.44",            uname -r
 //!   "cpus": 2,
 //!   "mode": "full" | "quick" | "smoke",
@@ -27,12 +28,16 @@
 //!   "flow_key_bytes": 36, "flow_value_bytes": 32,
 //!   "cases": [ {
 //!       "hook": "xdp" | "tc",
-//!       "case": "pass" | "syn_v4" | "hit_v4" | "miss_v4" | "non_tcp_v4" | … "_v6",
+//!       "case": "pass" | "syn_v4" | "promote_v4" | "hit_v4" | "syn_ack_v4" | "miss_v4"
+//!               | "non_tcp_v4" | … "_v6",
+//!       "path": "baseline" | "half_open_insert" | "promote" | "established_hit"
+//!               | "half_open_hit" | "untracked" | "not_tcp",
 //!       "method": "repeat" | "single",
 //!       "ns_per_pkt": f64, "pass_ns_per_pkt": f64,
 //!       "ratio_to_pass": f64,       ns_per_pkt / pass_ns_per_pkt
 //!       "over_pass_ns": f64         ns_per_pkt - pass_ns_per_pkt
-//!   } ],                            xdp: pass, syn, hit, miss, non_tcp; tc: pass, hit, miss
+//!   } ],                            xdp: pass, syn, promote, hit, miss, non_tcp;
+//!                                   tc: pass, hit, syn_ack, miss
 //!   "scaling": [ {                  one row per table size, 1 k first
 //!       "flows": 1000, "max_entries": 1250,
 //!       "ns_per_pkt": f64, "pass_ns_per_pkt": f64,          repeat mode, one hot flow
@@ -41,7 +46,16 @@
 //!       "spread_ns_per_pkt": f64, "spread_pass_ns_per_pkt": f64,
 //!       "spread_ratio_to_1k": f64   single mode, a random tracked flow per packet
 //!   } ],
-//!   "memory": [ { "max_entries": u32, "memlock_bytes": u64, "bytes_per_flow": f64 } ],
+//!   "memory": [ {                   default tables first, then one per scaling row
+//!       "part": "default" | "scaling",
+//!       "table": "established" | "half_open",
+//!       "allocation": "on_demand" | "preallocated",
+//!       "max_entries": u32,
+//!       "empty_bytes": u64,         memlock of the empty table: its fixed cost
+//!       "entries": u32,             flows inserted (0 when preallocated)
+//!       "memlock_bytes": u64,       memlock with them
+//!       "bytes_per_entry": f64      on demand: (memlock - empty) / entries;
+//!   } ],                            preallocated: empty / max_entries
 //!   "target": { "metric": "hit_1m_over_1k", "limit": 1.3,
 //!               "repeat": f64 | null, "spread": f64 | null }   null without 1 M flows
 //! }
@@ -93,11 +107,17 @@ struct Args {
     hook: attach::Hook,
 }
 
+/// Version of the JSON schema (2: case `path`, promotion and SYN-ACK cases, memory rows
+/// per table with measured on-demand cost).
+const SCHEMA: u32 = 2;
+
 /// What a mode measures.
 struct Mode {
     name: &'static str,
     settings: Settings,
     scaling_flows: &'static [u32],
+    /// Established flows inserted to measure the default table's cost per flow.
+    memory_flows: u32,
 }
 
 fn mode(args: &Args) -> Mode {
@@ -108,6 +128,7 @@ fn mode(args: &Args) -> Mode {
     } else {
         ("full", 7, 150, 10_000, &[1_000, 100_000, 1_000_000])
     };
+    let memory_flows = if args.smoke { 10_000 } else { 100_000 };
     Mode {
         name,
         settings: Settings {
@@ -116,6 +137,7 @@ fn mode(args: &Args) -> Mode {
             single_calls,
         },
         scaling_flows,
+        memory_flows,
     }
 }
 
@@ -137,15 +159,16 @@ fn run(args: &Args) -> Result<Report> {
     dp.set_rules(&rules())?;
     dp.load_baselines()?;
     let measured = cases::run(&mut dp, &mode.settings)?;
-    let default_memory = memory::flows(&dp)?;
     drop(dp);
     let mut cases = report::baseline_rows(&measured);
     cases.extend(measured);
+    eprintln!("memory of the default tables ({} flows)", mode.memory_flows);
+    let mut memory = memory::default_tables(mode.memory_flows)?;
     eprintln!("hit-path scaling");
-    let (scaling, mut memory) = scaling::run(mode.scaling_flows, &rules(), &mode.settings)?;
-    memory.push(default_memory);
+    let (scaling, scaling_memory) = scaling::run(mode.scaling_flows, &rules(), &mode.settings)?;
+    memory.extend(scaling_memory);
     Ok(Report {
-        schema: 1,
+        schema: SCHEMA,
         kernel: kernel_release()?,
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         mode: mode.name,

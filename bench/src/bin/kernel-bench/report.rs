@@ -2,7 +2,10 @@
 
 use serde::Serialize;
 
-use crate::measure::{median, Hook, Method, Paired};
+use crate::{
+    cases::Path,
+    measure::{median, Hook, Method, Paired},
+};
 
 /// The hit-path scaling target: cost at 1 M flows over cost at 1 k (reported, not asserted).
 pub const TARGET_LIMIT: f64 = 1.3;
@@ -28,7 +31,7 @@ pub struct Report {
     pub cases: Vec<CaseRow>,
     /// Hit-path cost against the number of tracked flows.
     pub scaling: Vec<ScaleRow>,
-    /// FLOWS map memory, for each table size measured.
+    /// Conntrack table memory: the default tables, then each scaling table.
     pub memory: Vec<MemoryRow>,
     /// The 1 M / 1 k hit-path ratio against its target.
     pub target: Target,
@@ -39,8 +42,11 @@ pub struct Report {
 pub struct CaseRow {
     /// `xdp` or `tc`.
     pub hook: &'static str,
-    /// `pass`, `syn_v4`, `hit_v6`, …
+    /// `pass`, `syn_v4`, `promote_v4`, `hit_v6`, …
     pub case: String,
+    /// The code path it times: `baseline`, `half_open_insert`, `promote`,
+    /// `established_hit`, `half_open_hit`, `untracked`, `not_tcp`.
+    pub path: &'static str,
     /// `repeat` or `single`.
     pub method: &'static str,
     /// Median ns per packet.
@@ -55,10 +61,11 @@ pub struct CaseRow {
 
 impl CaseRow {
     /// A row from a paired measurement.
-    pub fn new(hook: Hook, case: &str, method: Method, paired: Paired) -> Self {
+    pub fn new(hook: Hook, case: &str, path: Path, method: Method, paired: Paired) -> Self {
         CaseRow {
             hook: hook.name(),
             case: case.to_string(),
+            path: path.name(),
             method: method.name(),
             ns_per_pkt: paired.prog_ns,
             pass_ns_per_pkt: paired.pass_ns,
@@ -84,7 +91,7 @@ pub fn baseline_rows(cases: &[CaseRow]) -> Vec<CaseRow> {
                     prog_ns: ns,
                     pass_ns: ns,
                 };
-                rows.push(CaseRow::new(hook, "pass", method, paired));
+                rows.push(CaseRow::new(hook, "pass", Path::Baseline, method, paired));
             }
         }
     }
@@ -96,7 +103,7 @@ pub fn baseline_rows(cases: &[CaseRow]) -> Vec<CaseRow> {
 pub struct ScaleRow {
     /// Tracked flows in the table.
     pub flows: u32,
-    /// The table's `max_entries` (25 % headroom).
+    /// The established capacity (`--conntrack-size`): `flows` plus 25 % headroom.
     pub max_entries: u32,
     /// Median ns per packet, repeat mode on one hot flow.
     pub ns_per_pkt: f64,
@@ -137,15 +144,29 @@ impl ScaleRow {
     }
 }
 
-/// Kernel memory of one FLOWS map.
+/// Kernel memory of one conntrack table, from the `memlock` of its fdinfo.
 #[derive(Serialize)]
 pub struct MemoryRow {
-    /// The map's `max_entries`.
+    /// `default` (the tables of the default `--conntrack-size`) or `scaling` (the
+    /// established table of a scaling row).
+    pub part: &'static str,
+    /// `established` or `half_open`.
+    pub table: &'static str,
+    /// `on_demand` (`BPF_F_NO_PREALLOC`: entries allocated as they are inserted) or
+    /// `preallocated`.
+    pub allocation: &'static str,
+    /// The table's `max_entries`.
     pub max_entries: u32,
-    /// `memlock` from its fdinfo: bytes the kernel accounts to it.
+    /// Kernel memory of the table with no entry: the fixed cost (buckets, locks, and
+    /// for a preallocated table every entry).
+    pub empty_bytes: u64,
+    /// Entries inserted for the measurement (0 for a preallocated table).
+    pub entries: u32,
+    /// Kernel memory with `entries` inserted.
     pub memlock_bytes: u64,
-    /// `memlock_bytes / max_entries` (the map is preallocated: the cost of a slot).
-    pub bytes_per_flow: f64,
+    /// What one entry costs: `(memlock_bytes - empty_bytes) / entries` on demand,
+    /// `empty_bytes / max_entries` preallocated.
+    pub bytes_per_entry: f64,
 }
 
 /// The scaling target: `hit_1m_over_1k` ≤ `limit`, for each measurement (`null` if 1 M
@@ -191,14 +212,15 @@ pub fn print_human(report: &Report) {
     );
     println!("\nper-packet cost (BPF_PROG_TEST_RUN), against the empty program of the same hook");
     println!(
-        "{:<5} {:<11} {:<7} {:>9} {:>9} {:>7} {:>9}",
-        "hook", "case", "method", "ns/pkt", "pass ns", "×pass", "+ns"
+        "{:<5} {:<12} {:<17} {:<7} {:>9} {:>9} {:>7} {:>9}",
+        "hook", "case", "path", "method", "ns/pkt", "pass ns", "×pass", "+ns"
     );
     for c in &report.cases {
         println!(
-            "{:<5} {:<11} {:<7} {:>9.1} {:>9.1} {:>7.2} {:>9.1}",
+            "{:<5} {:<12} {:<17} {:<7} {:>9.1} {:>9.1} {:>7.2} {:>9.1}",
             c.hook,
             c.case,
+            c.path,
             c.method,
             c.ns_per_pkt,
             c.pass_ns_per_pkt,
@@ -224,15 +246,22 @@ pub fn print_human(report: &Report) {
             s.spread_ratio_to_1k
         );
     }
-    println!("\nFLOWS map memory (fdinfo memlock)");
+    println!("\nconntrack table memory (fdinfo memlock)");
     println!(
-        "{:>11} {:>14} {:>10}",
-        "max_entries", "memlock bytes", "bytes/flow"
+        "{:<8} {:<12} {:<12} {:>11} {:>12} {:>9} {:>13} {:>10}",
+        "part", "table", "allocation", "max_entries", "empty bytes", "entries", "bytes", "B/entry"
     );
     for m in &report.memory {
         println!(
-            "{:>11} {:>14} {:>10.1}",
-            m.max_entries, m.memlock_bytes, m.bytes_per_flow
+            "{:<8} {:<12} {:<12} {:>11} {:>12} {:>9} {:>13} {:>10.1}",
+            m.part,
+            m.table,
+            m.allocation,
+            m.max_entries,
+            m.empty_bytes,
+            m.entries,
+            m.memlock_bytes,
+            m.bytes_per_entry
         );
     }
     let verdict = |ratio: Option<f64>| match ratio {

@@ -1,6 +1,7 @@
 //! The hit path against the size of the conntrack table: for each size a fresh dataplane
-//! whose FLOWS map has 25 % headroom (so the LRU never evicts), filled from user space,
-//! then the XDP hit path timed two ways (one row per size, see `report::ScaleRow`).
+//! whose established capacity has 25 % headroom, filled from user space with established
+//! flows, then the XDP hit path timed two ways (one row per size, see
+//! `report::ScaleRow`), and the established table's memory before and after the fill.
 //!
 //! * **repeat**: the fixed-point flow (inserted first, i.e. the oldest entry, and checked
 //!   to be still there after the fill) with `repeat`: one hot key, so its bucket and entry
@@ -48,6 +49,7 @@ pub fn run(
             .with_context(|| format!("loading with --conntrack-size {max_entries}"))?;
         dp.set_rules(rules)?;
         dp.load_baselines()?;
+        let empty = memory::established(&dp)?;
         let started = Instant::now();
         flows::insert_fixed_point(&mut dp, CLIENT, SERVER, FIXED_PORT)?;
         flows::fill(&mut dp, SERVER, flows - 1)?;
@@ -55,7 +57,8 @@ pub fn run(
             "  {flows} flows (max_entries {max_entries}) filled in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        memory.push(memory::flows(&dp)?);
+        let full = memory::established(&dp)?;
+        memory.push(memory::on_demand_row("scaling", empty, full, flows));
         let hot = repeat(&mut dp, flows, settings)?;
         let probes = spread_probes(flows - 1, settings.single_calls);
         let spread = spread(&mut dp, flows, &probes, settings)?;
