@@ -8,3 +8,4 @@
 pub mod bins;
 pub mod fixtures;
 pub mod packets;
+pub mod privileges;
