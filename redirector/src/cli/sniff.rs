@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use redirector::{
     observe::http as metrics_http,
-    privdrop::{self, Dropped, Identity, DEFAULT_USER},
+    privdrop::{self, Dropped, Identity},
 };
 use redirector_sniff::{
     detect::DetectConfig,
@@ -48,7 +48,7 @@ pub fn sniff_config(
 /// Runs the sniffing proxy in the foreground: binds, drops privileges, then serves.
 pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
     // Refused before anything is bound: a user or group that does not exist.
-    let identity = Identity::resolve(&args.user, args.group.as_deref())?;
+    let identity = Identity::resolve(&args.options.user, args.options.group.as_deref())?;
     let config = sniff_config(args.listen, args.websocket, args.http, &args.options);
     // Bound (and the open-file limit raised) while still privileged, on one thread.
     let listeners = SniffServer::bind_std(&config)?;
@@ -176,19 +176,6 @@ pub struct SniffArgs {
     /// Example: --metrics 127.0.0.1:9465
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
-
-    /// After binding, run as this unprivileged user, with no capabilities and
-    /// `no_new_privs` (only when started as root; otherwise the user is kept and only the
-    /// capabilities are dropped). Refused if the user does not exist.
-    ///
-    /// Example: --user redirector-sniff
-    #[arg(long, value_name = "USER", default_value = DEFAULT_USER)]
-    pub user: String,
-
-    /// Group to run as after binding. Default: the --user's primary group (`nogroup` for
-    /// `nobody` on Debian).
-    #[arg(long, value_name = "GROUP")]
-    pub group: Option<String>,
 
     #[command(flatten)]
     pub options: SniffOptions,
