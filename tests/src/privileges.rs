@@ -61,3 +61,25 @@ pub fn assert_unprivileged(pid: u32) {
     }
     assert!(seen > 0, "no threads listed for {pid}");
 }
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue; // exited meanwhile
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces, so split after its last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
