@@ -1,7 +1,7 @@
 //! dist/redirector.service: its `systemd-analyze security` exposure stays at most 3.5, and
 //! the loader attaches and redirects a real WebSocket connection with no more
 //! capabilities than the unit's `CapabilityBoundingSet=` (applied with `setpriv` in a
-//! test namespace).
+//! test namespace), its sniffing proxy's child dropping to `nobody` from there.
 
 use std::{path::PathBuf, process::Command};
 
@@ -32,6 +32,10 @@ fn bounding_set() -> Vec<String> {
 fn cap_number(name: &str) -> u32 {
     match name {
         "CAP_NET_ADMIN" => 12,
+        "CAP_SETGID" => 6,
+        "CAP_SETUID" => 7,
+        "CAP_SETPCAP" => 8,
+        "CAP_NET_BIND_SERVICE" => 10,
         "CAP_SYS_ADMIN" => 21,
         "CAP_SYS_RESOURCE" => 24,
         "CAP_PERFMON" => 38,
@@ -68,8 +72,9 @@ fn the_unit_is_rated_at_most_3_5_by_systemd_analyze() {
 
 /// The loader started as root with the unit's bounding set (so its effective set is
 /// exactly that set, as under systemd) and `no_new_privs`, with bpffs already mounted
-/// (systemd mounts it at boot; the unit does not let the loader mount): it attaches and a
-/// WebSocket connection to port 80 reaches the server on 8080.
+/// (systemd mounts it at boot; the unit does not let the loader mount): it attaches, a
+/// WebSocket connection to port 443 reaches the server on 8443, and its sniffing proxy
+/// on port 80 (which drops to `nobody` in a child) relays one to 8080.
 #[test]
 fn the_loader_redirects_with_only_the_units_capabilities() {
     let _serial = serial();
@@ -95,7 +100,14 @@ fn the_loader_redirects_with_only_the_units_capabilities() {
         "--no-new-privs",
     ])
     .arg(bins::redirector())
-    .args(["run", "--iface", topo.server_if]);
+    .args(["run", "--iface", topo.server_if])
+    .args(["--redirect", "443:8443", "--sniff-listen", "0.0.0.0:80"])
+    .args([
+        "--sniff-websocket",
+        "127.0.0.1:8080",
+        "--sniff-http",
+        "127.0.0.1:8000",
+    ]);
     let mut loader = Proc::spawn("redirector (unit capabilities)", cmd, false);
     loader.wait_line("redirector ready", std::time::Duration::from_secs(30));
     let expected: u64 = caps.iter().map(|c| 1u64 << cap_number(c)).sum();
@@ -109,7 +121,13 @@ fn the_loader_redirects_with_only_the_units_capabilities() {
         assert_eq!(value, format!("{expected:016x}"), "{field}: {status}");
     }
     for v6 in [false, true] {
-        assert_echo(&topo, &topo.url("ws", v6, 80));
+        assert_echo(&topo, &topo.url("wss", v6, 443));
     }
-    stop_loader(loader);
+    // The proxy listens on 0.0.0.0:80 (IPv4 only).
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    let lines = stop_loader(loader);
+    assert!(
+        lines.iter().any(|l| l == "sniff counter websocket=1"),
+        "{lines:?}"
+    );
 }
