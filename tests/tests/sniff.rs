@@ -938,6 +938,42 @@ fn a_missing_user_is_refused_before_serving() {
     assert!(TcpStream::connect_timeout(&addr, IO_TIMEOUT).is_err());
 }
 
+/// Started without root (as `nobody`, through `setpriv`), the proxy keeps its user, and
+/// still empties its capability sets and sets `no_new_privs` before serving.
+#[test]
+fn a_proxy_started_without_root_keeps_its_user_and_drops_capabilities() {
+    let ws_port = free_port();
+    let _echo = start_echo(ws_port);
+    let addr = local(free_port());
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(bins::redirector())
+    .arg("sniff")
+    .args(["--listen", &addr.to_string()])
+    .args(["--websocket", &local(ws_port).to_string()])
+    .args(["--http", &local(free_port()).to_string()])
+    .args(["--max-conns", "100"]);
+    let mut proxy = Proc::spawn("redirector sniff (nobody)", cmd, false);
+    proxy.wait_line("redirector sniff ready", Duration::from_secs(10));
+    websocket_echo(addr, 7, false);
+    let held = redirector_tests::privileges::of(proxy.pid());
+    assert_eq!(held.uids, [65534; 4], "{held:?}");
+    for (name, value) in &held.caps {
+        if name != "CapBnd" {
+            // The bounding set needs CAP_SETPCAP to change: it stays, unusable.
+            assert_eq!(value, "0000000000000000", "{name}: {held:?}");
+        }
+    }
+    assert!(held.no_new_privs, "{held:?}");
+    let counters = stop_proxy(proxy);
+    assert_eq!(counters["websocket"], 1, "{counters:?}");
+}
+
 // ---------- PROXY protocol read by nginx ----------
 
 /// nginx in the foreground (`master_process off`, one process, killed by PID on drop) with
