@@ -116,6 +116,12 @@ impl Counters {
         self.values[counter as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Sets `counter` to `value` (a copy of another process's counters, e.g. the loader
+    /// mirroring its unprivileged proxy child).
+    pub fn set(&self, counter: Counter, value: u64) {
+        self.values[counter as usize].store(value, Ordering::Relaxed);
+    }
+
     /// Current value of `counter`.
     pub fn get(&self, counter: Counter) -> u64 {
         self.values[counter as usize].load(Ordering::Relaxed)

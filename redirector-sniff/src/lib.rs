@@ -11,6 +11,7 @@
 //! - [`per_ip`]: connections open per client address, for `--max-conns-per-ip`;
 //! - [`server`]: accept loop, limits, timeouts and routing;
 //! - [`fd_limit`]: the open-file limit raised to what `--max-conns` needs;
+//! - [`listen`]: listening sockets bound without a runtime (before dropping privileges);
 //! - [`alloc`]: freed connection memory kept in the allocator (no madvise per shrink);
 //! - [`counters`]: what happened, for the exit report;
 //! - [`metrics`]: the counters in the Prometheus text format;
@@ -27,6 +28,7 @@ pub mod alloc;
 pub mod counters;
 pub mod detect;
 pub mod fd_limit;
+pub mod listen;
 pub mod metrics;
 pub mod option_value;
 pub mod per_ip;

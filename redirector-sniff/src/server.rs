@@ -9,7 +9,14 @@
 //! `--max-conns-per-ip` those of one client ([`crate::per_ip`]); connections over either
 //! are closed as soon as they are accepted (a FIN, no data) and counted.
 
-use std::{future::Future, io, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::{SocketAddr, TcpListener as StdTcpListener},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -167,6 +174,9 @@ pub enum SniffError {
         /// Why.
         source: io::Error,
     },
+    /// An inherited listening socket could not be read.
+    #[error("reading an inherited listening socket: {0}")]
+    Listener(io::Error),
     /// `max_conns` is 0 or more than a semaphore can count.
     #[error("--max-conns must be between 1 and {max}")]
     MaxConns {
@@ -185,6 +195,16 @@ pub struct SniffServer {
 impl SniffServer {
     /// Validates `config` and binds its listening sockets.
     pub async fn bind(config: SniffConfig) -> Result<Self, SniffError> {
+        let listeners = Self::bind_std(&config)?;
+        Self::from_std(config, listeners)
+    }
+
+    /// Validates `config`, raises the open-file limit for it and binds its listening
+    /// sockets, without an async runtime: the first step of a proxy that then drops its
+    /// privileges (before any runtime thread exists) and serves with [`Self::from_std`].
+    pub fn bind_std(
+        config: &SniffConfig,
+    ) -> Result<Vec<(StdTcpListener, ListenerKind)>, SniffError> {
         if config.max_conns == 0 || config.max_conns > Semaphore::MAX_PERMITS {
             return Err(SniffError::MaxConns {
                 max: Semaphore::MAX_PERMITS,
@@ -210,10 +230,32 @@ impl SniffServer {
         if !crate::alloc::keep_freed_memory() {
             log::debug!("allocator trim threshold unchanged (not glibc)");
         }
-        let mut listeners = vec![(bind(config.listen).await?, ListenerKind::Http)];
+        let bind =
+            |addr| crate::listen::bind(addr).map_err(|source| SniffError::Bind { addr, source });
+        let mut listeners = vec![(bind(config.listen)?, ListenerKind::Http)];
         if let Some(tls) = &config.tls {
-            listeners.push((bind(tls.listen).await?, ListenerKind::Tls));
+            listeners.push((bind(tls.listen)?, ListenerKind::Tls));
         }
+        Ok(listeners)
+    }
+
+    /// A proxy serving `config` on listeners bound by [`Self::bind_std`] (or inherited from
+    /// a parent process); must run within a tokio runtime.
+    pub fn from_std(
+        config: SniffConfig,
+        listeners: Vec<(StdTcpListener, ListenerKind)>,
+    ) -> Result<Self, SniffError> {
+        let listeners = listeners
+            .into_iter()
+            .map(|(listener, kind)| {
+                let addr = listener.local_addr().map_err(SniffError::Listener)?;
+                let listener = listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(listener))
+                    .map_err(|source| SniffError::Bind { addr, source })?;
+                Ok((listener, kind))
+            })
+            .collect::<Result<_, SniffError>>()?;
         Ok(SniffServer {
             listeners,
             config: Arc::new(config),
@@ -259,12 +301,6 @@ impl SniffServer {
             accept.abort();
         }
     }
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, SniffError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| SniffError::Bind { addr, source })
 }
 
 /// The connection limits, shared by every listener.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod instance;
 pub mod observe;
+pub mod privdrop;
 pub mod reaper;
 pub mod rules;
 pub mod source_filter;

@@ -9,3 +9,4 @@ pub mod bins;
 pub mod fixtures;
 pub mod format2;
 pub mod packets;
+pub mod privileges;

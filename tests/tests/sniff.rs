@@ -873,6 +873,107 @@ fn listen_address_in_use_is_a_clear_error() {
     stop_proxy(proxy);
 }
 
+// ---------- privileges ----------
+
+/// Started as root (the suite runs as root), the proxy binds, then serves as `nobody`
+/// with no capabilities and `no_new_privs`: checked on every thread while a WebSocket
+/// relay is open and after bytes flowed both ways, with the open-file limit still raised.
+#[test]
+fn the_proxy_serves_unprivileged_while_traffic_flows() {
+    let stack = start_stack("unpriv", &[]);
+    let mut stream = connect(stack.addr);
+    let request = format!(
+        "GET /ws/echo/priv HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    read_upgrade_response(&mut stream);
+    redirector_tests::privileges::assert_unprivileged(stack.proxy.pid());
+    let mask = [1, 2, 3, 4];
+    stream
+        .write_all(&masked_frame(0x2, b"still relayed", mask))
+        .unwrap();
+    let (first, echoed) = read_frame(&mut stream);
+    assert_eq!((first, echoed.as_slice()), (0x82, &b"still relayed"[..]));
+    http_fetch_file(
+        stack.addr,
+        &format!("GET /{FILE_NAME} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    );
+    redirector_tests::privileges::assert_unprivileged(stack.proxy.pid());
+    let nobody = redirector_tests::privileges::of(stack.proxy.pid());
+    assert!(
+        nobody.uids.iter().all(|&uid| uid == nobody.uids[0]),
+        "{nobody:?}"
+    );
+    drop(stream);
+    let counters = stop_proxy(stack.proxy);
+    assert_eq!(
+        (counters["websocket"], counters["http"]),
+        (1, 1),
+        "{counters:?}"
+    );
+}
+
+/// A `--user` that does not exist is refused before anything is bound or served.
+#[test]
+fn a_missing_user_is_refused_before_serving() {
+    let (ws_port, http_port) = (free_port(), free_port());
+    let addr = local(free_port());
+    let out = Command::new(bins::redirector())
+        .arg("sniff")
+        .args(["--listen", &addr.to_string()])
+        .args(["--websocket", &local(ws_port).to_string()])
+        .args(["--http", &local(http_port).to_string()])
+        .args(["--user", "no-such-user-redirector"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("user \"no-such-user-redirector\" does not exist"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+    // Nothing was left listening.
+    assert!(TcpStream::connect_timeout(&addr, IO_TIMEOUT).is_err());
+}
+
+/// Started without root (as `nobody`, through `setpriv`), the proxy keeps its user, and
+/// still empties its capability sets and sets `no_new_privs` before serving.
+#[test]
+fn a_proxy_started_without_root_keeps_its_user_and_drops_capabilities() {
+    let ws_port = free_port();
+    let _echo = start_echo(ws_port);
+    let addr = local(free_port());
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(bins::redirector())
+    .arg("sniff")
+    .args(["--listen", &addr.to_string()])
+    .args(["--websocket", &local(ws_port).to_string()])
+    .args(["--http", &local(free_port()).to_string()])
+    .args(["--max-conns", "100"]);
+    let mut proxy = Proc::spawn("redirector sniff (nobody)", cmd, false);
+    proxy.wait_line("redirector sniff ready", Duration::from_secs(10));
+    websocket_echo(addr, 7, false);
+    let held = redirector_tests::privileges::of(proxy.pid());
+    assert_eq!(held.uids, [65534; 4], "{held:?}");
+    for (name, value) in &held.caps {
+        if name != "CapBnd" {
+            // The bounding set needs CAP_SETPCAP to change: it stays, unusable.
+            assert_eq!(value, "0000000000000000", "{name}: {held:?}");
+        }
+    }
+    assert!(held.no_new_privs, "{held:?}");
+    let counters = stop_proxy(proxy);
+    assert_eq!(counters["websocket"], 1, "{counters:?}");
+}
+
 // ---------- PROXY protocol read by nginx ----------
 
 /// nginx in the foreground (`master_process off`, one process, killed by PID on drop) with

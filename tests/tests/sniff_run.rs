@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use redirector_tests::{bins, fixtures::*};
+use redirector_tests::{bins, fixtures::*, privileges};
 use testkit::{
     cmd::must,
     netns::{Netns, Topology},
@@ -251,4 +251,95 @@ fn per_ip_limit_groups_ipv6_clients_by_64() {
     assert!(status.success(), "{lines:?}");
     assert_eq!(sniff_counter(&lines, "over_ip_limit"), 1, "{lines:?}");
     assert_eq!(sniff_counter(&lines, "accepted"), 3, "{lines:?}");
+}
+
+/// The loader's arguments of a sniffing proxy in front of ws-echo on 8080.
+const SNIFF_ARGS: &[&str] = &[
+    "--redirect",
+    "443:8443",
+    "--sniff-listen",
+    "0.0.0.0:80",
+    "--sniff-websocket",
+    "127.0.0.1:8080",
+    "--sniff-http",
+    "127.0.0.1:8000",
+];
+
+/// The loader's only child: its sniffing proxy's process.
+fn proxy_child(loader: &Proc) -> u32 {
+    let children = privileges::children_of(loader.pid());
+    assert_eq!(children.len(), 1, "children of the loader: {children:?}");
+    children[0]
+}
+
+/// Under `run --sniff-listen` the proxy is a child process that runs as an unprivileged
+/// user with no capabilities (checked while a relayed WebSocket session is open), while
+/// the loader keeps its capabilities; the child goes when the loader stops.
+#[test]
+fn run_sniff_proxy_is_an_unprivileged_child() {
+    let _serial = serial();
+    let topo = Topology::new("runspriv");
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(&topo, SNIFF_ARGS);
+    let child = proxy_child(&loader);
+    let mut session = open_session(&topo, &topo.url("ws", false, 80));
+    privileges::assert_unprivileged(child);
+    exchange(&mut session, "relayed by the unprivileged child");
+    privileges::assert_unprivileged(child);
+    let held = privileges::of(loader.pid());
+    assert_eq!(held.uids[1], 0, "the loader stays root: {held:?}");
+    let eff = &held.caps.iter().find(|(n, _)| n == "CapEff").unwrap().1;
+    assert_ne!(eff, "0000000000000000", "the loader keeps its capabilities");
+    drop(session);
+    let lines = stop_loader(loader);
+    assert_eq!(sniff_counter(&lines, "websocket"), 1, "{lines:?}");
+    // Reaped by the loader before it exited.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{child}")).exists(),
+        "proxy child {child} outlived the loader"
+    );
+}
+
+/// If the proxy's process dies, the loader notices, stops (detaching) and exits with an
+/// error, for its supervisor to restart it.
+#[test]
+fn run_stops_with_an_error_when_its_proxy_dies() {
+    let _serial = serial();
+    let topo = Topology::new("runsdie");
+    let _echo = start_echo(&topo, &[]);
+    let mut loader = start_loader(&topo, SNIFF_ARGS);
+    let child = proxy_child(&loader);
+    // SAFETY: kill(2) on the pid of the loader's child, which it has not reaped yet.
+    assert_eq!(unsafe { libc::kill(child as i32, libc::SIGKILL) }, 0);
+    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("redirector stopped")),
+        "{lines:?}"
+    );
+    let stderr = loader.stderr_text();
+    assert!(
+        stderr.contains("sniffing proxy's process exited unexpectedly"),
+        "{stderr}"
+    );
+}
+
+/// A `--sniff-user` that does not exist is refused before anything is attached.
+#[test]
+fn run_refuses_a_missing_sniff_user() {
+    let _serial = serial();
+    let topo = Topology::new("runsuser");
+    let mut args = vec!["run", "--iface", topo.server_if];
+    args.extend_from_slice(SNIFF_ARGS);
+    args.extend_from_slice(&["--sniff-user", "no-such-user-redirector"]);
+    let out = topo
+        .server
+        .cmd(redirector_tests::bins::redirector())
+        .args(&args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
 }

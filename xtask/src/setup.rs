@@ -17,7 +17,8 @@ const REQUIRED_PACKAGES: &[&str] = &[
     "openssl",    // test certificates
     "procps",     // kill, ps, sysctl
     "curl",       // plain HTTP probes
-    "util-linux", // nsenter, mount
+    "util-linux", // nsenter, mount, setpriv
+    "systemd",    // systemd-analyze security rates dist/redirector.service
     "gcc",        // linker for rustc, C shim of llvm-sys (bpf-linker)
     "libc6-dev",  // crt objects and libc for linking
     "python3",    // http.server: the plain HTTP backend of the sniff tests

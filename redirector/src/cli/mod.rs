@@ -15,6 +15,7 @@ mod status;
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
+use redirector::privdrop::DEFAULT_USER;
 
 use flows::FlowsArgs;
 use flush::FlushArgs;
@@ -147,6 +148,19 @@ pub struct Target {
 /// `redirector run` (with a `--sniff-` prefix: [`command`] renames them).
 #[derive(Debug, clap::Args)]
 pub struct SniffOptions {
+    /// After binding, run as this unprivileged user, with no capabilities and
+    /// `no_new_privs` (only when started as root; otherwise the user is kept and only the
+    /// capabilities are dropped). Refused if the user does not exist.
+    ///
+    /// Example: --user redirector-sniff (under `run`: --sniff-user)
+    #[arg(long, value_name = "USER", default_value = DEFAULT_USER)]
+    pub user: String,
+
+    /// Group to run as after binding. Default: the user's primary group (`nogroup` for
+    /// `nobody` on Debian).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
     /// Only upgrades whose path starts with PREFIX count as WebSocket (repeatable);
     /// others go to the HTTP backend. Default: any path.
     #[arg(long = "ws-path", value_name = "PREFIX", value_parser = parse_ws_path)]

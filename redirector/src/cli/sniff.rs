@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use redirector::observe::http as metrics_http;
+use redirector::{
+    observe::http as metrics_http,
+    privdrop::{self, Dropped, Identity},
+};
 use redirector_sniff::{
     detect::DetectConfig,
     metrics as sniff_metrics,
@@ -42,9 +45,33 @@ pub fn sniff_config(
     }
 }
 
-/// Runs the sniffing proxy in the foreground.
+/// Runs the sniffing proxy in the foreground: binds, drops privileges, then serves.
 pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
+    // Refused before anything is bound: a user or group that does not exist.
+    let identity = Identity::resolve(&args.options.user, args.options.group.as_deref())?;
     let config = sniff_config(args.listen, args.websocket, args.http, &args.options);
+    // Bound (and the open-file limit raised) while still privileged, on one thread.
+    let listeners = SniffServer::bind_std(&config)?;
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            redirector_sniff::listen::bind(addr)
+                .with_context(|| format!("listening on --metrics {addr}"))?,
+        ),
+        None => None,
+    };
+    let dropped = privdrop::drop_privileges(&identity).context("dropping privileges")?;
+    match dropped {
+        Dropped::ToUser => log::info!(
+            "running as user {} (uid {}, gid {}), no capabilities, no_new_privs",
+            identity.user,
+            identity.uid,
+            identity.gid
+        ),
+        Dropped::CapabilitiesOnly => {
+            log::info!("not started as root: user unchanged; no capabilities, no_new_privs")
+        }
+    }
+    // The runtime's threads start only now, with the dropped credentials.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,14 +79,15 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
     let counters = runtime.block_on(async {
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let server = SniffServer::bind(config).await?;
+        let server = SniffServer::from_std(config, listeners)?;
         let addrs = server.local_addrs().context("reading the bound address")?;
         let counters = server.counters();
-        let metrics = match args.metrics {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("listening on --metrics {addr}"))?,
+        let metrics = match metrics {
+            Some(listener) => Some(
+                listener
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                    .context("serving --metrics")?,
             ),
             None => None,
         };

@@ -2,10 +2,13 @@
 //! claim), [`start`] (load, attach, pin, announce — or adopt a persisted instance, [`migrate`]
 //! one of the previous state format), [`serve`] (until a signal), [`stop`]
 //! (unpin, detach, report). With `--sniff-listen`, the sniffing proxy of `redirector sniff`
-//! runs on the same runtime, its counters on `/metrics` and published for `redirector stats`.
+//! runs in an unprivileged child process ([`proxy_child`], [`proxy_main`]), its counters
+//! copied back to the loader for `/metrics`, `redirector stats` and the final report.
 
 mod migrate;
 mod prepare;
+mod proxy_child;
+mod proxy_main;
 mod serve;
 mod start;
 mod stop;
@@ -97,8 +100,10 @@ pub struct RunArgs {
 /// `redirector sniff` under a `--sniff-` prefix (see [`command`]).
 #[derive(Debug, clap::Args)]
 pub struct RunSniffArgs {
-    /// Also run the sniffing proxy of `redirector sniff` in this process, accepting on
-    /// ADDR:PORT; it stops with the redirector and its counters follow the redirector's.
+    /// Also run the sniffing proxy of `redirector sniff`, accepting on ADDR:PORT: the
+    /// loader binds it, the proxy serves it in a child process as --sniff-user (default
+    /// nobody) with no capabilities; it stops with the redirector and its counters follow
+    /// the redirector's.
     /// Every option of `redirector sniff` is available with a `--sniff-` prefix
     /// (`--sniff-max-conns`, `--sniff-header-timeout`, `--sniff-tls-listen`, …).
     #[arg(long, value_name = "ADDR:PORT", requires_all = ["sniff_websocket", "sniff_http"])]
@@ -136,6 +141,17 @@ fn flag_settings(args: RunArgs) -> RunSettings {
 
 /// Runs the loader in the foreground.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // The loader re-executes itself, same arguments, as the proxy's child.
+    if let Ok(spec) = std::env::var(proxy_child::CHILD_ENV) {
+        let sniff = sniff_config(&args.sniff)
+            .ok_or_else(|| anyhow::anyhow!("proxy child started without --sniff-listen"))?;
+        return proxy_main::serve_inherited(&spec, sniff, &args.sniff.options);
+    }
+    if args.sniff.sniff_listen.is_some() {
+        // The proxy's user and group are refused now, before anything is bound.
+        let options = &args.sniff.options;
+        redirector::privdrop::Identity::resolve(&options.user, options.group.as_deref())?;
+    }
     let config = args.config.clone();
     let persist = args.persist;
     let sniff = sniff_config(&args.sniff);
@@ -149,6 +165,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .serve()?
         .stop()?;
     print!("{report}");
+    if report.sniff_died() {
+        // A supervisor (systemd's Restart=on-failure) starts the loader, and the proxy, again.
+        anyhow::bail!("the sniffing proxy's process exited unexpectedly");
+    }
     Ok(())
 }
 

@@ -17,6 +17,8 @@ use redirector::{
     source_filter::SourcePrefix,
 };
 use redirector_sniff::server::{SniffConfig, SniffServer};
+
+use super::proxy_child::SniffChild;
 use tokio::runtime::Runtime;
 
 /// What `run` checked and claimed, ready to [`Prepared::start`].
@@ -29,8 +31,8 @@ pub struct Prepared {
     pub(super) timeouts: Timeouts,
     pub(super) persist: bool,
     pub(super) runtime: Runtime,
-    /// The sniffing proxy, bound.
-    pub(super) sniff: Option<SniffServer>,
+    /// The sniffing proxy's process, serving the listeners bound here.
+    pub(super) sniff: Option<SniffChild>,
     /// The `--metrics` listener, bound (non-blocking, for the runtime).
     pub(super) metrics: Option<TcpListener>,
     /// The loader's lock of every interface, held until it exits.
@@ -71,8 +73,9 @@ impl Prepared {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
+        // Bound here (a busy port fails now), served by the unprivileged child.
         let sniff = sniff
-            .map(|config| runtime.block_on(SniffServer::bind(config)))
+            .map(|config| SniffChild::spawn(SniffServer::bind_std(&config)?))
             .transpose()?;
         let ifaces = if settings.ifaces.is_empty() {
             vec![iface::default_route_interface()?]

@@ -1,5 +1,5 @@
-//! Step 3 of `run`: reap expired flows, serve `/metrics`, run the sniffing proxy and
-//! publish its counters, until SIGINT or SIGTERM.
+//! Step 3 of `run`: reap expired flows, serve `/metrics`, publish the sniffing proxy's
+//! counters, until SIGINT or SIGTERM (or the proxy's process dies); then stop the proxy.
 
 use std::time::Duration;
 
@@ -26,8 +26,9 @@ pub struct Signals {
 }
 
 impl Started {
-    /// Serves until a signal; then stops the sniffing proxy and the runtime (closing the
-    /// sniffed connections still open) and hands back what [`Loaded::stop`] takes down.
+    /// Serves until a signal or the proxy's death; then stops the sniffing proxy's process
+    /// (closing the sniffed connections still open) and the runtime, and hands back what
+    /// [`Loaded::stop`] takes down.
     pub fn serve(self) -> anyhow::Result<Loaded> {
         let Started {
             runtime,
@@ -35,15 +36,15 @@ impl Started {
             timeouts,
             signals,
             metrics,
-            sniff,
+            mut sniff,
         } = self;
         runtime.block_on(async {
-            let (stop_sniff, sniff_stopped) = tokio::sync::oneshot::channel::<()>();
-            let sniffing = sniff.map(|server| {
-                tokio::spawn(server.serve(async move {
-                    let _ = sniff_stopped.await;
-                }))
-            });
+            let sniff_exited = async {
+                match &mut sniff {
+                    Some(child) => child.exited().await,
+                    None => std::future::pending().await,
+                }
+            };
             let publishing = async {
                 match &loaded.sniff_publisher {
                     Some(publisher) => publisher.run().await,
@@ -54,14 +55,18 @@ impl Started {
             let served = tokio::select! {
                 served = reap_until_signal(&mut loaded.dp, &timeouts, signals, metrics, fill) => served,
                 () = publishing => unreachable!("publishing runs until dropped"),
+                () = sniff_exited => {
+                    log::error!("the sniffing proxy's process exited; stopping the loader");
+                    loaded.sniff_died = true;
+                    Ok(())
+                }
             };
-            let _ = stop_sniff.send(());
-            if let Some(sniffing) = sniffing {
-                sniffing.await.context("the sniffing proxy's task failed")?;
-            }
             served
         })?;
-        // Sniffed connections still open are closed with the runtime.
+        // Its last report makes the counters final.
+        if let Some(child) = sniff {
+            child.stop().context("stopping the sniffing proxy")?;
+        }
         runtime.shutdown_timeout(Duration::from_millis(100));
         Ok(loaded)
     }

@@ -22,11 +22,12 @@ use redirector::{
     reaper::Timeouts,
     rules::{RedirectRule, RuleSlots},
 };
-use redirector_sniff::{counters::Counters, server::SniffServer};
+use redirector_sniff::counters::Counters;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
     prepare::{Adoption, Prepared},
+    proxy_child::SniffChild,
     serve::{MetricsBody, Signals},
 };
 use crate::cli::sniff as sniff_cmd;
@@ -43,7 +44,7 @@ pub struct Started {
     pub(super) signals: Signals,
     /// The `--metrics` listener and what it serves.
     pub(super) metrics: Option<(std::net::TcpListener, MetricsBody)>,
-    pub(super) sniff: Option<SniffServer>,
+    pub(super) sniff: Option<SniffChild>,
 }
 
 /// What stays in place while the loader serves, and [`Loaded::stop`] takes down.
@@ -57,6 +58,8 @@ pub struct Loaded {
     /// The sniffing proxy's counters, and their publication for `redirector stats`.
     pub(super) sniff_counters: Option<Arc<Counters>>,
     pub(super) sniff_publisher: Option<Publisher>,
+    /// The sniffing proxy's process exited while the loader served.
+    pub(super) sniff_died: bool,
     pub(super) locks: Vec<FileLock>,
 }
 
@@ -76,7 +79,7 @@ impl Prepared {
             Some(adoption) => self.start_adopted(adoption, metrics_url.clone())?,
             None => self.start_fresh(metrics_url.clone())?,
         };
-        let sniff_counters = self.sniff.as_ref().map(SniffServer::counters);
+        let sniff_counters = self.sniff.as_ref().map(SniffChild::counters);
         // `redirector stats` of other processes reads the proxy's counters from this file.
         let sniff_publisher = sniff_counters
             .as_ref()
@@ -102,11 +105,10 @@ impl Prepared {
                 terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             }
         };
-        if let Some(server) = &self.sniff {
-            let addrs = server.local_addrs().context("reading the sniff address")?;
+        if let Some(child) = &self.sniff {
             println!(
                 "redirector sniff ready: listening on {}",
-                sniff_cmd::listening(&addrs)
+                sniff_cmd::listening(child.addrs())
             );
         }
         print_ready(&info, &self.rules, &metrics_url, adopted.as_deref());
@@ -120,6 +122,7 @@ impl Prepared {
                 conntrack_size: self.conntrack_size,
                 sniff_counters,
                 sniff_publisher,
+                sniff_died: false,
                 locks: self.locks,
             },
             timeouts: self.timeouts,

@@ -14,6 +14,7 @@ pub struct Report {
     persist: bool,
     snapshot: Snapshot,
     sniff_counters: Option<Arc<Counters>>,
+    sniff_died: bool,
 }
 
 impl Loaded {
@@ -40,7 +41,16 @@ impl Loaded {
             persist: self.persist,
             snapshot,
             sniff_counters: self.sniff_counters,
+            sniff_died: self.sniff_died,
         })
+    }
+}
+
+impl Report {
+    /// The sniffing proxy's process exited while the loader served (the loader then
+    /// stopped, and exits with an error).
+    pub fn sniff_died(&self) -> bool {
+        self.sniff_died
     }
 }
 

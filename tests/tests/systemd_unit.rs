@@ -1,0 +1,133 @@
+//! dist/redirector.service: its `systemd-analyze security` exposure stays at most 3.5, and
+//! the loader attaches and redirects a real WebSocket connection with no more
+//! capabilities than the unit's `CapabilityBoundingSet=` (applied with `setpriv` in a
+//! test namespace), its sniffing proxy's child dropping to `nobody` from there.
+
+use std::{path::PathBuf, process::Command};
+
+use redirector_tests::{bins, fixtures::*};
+use testkit::{netns::Topology, process::Proc};
+
+/// Highest exposure accepted (systemd rates 0 to 10, lower is better).
+const MAX_EXPOSURE: f64 = 3.5;
+
+/// The unit file of the repository.
+fn unit_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/redirector.service")
+}
+
+/// The capability names (`CAP_BPF` …) of the unit's `CapabilityBoundingSet=` lines.
+fn bounding_set() -> Vec<String> {
+    let unit = std::fs::read_to_string(unit_path()).unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("CapabilityBoundingSet="))
+        .flat_map(|v| v.split_whitespace().map(str::to_string))
+        .collect();
+    assert!(!caps.is_empty(), "no CapabilityBoundingSet= in the unit");
+    caps
+}
+
+/// Capability number of `CAP_NAME` (the ones a loader unit may list).
+fn cap_number(name: &str) -> u32 {
+    match name {
+        "CAP_NET_ADMIN" => 12,
+        "CAP_SETGID" => 6,
+        "CAP_SETUID" => 7,
+        "CAP_SETPCAP" => 8,
+        "CAP_NET_BIND_SERVICE" => 10,
+        "CAP_SYS_ADMIN" => 21,
+        "CAP_SYS_RESOURCE" => 24,
+        "CAP_PERFMON" => 38,
+        "CAP_BPF" => 39,
+        other => panic!("capability {other} not known to this test"),
+    }
+}
+
+#[test]
+fn the_unit_is_rated_at_most_3_5_by_systemd_analyze() {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(unit_path())
+        .output()
+        .expect("running systemd-analyze (installed by `cargo xtask setup`)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level for redirector.service:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no overall exposure in:\n{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let score: f64 = line
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|score| score.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {line:?}"));
+    assert!(score <= MAX_EXPOSURE, "{line}\n{stdout}");
+}
+
+/// The loader started as root with the unit's bounding set (so its effective set is
+/// exactly that set, as under systemd) and `no_new_privs`, with bpffs already mounted
+/// (systemd mounts it at boot; the unit does not let the loader mount): it attaches, a
+/// WebSocket connection to port 443 reaches the server on 8443, and its sniffing proxy
+/// on port 80 (which drops to `nobody` in a child) relays one to 8080.
+#[test]
+fn the_loader_redirects_with_only_the_units_capabilities() {
+    let _serial = serial();
+    let topo = Topology::new("unitcaps");
+    let _echo = start_echo(&topo, &[]);
+    let caps = bounding_set();
+    let setpriv_caps = format!(
+        "-all,{}",
+        caps.iter()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut cmd = topo.server.cmd("sh");
+    cmd.args([
+        "-c",
+        "mount -t bpf bpf /sys/fs/bpf && exec \"$@\"",
+        "sh",
+        "setpriv",
+        "--bounding-set",
+        &setpriv_caps,
+        "--inh-caps=-all",
+        "--no-new-privs",
+    ])
+    .arg(bins::redirector())
+    .args(["run", "--iface", topo.server_if])
+    .args(["--redirect", "443:8443", "--sniff-listen", "0.0.0.0:80"])
+    .args([
+        "--sniff-websocket",
+        "127.0.0.1:8080",
+        "--sniff-http",
+        "127.0.0.1:8000",
+    ]);
+    let mut loader = Proc::spawn("redirector (unit capabilities)", cmd, false);
+    loader.wait_line("redirector ready", std::time::Duration::from_secs(30));
+    let expected: u64 = caps.iter().map(|c| 1u64 << cap_number(c)).sum();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", loader.pid())).unwrap();
+    for field in ["CapEff", "CapBnd"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .unwrap()
+            .trim();
+        assert_eq!(value, format!("{expected:016x}"), "{field}: {status}");
+    }
+    for v6 in [false, true] {
+        assert_echo(&topo, &topo.url("wss", v6, 443));
+    }
+    // The proxy listens on 0.0.0.0:80 (IPv4 only).
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    let lines = stop_loader(loader);
+    assert!(
+        lines.iter().any(|l| l == "sniff counter websocket=1"),
+        "{lines:?}"
+    );
+}
