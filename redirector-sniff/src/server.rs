@@ -501,15 +501,15 @@ async fn sniff(
     mut judge: impl FnMut(&[u8], usize) -> Verdict,
 ) -> SniffOutcome {
     let mut buf = Vec::with_capacity(SNIFF_READ_SIZE.min(max_bytes));
-    let mut chunk = [0u8; SNIFF_READ_SIZE];
     loop {
-        // Never read past the limit.
+        // Never read past the limit. Reads go straight into `buf` (no array in the task:
+        // the task's size is that of its largest state, kept for the connection's life).
         let want = SNIFF_READ_SIZE.min(max_bytes.saturating_sub(buf.len()).max(1));
-        let n = match client.read(&mut chunk[..want]).await {
+        buf.reserve(want);
+        let n = match (&mut *client).take(want as u64).read_buf(&mut buf).await {
             Ok(0) | Err(_) => return SniffOutcome::ClientClosed,
             Ok(n) => n,
         };
-        buf.extend_from_slice(&chunk[..n]);
         if let Verdict::Route(backend) = judge(&buf, n) {
             return SniffOutcome::Decided(backend, buf);
         }
