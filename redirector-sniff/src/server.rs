@@ -41,8 +41,6 @@ const SNIFF_READ_SIZE: usize = 4096;
 /// first word is refused at once; above it, only after reads that end a line.
 const EARLY_PARSE_BYTES: usize = 32;
 
-/// Default of `--max-conns`.
-pub const DEFAULT_MAX_CONNS: u32 = 4096;
 /// Default of `--header-timeout`, in seconds.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 /// Default of `--idle-timeout`, in seconds.
@@ -87,7 +85,8 @@ pub struct SniffConfig {
     pub http_backend: SocketAddr,
     /// What counts as a WebSocket upgrade, and the head size limit.
     pub detect: DetectConfig,
-    /// Most connections open at once; more are closed on accept.
+    /// Most connections open at once; more are closed on accept. Default: what the
+    /// open-file limit allows ([`crate::fd_limit::default_max_conns`]).
     pub max_conns: usize,
     /// Most connections open at once per client group ([`ClientKey`]); more are closed on
     /// accept. `None`: no per-client limit.
@@ -121,7 +120,7 @@ impl SniffConfig {
             websocket_backend,
             http_backend,
             detect: DetectConfig::default(),
-            max_conns: DEFAULT_MAX_CONNS as usize,
+            max_conns: crate::fd_limit::default_max_conns(),
             max_conns_per_ip: None,
             header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
             idle_timeout: Some(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)),
@@ -227,6 +226,11 @@ impl SniffServer {
             .iter()
             .map(|(listener, kind)| Ok((listener.local_addr()?, *kind)))
             .collect()
+    }
+
+    /// Most connections open at once (`--max-conns`, given or derived).
+    pub fn max_conns(&self) -> usize {
+        self.config.max_conns
     }
 
     /// The counters, live.
