@@ -20,6 +20,7 @@ use tokio::{
 #[cfg(doc)]
 use crate::per_ip::ClientKey;
 use crate::{
+    alloc::TrimPolicy,
     counters::{Counter, Counters},
     detect::{detect, DetectConfig, Detection},
     option_value::{InvalidValue, Keyword},
@@ -258,9 +259,33 @@ impl SniffServer {
                 ))
             })
             .collect();
+        let trimmer = tokio::spawn(trim_after_bursts(
+            Arc::clone(&limits.total),
+            self.config.max_conns,
+        ));
         shutdown.await;
         for accept in loops {
             accept.abort();
+        }
+        trimmer.abort();
+    }
+}
+
+/// Every [`TRIM_CHECK_INTERVAL`](crate::alloc::TRIM_CHECK_INTERVAL), gives freed memory
+/// back to the kernel if a burst of connections has drained ([`TrimPolicy`]); `total` is
+/// the `--max-conns` semaphore of `max_conns` permits.
+async fn trim_after_bursts(total: Arc<Semaphore>, max_conns: usize) {
+    let mut policy = TrimPolicy::default();
+    let mut ticks = tokio::time::interval(crate::alloc::TRIM_CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let open = max_conns.saturating_sub(total.available_permits());
+        if policy.observe(open) {
+            splice::BUFFERS.clear();
+            splice::PIPES.clear();
+            let gave_back = crate::alloc::give_back_freed_memory();
+            log::debug!("{open} connections open after a burst: memory trimmed ({gave_back})");
         }
     }
 }
