@@ -222,4 +222,36 @@ mod tests {
             assert!(pool.idle() <= 8);
         }
     }
+
+    /// The same across OS threads (each with its own seeded schedule of hold times and
+    /// spins): the pool's lock, not the runtime, is what keeps buffers exclusive.
+    #[test]
+    fn threads_never_share_a_buffer() {
+        const THREADS: u64 = 8;
+        const ROUNDS: u64 = 2_000;
+        let pool = BufferPool::new(64, 4);
+        std::thread::scope(|scope| {
+            for thread in 0..THREADS {
+                let pool = &pool;
+                scope.spawn(move || {
+                    let mut gen = Rng(0x5eed ^ ((thread + 1) * 0x9e37_79b9));
+                    let marker = thread as u8 + 1;
+                    for _ in 0..ROUNDS {
+                        let mut buf = pool.lease();
+                        assert!(buf.iter().all(|&b| b == 0), "lent while marked");
+                        buf.fill(marker);
+                        for _ in 0..gen.below(200) {
+                            std::hint::spin_loop();
+                        }
+                        if gen.below(4) == 0 {
+                            std::thread::yield_now();
+                        }
+                        assert!(buf.iter().all(|&b| b == marker), "another thread wrote");
+                        buf.fill(0);
+                    }
+                });
+            }
+        });
+        assert!(pool.idle() <= 4);
+    }
 }

@@ -322,6 +322,12 @@ mod tests {
             assert!(echoed == received, "{mode}: client got the echo");
             let n = big.len() as u64 + 4;
             assert_eq!(result.unwrap(), relayed(n, n), "{mode}");
+            // Every pipe the relay gave back is empty.
+            let pooled: Vec<Pipe> = (0..PIPES.idle()).map_while(|_| PIPES.take().ok()).collect();
+            for pipe in pooled {
+                assert_eq!(pipe.pending().unwrap(), 0, "{mode}");
+                PIPES.put(pipe);
+            }
         }
     }
 
