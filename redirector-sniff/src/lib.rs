@@ -6,8 +6,9 @@
 //! - [`prefixed`]: a stream that replays those bytes to the backend;
 //! - [`sni`]: the server name of a TLS ClientHello, for the TLS listener;
 //! - [`proxy_protocol`]: PROXY protocol headers sent to backends;
-//! - [`relay`]: the bidirectional copy with an idle timeout;
-//! - [`splice`]: the zero-copy relay with `splice(2)`, and the choice between the two;
+//! - [`relay`]: the generic bidirectional copy and the idle timeout;
+//! - [`splice`]: the relay of sockets (copy, `splice(2)` or both), with buffers and pipes
+//!   lent per round by [`pool`] and [`pipe`], so idle connections hold neither;
 //! - [`per_ip`]: connections open per client address, for `--max-conns-per-ip`;
 //! - [`server`]: accept loop, limits, timeouts and routing;
 //! - [`fd_limit`]: the open-file limit raised to what `--max-conns` needs;
@@ -32,6 +33,8 @@ pub mod listen;
 pub mod metrics;
 pub mod option_value;
 pub mod per_ip;
+pub mod pipe;
+pub mod pool;
 pub mod prefixed;
 #[cfg(test)]
 mod properties;

@@ -1,7 +1,9 @@
 //! The bidirectional copy between a client and its backend, with an idle timeout.
 //!
-//! Bytes are relayed untouched by `tokio::io::copy_bidirectional` (user-space buffers;
-//! [`crate::splice`] is the zero-copy alternative, `--relay splice`). When one side
+//! [`relay`] copies any pair of async streams with `tokio::io::copy_bidirectional` (two
+//! buffers held for the relay's life); the proxy's sockets go through [`crate::splice`]
+//! instead, which borrows a buffer or a pipe per round and shares this module's idle
+//! timeout ([`until_idle`]). When one side
 //! finishes sending, the other side's write half is shut down, and the relay ends once
 //! both directions are done, or when neither direction moved a byte for the idle timeout.
 

@@ -27,6 +27,7 @@ use tokio::{
 #[cfg(doc)]
 use crate::per_ip::ClientKey;
 use crate::{
+    alloc::TrimPolicy,
     counters::{Counter, Counters},
     detect::{detect, DetectConfig, Detection},
     option_value::{InvalidValue, Keyword},
@@ -48,8 +49,6 @@ const SNIFF_READ_SIZE: usize = 4096;
 /// first word is refused at once; above it, only after reads that end a line.
 const EARLY_PARSE_BYTES: usize = 32;
 
-/// Default of `--max-conns`.
-pub const DEFAULT_MAX_CONNS: u32 = 4096;
 /// Default of `--header-timeout`, in seconds.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 /// Default of `--idle-timeout`, in seconds.
@@ -94,7 +93,8 @@ pub struct SniffConfig {
     pub http_backend: SocketAddr,
     /// What counts as a WebSocket upgrade, and the head size limit.
     pub detect: DetectConfig,
-    /// Most connections open at once; more are closed on accept.
+    /// Most connections open at once; more are closed on accept. Default: what the
+    /// open-file limit allows ([`crate::fd_limit::default_max_conns`]).
     pub max_conns: usize,
     /// Most connections open at once per client group ([`ClientKey`]); more are closed on
     /// accept. `None`: no per-client limit.
@@ -128,7 +128,7 @@ impl SniffConfig {
             websocket_backend,
             http_backend,
             detect: DetectConfig::default(),
-            max_conns: DEFAULT_MAX_CONNS as usize,
+            max_conns: crate::fd_limit::default_max_conns(),
             max_conns_per_ip: None,
             header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
             idle_timeout: Some(Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS)),
@@ -271,6 +271,11 @@ impl SniffServer {
             .collect()
     }
 
+    /// Most connections open at once (`--max-conns`, given or derived).
+    pub fn max_conns(&self) -> usize {
+        self.config.max_conns
+    }
+
     /// The counters, live.
     pub fn counters(&self) -> Arc<Counters> {
         Arc::clone(&self.counters)
@@ -296,9 +301,33 @@ impl SniffServer {
                 ))
             })
             .collect();
+        let trimmer = tokio::spawn(trim_after_bursts(
+            Arc::clone(&limits.total),
+            self.config.max_conns,
+        ));
         shutdown.await;
         for accept in loops {
             accept.abort();
+        }
+        trimmer.abort();
+    }
+}
+
+/// Every [`TRIM_CHECK_INTERVAL`](crate::alloc::TRIM_CHECK_INTERVAL), gives freed memory
+/// back to the kernel if a burst of connections has drained ([`TrimPolicy`]); `total` is
+/// the `--max-conns` semaphore of `max_conns` permits.
+async fn trim_after_bursts(total: Arc<Semaphore>, max_conns: usize) {
+    let mut policy = TrimPolicy::default();
+    let mut ticks = tokio::time::interval(crate::alloc::TRIM_CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let open = max_conns.saturating_sub(total.available_permits());
+        if policy.observe(open) {
+            splice::BUFFERS.clear();
+            splice::PIPES.clear();
+            let gave_back = crate::alloc::give_back_freed_memory();
+            log::debug!("{open} connections open after a burst: memory trimmed ({gave_back})");
         }
     }
 }
@@ -537,15 +566,15 @@ async fn sniff(
     mut judge: impl FnMut(&[u8], usize) -> Verdict,
 ) -> SniffOutcome {
     let mut buf = Vec::with_capacity(SNIFF_READ_SIZE.min(max_bytes));
-    let mut chunk = [0u8; SNIFF_READ_SIZE];
     loop {
-        // Never read past the limit.
+        // Never read past the limit. Reads go straight into `buf` (no array in the task:
+        // the task's size is that of its largest state, kept for the connection's life).
         let want = SNIFF_READ_SIZE.min(max_bytes.saturating_sub(buf.len()).max(1));
-        let n = match client.read(&mut chunk[..want]).await {
+        buf.reserve(want);
+        let n = match (&mut *client).take(want as u64).read_buf(&mut buf).await {
             Ok(0) | Err(_) => return SniffOutcome::ClientClosed,
             Ok(n) => n,
         };
-        buf.extend_from_slice(&chunk[..n]);
         if let Verdict::Route(backend) = judge(&buf, n) {
             return SniffOutcome::Decided(backend, buf);
         }

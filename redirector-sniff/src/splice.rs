@@ -1,32 +1,31 @@
-//! The zero-copy relay (`--relay splice`, and `auto` for bulk): bytes go socket → pipe →
-//! socket with `splice(2)` and never enter user space.
+//! The relay of a connection once its backend is chosen: `--relay copy` (read and write
+//! through a buffer), `splice` (bytes go socket → pipe → socket with `splice(2)` and never
+//! enter user space) and `auto` (copy small rounds, splice bulk).
 //!
-//! Each direction has its own pipe. The sniffed prefix is written to the backend first
-//! with ordinary writes; then each direction loops: wait until the source socket is
-//! readable, splice from it into the (empty) pipe, wait until the destination is writable,
-//! splice the pipe out until it is empty. Every splice is `SPLICE_F_NONBLOCK` on
-//! non-blocking sockets and pipes and runs inside tokio's `try_io`, so `EAGAIN` clears the
-//! socket's readiness and the task waits for the next edge. Because a fill starts only
-//! when the pipe is empty and a drain only when it holds data, `EAGAIN` can only mean
-//! that the *socket* is not ready (never that the pipe is full or empty), which is what
-//! makes clearing the socket's readiness correct.
+//! State follows the bytes in flight, not the connections open: each direction waits for
+//! its source socket to turn readable holding nothing, then borrows a buffer
+//! ([`crate::pool`]) or a pipe ([`crate::pipe`]) for one round — read, write it all out —
+//! and gives it back. An idle WebSocket connection therefore costs its task and its two
+//! sockets only. The sniffed prefix is written to the backend first and then freed.
+//!
+//! Every splice is `SPLICE_F_NONBLOCK` on non-blocking sockets and pipes and runs inside
+//! tokio's `try_io`, so `EAGAIN` clears the socket's readiness and the task waits for the
+//! next edge. A round starts with an empty pipe (the pool lends only empty ones) and
+//! drains it before giving it back, so `EAGAIN` can only mean that the *socket* is not
+//! ready (never that the pipe is full or empty), which is what makes clearing the socket's
+//! readiness correct. A pipe that still holds bytes when a round fails is closed, never
+//! pooled.
 //!
 //! End of stream from one side shuts down the other side's write half (half-close); the
 //! relay ends when both directions have, on the first error, or after the idle timeout
-//! without a byte read on either side, like the copy relay. If the pipes cannot be made
-//! (e.g. out of file descriptors) the connection is relayed by copy instead.
+//! without a byte read on either side. If no pipe can be had (e.g. out of file
+//! descriptors) the round is copied instead.
 //!
-//! `auto` reads and writes through a [`SPLICE_THRESHOLD`]-byte buffer while messages are
-//! small and splices while a round brings at least that much, because a splice costs
-//! more than a copy for a small message and less for bulk (measured: docs/SNIFF.md). Its
-//! pipes are made only when bulk first flows, so chatty connections hold none.
+//! `auto` copies through a [`SPLICE_THRESHOLD`]-byte buffer while rounds are small and
+//! splices while a round brings at least that much, because a splice costs more than a
+//! copy for a small message and less for bulk (measured: docs/SNIFF.md).
 
-use std::{
-    fmt, io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    str::FromStr,
-    time::Duration,
-};
+use std::{fmt, io, os::fd::AsFd, os::fd::AsRawFd, str::FromStr, time::Duration};
 
 use tokio::{
     io::{AsyncWriteExt as _, Interest},
@@ -35,8 +34,9 @@ use tokio::{
 
 use crate::{
     option_value::{InvalidValue, Keyword},
-    prefixed::PrefixedIo,
-    relay::{self, relayed, until_idle, Activity, RelayError, Relayed},
+    pipe::{splice, Pipe, PipePool},
+    pool::BufferPool,
+    relay::{relayed, until_idle, Activity, RelayError, Relayed},
 };
 
 /// Most bytes asked of one splice into a pipe: the default pipe capacity (16 pages).
@@ -50,9 +50,9 @@ pub enum RelayMode {
     /// small messages.
     #[default]
     Auto,
-    /// Always `splice(2)` through a pipe per direction: no copy to user space.
+    /// Always `splice(2)` through a pipe lent for the round: no copy to user space.
     Splice,
-    /// `tokio::io::copy_bidirectional` with user-space buffers.
+    /// A read and a write through a buffer lent for the round.
     Copy,
 }
 
@@ -84,6 +84,16 @@ impl fmt::Display for RelayMode {
     }
 }
 
+/// Buffers lent to copy rounds; a few are kept free for the next rounds.
+pub static BUFFERS: BufferPool = BufferPool::new(SPLICE_THRESHOLD, FREE_BUFFERS);
+/// Pipes lent to splice rounds; a few are kept free for the next rounds.
+pub static PIPES: PipePool = PipePool::new(FREE_PIPES);
+
+/// Free buffers kept between rounds (4 MiB at most).
+const FREE_BUFFERS: usize = 256;
+/// Free pipes kept between rounds (two descriptors each, pages only while they hold data).
+const FREE_PIPES: usize = 64;
+
 /// Relays between `client` and `backend` with `mode`, sending `prefix` (the sniffed bytes)
 /// to the backend first.
 pub async fn relay(
@@ -93,152 +103,143 @@ pub async fn relay(
     prefix: Vec<u8>,
     idle_timeout: Option<Duration>,
 ) -> Result<Relayed, RelayError> {
-    // `splice` makes both pipes up front; `auto` makes each direction's pipe when bulk
-    // first flows there, so connections that only ever carry small messages hold no pipe.
-    let (up, down, threshold) = match mode {
-        RelayMode::Copy => (None, None, 0),
-        RelayMode::Auto => (None, None, SPLICE_THRESHOLD),
-        RelayMode::Splice => match (Pipe::new(), Pipe::new()) {
-            (Ok(up), Ok(down)) => (Some(up), Some(down), 0),
-            (Err(err), _) | (_, Err(err)) => {
-                log::debug!("no pipe for splice ({err}); relaying by copy");
-                (None, None, 0)
-            }
-        },
-    };
-    if up.is_none() && threshold == 0 {
-        let mut client = PrefixedIo::new(prefix, client);
-        return relay::relay(&mut client, &mut backend, idle_timeout).await;
-    }
     let clock = Activity::new();
     let work = async {
         backend.write_all(&prefix).await?;
+        let prefix_len = prefix.len() as u64;
+        // Not kept for the connection's life.
+        drop(prefix);
         clock.touch();
         let (to_backend, to_client) = tokio::try_join!(
-            one_way(&client, &backend, up, threshold, &clock),
-            one_way(&backend, &client, down, threshold, &clock),
+            one_way(&client, &backend, mode, &clock),
+            one_way(&backend, &client, mode, &clock),
         )?;
-        Ok(relayed(prefix.len() as u64 + to_backend, to_client))
+        Ok(relayed(prefix_len + to_backend, to_client))
     };
     until_idle(work, &clock, idle_timeout).await
+}
+
+/// What one round moved.
+enum Round {
+    /// The readiness was stale: nothing to read yet.
+    NotReady,
+    /// The source ended.
+    End,
+    /// This many bytes went from the source to the destination.
+    Moved(usize),
 }
 
 /// Moves bytes from `from` to `to` until `from` ends, then shuts down the write half of
 /// `to`; returns the number of bytes moved.
 ///
-/// With `threshold` 0 every round splices through `pipe`. Otherwise a round reads into a
-/// `threshold`-byte buffer and writes it, until a read fills the whole buffer (bulk is
-/// flowing): from then on rounds splice (through `pipe`, made then if needed; without one,
-/// e.g. out of descriptors, it keeps copying), until a splice brings less than
-/// `threshold`. That costs no extra system call to decide, and the pipe is always empty
-/// between rounds, so the two ways never reorder bytes.
+/// Between rounds it holds nothing but its place in the task. `copy` rounds always copy,
+/// `splice` rounds always splice; `auto` copies until a round fills the whole buffer (bulk
+/// is flowing), then splices until a round brings less than [`SPLICE_THRESHOLD`]. That
+/// costs no extra system call to decide, and every round ends with its bytes written, so
+/// the two ways never reorder bytes.
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
-    mut pipe: Option<Pipe>,
-    threshold: usize,
+    mode: RelayMode,
     clock: &Activity,
 ) -> io::Result<u64> {
     let mut moved = 0u64;
-    let mut buf = vec![0u8; threshold];
-    let mut bulk = threshold == 0;
+    let mut bulk = mode == RelayMode::Splice;
     loop {
         from.readable().await?;
-        let splicing = if bulk { pipe.as_ref() } else { None };
-        let read = match splicing {
-            // The pipe is empty here: EAGAIN can only be the socket's.
-            Some(pipe) => from.try_io(Interest::READABLE, || {
-                splice(from.as_fd(), pipe.write.as_fd(), PIPE_CHUNK)
-            }),
-            None => from.try_read(&mut buf),
+        let round = if bulk {
+            splice_round(from, to, clock).await?
+        } else {
+            copy_round(from, to, clock).await?
         };
-        let filled = match read {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        if filled == 0 {
-            shutdown_write(to)?;
-            return Ok(moved);
-        }
-        clock.touch();
-        let mut left = filled;
-        while left > 0 {
-            to.writable().await?;
-            let written = match splicing {
-                // The pipe holds `left` bytes: EAGAIN can only be the socket's.
-                Some(pipe) => to.try_io(Interest::WRITABLE, || {
-                    splice(pipe.read.as_fd(), to.as_fd(), left)
-                }),
-                None => to.try_write(&buf[filled - left..filled]),
-            };
-            match written {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    left -= n;
-                    moved += n as u64;
+        match round {
+            Round::NotReady => continue,
+            Round::End => {
+                shutdown_write(to)?;
+                return Ok(moved);
+            }
+            Round::Moved(n) => {
+                moved += n as u64;
+                if mode == RelayMode::Auto {
+                    bulk = n >= SPLICE_THRESHOLD;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
             }
         }
-        if threshold > 0 {
-            bulk = filled >= threshold && ensure_pipe(&mut pipe);
-        }
     }
 }
 
-/// Makes `pipe` if there is none yet; false if that failed (the caller keeps copying).
-fn ensure_pipe(pipe: &mut Option<Pipe>) -> bool {
-    if pipe.is_none() {
-        match Pipe::new() {
-            Ok(new) => *pipe = Some(new),
-            Err(err) => log::debug!("no pipe for splice ({err}); relaying by copy"),
-        }
-    }
-    pipe.is_some()
-}
-
-/// A non-blocking pipe: its read end and its write end.
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl Pipe {
-    fn new() -> io::Result<Self> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a writable array of two ints, as pipe2(2) requires.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Pipe { read, write })
-    }
-}
-
-/// One non-blocking `splice(2)` of at most `len` bytes from `from` to `to` (one of them a
-/// pipe).
-fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    // SAFETY: both descriptors are borrowed, so open for the call; null offsets are what
-    // splice(2) requires for pipes and sockets; no memory of ours is passed.
-    let n = unsafe {
-        libc::splice(
-            from.as_raw_fd(),
-            std::ptr::null_mut(),
-            to.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
+/// One read into a borrowed buffer and the writes of all of it; the buffer goes back to
+/// [`BUFFERS`] when the round ends (or fails).
+async fn copy_round(from: &TcpStream, to: &TcpStream, clock: &Activity) -> io::Result<Round> {
+    let mut buf = BUFFERS.lease();
+    let filled = match from.try_read(&mut buf) {
+        Ok(0) => return Ok(Round::End),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Round::NotReady),
+        Err(e) => return Err(e),
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+    clock.touch();
+    let mut sent = 0;
+    while sent < filled {
+        to.writable().await?;
+        match to.try_write(&buf[sent..filled]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
+    Ok(Round::Moved(filled))
+}
+
+/// One splice into a pipe from [`PIPES`] and the splices that drain it; the pipe goes back
+/// only if empty. Without a pipe (out of descriptors) the round is copied.
+async fn splice_round(from: &TcpStream, to: &TcpStream, clock: &Activity) -> io::Result<Round> {
+    let pipe = match PIPES.take() {
+        Ok(pipe) => pipe,
+        Err(err) => {
+            log::debug!("no pipe for splice ({err}); copying");
+            return copy_round(from, to, clock).await;
+        }
+    };
+    let round = splice_through(&pipe, from, to, clock).await;
+    // Empty unless the round failed mid-drain; `put` closes it then.
+    PIPES.put(pipe);
+    round
+}
+
+/// Splices from `from` into the empty `pipe`, then all of it out to `to`.
+async fn splice_through(
+    pipe: &Pipe,
+    from: &TcpStream,
+    to: &TcpStream,
+    clock: &Activity,
+) -> io::Result<Round> {
+    // The pipe is empty here: EAGAIN can only be the socket's.
+    let read = from.try_io(Interest::READABLE, || {
+        splice(from.as_fd(), pipe.write.as_fd(), PIPE_CHUNK)
+    });
+    let filled = match read {
+        Ok(0) => return Ok(Round::End),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Round::NotReady),
+        Err(e) => return Err(e),
+    };
+    clock.touch();
+    let mut left = filled;
+    while left > 0 {
+        to.writable().await?;
+        // The pipe holds `left` bytes: EAGAIN can only be the socket's.
+        match to.try_io(Interest::WRITABLE, || {
+            splice(pipe.read.as_fd(), to.as_fd(), left)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Round::Moved(filled))
 }
 
 /// Shuts down the write half of `stream` (a FIN to its peer); a peer already gone is not
@@ -321,6 +322,12 @@ mod tests {
             assert!(echoed == received, "{mode}: client got the echo");
             let n = big.len() as u64 + 4;
             assert_eq!(result.unwrap(), relayed(n, n), "{mode}");
+            // Every pipe the relay gave back is empty.
+            let pooled: Vec<Pipe> = (0..PIPES.idle()).map_while(|_| PIPES.take().ok()).collect();
+            for pipe in pooled {
+                assert_eq!(pipe.pending().unwrap(), 0, "{mode}");
+                PIPES.put(pipe);
+            }
         }
     }
 

@@ -526,7 +526,7 @@ fn the_open_file_limit_is_raised_to_what_max_conns_needs() {
     .trim()
     .parse()
     .unwrap_or(u64::MAX);
-    let wanted = (4096 * 6 + 64).min(hard);
+    let wanted = (4096 * 5 / 2 + 64).min(hard);
     assert_eq!(soft_nofile(proxy.pid()), wanted);
     stop_proxy(proxy);
 }

@@ -24,7 +24,7 @@ use redirector_sniff::{
     proxy_protocol::ProxyProtocol,
     server::{
         NotHttpPolicy, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_TIMEOUT_SECS,
-        DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNS,
+        DEFAULT_IDLE_TIMEOUT_SECS,
     },
     sni::SniPattern,
     splice::RelayMode,
@@ -167,9 +167,11 @@ pub struct SniffOptions {
     pub ws_paths: Vec<String>,
 
     /// Most connections open at once; further ones are closed on accept and counted.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_conns: u32,
+    /// Default: what the hard open-file limit allows, as HAProxy derives maxconn (2.5
+    /// descriptors a connection after a reserve of 64, at most 1,000,000); the soft limit
+    /// is raised to match.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_conns: Option<u32>,
 
     /// Most connections open at once from one client address (IPv4: the address; IPv6:
     /// its /64 prefix); further ones are closed on accept and counted. Default: no limit.
@@ -358,7 +360,7 @@ mod tests {
             panic!("not run")
         };
         let o = &run.sniff.options;
-        assert_eq!(o.max_conns, 7);
+        assert_eq!(o.max_conns, Some(7));
         assert_eq!(o.max_conns_per_ip, Some(3));
         assert_eq!(o.header_timeout, 2);
         assert_eq!(o.idle_timeout, 0);
@@ -374,7 +376,7 @@ mod tests {
         let Command::Run(run) = parse(RUN).unwrap().command else {
             panic!("not run")
         };
-        assert_eq!(run.sniff.options.max_conns, DEFAULT_MAX_CONNS);
+        assert_eq!(run.sniff.options.max_conns, None, "derived at start");
         assert_eq!(
             run.sniff.options.header_timeout,
             DEFAULT_HEADER_TIMEOUT_SECS

@@ -10,7 +10,7 @@ use redirector::{
 };
 use redirector_sniff::{
     detect::DetectConfig,
-    metrics as sniff_metrics,
+    fd_limit, metrics as sniff_metrics,
     server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -33,7 +33,9 @@ pub fn sniff_config(
             ws_paths: options.ws_paths.clone(),
             max_header_bytes: options.max_header_bytes as usize,
         },
-        max_conns: options.max_conns as usize,
+        max_conns: options
+            .max_conns
+            .map_or_else(fd_limit::default_max_conns, |n| n as usize),
         max_conns_per_ip: options.max_conns_per_ip,
         header_timeout: Duration::from_secs(options.header_timeout),
         idle_timeout: (options.idle_timeout > 0).then(|| Duration::from_secs(options.idle_timeout)),
@@ -81,6 +83,7 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let server = SniffServer::from_std(config, listeners)?;
         let addrs = server.local_addrs().context("reading the bound address")?;
+        let max_conns = server.max_conns();
         let counters = server.counters();
         let metrics = match metrics {
             Some(listener) => Some(
@@ -104,6 +107,7 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
             "redirector sniff ready: listening on {}{metrics_note}",
             listening(&addrs)
         );
+        println!("redirector sniff limits: max-conns {max_conns}");
         let scrapes = {
             let counters = Arc::clone(&counters);
             async move {
