@@ -178,7 +178,91 @@ pub async fn serve_with(listener: TcpListener, scrape: impl Scrape, limits: Limi
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        io::{ErrorKind, Read, Write},
+        net::{SocketAddr, TcpStream},
+        time::Instant,
+    };
+
     use super::*;
+
+    /// [`serve_with`] on 127.0.0.1 in a runtime of its own (stopped when dropped).
+    fn spawn_server(limits: Limits) -> (SocketAddr, tokio::runtime::Runtime) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(serve_with(listener, registry, limits));
+        (addr, runtime)
+    }
+
+    /// Reads `stream` until the server closes it (true) or `limit` passes (false).
+    fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            stream.set_read_timeout(Some(left)).unwrap();
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_where_nothing_moves_is_closed_after_the_idle_timeout() {
+        let (addr, _runtime) = spawn_server(Limits {
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut idle = TcpStream::connect(addr).unwrap();
+        assert!(closed_within(&mut idle, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_cut_off() {
+        let (addr, _runtime) = spawn_server(Limits {
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut greedy = TcpStream::connect(addr).unwrap();
+        greedy.set_nonblocking(true).unwrap();
+        // Pipelined requests, never reading: the server's writes stall once the socket
+        // buffers are full (bounded: stop at the first write that would block).
+        let request = b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n";
+        for _ in 0..1_000_000 {
+            match greedy.write(request) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("writing: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        greedy.set_nonblocking(false).unwrap();
+        assert!(closed_within(&mut greedy, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_slow_request_head_is_cut_at_the_header_timeout() {
+        let (addr, _runtime) = spawn_server(Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.write_all(b"GET /metr").unwrap();
+        assert!(closed_within(&mut slow, Duration::from_secs(5)));
+    }
 
     fn request(method: Method, uri: &str, accept: Option<&str>) -> Request<()> {
         let mut builder = Request::builder().method(method).uri(uri);
