@@ -23,7 +23,8 @@ pub enum Format {
 
 impl Format {
     /// The format an `Accept` header (absent: `None`) asks for: OpenMetrics if its
-    /// q-value is at least that of every other type the header accepts, else 0.0.4.
+    /// q-value is at least that of every text type the header accepts (`text/plain`,
+    /// `text/*`, `*/*`; others, like protobuf, are never served), else 0.0.4.
     pub fn negotiate(accept: Option<&str>) -> Format {
         let Some(accept) = accept else {
             return Format::Prometheus;
@@ -40,7 +41,8 @@ impl Format {
                 .unwrap_or(1.0);
             if media == "application/openmetrics-text" {
                 openmetrics = openmetrics.max(q);
-            } else if !media.is_empty() {
+            } else if matches!(media.as_str(), "text/plain" | "text/*" | "*/*") {
+                // Types this server cannot produce (e.g. protobuf) do not compete.
                 other = other.max(q);
             }
         }
@@ -98,6 +100,11 @@ mod tests {
             Format::Prometheus
         );
         assert_eq!(f("application/openmetrics-text;q=0"), Format::Prometheus);
+        // Protobuf preferred (native histograms): not served, so OpenMetrics.
+        assert_eq!(
+            f("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3"),
+            Format::OpenMetrics
+        );
     }
 
     #[test]
