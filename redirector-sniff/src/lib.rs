@@ -15,7 +15,7 @@
 //! - [`listen`]: listening sockets bound without a runtime (before dropping privileges);
 //! - [`alloc`]: freed connection memory kept in the allocator (no madvise per shrink);
 //! - [`counters`]: what happened, for the exit report;
-//! - [`metrics`]: the counters in the Prometheus text format;
+//! - [`metrics`]: the counters as a `prometheus-client` collector (for `/metrics`);
 //! - [`option_value`]: the one error of option values that do not parse, and the keyword
 //!   table of the enum options (`--relay`, `--not-http`, `--proxy-protocol`).
 //!

@@ -1,21 +1,31 @@
-//! The sniffing proxy's counters in the Prometheus text format (0.0.4): a pure function,
-//! served by `redirector sniff --metrics` alone and by `redirector run --metrics` after the
-//! kernel series.
+//! The sniffing proxy's counters as a `prometheus-client` [`Collector`]: read live at each
+//! scrape, registered by `redirector sniff --metrics` alone and by `redirector run --metrics`
+//! after the kernel series. The caller picks the format (OpenMetrics or Prometheus text).
+//!
+//! Family names are given without the `_total` that the encoders append to counters, so the
+//! samples keep their names (`redirector_sniff_accepted_total`) in both formats.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::counter::ConstCounter,
+    registry::Registry,
+};
 
 use crate::counters::{Counter, Counters};
 
-/// Metric family and optional (label, value) of one counter.
+/// Metric family (without `_total`) and optional (label, value) of one counter.
 ///
 /// Exhaustive on purpose: a new counter does not compile until it is given a series.
 pub fn series(counter: Counter) -> (&'static str, Option<(&'static str, &'static str)>) {
-    const CONNECTIONS: &str = "redirector_sniff_connections_total";
-    const CLOSED: &str = "redirector_sniff_closed_total";
-    const RELAYS: &str = "redirector_sniff_relays_ended_total";
-    const BYTES: &str = "redirector_sniff_bytes_total";
+    const CONNECTIONS: &str = "redirector_sniff_connections";
+    const CLOSED: &str = "redirector_sniff_closed";
+    const RELAYS: &str = "redirector_sniff_relays_ended";
+    const BYTES: &str = "redirector_sniff_bytes";
     match counter {
-        Counter::Accepted => ("redirector_sniff_accepted_total", None),
+        Counter::Accepted => ("redirector_sniff_accepted", None),
         Counter::Websocket => (CONNECTIONS, Some(("route", "websocket"))),
         Counter::Http => (CONNECTIONS, Some(("route", "http"))),
         Counter::NotHttp => (CONNECTIONS, Some(("route", "not_http"))),
@@ -32,79 +42,112 @@ pub fn series(counter: Counter) -> (&'static str, Option<(&'static str, &'static
         Counter::RelayError => (RELAYS, Some(("reason", "error"))),
         Counter::BytesClientToBackend => (BYTES, Some(("direction", "client_to_backend"))),
         Counter::BytesBackendToClient => (BYTES, Some(("direction", "backend_to_client"))),
-        Counter::AcceptError => ("redirector_sniff_accept_errors_total", None),
+        Counter::AcceptError => ("redirector_sniff_accept_errors", None),
     }
 }
 
-/// Every family, in output order, with its HELP text (all are counters).
+/// Every family (all counters), in output order, with its HELP text.
 const FAMILIES: [(&str, &str); 6] = [
     (
-        "redirector_sniff_accepted_total",
+        "redirector_sniff_accepted",
         "Connections accepted by the sniffing proxy, including those closed over a limit.",
     ),
     (
-        "redirector_sniff_connections_total",
+        "redirector_sniff_connections",
         "Connections by the route decided from their first bytes (not_http: closed or relayed per --not-http).",
     ),
     (
-        "redirector_sniff_closed_total",
+        "redirector_sniff_closed",
         "Connections closed before reaching a backend, by reason.",
     ),
     (
-        "redirector_sniff_relays_ended_total",
+        "redirector_sniff_relays_ended",
         "Relays that ended other than by both sides closing, by reason.",
     ),
     (
-        "redirector_sniff_bytes_total",
+        "redirector_sniff_bytes",
         "Bytes of finished relays (the replayed request head included), by direction.",
     ),
     (
-        "redirector_sniff_accept_errors_total",
+        "redirector_sniff_accept_errors",
         "Failed accept(2) calls of the listeners.",
     ),
 ];
 
-/// The sniffing proxy's part of a `/metrics` body.
-pub fn render(counters: &Counters) -> String {
-    let mut out = String::new();
-    for (family, help) in FAMILIES {
-        let _ = writeln!(out, "# HELP {family} {help}");
-        let _ = writeln!(out, "# TYPE {family} counter");
-        for counter in Counter::ALL {
-            match series(counter) {
-                (name, None) if name == family => {
-                    let _ = writeln!(out, "{family} {}", counters.get(counter));
+/// Encodes the live [`Counters`] at each scrape.
+#[derive(Debug)]
+pub struct SniffCollector {
+    counters: Arc<Counters>,
+}
+
+impl SniffCollector {
+    /// A collector of `counters`.
+    pub fn new(counters: Arc<Counters>) -> Self {
+        Self { counters }
+    }
+}
+
+impl Collector for SniffCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (family, help) in FAMILIES {
+            let mut metric = encoder.encode_descriptor(
+                family,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for counter in Counter::ALL {
+                let value = ConstCounter::new(self.counters.get(counter));
+                match series(counter) {
+                    (name, None) if name == family => {
+                        value.encode(metric.encode_family(&NO_LABELS)?)?
+                    }
+                    (name, Some(label)) if name == family => {
+                        value.encode(metric.encode_family(&[label])?)?
+                    }
+                    _ => {}
                 }
-                (name, Some((key, value))) if name == family => {
-                    let _ = writeln!(
-                        out,
-                        "{family}{{{key}=\"{value}\"}} {}",
-                        counters.get(counter)
-                    );
-                }
-                _ => {}
             }
         }
+        Ok(())
     }
-    out
+}
+
+/// The label set of the families without labels.
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// Registers the proxy's counters into `registry` (read at each scrape).
+pub fn register(registry: &mut Registry, counters: Arc<Counters>) {
+    registry.register_collector(Box::new(SniffCollector::new(counters)));
 }
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::encoding::{prometheus_text, text};
+
     use super::*;
 
-    fn counters() -> Counters {
+    fn counters() -> Arc<Counters> {
         let counters = Counters::default();
         for (i, counter) in Counter::ALL.iter().enumerate() {
             counters.add(*counter, 100 + i as u64);
         }
-        counters
+        Arc::new(counters)
+    }
+
+    /// The Prometheus text (0.0.4) of `counters`.
+    fn render(counters: Arc<Counters>) -> String {
+        let mut registry = Registry::default();
+        register(&mut registry, counters);
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &registry).unwrap();
+        out
     }
 
     #[test]
     fn every_counter_is_one_sample_of_a_declared_family() {
         let c = counters();
-        let text = render(&c);
+        let text = render(Arc::clone(&c));
         for counter in Counter::ALL {
             let value = format!(" {}", c.get(counter));
             let lines: Vec<&str> = text
@@ -114,16 +157,20 @@ mod tests {
             assert_eq!(lines.len(), 1, "{}: {lines:?}", counter.name());
             let (family, _) = series(counter);
             assert!(FAMILIES.iter().any(|(f, _)| *f == family), "{family}");
-            assert!(lines[0].starts_with(family), "{}", lines[0]);
+            assert!(
+                lines[0].starts_with(&format!("{family}_total")),
+                "{}",
+                lines[0]
+            );
         }
     }
 
     #[test]
     fn renders_labelled_series() {
-        let c = Counters::default();
+        let c = Arc::new(Counters::default());
         c.inc(Counter::Websocket);
         c.add(Counter::BytesBackendToClient, 42);
-        let text = render(&c);
+        let text = render(c);
         for line in [
             "redirector_sniff_connections_total{route=\"websocket\"} 1",
             "redirector_sniff_connections_total{route=\"http\"} 0",
@@ -131,6 +178,7 @@ mod tests {
             "redirector_sniff_closed_total{reason=\"over_ip_limit\"} 0",
             "redirector_sniff_accepted_total 0",
             "# TYPE redirector_sniff_relays_ended_total counter",
+            "# HELP redirector_sniff_accept_errors_total Failed accept(2) calls of the listeners.",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -141,7 +189,7 @@ mod tests {
 
     #[test]
     fn every_family_has_help_and_type_before_its_samples() {
-        let text = render(&counters());
+        let text = render(counters());
         let mut declared: Vec<&str> = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -154,5 +202,22 @@ mod tests {
             }
         }
         assert_eq!(declared.len(), FAMILIES.len());
+    }
+
+    #[test]
+    fn openmetrics_names_families_without_total() {
+        let mut registry = Registry::default();
+        register(&mut registry, counters());
+        let mut out = String::new();
+        text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains("# TYPE redirector_sniff_accepted counter\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nredirector_sniff_accepted_total 100\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 }

@@ -48,6 +48,26 @@ fn metrics_endpoint_reports_the_traffic() {
     let (code, before) = http_get(&topo, url);
     assert_eq!(code, 200, "{before}");
     assert!(before.contains("# TYPE redirector_rule_packets_total counter"));
+    // OpenMetrics when the scraper asks for it (what Prometheus does by default).
+    let out = topo
+        .server
+        .cmd("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-H",
+            "Accept: application/openmetrics-text",
+        ])
+        .arg(url)
+        .output()
+        .unwrap();
+    let openmetrics = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        openmetrics.ends_with("# EOF\n")
+            && openmetrics.contains("# TYPE redirector_rule_packets counter\n"),
+        "{openmetrics}"
+    );
     assert!(before.contains(&format!(
         "redirector_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")

@@ -1065,7 +1065,7 @@ fn nginx_reads_the_client_address_from_proxy_v1_and_v2() {
 fn scrape(addr: &str) -> String {
     let mut stream = connect(addr.parse().unwrap());
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();

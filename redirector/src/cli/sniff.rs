@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
 use redirector::{
     observe::http as metrics_http,
     privdrop::{self, Dropped, Identity},
@@ -113,7 +114,12 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
             async move {
                 match metrics {
                     Some(listener) => {
-                        metrics_http::serve(listener, || Ok(sniff_metrics::render(&counters))).await
+                        metrics_http::serve(listener, move || {
+                            let mut registry = Registry::default();
+                            sniff_metrics::register(&mut registry, Arc::clone(&counters));
+                            Ok(registry)
+                        })
+                        .await
                     }
                     None => std::future::pending().await,
                 }

@@ -1,106 +1,153 @@
-//! The `--metrics ADDR` endpoint: a minimal HTTP/1.1 server on the loader's runtime.
+//! The `--metrics ADDR` endpoint: hyper's HTTP/1.1 server on the loader's runtime.
 //!
-//! One request per connection (`Connection: close`), connections served one at a time:
-//! a scrape is a few hundred microseconds of map reads, and a client that stalls is cut
-//! off after [`REQUEST_TIMEOUT`]. Only `GET /metrics` (and `HEAD`) is served.
+//! Each connection is a task of its own (keep-alive, many at once, up to
+//! [`Limits::max_connections`]): a client that stalls delays no scrape. A request head must
+//! arrive complete within [`Limits::header_timeout`] of the connection opening or of the
+//! previous response (hyper's header-read timer, which also bounds how long a keep-alive
+//! connection may sit idle); a connection on which no byte moves for
+//! [`Limits::idle_timeout`] while a read or write waits (a client that stops reading its
+//! response) is closed. Heads over [`Limits::max_header_bytes`] get 431. Only `/metrics`
+//! exists (404 elsewhere), for `GET` and `HEAD` (405 otherwise).
 
-use std::time::Duration;
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio_io_timeout::TimeoutStream;
 
-use super::prometheus;
+use super::exposition::Format;
 
-/// Longest request head accepted.
-pub const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request and read the response.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The series of one scrape (or why they could not be read: answered with 500).
+pub trait Scrape: Fn() -> Result<Registry, String> + Send + Sync + 'static {}
+impl<F: Fn() -> Result<Registry, String> + Send + Sync + 'static> Scrape for F {}
 
-/// What to answer to a request head (everything up to the blank line).
+/// The server's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Time to send a complete request head, from the connection's start or the end of
+    /// the previous response (so also the keep-alive idle limit).
+    pub header_timeout: Duration,
+    /// Time a pending read or write may wait without a byte moving.
+    pub idle_timeout: Duration,
+    /// Longest request head (request line and headers); longer gets 431.
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            max_header_bytes: 8 * 1024,
+            max_connections: 512,
+        }
+    }
+}
+
+/// What a request asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /metrics` (`head_only` for `HEAD`).
-    Metrics {
-        /// Send headers only.
-        head_only: bool,
-    },
+    /// `GET` or `HEAD /metrics`.
+    Metrics,
     /// Any other path: 404.
     NotFound,
     /// Another method on `/metrics`: 405.
     MethodNotAllowed,
-    /// Not an HTTP/1.x request line: 400.
-    BadRequest,
 }
 
-/// Routes a request head.
-pub fn route(head: &[u8]) -> Route {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return Route::BadRequest;
-    };
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    let path = target.split('?').next().unwrap_or_default();
+/// Routes a request by method and path (the query is ignored).
+pub fn route(method: &Method, path: &str) -> Route {
     match (method, path) {
-        ("GET", "/metrics") => Route::Metrics { head_only: false },
-        ("HEAD", "/metrics") => Route::Metrics { head_only: true },
+        (&Method::GET | &Method::HEAD, "/metrics") => Route::Metrics,
         (_, "/metrics") => Route::MethodNotAllowed,
         _ => Route::NotFound,
     }
 }
 
-/// A complete response with `Content-Length` and `Connection: close`.
-pub fn response(status: &str, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
+/// A plain-text response.
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if status.starts_with("405") {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(body);
-    }
-    out.into_bytes()
+    response
 }
 
-/// The response to `head`; `render` produces the metrics body (or an error text).
-pub fn respond(head: &[u8], render: impl FnOnce() -> Result<String, String>) -> Vec<u8> {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    match route(head) {
-        Route::Metrics { head_only } => match render() {
-            Ok(body) => response("200 OK", prometheus::CONTENT_TYPE, &body, head_only),
-            Err(e) => response("500 Internal Server Error", TEXT, &format!("{e}\n"), false),
-        },
-        Route::NotFound => response("404 Not Found", TEXT, "not found; try /metrics\n", false),
-        Route::MethodNotAllowed => response("405 Method Not Allowed", TEXT, "use GET\n", false),
-        Route::BadRequest => response("400 Bad Request", TEXT, "bad request\n", false),
+/// The response to `request`; `scrape` is called only for `/metrics`.
+pub fn respond<B>(request: &Request<B>, scrape: &impl Scrape) -> Response<Full<Bytes>> {
+    match route(request.method(), request.uri().path()) {
+        Route::NotFound => text(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
+        Route::MethodNotAllowed => {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            response
+        }
+        Route::Metrics => {
+            let accept = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let body = scrape().and_then(|registry| {
+                format
+                    .encode(&registry)
+                    .map_err(|_| "encoding the metrics failed".to_owned())
+            });
+            match body {
+                Ok(body) => {
+                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(format.content_type()),
+                    );
+                    headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+                    response
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            }
+        }
     }
 }
 
-/// Index just past the blank line that ends a request head, if it is complete.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+/// Serves `/metrics` with the series `scrape` reads at each request (the loader's maps
+/// and/or the sniffing proxy's counters), within the default [`Limits`]; runs until the
+/// future is dropped, which closes every connection.
+pub async fn serve(listener: TcpListener, scrape: impl Scrape) {
+    serve_with(listener, scrape, Limits::default()).await
 }
 
-/// Serves `/metrics` with the body `render` produces at each scrape (the loader's maps
-/// and/or the sniffing proxy's counters); runs until the future is dropped.
-pub async fn serve(listener: TcpListener, render: impl Fn() -> Result<String, String>) {
+/// [`serve`] within `limits`.
+pub async fn serve_with(listener: TcpListener, scrape: impl Scrape, limits: Limits) {
+    let scrape = Arc::new(scrape);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    // Dropped with this future: aborts the connections still open.
+    let mut connections = JoinSet::new();
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return; // never closed
+        };
+        let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 // E.g. out of file descriptors: back off instead of spinning.
@@ -109,99 +156,178 @@ pub async fn serve(listener: TcpListener, render: impl Fn() -> Result<String, St
                 continue;
             }
         };
-        let exchange = async {
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let end = loop {
-                if let Some(end) = head_end(&buf) {
-                    break end;
-                }
-                if buf.len() > MAX_REQUEST {
-                    break buf.len();
-                }
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    break buf.len();
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            };
-            let reply = respond(&buf[..end], &render);
-            stream.write_all(&reply).await?;
-            stream.shutdown().await
-        };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::debug!("metrics: {peer}: {e}"),
-            Err(_) => log::debug!("metrics: {peer}: timed out"),
-        }
+        while connections.try_join_next().is_some() {}
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_read_timeout(Some(limits.idle_timeout));
+        stream.set_write_timeout(Some(limits.idle_timeout));
+        let io = TokioIo::new(Box::pin(stream));
+        let scrape = Arc::clone(&scrape);
+        let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+            let response = respond(&request, &*scrape);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = http.serve_connection(io, service);
+        connections.spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("metrics: {peer}: {e}");
+            }
+            drop(slot);
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        io::{ErrorKind, Read, Write},
+        net::{SocketAddr, TcpStream},
+        time::Instant,
+    };
+
     use super::*;
 
-    fn text(bytes: Vec<u8>) -> String {
-        String::from_utf8(bytes).unwrap()
+    /// [`serve_with`] on 127.0.0.1 in a runtime of its own (stopped when dropped).
+    fn spawn_server(limits: Limits) -> (SocketAddr, tokio::runtime::Runtime) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(serve_with(listener, registry, limits));
+        (addr, runtime)
+    }
+
+    /// Reads `stream` until the server closes it (true) or `limit` passes (false).
+    fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            stream.set_read_timeout(Some(left)).unwrap();
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_where_nothing_moves_is_closed_after_the_idle_timeout() {
+        let (addr, _runtime) = spawn_server(Limits {
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut idle = TcpStream::connect(addr).unwrap();
+        assert!(closed_within(&mut idle, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_cut_off() {
+        let (addr, _runtime) = spawn_server(Limits {
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut greedy = TcpStream::connect(addr).unwrap();
+        greedy.set_nonblocking(true).unwrap();
+        // Pipelined requests, never reading: the server's writes stall once the socket
+        // buffers are full (bounded: stop at the first write that would block).
+        let request = b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n";
+        for _ in 0..1_000_000 {
+            match greedy.write(request) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("writing: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        greedy.set_nonblocking(false).unwrap();
+        assert!(closed_within(&mut greedy, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_slow_request_head_is_cut_at_the_header_timeout() {
+        let (addr, _runtime) = spawn_server(Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.write_all(b"GET /metr").unwrap();
+        assert!(closed_within(&mut slow, Duration::from_secs(5)));
+    }
+
+    fn request(method: Method, uri: &str, accept: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(accept) = accept {
+            builder = builder.header(header::ACCEPT, accept);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn registry() -> Result<Registry, String> {
+        let mut registry = Registry::default();
+        let counter: prometheus_client::metrics::counter::Counter = Default::default();
+        counter.inc();
+        registry.register("demo", "A demo", counter);
+        Ok(registry)
+    }
+
+    fn content_type(response: &Response<Full<Bytes>>) -> &str {
+        response.headers()[header::CONTENT_TYPE].to_str().unwrap()
     }
 
     #[test]
     fn routes_by_method_and_path() {
-        let r = |s: &str| route(s.as_bytes());
-        assert_eq!(
-            r("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            r("GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            r("HEAD /metrics HTTP/1.1\r\n\r\n"),
-            Route::Metrics { head_only: true }
-        );
-        assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(r("GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(r("POST /metrics HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
-        assert_eq!(r("GET /metrics\r\n\r\n"), Route::BadRequest);
-        assert_eq!(r("GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
-        assert_eq!(r(""), Route::BadRequest);
-        assert_eq!(route(&[0xff, 0xfe]), Route::BadRequest);
+        assert_eq!(route(&Method::GET, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::HEAD, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::GET, "/"), Route::NotFound);
+        assert_eq!(route(&Method::GET, "/metricsx"), Route::NotFound);
+        assert_eq!(route(&Method::POST, "/metrics"), Route::MethodNotAllowed);
+        assert_eq!(route(&Method::DELETE, "/x"), Route::NotFound);
     }
 
     #[test]
-    fn responses_have_length_and_close() {
-        let ok = text(respond(b"GET /metrics HTTP/1.1\r\n\r\n", || {
-            Ok("a 1\n".into())
-        }));
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("Content-Length: 4\r\n"), "{ok}");
-        assert!(ok.contains("Connection: close\r\n"), "{ok}");
-        assert!(ok.contains(prometheus::CONTENT_TYPE), "{ok}");
-        assert!(ok.ends_with("\r\n\r\na 1\n"), "{ok}");
-
-        let head = text(respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", || {
-            Ok("a 1\n".into())
-        }));
-        assert!(head.contains("Content-Length: 4\r\n") && head.ends_with("\r\n\r\n"));
-
-        let nf = text(respond(b"GET /x HTTP/1.1\r\n\r\n", || unreachable!()));
-        assert!(nf.starts_with("HTTP/1.1 404 Not Found\r\n"), "{nf}");
-        let na = text(respond(b"PUT /metrics HTTP/1.1\r\n\r\n", || unreachable!()));
-        assert!(na.starts_with("HTTP/1.1 405") && na.contains("Allow: GET, HEAD"));
-        let err = text(respond(b"GET /metrics HTTP/1.1\r\n\r\n", || {
-            Err("boom".into())
-        }));
-        assert!(
-            err.starts_with("HTTP/1.1 500") && err.ends_with("boom\n"),
-            "{err}"
+    fn responses_carry_status_and_type() {
+        let ok = respond(&request(Method::GET, "/metrics?x=1", None), &registry);
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(
+            content_type(&ok),
+            "text/plain; version=0.0.4; charset=utf-8"
         );
-    }
-
-    #[test]
-    fn head_end_accepts_crlf_and_lf() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
-        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+        let om = respond(
+            &request(
+                Method::GET,
+                "/metrics",
+                Some("application/openmetrics-text"),
+            ),
+            &registry,
+        );
+        assert_eq!(
+            content_type(&om),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let na = respond(
+            &request(Method::PUT, "/metrics", None),
+            &|| -> Result<Registry, String> { unreachable!() },
+        );
+        assert_eq!(na.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(na.headers()[header::ALLOW], "GET, HEAD");
+        let nf = respond(
+            &request(Method::GET, "/", None),
+            &|| -> Result<Registry, String> { unreachable!() },
+        );
+        assert_eq!(nf.status(), StatusCode::NOT_FOUND);
+        let err = respond(&request(Method::GET, "/metrics", None), &|| {
+            Err("boom".to_owned())
+        });
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -1,18 +1,21 @@
-//! Prometheus text exposition (format 0.0.4) of a [`Snapshot`]: a pure function, so the
-//! whole `/metrics` body is unit-tested without a kernel.
+//! The loader's series (format-agnostic): a [`Snapshot`] as a `prometheus-client`
+//! [`Collector`], so the whole `/metrics` body is unit-tested without a kernel; the HTTP
+//! endpoint picks the format (OpenMetrics or Prometheus text 0.0.4, see [`super::exposition`]).
 //!
 //! Every series carries `iface`, the interface that names the instance (its first
-//! `--iface`): counters are per instance, not per interface.
+//! `--iface`): counters are per instance, not per interface. Counter families are named
+//! without `_total` (the encoders append it), so the samples keep their names in both
+//! formats; `redirector_build` is an info metric (`redirector_build_info`, a gauge in 0.0.4).
 
-use std::fmt::Write as _;
-
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType},
+    registry::Registry,
+};
 use redirector_common::stats::Counter;
 
 use super::stats::Snapshot;
-
-/// `Content-Type` of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// What the scrape needs besides the counters.
 #[derive(Clone, Debug)]
 pub struct Labels {
@@ -24,13 +27,13 @@ pub struct Labels {
     pub version: String,
 }
 
-/// Metric family and label (key, value) of one global counter.
+/// Metric family (without `_total`) and label (key, value) of one global counter.
 ///
 /// Exhaustive on purpose: a new counter does not compile until it is given a series.
 pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static str) {
-    const PASSED: &str = "redirector_packets_passed_total";
-    const EVENTS: &str = "redirector_flow_events_total";
-    const REWRITES: &str = "redirector_rewrites_total";
+    const PASSED: &str = "redirector_packets_passed";
+    const EVENTS: &str = "redirector_flow_events";
+    const REWRITES: &str = "redirector_rewrites";
     match counter {
         Counter::PassNotIp => (PASSED, "reason", "not_ip"),
         Counter::PassNotTcp => (PASSED, "reason", "not_tcp"),
@@ -59,158 +62,207 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
     }
 }
 
-/// HELP text of each family, in output order.
-const FAMILIES: [(&str, &str, &str); 13] = [
+/// Every family, in output order: name (counters without `_total`), type, HELP text.
+const FAMILIES: [(&str, MetricType, &str); 13] = [
     (
-        "redirector_build_info",
-        "gauge",
+        "redirector_build",
+        MetricType::Info,
         "Version of the running loader (always 1).",
     ),
     (
         "redirector_rule_enabled",
-        "gauge",
+        MetricType::Gauge,
         "1 if new connections to the rule's FROM port are redirected, else 0.",
     ),
     (
-        "redirector_rule_flows_new_total",
-        "counter",
+        "redirector_rule_flows_new",
+        MetricType::Counter,
         "Flows created by the rule.",
     ),
     (
-        "redirector_rule_packets_total",
-        "counter",
+        "redirector_rule_packets",
+        MetricType::Counter,
         "Packets rewritten for the rule: in = client to server, out = server to client.",
     ),
     (
-        "redirector_rule_bytes_total",
-        "counter",
+        "redirector_rule_bytes",
+        MetricType::Counter,
         "Bytes (L3 length) of the packets rewritten for the rule.",
     ),
     (
-        "redirector_packets_passed_total",
-        "counter",
+        "redirector_packets_passed",
+        MetricType::Counter,
         "Packets passed untouched, by reason.",
     ),
     (
-        "redirector_flow_events_total",
-        "counter",
+        "redirector_flow_events",
+        MetricType::Counter,
         "Conntrack flow events.",
     ),
     (
-        "redirector_rewrites_total",
-        "counter",
+        "redirector_rewrites",
+        MetricType::Counter,
         "Port rewrites: in (FROM to TO), out (TO to FROM), failed (helper error, packet passed).",
     ),
     (
         "redirector_conntrack_entries",
-        "gauge",
+        MetricType::Gauge,
         "Flows tracked in the conntrack table.",
     ),
     (
         "redirector_conntrack_capacity",
-        "gauge",
+        MetricType::Gauge,
         "Established flows held at most (--conntrack-size; never evicted: when full, new connections pass unredirected).",
     ),
     (
         "redirector_conntrack_established_entries",
-        "gauge",
+        MetricType::Gauge,
         "Flows in the established table (never evicted).",
     ),
     (
         "redirector_conntrack_half_open_entries",
-        "gauge",
+        MetricType::Gauge,
         "Flows in the half-open table (handshake not complete).",
     ),
     (
         "redirector_conntrack_half_open_capacity",
-        "gauge",
+        MetricType::Gauge,
         "Size of the half-open table (LRU: evicts only other half-open flows when full).",
     ),
 ];
 
-/// Escapes a label value: backslash, double quote and newline.
-pub fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
+/// The loader's series of one scrape: the counters read, and the instance's labels.
+#[derive(Debug)]
+pub struct LoaderCollector {
+    snapshot: Snapshot,
+    labels: Labels,
 }
 
-/// The `/metrics` body for `snapshot`.
-pub fn render(snapshot: &Snapshot, labels: &Labels) -> String {
-    let iface = format!("iface=\"{}\"", escape_label(&labels.iface));
-    let mut out = String::new();
-    for (name, kind, help) in FAMILIES {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let mut sample = |labels: &str, value: u64| {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        };
-        match name {
-            "redirector_build_info" => {
-                sample(&format!("version=\"{}\"", escape_label(&labels.version)), 1)
-            }
-            "redirector_conntrack_entries" => sample(&iface, snapshot.flows as u64),
-            "redirector_conntrack_capacity" => sample(&iface, u64::from(labels.conntrack_capacity)),
-            "redirector_conntrack_established_entries" => {
-                sample(&iface, snapshot.established as u64)
-            }
-            "redirector_conntrack_half_open_entries" => sample(&iface, snapshot.half_open as u64),
-            "redirector_conntrack_half_open_capacity" => sample(
-                &iface,
-                u64::from(redirector_common::maps::half_open_size(
-                    labels.conntrack_capacity,
-                )),
-            ),
-            rule_family if rule_family.starts_with("redirector_rule_") => {
-                for r in &snapshot.rules {
-                    let rule = format!(
-                        "{iface},from_port=\"{}\",to_port=\"{}\"",
-                        r.rule.from_port, r.rule.to_port
-                    );
-                    let c = &r.counters;
-                    match rule_family {
-                        "redirector_rule_enabled" => sample(&rule, u64::from(r.enabled)),
-                        "redirector_rule_flows_new_total" => sample(&rule, c.flows_new),
-                        "redirector_rule_packets_total" => {
-                            sample(&format!("{rule},direction=\"in\""), c.packets_in);
-                            sample(&format!("{rule},direction=\"out\""), c.packets_out);
-                        }
-                        _ => {
-                            sample(&format!("{rule},direction=\"in\""), c.bytes_in);
-                            sample(&format!("{rule},direction=\"out\""), c.bytes_out);
+/// Registers the loader's series of `snapshot` into `registry`.
+pub fn register(registry: &mut Registry, snapshot: Snapshot, labels: Labels) {
+    registry.register_collector(Box::new(LoaderCollector { snapshot, labels }));
+}
+
+/// One sample of a counter or gauge family (a `u64` either way).
+fn sample(
+    metric: &mut prometheus_client::encoding::MetricEncoder,
+    kind: MetricType,
+    labels: &impl EncodeLabelSet,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let encoder = metric.encode_family(labels)?;
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(encoder),
+        _ => ConstGauge::new(value).encode(encoder),
+    }
+}
+
+impl Collector for LoaderCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = &self.snapshot;
+        let capacity = self.labels.conntrack_capacity;
+        let iface = [("iface", self.labels.iface.as_str())];
+        for (name, kind, help) in FAMILIES {
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            let metric = &mut metric;
+            match name {
+                "redirector_build" => {
+                    let version = [("version", self.labels.version.as_str())];
+                    Info::new(version).encode(metric.encode_family(&NO_LABELS)?)?
+                }
+                "redirector_conntrack_entries" => {
+                    sample(metric, kind, &iface, snapshot.flows as u64)?
+                }
+                "redirector_conntrack_capacity" => {
+                    sample(metric, kind, &iface, u64::from(capacity))?
+                }
+                "redirector_conntrack_established_entries" => {
+                    sample(metric, kind, &iface, snapshot.established as u64)?
+                }
+                "redirector_conntrack_half_open_entries" => {
+                    sample(metric, kind, &iface, snapshot.half_open as u64)?
+                }
+                "redirector_conntrack_half_open_capacity" => sample(
+                    metric,
+                    kind,
+                    &iface,
+                    u64::from(redirector_common::maps::half_open_size(capacity)),
+                )?,
+                rule_family if rule_family.starts_with("redirector_rule_") => {
+                    for r in &snapshot.rules {
+                        let (from, to) = (r.rule.from_port.to_string(), r.rule.to_port.to_string());
+                        let rule = [
+                            iface[0],
+                            ("from_port", from.as_str()),
+                            ("to_port", to.as_str()),
+                        ];
+                        let c = &r.counters;
+                        let per_direction = |(i, o): (u64, u64)| -> [([(&str, &str); 4], u64); 2] {
+                            [
+                                ([rule[0], rule[1], rule[2], ("direction", "in")], i),
+                                ([rule[0], rule[1], rule[2], ("direction", "out")], o),
+                            ]
+                        };
+                        match rule_family {
+                            "redirector_rule_enabled" => {
+                                sample(metric, kind, &rule, u64::from(r.enabled))?
+                            }
+                            "redirector_rule_flows_new" => {
+                                sample(metric, kind, &rule, c.flows_new)?
+                            }
+                            "redirector_rule_packets" => {
+                                for (labels, value) in per_direction((c.packets_in, c.packets_out))
+                                {
+                                    sample(metric, kind, &labels, value)?;
+                                }
+                            }
+                            _ => {
+                                for (labels, value) in per_direction((c.bytes_in, c.bytes_out)) {
+                                    sample(metric, kind, &labels, value)?;
+                                }
+                            }
                         }
                     }
                 }
-            }
-            family => {
-                for counter in Counter::ALL {
-                    let (series, key, value) = global_series(counter);
-                    if series == family {
-                        sample(&format!("{iface},{key}=\"{value}\""), snapshot.get(counter));
+                family => {
+                    for counter in Counter::ALL {
+                        let (series, key, value) = global_series(counter);
+                        if series == family {
+                            let labels = [iface[0], (key, value)];
+                            sample(metric, kind, &labels, snapshot.get(counter))?;
+                        }
                     }
-                }
-                if family == "redirector_flow_events_total" {
-                    sample(&format!("{iface},event=\"evicted\""), snapshot.evicted);
+                    if family == "redirector_flow_events" {
+                        let labels = [iface[0], ("event", "evicted")];
+                        sample(metric, kind, &labels, snapshot.evicted)?;
+                    }
                 }
             }
         }
+        Ok(())
     }
-    out
 }
+
+/// The label set of a sample without labels.
+const NO_LABELS: [(&str, &str); 0] = [];
 
 #[cfg(test)]
 mod tests {
     use redirector_common::maps::RuleStats;
 
+    use prometheus_client::encoding::prometheus_text;
+
     use super::*;
     use crate::{observe::stats::RuleSnapshot, rules::RedirectRule};
+
+    /// The Prometheus text (0.0.4) of the loader's series.
+    fn render(snapshot: &Snapshot, labels: &Labels) -> String {
+        let mut registry = Registry::default();
+        register(&mut registry, snapshot.clone(), labels.clone());
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &registry).unwrap();
+        out
+    }
 
     fn snapshot() -> Snapshot {
         let mut counters = [0u64; Counter::COUNT as usize];
@@ -265,6 +317,9 @@ mod tests {
         let text = render(&snapshot(), &labels());
         for line in [
             "redirector_build_info{version=\"0.1.0\"} 1",
+            "# TYPE redirector_build_info gauge",
+            "# HELP redirector_packets_passed_total Packets passed untouched, by reason.",
+            "# TYPE redirector_packets_passed_total counter",
             "redirector_rule_enabled{iface=\"veth-s\",from_port=\"443\",to_port=\"8443\"} 0",
             "redirector_rule_flows_new_total{iface=\"veth-s\",from_port=\"80\",to_port=\"8080\"} 1",
             "redirector_rule_packets_total{iface=\"veth-s\",from_port=\"80\",to_port=\"8080\",direction=\"in\"} 9",
@@ -323,7 +378,6 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         let mut l = labels();
         l.iface = "we\"ird".into();
         assert!(render(&snapshot(), &l).contains("iface=\"we\\\"ird\""));

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
 use redirector::{
     dataplane::Dataplane,
     observe::{flow_tables::FillWatch, http as metrics_http},
@@ -16,8 +17,8 @@ use super::start::{Loaded, Started};
 /// How often closed and idle flows are reclaimed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Renders the `/metrics` body at each scrape.
-pub type MetricsBody = Box<dyn Fn() -> Result<String, String>>;
+/// Reads the `/metrics` series at each scrape.
+pub type MetricsBody = Box<dyn Fn() -> Result<Registry, String> + Send + Sync>;
 
 /// The signals that stop the loader.
 pub struct Signals {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
 use redirector::observe::sniff_publish::Publisher;
 use redirector::{
     dataplane::{attach, maps::Maps, Dataplane},
@@ -248,11 +249,12 @@ impl Prepared {
         };
         Ok(Box::new(move || {
             let snapshot = Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
-            let mut body = prometheus::render(&snapshot, &labels);
+            let mut registry = Registry::default();
+            prometheus::register(&mut registry, snapshot, labels.clone());
             if let Some(counters) = &sniff_counters {
-                body.push_str(&redirector_sniff::metrics::render(counters));
+                redirector_sniff::metrics::register(&mut registry, Arc::clone(counters));
             }
-            Ok(body)
+            Ok(registry)
         }))
     }
 }
