@@ -19,6 +19,9 @@ pub const FLOW_COUNT_MAP: &str = "FLOW_COUNT";
 pub const ESTABLISHED_CAPACITY_GLOBAL: &str = "ESTABLISHED_CAPACITY";
 /// LPM trie of allowed source prefixes: `Key<[u8; 16]>` → `u32` (unused, 1).
 pub const ALLOW_MAP: &str = "ALLOW";
+/// One-element array holding the [`MarkConfig`] of `--mark`; not pinned: each loader sets it
+/// from its own flags (also when it adopts a persisted instance).
+pub const MARK_MAP: &str = "MARK";
 /// One-element array holding the [`Config`].
 pub const CONFIG_MAP: &str = "CONFIG";
 /// Per-CPU array of global counters, indexed by [`crate::stats::Counter`].
@@ -153,6 +156,19 @@ pub struct Config {
     pub flags: u32,
 }
 
+/// The packet mark of `--mark`, the single element of [`MARK_MAP`]: TC ingress sets
+/// `mark = (mark & !mask) | value` on every packet it rewrites when `enabled` is 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarkConfig {
+    /// Value written into the masked bits.
+    pub value: u32,
+    /// Bits of `skb->mark` that are ours.
+    pub mask: u32,
+    /// 1 if packets are marked, 0 if not (no `--mark`).
+    pub enabled: u32,
+}
+
 /// Only sources matching [`ALLOW_MAP`] may create flows.
 pub const CONFIG_F_FILTER_SOURCES: u32 = 1;
 
@@ -176,6 +192,7 @@ const _: () = assert!(core::mem::size_of::<Rule>() == 12);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 4);
+const _: () = assert!(core::mem::size_of::<MarkConfig>() == 12);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
 const _: () = assert!(established_max_entries(DEFAULT_CONNTRACK_SIZE) == 1_114_112);
 
@@ -212,6 +229,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MarkConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleStats {}
 }

@@ -8,7 +8,7 @@ use redirector_common::{conntrack::Direction, stats::Counter};
 
 use crate::{
     flow,
-    maps::count,
+    maps::{count, MARK},
     packet::{self, PacketBuf},
     parse::{parse_tc, parse_tcp, TcpPacket},
 };
@@ -24,13 +24,30 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
 }
 
 /// TC ingress entry: `TC_ACT_UNSPEC` hands the packet to the next program / the stack.
+/// A rewritten packet also gets the `--mark` bits, if any.
 #[inline(always)]
 pub fn tc(ctx: &TcContext) -> i32 {
     let result = parse_tc(ctx).and_then(|pkt| apply(ctx, &pkt));
-    if let Err(reason) = result {
-        count(reason);
+    match result {
+        Ok(()) => set_mark(ctx),
+        Err(reason) => count(reason),
     }
     TC_ACT_UNSPEC
+}
+
+/// Sets the `--mark` bits on a rewritten packet, leaving the mark's other bits alone.
+/// (XDP runs before there is an skb, so there is no mark to set there; the loader
+/// refuses `--mark` with an XDP hook.)
+#[inline(always)]
+fn set_mark(ctx: &TcContext) {
+    let Some(mark) = MARK.get(0) else { return };
+    if mark.enabled == 0 {
+        return;
+    }
+    // SAFETY: `skb` is the context pointer the kernel passed to this TC program, valid for
+    // the whole run; `mark` is a readable field of `__sk_buff` for TC programs.
+    let old = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark((old & !mark.mask) | (mark.value & mark.mask));
 }
 
 /// Looks the packet up in conntrack and rewrites its destination port if it is tracked.

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use redirector_common::{
     maps::{
-        established_max_entries, half_open_size, Config, FlowKey, FlowValue, Rule, RuleStats,
-        DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS, MAX_ALLOW, MAX_RULES,
+        established_max_entries, half_open_size, Config, FlowKey, FlowValue, MarkConfig, Rule,
+        RuleStats, DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS, MAX_ALLOW, MAX_RULES,
     },
     stats::Counter,
 };
@@ -48,6 +48,10 @@ static ESTABLISHED_CAPACITY: u64 = DEFAULT_CONNTRACK_SIZE as u64;
 /// `CONFIG_F_FILTER_SOURCES` is set.
 #[map]
 pub static ALLOW: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_ALLOW, 0);
+
+/// The packet mark of `--mark` (TC ingress only), one element; set by each loader.
+#[map]
+pub static MARK: Array<MarkConfig> = Array::with_max_entries(1, 0);
 
 /// Global configuration, one element.
 #[map]

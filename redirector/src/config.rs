@@ -15,6 +15,8 @@ use std::{
 use redirector_common::maps::DEFAULT_CONNTRACK_SIZE;
 use serde::Deserialize;
 
+use crate::packet_mark::{PacketMark, PacketMarkError};
+
 use crate::{
     dataplane::attach::Mode, reaper::Timeouts, rules::RedirectRule, source_filter::SourcePrefix,
 };
@@ -62,6 +64,7 @@ struct FileConfig {
     allow: Option<Vec<String>>,
     conntrack_size: Option<u32>,
     metrics: Option<String>,
+    mark: Option<String>,
     timeouts: Option<FileTimeouts>,
 }
 
@@ -103,6 +106,8 @@ pub struct RunSettings {
     pub conntrack_size: Option<u32>,
     /// `--metrics` / `metrics`.
     pub metrics: Option<SocketAddr>,
+    /// `--mark` / `mark`.
+    pub mark: Option<PacketMark>,
     /// `--timeout-*` / `[timeouts]`.
     pub timeouts: TimeoutSettings,
 }
@@ -181,6 +186,13 @@ impl RunSettings {
                     })
                 })
                 .transpose()?,
+            mark: file
+                .mark
+                .map(|m| {
+                    m.parse()
+                        .map_err(|e: PacketMarkError| invalid("mark", e.to_string()))
+                })
+                .transpose()?,
             timeouts: TimeoutSettings {
                 established: t.established,
                 closing: t.closing,
@@ -199,6 +211,7 @@ impl RunSettings {
             allow: first(self.allow, file.allow),
             conntrack_size: self.conntrack_size.or(file.conntrack_size),
             metrics: self.metrics.or(file.metrics),
+            mark: self.mark.or(file.mark),
             timeouts: TimeoutSettings {
                 established: self.timeouts.established.or(file.timeouts.established),
                 closing: self.timeouts.closing.or(file.timeouts.closing),
@@ -247,6 +260,7 @@ mod tests {
         allow = ["10.0.0.0/8", "2001:db8::/32"]
         conntrack_size = 1024
         metrics = "127.0.0.1:9464"
+        mark = "0x42/0xff"
 
         [timeouts]
         established = 3600
@@ -265,6 +279,7 @@ mod tests {
         assert_eq!(s.allow[1].to_string(), "2001:db8::/32");
         assert_eq!(s.conntrack_size(), 1024);
         assert_eq!(s.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(s.mark.map(|m| m.to_string()).as_deref(), Some("0x42/0xff"));
         let t = s.timeouts();
         assert_eq!(t.established, Duration::from_secs(3600));
         assert_eq!(t.closing, Duration::from_secs(5));

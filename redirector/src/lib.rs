@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod instance;
 pub mod observe;
+pub mod packet_mark;
 pub mod privdrop;
 pub mod reaper;
 pub mod rules;

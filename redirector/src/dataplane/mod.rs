@@ -17,9 +17,9 @@ use aya::{
 };
 use redirector_common::{
     maps::{
-        established_max_entries, half_open_size, FlowKey, FlowValue, ESTABLISHED_CAPACITY_GLOBAL,
-        ESTABLISHED_MAP, HALF_OPEN_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
-        PROG_TC_INGRESS, PROG_XDP_INGRESS,
+        established_max_entries, half_open_size, FlowKey, FlowValue, MarkConfig,
+        ESTABLISHED_CAPACITY_GLOBAL, ESTABLISHED_MAP, HALF_OPEN_MAP, MARK_MAP, PROG_PASS_TC,
+        PROG_PASS_XDP, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS,
     },
     stats::Counter,
 };
@@ -27,7 +27,7 @@ use redirector_common::{
 pub use maps::RuleCounters;
 use maps::{Maps, MapsError};
 
-use crate::{rules::RedirectRule, source_filter::SourcePrefix};
+use crate::{packet_mark::PacketMark, rules::RedirectRule, source_filter::SourcePrefix};
 
 /// The eBPF object built from `redirector-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector"));
@@ -50,6 +50,9 @@ pub enum DataplaneError {
     /// A map is missing or an operation on it failed.
     #[error(transparent)]
     Maps(#[from] MapsError),
+    /// The `MARK` map is missing or could not be written.
+    #[error("setting the packet mark (--mark): {0}")]
+    Mark(#[source] aya::maps::MapError),
     /// `--conntrack-size` of zero.
     #[error("--conntrack-size must be at least 1")]
     ZeroConntrackSize,
@@ -211,6 +214,24 @@ impl Dataplane {
         &mut self,
     ) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, aya_log::Error> {
         aya_log::EbpfLogger::init(&mut self.ebpf)
+    }
+
+    /// Sets (or, with `None`, clears) the packet mark that TC ingress puts on every packet
+    /// it rewrites (`--mark`). The map is not pinned: each loader sets it, also on adoption.
+    pub fn set_mark(&mut self, mark: Option<PacketMark>) -> Result<(), DataplaneError> {
+        let map = self.ebpf.map_mut(MARK_MAP).ok_or(DataplaneError::Mark(
+            aya::maps::MapError::InvalidName {
+                name: MARK_MAP.to_string(),
+            },
+        ))?;
+        let mut array: aya::maps::Array<_, MarkConfig> =
+            aya::maps::Array::try_from(map).map_err(DataplaneError::Mark)?;
+        let config = mark.map_or(MarkConfig::default(), |m| MarkConfig {
+            value: m.value,
+            mask: m.mask,
+            enabled: 1,
+        });
+        array.set(0, config, 0).map_err(DataplaneError::Mark)
     }
 
     /// The maps, for reading.

@@ -59,6 +59,7 @@ impl Prepared {
             }
         };
         kernel_log::spawn(&mut dp, self.runtime.handle());
+        dp.set_mark(self.mark)?;
         let link_dir = dir.join(paths::LINKS_DIR);
         for (name, hook) in &adoption.hooks {
             let ingress = link_dir.join(paths::link_pin_name(name, "ingress"));

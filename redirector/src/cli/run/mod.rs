@@ -18,6 +18,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use redirector::{
     config::{RunSettings, TimeoutSettings},
     dataplane::attach::Mode,
+    packet_mark::PacketMark,
     rules::RedirectRule,
     source_filter::SourcePrefix,
 };
@@ -62,6 +63,16 @@ pub struct RunArgs {
     /// allocated on demand [default: 1048576].
     #[arg(long, value_name = "N")]
     pub conntrack_size: Option<u32>,
+
+    /// Set these bits of the packet mark on every redirected inbound packet, so a host
+    /// firewall can accept exactly those (`meta mark & MASK == VALUE`) while INPUT sees
+    /// their new port and direct connections to it stay closed. VALUE and MASK are decimal
+    /// or 0x-hex; MASK defaults to all bits. The mark lives in the skb, so this takes the
+    /// TC ingress hook (auto picks it; an explicit XDP mode is refused).
+    ///
+    /// Example: --mark 0x42/0xff
+    #[arg(long, value_name = "VALUE[/MASK]")]
+    pub mark: Option<PacketMark>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default). Port 0 picks a
     /// free port; the `redirector ready` line shows the address in use.
@@ -130,6 +141,7 @@ fn flag_settings(args: RunArgs) -> RunSettings {
         allow: args.allow,
         conntrack_size: args.conntrack_size,
         metrics: args.metrics,
+        mark: args.mark,
         timeouts: TimeoutSettings {
             established: args.timeout_established,
             closing: args.timeout_closing,

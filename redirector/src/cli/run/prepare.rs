@@ -12,6 +12,7 @@ use redirector::{
         iface, privileges,
     },
     instance::{self, adopt, info::InstanceInfo, lock},
+    packet_mark::PacketMark,
     reaper::Timeouts,
     rules::{self, RedirectRule},
     source_filter::SourcePrefix,
@@ -26,6 +27,8 @@ pub struct Prepared {
     pub(super) rules: Vec<RedirectRule>,
     pub(super) ifaces: Vec<String>,
     pub(super) mode: Mode,
+    /// `--mark`, if given.
+    pub(super) mark: Option<PacketMark>,
     pub(super) conntrack_size: u32,
     pub(super) allow: Vec<SourcePrefix>,
     pub(super) timeouts: Timeouts,
@@ -90,7 +93,8 @@ impl Prepared {
             .iter()
             .map(|name| lock::lock(name))
             .collect::<Result<Vec<_>, _>>()?;
-        let adopt = find_adoptable(&ifaces, settings.mode)?;
+        let mode = mode_for_mark(settings.mode, settings.mark)?;
+        let adopt = find_adoptable(&ifaces, mode)?;
         let conntrack_size = match &adopt {
             Some(adoption) if !adoption.migrate => {
                 adopted_size(&adoption.old, settings.conntrack_size)
@@ -99,7 +103,8 @@ impl Prepared {
             _ => settings.conntrack_size(),
         };
         Ok(Prepared {
-            mode: settings.mode(),
+            mode: mode.unwrap_or_default(),
+            mark: settings.mark,
             conntrack_size,
             timeouts: settings.timeouts(),
             allow: settings.allow,
@@ -112,6 +117,19 @@ impl Prepared {
             locks,
             adopt,
         })
+    }
+}
+
+/// The ingress mode with `--mark`: the mark lives in the skb, which XDP runs before, so a
+/// mark takes the TC ingress hook (`auto` becomes `tc`) and an explicit XDP mode is refused.
+fn mode_for_mark(mode: Option<Mode>, mark: Option<PacketMark>) -> anyhow::Result<Option<Mode>> {
+    match (mark, mode) {
+        (None, mode) => Ok(mode),
+        (Some(_), None | Some(Mode::Auto | Mode::Tc)) => Ok(Some(Mode::Tc)),
+        (Some(mark), Some(mode)) => anyhow::bail!(
+            "--mark {mark} needs the TC ingress hook (the mark lives in the skb, which XDP runs \
+             before): use --mode tc or auto, not --mode {mode}"
+        ),
     }
 }
 

@@ -20,6 +20,7 @@ use redirector::{
         prometheus::{self, Labels},
         stats::Snapshot,
     },
+    packet_mark::PacketMark,
     reaper::Timeouts,
     rules::{RedirectRule, RuleSlots},
 };
@@ -112,7 +113,13 @@ impl Prepared {
                 sniff_cmd::listening(child.addrs())
             );
         }
-        print_ready(&info, &self.rules, &metrics_url, adopted.as_deref());
+        print_ready(
+            &info,
+            &self.rules,
+            &metrics_url,
+            adopted.as_deref(),
+            self.mark,
+        );
         Ok(Started {
             runtime: self.runtime,
             loaded: Loaded {
@@ -137,6 +144,7 @@ impl Prepared {
     fn start_fresh(&self, metrics_url: Option<String>) -> anyhow::Result<Begun> {
         let mut dp = Dataplane::load(self.conntrack_size)?;
         kernel_log::spawn(&mut dp, self.runtime.handle());
+        dp.set_mark(self.mark)?;
         dp.set_rules(&self.rules)?;
         dp.set_allowed_sources(&self.allow)?;
         let mut interfaces = Vec::new();
@@ -176,6 +184,7 @@ impl Prepared {
         let mut dp = Dataplane::load_pinned(old.conntrack_size, &dir)
             .context("loading the new programs on the persisted maps")?;
         kernel_log::spawn(&mut dp, self.runtime.handle());
+        dp.set_mark(self.mark)?;
         let flow_slots = || -> anyhow::Result<_> {
             Ok(dp.flows()?.iter().map(|(_, flow)| flow.rule_slot).collect())
         };
@@ -259,13 +268,14 @@ impl Prepared {
     }
 }
 
-/// `redirector ready: IFACE (HOOK), … rules FROM->TO … conntrack-size N[ metrics URL][
-/// adopted N established flows from pid P]`.
+/// `redirector ready: IFACE (HOOK), … rules FROM->TO … conntrack-size N[ mark V/M][ metrics
+/// URL][ adopted N established flows from pid P]`.
 fn print_ready(
     info: &InstanceInfo,
     rules: &[RedirectRule],
     metrics_url: &Option<String>,
     adopted: Option<&str>,
+    mark: Option<PacketMark>,
 ) {
     let hooks: Vec<String> = info
         .interfaces
@@ -278,8 +288,9 @@ fn print_ready(
         None => String::new(),
     };
     let adopted_note = adopted.map(|note| format!(" {note}")).unwrap_or_default();
+    let mark_note = mark.map(|mark| format!(" mark {mark}")).unwrap_or_default();
     println!(
-        "redirector ready: {} rules {} conntrack-size {}{metrics_note}{adopted_note}",
+        "redirector ready: {} rules {} conntrack-size {}{mark_note}{metrics_note}{adopted_note}",
         hooks.join(", "),
         rules.join(" "),
         info.conntrack_size
