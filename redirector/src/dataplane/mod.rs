@@ -76,16 +76,7 @@ impl Dataplane {
     /// `half_open_size(conntrack_size)` handshakes) and loads (verifies) all three
     /// programs. Nothing is attached yet.
     pub fn load(conntrack_size: u32) -> Result<Self, DataplaneError> {
-        if conntrack_size == 0 {
-            return Err(DataplaneError::ZeroConntrackSize);
-        }
-        let capacity = u64::from(conntrack_size);
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
-            .map_max_entries(ESTABLISHED_MAP, established_max_entries(conntrack_size))
-            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true);
-        Self::load_with(loader)
+        Self::load_reusing(conntrack_size, Path::new(""), &[])
     }
 
     /// Loads the object as [`Dataplane::load`] does, but reusing the maps pinned in `dir`
@@ -93,30 +84,7 @@ impl Dataplane {
     /// ones: adopting a persisted instance. `conntrack_size` must be the size the pinned
     /// maps were created with (the instance file's), which a live map cannot change.
     pub fn load_pinned(conntrack_size: u32, dir: &Path) -> Result<Self, DataplaneError> {
-        if conntrack_size == 0 {
-            return Err(DataplaneError::ZeroConntrackSize);
-        }
-        // aya would create (and pin) a map whose pin is missing: never mix old and new state.
-        if let Some(name) = maps::PINNED_MAPS
-            .iter()
-            .find(|name| !dir.join(name).exists())
-        {
-            return Err(DataplaneError::MissingPin(dir.join(name)));
-        }
-        let capacity = u64::from(conntrack_size);
-        let paths: Vec<(&str, PathBuf)> = maps::PINNED_MAPS
-            .iter()
-            .map(|name| (*name, dir.join(name)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
-            .map_max_entries(ESTABLISHED_MAP, established_max_entries(conntrack_size))
-            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true);
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        Self::load_with(loader)
+        Self::load_reusing(conntrack_size, dir, &maps::PINNED_MAPS)
     }
 
     /// Loads the object as [`Dataplane::load`] does, reusing from `old_dir` (a persisted
@@ -124,20 +92,26 @@ impl Dataplane {
     /// [`maps::KEPT_ON_MIGRATION`]; the flow tables, their count and STATS are new and
     /// empty. Nothing is pinned: the caller pins the whole set elsewhere, then swaps.
     pub fn load_migrating(conntrack_size: u32, old_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::load_reusing(conntrack_size, old_dir, &maps::KEPT_ON_MIGRATION)
+    }
+
+    /// Loads the object sized for `conntrack_size`, the maps named in `reused` taken from
+    /// their pins in `dir` (all of them must exist) and every other map created anew.
+    fn load_reusing(
+        conntrack_size: u32,
+        dir: &Path,
+        reused: &[&str],
+    ) -> Result<Self, DataplaneError> {
         if conntrack_size == 0 {
             return Err(DataplaneError::ZeroConntrackSize);
         }
-        if let Some(name) = maps::KEPT_ON_MIGRATION
-            .iter()
-            .find(|name| !old_dir.join(name).exists())
-        {
-            return Err(DataplaneError::MissingPin(old_dir.join(name)));
+        // aya would create (and pin) a map whose pin is missing: never mix old and new state.
+        if let Some(name) = reused.iter().find(|name| !dir.join(name).exists()) {
+            return Err(DataplaneError::MissingPin(dir.join(name)));
         }
         let capacity = u64::from(conntrack_size);
-        let paths: Vec<(&str, PathBuf)> = maps::KEPT_ON_MIGRATION
-            .iter()
-            .map(|name| (*name, old_dir.join(name)))
-            .collect();
+        let paths: Vec<(&str, PathBuf)> =
+            reused.iter().map(|name| (*name, dir.join(name))).collect();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
