@@ -115,16 +115,18 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
             .collect(),
         conntrack: {
             let counters = instance.maps.counters()?;
-            let tracked = instance.maps.flows()?.len();
+            // One dump of each table serves both the per-table fill and the total.
+            let tables = crate::observe::flow_tables::TablesJson::read(
+                &instance.maps,
+                info.conntrack_size,
+                &counters,
+            )?;
+            let tracked = tables.established + tables.half_open;
             ConntrackJson {
                 tracked,
                 size: info.conntrack_size,
                 evicted: evicted(&counters, tracked),
-                tables: crate::observe::flow_tables::TablesJson::read(
-                    &instance.maps,
-                    info.conntrack_size,
-                    &counters,
-                )?,
+                tables,
             }
         },
         sources: SourcesJson {
