@@ -11,7 +11,6 @@ use redirector::{
         paths,
         pinned::PinnedInstance,
     },
-    observe::kernel_log,
 };
 
 use super::{
@@ -58,8 +57,7 @@ impl Prepared {
                 )));
             }
         };
-        kernel_log::spawn(&mut dp, self.runtime.handle());
-        dp.set_mark(self.mark)?;
+        self.configure_loaded(&mut dp)?;
         let link_dir = dir.join(paths::LINKS_DIR);
         for (name, hook) in &adoption.hooks {
             let ingress = link_dir.join(paths::link_pin_name(name, "ingress"));

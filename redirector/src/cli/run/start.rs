@@ -140,11 +140,18 @@ impl Prepared {
         })
     }
 
+    /// What every freshly loaded object gets, whether it starts, adopts or migrates an
+    /// instance: its kernel log drained on the runtime and this loader's `--mark`.
+    pub(super) fn configure_loaded(&self, dp: &mut Dataplane) -> anyhow::Result<()> {
+        kernel_log::spawn(dp, self.runtime.handle());
+        dp.set_mark(self.mark)?;
+        Ok(())
+    }
+
     /// A new instance: loads, attaches, pins.
     fn start_fresh(&self, metrics_url: Option<String>) -> anyhow::Result<Begun> {
         let mut dp = Dataplane::load(self.conntrack_size)?;
-        kernel_log::spawn(&mut dp, self.runtime.handle());
-        dp.set_mark(self.mark)?;
+        self.configure_loaded(&mut dp)?;
         dp.set_rules(&self.rules)?;
         dp.set_allowed_sources(&self.allow)?;
         let mut interfaces = Vec::new();
@@ -183,8 +190,7 @@ impl Prepared {
         let dir = paths::pin_dir(old.netns_inode, old.key_iface());
         let mut dp = Dataplane::load_pinned(old.conntrack_size, &dir)
             .context("loading the new programs on the persisted maps")?;
-        kernel_log::spawn(&mut dp, self.runtime.handle());
-        dp.set_mark(self.mark)?;
+        self.configure_loaded(&mut dp)?;
         let flow_slots = || -> anyhow::Result<_> {
             Ok(dp.flows()?.iter().map(|(_, flow)| flow.rule_slot).collect())
         };
