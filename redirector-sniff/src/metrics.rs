@@ -3,14 +3,17 @@
 //! after the kernel series. The caller picks the format (OpenMetrics or Prometheus text).
 //!
 //! Family names are given without the `_total` that the encoders append to counters, so the
-//! samples keep their names (`redirector_sniff_accepted_total`) in both formats.
+//! samples keep their names (`redirector_sniff_accepted_total`) in both formats. After the
+//! counters comes one gauge, [`MAX_CONNECTIONS`]: the `--max-conns` in use, which without
+//! the flag is derived from the open-file limit (`crate::fd_limit`), so a dashboard can put
+//! the open connections against it.
 
 use std::sync::Arc;
 
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::counter::ConstCounter,
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
 
@@ -74,28 +77,35 @@ const FAMILIES: [(&str, &str); 6] = [
     ),
 ];
 
-/// Encodes the live [`Counters`] at each scrape.
+/// The gauge of the connection limit in use (a gauge, not `_total`: it is a setting, not
+/// a count; Prometheus' own `process_max_fds` is named the same way).
+pub const MAX_CONNECTIONS: &str = "redirector_sniff_max_connections";
+
+/// HELP text of [`MAX_CONNECTIONS`].
+const MAX_CONNECTIONS_HELP: &str = "Connections the sniffing proxy holds open at once \
+(--max-conns, by default derived from the open-file limit); further ones are closed on accept.";
+
+/// Encodes the live [`Counters`] at each scrape, then the connection limit.
 #[derive(Debug)]
 pub struct SniffCollector {
     counters: Arc<Counters>,
+    max_conns: u64,
 }
 
 impl SniffCollector {
-    /// A collector of `counters`.
-    pub fn new(counters: Arc<Counters>) -> Self {
-        Self { counters }
+    /// A collector of `counters`, under a limit of `max_conns` connections.
+    pub fn new(counters: Arc<Counters>, max_conns: u64) -> Self {
+        Self {
+            counters,
+            max_conns,
+        }
     }
 }
 
 impl Collector for SniffCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (family, help) in FAMILIES {
-            let mut metric = encoder.encode_descriptor(
-                family,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
+            let mut metric = encoder.encode_descriptor(family, help, None, MetricType::Counter)?;
             for counter in Counter::ALL {
                 let value = ConstCounter::new(self.counters.get(counter));
                 match series(counter) {
@@ -109,6 +119,13 @@ impl Collector for SniffCollector {
                 }
             }
         }
+        let mut metric = encoder.encode_descriptor(
+            MAX_CONNECTIONS,
+            MAX_CONNECTIONS_HELP,
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.max_conns as i64).encode(metric.encode_family(&NO_LABELS)?)?;
         Ok(())
     }
 }
@@ -116,9 +133,10 @@ impl Collector for SniffCollector {
 /// The label set of the families without labels.
 const NO_LABELS: [(&str, &str); 0] = [];
 
-/// Registers the proxy's counters into `registry` (read at each scrape).
-pub fn register(registry: &mut Registry, counters: Arc<Counters>) {
-    registry.register_collector(Box::new(SniffCollector::new(counters)));
+/// Registers the proxy's counters (read at each scrape) and its limit of `max_conns`
+/// connections into `registry`.
+pub fn register(registry: &mut Registry, counters: Arc<Counters>, max_conns: u64) {
+    registry.register_collector(Box::new(SniffCollector::new(counters, max_conns)));
 }
 
 #[cfg(test)]
@@ -138,7 +156,7 @@ mod tests {
     /// The Prometheus text (0.0.4) of `counters`.
     fn render(counters: Arc<Counters>) -> String {
         let mut registry = Registry::default();
-        register(&mut registry, counters);
+        register(&mut registry, counters, 123);
         let mut out = String::new();
         prometheus_text::encode(&mut out, &registry).unwrap();
         out
@@ -179,6 +197,8 @@ mod tests {
             "redirector_sniff_accepted_total 0",
             "# TYPE redirector_sniff_relays_ended_total counter",
             "# HELP redirector_sniff_accept_errors_total Failed accept(2) calls of the listeners.",
+            "# TYPE redirector_sniff_max_connections gauge",
+            "redirector_sniff_max_connections 123",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -194,20 +214,28 @@ mod tests {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
-                assert!(kind == "counter" && name.ends_with("_total"), "{line}");
+                match name {
+                    MAX_CONNECTIONS => assert_eq!(kind, "gauge", "{line}"),
+                    _ => assert!(kind == "counter" && name.ends_with("_total"), "{line}"),
+                }
                 declared.push(name);
             } else if !line.starts_with("# HELP ") {
                 let name = line.split(['{', ' ']).next().unwrap();
                 assert_eq!(declared.last().copied(), Some(name), "{line}");
             }
         }
-        assert_eq!(declared.len(), FAMILIES.len());
+        assert_eq!(
+            declared.len(),
+            FAMILIES.len() + 1,
+            "the counters and the limit"
+        );
+        assert_eq!(declared.last(), Some(&MAX_CONNECTIONS));
     }
 
     #[test]
     fn openmetrics_names_families_without_total() {
         let mut registry = Registry::default();
-        register(&mut registry, counters());
+        register(&mut registry, counters(), 7);
         let mut out = String::new();
         text::encode(&mut out, &registry).unwrap();
         assert!(
@@ -216,6 +244,10 @@ mod tests {
         );
         assert!(
             out.contains("\nredirector_sniff_accepted_total 100\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE redirector_sniff_max_connections gauge\nredirector_sniff_max_connections 7\n"),
             "{out}"
         );
         assert!(out.ends_with("# EOF\n"), "{out}");

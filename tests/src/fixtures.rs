@@ -278,3 +278,21 @@ pub fn start_http_server(mut python3: Command, port: u16, root: &Path) -> Proc {
     web.wait_line("Serving HTTP", Duration::from_secs(10));
     web
 }
+
+/// The hard open-file limit of process `pid`, from /proc/PID/limits.
+pub fn hard_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    // `Max open files  SOFT  HARD  files`
+    line.split_whitespace().nth(4).unwrap().parse().unwrap()
+}
+
+/// The sniffing proxy's default `--max-conns` under a hard open-file limit of `hard`, as
+/// docs/SNIFF.md states it (written out here, not taken from the library): 2.5
+/// descriptors a connection after a reserve of 64, between 1 and 1,000,000.
+pub fn default_sniff_max_conns(hard: u64) -> u64 {
+    (hard.saturating_sub(64) * 2 / 5).clamp(1, 1_000_000)
+}

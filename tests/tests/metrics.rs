@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector_tests::bins;
+use redirector_tests::{
+    bins,
+    fixtures::{default_sniff_max_conns, hard_nofile},
+};
 use testkit::process::Proc;
 
 /// The server's header timeout (`observe::http::Limits::default`).
@@ -175,7 +178,7 @@ fn wrong_path_method_and_oversized_head_are_refused() {
 
 #[test]
 fn exposition_parses_in_both_formats() {
-    let (_proxy, addr) = start_sniff();
+    let (proxy, addr) = start_sniff();
     let (head, text) = exchange(addr, SCRAPE);
     assert_eq!(
         header(&head, "content-type"),
@@ -223,6 +226,15 @@ fn exposition_parses_in_both_formats() {
     }
     assert!(text.contains("# TYPE redirector_sniff_accepted_total counter\n"));
     assert!(!text.contains("# EOF"), "{text}");
+    // Started without --max-conns: the gauge shows the default the open-file limit gives.
+    let max_conns = default_sniff_max_conns(hard_nofile(proxy.pid()));
+    let gauge = find("redirector_sniff_max_connections", None);
+    assert!(
+        matches!(gauge.value, prometheus_parse::Value::Gauge(v) if v == max_conns as f64),
+        "want {max_conns}: {:?}",
+        gauge.value
+    );
+    assert!(text.contains("# TYPE redirector_sniff_max_connections gauge\n"));
 
     let (head, openmetrics) = exchange(
         addr,
@@ -236,6 +248,7 @@ fn exposition_parses_in_both_formats() {
     );
     assert!(openmetrics.ends_with("\n# EOF\n"), "{openmetrics}");
     assert!(openmetrics.contains("# TYPE redirector_sniff_accepted counter\n"));
+    assert!(openmetrics.contains("# TYPE redirector_sniff_max_connections gauge\n"));
     // The same samples, under the same names, in both formats.
     let samples = |body: &str| -> Vec<String> {
         body.lines()

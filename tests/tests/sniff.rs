@@ -1115,13 +1115,28 @@ fn wait_relayed(metrics: &str, bytes: u64, limit: Duration) {
 
 #[test]
 fn metrics_endpoint_serves_the_live_counters() {
-    let stack = start_stack(
+    let mut stack = start_stack(
         "metrics",
-        &["--metrics", "127.0.0.1:0", "--max-conns-per-ip", "1"],
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--max-conns-per-ip",
+            "1",
+            "--max-conns",
+            "123",
+        ],
     );
     let metrics = metrics_addr(&stack.proxy);
     let before = scrape(&metrics);
     assert_eq!(sample(&before, "redirector_sniff_accepted_total"), 0);
+    // The limit given, on the line after the ready line and as a gauge.
+    assert_eq!(
+        stack
+            .proxy
+            .wait_line("redirector sniff limits", Duration::from_secs(5)),
+        "redirector sniff limits: max-conns 123"
+    );
+    assert_eq!(sample(&before, "redirector_sniff_max_connections"), 123);
     for i in 0..4 {
         if i % 2 == 0 {
             plain_get(stack.addr);

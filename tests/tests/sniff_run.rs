@@ -72,6 +72,18 @@ fn run_applies_non_default_sniff_options() {
             "512",
         ],
     );
+    // No --sniff-max-conns: the limit derived from the loader's open-file limit, handed
+    // to its child, shown at start and by `status`.
+    let max_conns = default_sniff_max_conns(hard_nofile(loader.pid()));
+    let shown = format!("redirector sniff limits: max-conns {max_conns}");
+    assert!(loader.seen.contains(&shown), "{:?}", loader.seen);
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["sniff"]["max_conns"], max_conns, "{status:#}");
+    let text = ctl_ok(&topo.server, &["status"]);
+    assert!(
+        text.contains(&format!("\nsniff: max-conns {max_conns}\n")),
+        "{text}"
+    );
     let waited = seconds_until_closed(&topo, 80);
     assert!((0.8..4.0).contains(&waited), "closed after {waited} s");
     // A head over the 512-byte limit is refused (the default allows 16 KiB): closed, with a
@@ -130,15 +142,30 @@ fn run_sniff_counters_reach_stats_and_metrics() {
             "127.0.0.1:8080",
             "--sniff-http",
             "127.0.0.1:8000",
+            "--sniff-max-conns",
+            "123",
         ],
     );
 
-    // Before any traffic: published, all zero.
+    // Before any traffic: published, all zero; the limit given.
     let stats = stats_until(&topo, |s| s["sniff"]["accepted"] == 0);
     assert!(
         stats["rules"].is_array() && stats["counters"].is_object(),
         "{stats:#}"
     );
+    assert_eq!(stats["sniff_limits"]["max_conns"], 123, "{stats:#}");
+    assert!(
+        loader
+            .seen
+            .iter()
+            .any(|l| l == "redirector sniff limits: max-conns 123"),
+        "{:?}",
+        loader.seen
+    );
+    let status = ctl_json(&topo.server, &["status"]);
+    assert_eq!(status["sniff"]["max_conns"], 123, "{status:#}");
+    let text = ctl_ok(&topo.server, &["status"]);
+    assert!(text.ends_with("\nsniff: max-conns 123\n"), "{text}");
 
     for _ in 0..2 {
         assert_echo(&topo, &topo.url("ws", false, 80));
@@ -164,6 +191,7 @@ fn run_sniff_counters_reach_stats_and_metrics() {
     );
     let text = ctl_ok(&topo.server, &["stats"]);
     assert!(text.contains("sniff counter websocket=2\n"), "{text}");
+    assert!(text.ends_with("sniff limit max_conns=123\n"), "{text}");
     assert!(text.contains("rule 443->8443:"), "{text}");
 
     let scrape = must(topo.server.cmd("curl").args([
@@ -175,6 +203,7 @@ fn run_sniff_counters_reach_stats_and_metrics() {
     ]));
     let body = String::from_utf8(scrape.stdout).unwrap();
     assert_eq!(sample(&body, "redirector_sniff_accepted_total"), 5);
+    assert_eq!(sample(&body, "redirector_sniff_max_connections"), 123);
     assert_eq!(
         sample(
             &body,

@@ -108,7 +108,7 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
             "redirector sniff ready: listening on {}{metrics_note}",
             listening(&addrs)
         );
-        println!("redirector sniff limits: max-conns {max_conns}");
+        println!("{}", limits_line(max_conns));
         let scrapes = {
             let counters = Arc::clone(&counters);
             async move {
@@ -116,7 +116,11 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
                     Some(listener) => {
                         metrics_http::serve(listener, move || {
                             let mut registry = Registry::default();
-                            sniff_metrics::register(&mut registry, Arc::clone(&counters));
+                            sniff_metrics::register(
+                                &mut registry,
+                                Arc::clone(&counters),
+                                max_conns as u64,
+                            );
                             Ok(registry)
                         })
                         .await
@@ -141,6 +145,12 @@ pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
     println!("redirector sniff stopped");
     print!("{counters}");
     Ok(())
+}
+
+/// The line printed after the ready line (by `sniff` and `run --sniff-listen`): the limit
+/// in use, whether given or derived from the open-file limit. Stable for scripts.
+pub fn limits_line(max_conns: usize) -> String {
+    format!("redirector sniff limits: max-conns {max_conns}")
 }
 
 /// The bound addresses as the ready line shows them: `ADDR, ADDR (tls)`.

@@ -53,6 +53,12 @@ fn print_once(args: &StatsArgs, watching: bool) -> anyhow::Result<()> {
         let mut json = serde_json::to_value(snapshot.to_json())?;
         if let (Some(sniff), Some(object)) = (sniff, json.as_object_mut()) {
             object.insert("sniff".into(), serde_json::to_value(sniff.counters)?);
+            if let Some(max_conns) = sniff.max_conns {
+                object.insert(
+                    "sniff_limits".into(),
+                    serde_json::json!({ "max_conns": max_conns }),
+                );
+            }
         }
         match watching {
             false => println!("{}", serde_json::to_string_pretty(&json)?),
@@ -61,7 +67,7 @@ fn print_once(args: &StatsArgs, watching: bool) -> anyhow::Result<()> {
     } else {
         print!("{snapshot}");
         if let Some(sniff) = sniff {
-            print!("{}", sniff.lines());
+            print!("{}{}", sniff.lines(), sniff.limit_lines());
         }
         if watching {
             println!(); // a blank line between rounds

@@ -1,4 +1,5 @@
-//! `redirector status`: interfaces, hook mode, rules, conntrack fill.
+//! `redirector status`: interfaces, hook mode, rules, conntrack fill (and the sniffing
+//! proxy's connection limit, if the loader runs one).
 
 use redirector::instance::{control, view};
 
@@ -76,5 +77,11 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         );
     }
     println!("metrics: {}", status.metrics.as_deref().unwrap_or("off"));
+    if let Some(sniff) = &status.sniff {
+        match sniff.max_conns {
+            Some(max_conns) => println!("sniff: max-conns {max_conns}"),
+            None => println!("sniff: running"),
+        }
+    }
     Ok(())
 }

@@ -53,6 +53,10 @@ pub enum ControlError {
     /// The allow list holds as many prefixes as its map.
     #[error("the allow list is full ({MAX_ALLOW} prefixes)")]
     AllowListFull,
+    /// The file the loader publishes its sniffing proxy's counters and limit in is
+    /// unreadable.
+    #[error(transparent)]
+    Sniff(#[from] Box<crate::observe::sniff_publish::PublishError>),
 }
 
 impl From<StateError> for ControlError {

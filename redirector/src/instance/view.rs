@@ -10,8 +10,11 @@ use redirector_common::{
 };
 use serde::Serialize;
 
-use super::{control::ControlError, info::TimeoutsInfo, Instance};
-use crate::{observe::stats::evicted, reaper::monotonic_ns};
+use super::{control::ControlError, info::TimeoutsInfo, paths, Instance};
+use crate::{
+    observe::{sniff_publish, stats::evicted},
+    reaper::monotonic_ns,
+};
 
 /// `redirector status --json`.
 #[derive(Debug, Serialize)]
@@ -40,6 +43,17 @@ pub struct StatusJson {
     /// The loader runs; false for a persisted instance whose loader exited (then no
     /// reaper runs and no metrics are served).
     pub loader_running: bool,
+    /// The sniffing proxy the loader runs (`run --sniff-listen`), else null.
+    pub sniff: Option<SniffJson>,
+}
+
+/// The sniffing proxy in [`StatusJson`], from the file the loader publishes
+/// ([`crate::observe::sniff_publish`]).
+#[derive(Debug, Serialize)]
+pub struct SniffJson {
+    /// Connections it holds open at once: `--sniff-max-conns`, or the default derived
+    /// from the open-file limit. Null if the loader did not publish it.
+    pub max_conns: Option<u64>,
 }
 
 /// The source filter in [`StatusJson`].
@@ -142,6 +156,14 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
         metrics: info.metrics.clone().filter(|_| instance.loader_running),
         persist: info.persist,
         loader_running: instance.loader_running,
+        sniff: sniff_publish::read(
+            &paths::sniff_stats_file(info.netns_inode, info.key_iface()),
+            info.pid,
+        )
+        .map_err(Box::new)?
+        .map(|published| SniffJson {
+            max_conns: published.max_conns,
+        }),
     })
 }
 

@@ -59,11 +59,16 @@ pub struct Published {
     pub pid: u32,
     /// Every counter by its stable name ([`Counter::name`]).
     pub counters: BTreeMap<String, u64>,
+    /// The proxy's `--max-conns` in use (absent in files of loaders before it was
+    /// published: an added field, so [`FORMAT`] stays 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<u64>,
 }
 
 impl Published {
-    /// The current values of `counters`, as process `pid`.
-    pub fn of(counters: &Counters, pid: u32) -> Self {
+    /// The current values of `counters`, as process `pid`, whose proxy holds at most
+    /// `max_conns` connections.
+    pub fn of(counters: &Counters, pid: u32, max_conns: u64) -> Self {
         Published {
             format: FORMAT,
             pid,
@@ -71,7 +76,16 @@ impl Published {
                 .iter()
                 .map(|c| (c.name().to_string(), counters.get(*c)))
                 .collect(),
+            max_conns: Some(max_conns),
         }
+    }
+
+    /// `sniff limit max_conns=N`, the line `stats` prints after the counters (empty for a
+    /// file without the limit).
+    pub fn limit_lines(&self) -> String {
+        self.max_conns
+            .map(|n| format!("sniff limit max_conns={n}\n"))
+            .unwrap_or_default()
     }
 
     /// `sniff counter NAME=VALUE` lines, in the order the loader prints them on exit
@@ -100,19 +114,29 @@ impl Published {
 pub struct Publisher {
     path: PathBuf,
     counters: Arc<Counters>,
+    max_conns: u64,
 }
 
 impl Publisher {
-    /// Publishes `counters` at `path` (written once now).
-    pub fn create(path: PathBuf, counters: Arc<Counters>) -> Result<Self, PublishError> {
-        let publisher = Publisher { path, counters };
+    /// Publishes `counters` and the limit of `max_conns` connections at `path` (written
+    /// once now).
+    pub fn create(
+        path: PathBuf,
+        counters: Arc<Counters>,
+        max_conns: u64,
+    ) -> Result<Self, PublishError> {
+        let publisher = Publisher {
+            path,
+            counters,
+            max_conns,
+        };
         publisher.write()?;
         Ok(publisher)
     }
 
     /// Rewrites the file with the current values, atomically.
     pub fn write(&self) -> Result<(), PublishError> {
-        let published = Published::of(&self.counters, std::process::id());
+        let published = Published::of(&self.counters, std::process::id(), self.max_conns);
         let text = serde_json::to_string(&published).map_err(|source| PublishError::Json {
             path: self.path.clone(),
             source,
@@ -180,11 +204,13 @@ mod tests {
         let path = dir.join("x.sniff");
         let counters = Arc::new(Counters::default());
         counters.add(Counter::Websocket, 3);
-        let publisher = Publisher::create(path.clone(), Arc::clone(&counters)).unwrap();
+        let publisher = Publisher::create(path.clone(), Arc::clone(&counters), 123).unwrap();
         counters.inc(Counter::Http);
         publisher.write().unwrap();
         let read_back = read(&path, std::process::id()).unwrap().unwrap();
-        assert_eq!(read_back, Published::of(&counters, std::process::id()));
+        assert_eq!(read_back, Published::of(&counters, std::process::id(), 123));
+        assert_eq!(read_back.max_conns, Some(123));
+        assert_eq!(read_back.limit_lines(), "sniff limit max_conns=123\n");
         assert_eq!(read_back.counters["websocket"], 3);
         assert_eq!(read_back.counters["http"], 1);
         assert!(read_back.lines().starts_with("sniff counter accepted=0\n"));
@@ -194,5 +220,14 @@ mod tests {
         assert!(!path.exists());
         assert_eq!(read(&path, std::process::id()).unwrap(), None);
         let _ = fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn a_file_without_the_limit_still_reads() {
+        let text = r#"{"format":1,"pid":7,"counters":{"accepted":2}}"#;
+        let published: Published = serde_json::from_str(text).unwrap();
+        assert_eq!(published.max_conns, None);
+        assert_eq!(published.limit_lines(), "");
+        assert_eq!(published.lines(), "sniff counter accepted=2\n");
     }
 }

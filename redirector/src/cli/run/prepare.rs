@@ -78,7 +78,7 @@ impl Prepared {
             .context("starting the async runtime")?;
         // Bound here (a busy port fails now), served by the unprivileged child.
         let sniff = sniff
-            .map(|config| SniffChild::spawn(SniffServer::bind_std(&config)?))
+            .map(|config| SniffChild::spawn(SniffServer::bind_std(&config)?, config.max_conns))
             .transpose()?;
         let ifaces = if settings.ifaces.is_empty() {
             vec![iface::default_route_interface()?]

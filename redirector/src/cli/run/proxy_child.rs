@@ -32,7 +32,9 @@ use tokio::sync::oneshot;
 
 /// Environment variable that makes `redirector run` the proxy's child; its value names
 /// the loader's pid and the inherited descriptors:
-/// `parent=PID,report=FD,stop=FD,http=FD[,tls=FD]`.
+/// `parent=PID,report=FD,stop=FD,max_conns=N,http=FD[,tls=FD]`. The loader resolves
+/// `--sniff-max-conns` (or its default from the open-file limit) once and hands the value
+/// down, so the limit it shows (`stats`, `status`, `/metrics`) is the one the child uses.
 pub const CHILD_ENV: &str = "REDIRECTOR_SNIFF_CHILD";
 
 /// How long the child has to stop after SIGTERM before it is killed.
@@ -46,6 +48,7 @@ pub struct SniffChild {
     /// Closed to tell the child to stop.
     stop: Option<std::io::PipeWriter>,
     addrs: Vec<(SocketAddr, ListenerKind)>,
+    max_conns: usize,
     counters: Arc<Counters>,
     /// Copies the child's reports until the pipe ends.
     reader: Option<JoinHandle<()>>,
@@ -54,8 +57,12 @@ pub struct SniffChild {
 }
 
 impl SniffChild {
-    /// Starts the child on `listeners` (bound by the loader, which keeps no copy).
-    pub fn spawn(listeners: Vec<(TcpListener, ListenerKind)>) -> anyhow::Result<Self> {
+    /// Starts the child on `listeners` (bound by the loader, which keeps no copy), to hold
+    /// at most `max_conns` connections open.
+    pub fn spawn(
+        listeners: Vec<(TcpListener, ListenerKind)>,
+        max_conns: usize,
+    ) -> anyhow::Result<Self> {
         let addrs = listeners
             .iter()
             .map(|(listener, kind)| Ok((listener.local_addr()?, *kind)))
@@ -64,7 +71,7 @@ impl SniffChild {
         let (reports, report_writer) = std::io::pipe().context("creating the counters pipe")?;
         let (stop_reader, stop) = std::io::pipe().context("creating the stop pipe")?;
         let mut spec = format!(
-            "parent={},report={},stop={}",
+            "parent={},report={},stop={},max_conns={max_conns}",
             std::process::id(),
             report_writer.as_raw_fd(),
             stop_reader.as_raw_fd()
@@ -126,6 +133,7 @@ impl SniffChild {
             child,
             stop: Some(stop),
             addrs,
+            max_conns,
             counters,
             reader: Some(reader),
             ended: Some(ended),
@@ -135,6 +143,11 @@ impl SniffChild {
     /// The addresses the child serves, the plain listener first.
     pub fn addrs(&self) -> &[(SocketAddr, ListenerKind)] {
         &self.addrs
+    }
+
+    /// The connections the child holds open at once.
+    pub fn max_conns(&self) -> usize {
+        self.max_conns
     }
 
     /// The loader's copy of the child's counters (at most one report behind).

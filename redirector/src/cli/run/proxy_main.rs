@@ -31,16 +31,19 @@ struct Inherited {
     parent: i32,
     report: RawFd,
     stop: RawFd,
+    /// The loader's `--sniff-max-conns` (or its default), resolved once.
+    max_conns: usize,
     listeners: Vec<(RawFd, ListenerKind)>,
 }
 
 impl Inherited {
-    /// Parses `parent=PID,report=FD,stop=FD,http=FD[,tls=FD]`.
+    /// Parses `parent=PID,report=FD,stop=FD,max_conns=N,http=FD[,tls=FD]`.
     fn parse(spec: &str) -> anyhow::Result<Self> {
         let mut inherited = Inherited {
             parent: 0,
             report: -1,
             stop: -1,
+            max_conns: 0,
             listeners: Vec::new(),
         };
         for item in spec.split(',') {
@@ -50,6 +53,7 @@ impl Inherited {
                 "parent" => inherited.parent = value,
                 "report" => inherited.report = value,
                 "stop" => inherited.stop = value,
+                "max_conns" => inherited.max_conns = value.try_into().unwrap_or(0),
                 "http" => inherited.listeners.push((value, ListenerKind::Http)),
                 "tls" => inherited.listeners.push((value, ListenerKind::Tls)),
                 _ => bail!("unknown key {key} in child spec"),
@@ -58,6 +62,7 @@ impl Inherited {
         if inherited.parent <= 0
             || inherited.report < 0
             || inherited.stop < 0
+            || inherited.max_conns == 0
             || inherited.listeners.is_empty()
         {
             bail!("incomplete child spec {spec:?}");
@@ -70,10 +75,12 @@ impl Inherited {
 /// [`super::proxy_child::CHILD_ENV`] is set.
 pub fn serve_inherited(
     spec: &str,
-    config: SniffConfig,
+    mut config: SniffConfig,
     options: &SniffOptions,
 ) -> anyhow::Result<()> {
     let inherited = Inherited::parse(spec)?;
+    // The loader's value, not one derived again here: the two must agree.
+    config.max_conns = inherited.max_conns;
     let identity = Identity::resolve(&options.user, options.group.as_deref())?;
     let listeners: Vec<(TcpListener, ListenerKind)> = inherited
         .listeners
@@ -150,4 +157,25 @@ fn report_line(counters: &Counters) -> String {
         .collect();
     line.push("\n".into());
     line.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_carries_the_loaders_max_conns() {
+        let inherited = Inherited::parse("parent=7,report=3,stop=4,max_conns=123,http=5,tls=6")
+            .expect("a complete spec");
+        assert_eq!(inherited.max_conns, 123);
+        assert_eq!(inherited.listeners.len(), 2);
+        // Without it (or 0), the child would derive its own: refused instead.
+        for spec in [
+            "parent=7,report=3,stop=4,http=5",
+            "parent=7,report=3,stop=4,max_conns=0,http=5",
+            "parent=7,report=3,stop=4,max_conns=-1,http=5",
+        ] {
+            assert!(Inherited::parse(spec).is_err(), "{spec}");
+        }
+    }
 }

@@ -82,18 +82,23 @@ impl Prepared {
             None => self.start_fresh(metrics_url.clone())?,
         };
         let sniff_counters = self.sniff.as_ref().map(SniffChild::counters);
-        // `redirector stats` of other processes reads the proxy's counters from this file.
-        let sniff_publisher = sniff_counters
+        let sniff_shown = self
+            .sniff
             .as_ref()
-            .map(|counters| {
+            .map(|child| (child.counters(), child.max_conns() as u64));
+        // `redirector stats` and `status` of other processes read the proxy's counters
+        // and limit from this file.
+        let sniff_publisher = sniff_shown
+            .as_ref()
+            .map(|(counters, max_conns)| {
                 let path = paths::sniff_stats_file(info.netns_inode, info.key_iface());
-                Publisher::create(path, Arc::clone(counters))
+                Publisher::create(path, Arc::clone(counters), *max_conns)
             })
             .transpose()
             .context("publishing the sniff counters")?;
         let metrics = match self.metrics.take() {
             Some(listener) => {
-                let render = self.metrics_body(&pinned, sniff_counters.clone())?;
+                let render = self.metrics_body(&pinned, sniff_shown)?;
                 Some((listener, render))
             }
             None => None,
@@ -112,6 +117,7 @@ impl Prepared {
                 "redirector sniff ready: listening on {}",
                 sniff_cmd::listening(child.addrs())
             );
+            println!("{}", sniff_cmd::limits_line(child.max_conns()));
         }
         print_ready(
             &info,
@@ -250,11 +256,11 @@ impl Prepared {
 
     /// What `/metrics` serves: the maps (through handles of its own, opened from their
     /// pins, so scrapes never wait for the reaper's `&mut Dataplane`) and the sniffing
-    /// proxy's counters.
+    /// proxy's counters and connection limit.
     fn metrics_body(
         &self,
         pinned: &PinnedInstance,
-        sniff_counters: Option<Arc<Counters>>,
+        sniff: Option<(Arc<Counters>, u64)>,
     ) -> anyhow::Result<MetricsBody> {
         let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
         let labels = Labels {
@@ -266,8 +272,12 @@ impl Prepared {
             let snapshot = Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
             let mut registry = Registry::default();
             prometheus::register(&mut registry, snapshot, labels.clone());
-            if let Some(counters) = &sniff_counters {
-                redirector_sniff::metrics::register(&mut registry, Arc::clone(counters));
+            if let Some((counters, max_conns)) = &sniff {
+                redirector_sniff::metrics::register(
+                    &mut registry,
+                    Arc::clone(counters),
+                    *max_conns,
+                );
             }
             Ok(registry)
         }))
