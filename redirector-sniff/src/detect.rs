@@ -81,13 +81,37 @@ fn classify(request: &httparse::Request<'_, '_>, cfg: &DetectConfig) -> Detectio
             token.eq_ignore_ascii_case(b"upgrade")
         });
     let path_ok = cfg.ws_paths.is_empty()
-        || request
-            .path
-            .is_some_and(|path| cfg.ws_paths.iter().any(|p| path.starts_with(p.as_str())));
+        || request.path.map(origin_path).is_some_and(|path| {
+            cfg.ws_paths
+                .iter()
+                .any(|prefix| path.starts_with(prefix.as_str()))
+        });
     if is_upgrade && path_ok {
         Detection::WebSocket
     } else {
         Detection::Http
+    }
+}
+
+/// The path of a request target: the target itself in origin form (`/ws/chat`), the part
+/// from the first `/` after the authority in absolute form (`http://host/ws/chat` →
+/// `/ws/chat`, `http://host` → `/`), as HAProxy's `path` does. A server must accept
+/// absolute form (RFC 9112 §3.2.2), so `--ws-path` must match its path, not its scheme.
+fn origin_path(target: &str) -> &str {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return target;
+    };
+    // RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !is_scheme {
+        return target;
+    }
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        _ => "/",
     }
 }
 
@@ -263,6 +287,31 @@ Content-Length: 5\r\n\r\nhello";
         check_prefixes(WS, &ws_paths(&["/api", "/ws"]), Detection::WebSocket);
         check_prefixes(WS, &ws_paths(&["/api"]), Detection::Http);
         check_prefixes(WS, &ws_paths(&["/ws/chat/room"]), Detection::Http);
+    }
+
+    #[test]
+    fn ws_path_prefixes_match_the_path_of_absolute_form_targets() {
+        let absolute = |target: &str| {
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        };
+        let cfg = ws_paths(&["/ws/"]);
+        for (target, want) in [
+            ("http://example.com/ws/chat", Detection::WebSocket),
+            ("HTTPS://example.com:8443/ws/", Detection::WebSocket),
+            ("http://user@example.com/ws/x?y", Detection::WebSocket),
+            ("http://example.com/other/ws/", Detection::Http),
+            ("http://example.com", Detection::Http),
+            ("http://example.com?/ws/", Detection::Http),
+            // Not a scheme: an origin-form path that merely contains `://`.
+            ("/ws/a://b", Detection::WebSocket),
+            ("/x/a://b/ws/", Detection::Http),
+        ] {
+            check_prefixes(absolute(target).as_bytes(), &cfg, want);
+        }
+        assert_eq!(origin_path("http://example.com"), "/");
+        assert_eq!(origin_path("http://example.com/"), "/");
+        assert_eq!(origin_path("/ws/"), "/ws/");
+        assert_eq!(origin_path("*"), "*");
     }
 
     #[test]
