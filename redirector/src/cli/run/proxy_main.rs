@@ -21,7 +21,7 @@ use redirector_sniff::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::SniffOptions;
+use redirector::config::sniff::SniffSettings;
 
 /// How often the child reports its counters to the loader.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
@@ -71,10 +71,10 @@ impl Inherited {
 pub fn serve_inherited(
     spec: &str,
     config: SniffConfig,
-    options: &SniffOptions,
+    settings: &SniffSettings,
 ) -> anyhow::Result<()> {
     let inherited = Inherited::parse(spec)?;
-    let identity = Identity::resolve(&options.user, options.group.as_deref())?;
+    let identity = Identity::resolve(settings.user(), settings.group.as_deref())?;
     let listeners: Vec<(TcpListener, ListenerKind)> = inherited
         .listeners
         .iter()
