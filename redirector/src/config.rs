@@ -177,7 +177,7 @@ impl RunSettings {
                 return Err(invalid(key, "must be at least 1 (seconds)".into()));
             }
         }
-        let sniff = file.sniff.unwrap_or_default().parse(&invalid)?;
+        let sniff = file.sniff.unwrap_or_default().parse(invalid)?;
         Ok(RunSettings {
             ifaces: file.ifaces.unwrap_or_default(),
             redirects: parse_all("redirects", file.redirects, &invalid)?,

@@ -110,7 +110,10 @@ pub fn respond<B>(request: &Request<B>, scrape: &impl Scrape) -> Response<Full<B
         Route::Healthz => text(StatusCode::OK, "ok\n"),
         Route::Readyz => match scrape() {
             Ok(_) => text(StatusCode::OK, "ready\n"),
-            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {e}\n")),
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {e}\n"),
+            ),
         },
         Route::MethodNotAllowed => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
@@ -345,7 +348,11 @@ mod tests {
         ] {
             let mut conn = TcpStream::connect(addr).unwrap();
             conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            write!(conn, "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
+            write!(
+                conn,
+                "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
             let mut response = String::new();
             conn.read_to_string(&mut response).unwrap();
             assert!(response.starts_with(status), "{path}: {response}");
