@@ -3,6 +3,10 @@
 //!
 //! Every field is optional at this level: "not given" is kept apart from "the default",
 //! so that [`RunSettings::or`] can merge flags over the file before defaults apply.
+//! Every flag of `run` has its key (the cli's tests check it); the sniffing proxy's
+//! settings are the `[sniff]` table ([`sniff`]).
+
+pub mod sniff;
 
 use std::{
     fmt::Display,
@@ -20,6 +24,7 @@ use crate::packet_mark::{PacketMark, PacketMarkError};
 use crate::{
     dataplane::attach::Mode, reaper::Timeouts, rules::RedirectRule, source_filter::SourcePrefix,
 };
+use sniff::{FileSniff, SniffSettings};
 
 /// The configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +70,9 @@ struct FileConfig {
     conntrack_size: Option<u32>,
     metrics: Option<String>,
     mark: Option<String>,
+    persist: Option<bool>,
     timeouts: Option<FileTimeouts>,
+    sniff: Option<FileSniff>,
 }
 
 /// `[timeouts]`, in seconds.
@@ -110,6 +117,10 @@ pub struct RunSettings {
     pub mark: Option<PacketMark>,
     /// `--timeout-*` / `[timeouts]`.
     pub timeouts: TimeoutSettings,
+    /// `--persist` / `persist` (the flag can only turn it on).
+    pub persist: Option<bool>,
+    /// `--sniff-*` / `[sniff]`.
+    pub sniff: SniffSettings,
 }
 
 fn first<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
@@ -166,6 +177,7 @@ impl RunSettings {
                 return Err(invalid(key, "must be at least 1 (seconds)".into()));
             }
         }
+        let sniff = file.sniff.unwrap_or_default().parse(invalid)?;
         Ok(RunSettings {
             ifaces: file.ifaces.unwrap_or_default(),
             redirects: parse_all("redirects", file.redirects, &invalid)?,
@@ -199,6 +211,8 @@ impl RunSettings {
                 fin_wait: t.fin_wait,
                 handshake: t.handshake,
             },
+            persist: file.persist,
+            sniff,
         })
     }
 
@@ -218,7 +232,14 @@ impl RunSettings {
                 fin_wait: self.timeouts.fin_wait.or(file.timeouts.fin_wait),
                 handshake: self.timeouts.handshake.or(file.timeouts.handshake),
             },
+            persist: self.persist.or(file.persist),
+            sniff: self.sniff.or(file.sniff),
         }
+    }
+
+    /// Whether the programs stay attached when the loader exits; off if not given.
+    pub fn persist(&self) -> bool {
+        self.persist.unwrap_or(false)
     }
 
     /// The ingress mode, `auto` if not given.
@@ -262,11 +283,26 @@ mod tests {
         metrics = "127.0.0.1:9464"
         mark = "0x42/0xff"
 
+        persist = true
+
         [timeouts]
         established = 3600
         closing = 5
         fin_wait = 30
         handshake = 20
+
+        [sniff]
+        listen = "0.0.0.0:80"
+        websocket = "127.0.0.1:8080"
+        http = "127.0.0.1:8000"
+        max_conns = 100
+        header_timeout = 3
+        not_http = "http"
+        ws_path = ["/ws/"]
+        tls_listen = "0.0.0.0:443"
+        tls_websocket = "127.0.0.1:8443"
+        tls_http = "127.0.0.1:9443"
+        ws_sni = ["*.example.com"]
     "#;
 
     #[test]
@@ -285,6 +321,44 @@ mod tests {
         assert_eq!(t.closing, Duration::from_secs(5));
         assert_eq!(t.fin_wait, Duration::from_secs(30));
         assert_eq!(t.handshake, Duration::from_secs(20));
+        assert!(s.persist());
+        assert_eq!(s.sniff.validate("sniff-"), Ok(()));
+        let sniff = s.sniff.config().unwrap();
+        assert_eq!(sniff.listen, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(sniff.max_conns, 100);
+        assert_eq!(sniff.header_timeout, Duration::from_secs(3));
+        assert_eq!(sniff.detect.ws_paths, ["/ws/"]);
+        assert_eq!(sniff.tls.unwrap().ws_sni.len(), 1);
+    }
+
+    /// dist/redirector.toml with every commented-out key line (and `[sniff]`) uncommented.
+    fn shipped_uncommented() -> String {
+        include_str!("../../dist/redirector.toml")
+            .lines()
+            .map(|line| {
+                let bare = line.trim_start_matches("# ");
+                let is_key = bare.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
+                if bare != line && (is_key || bare == "[sniff]") {
+                    bare
+                } else {
+                    line
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn shipped_example_with_every_key_uncommented_parses() {
+        let s = parse(&shipped_uncommented()).unwrap();
+        assert!(s.persist());
+        assert!(!s.allow.is_empty() && s.metrics.is_some() && s.mark.is_some());
+        assert_eq!(s.sniff.validate("sniff-"), Ok(()));
+        let sniff = s.sniff.config().expect("[sniff] uncommented");
+        assert_eq!(sniff.max_conns_per_ip, Some(100));
+        assert!(sniff.tls.is_some() && sniff.proxy_protocol.is_some());
     }
 
     #[test]
@@ -333,6 +407,25 @@ mod tests {
         assert_eq!(s.conntrack_size(), 1024);
         assert_eq!(s.timeouts().fin_wait, Duration::from_secs(30));
         assert!(s.metrics.is_some());
+        assert!(s.persist(), "from the file");
+    }
+
+    #[test]
+    fn sniff_flags_override_the_file_key_by_key() {
+        let file = parse(FULL).unwrap();
+        let flags = RunSettings {
+            sniff: SniffSettings {
+                header_timeout: Some(9),
+                http: Some("127.0.0.1:9000".parse().unwrap()),
+                ..SniffSettings::default()
+            },
+            ..RunSettings::default()
+        };
+        let s = flags.or(file).sniff.config().unwrap();
+        assert_eq!(s.header_timeout, Duration::from_secs(9));
+        assert_eq!(s.http_backend, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(s.max_conns, 100, "from the file");
+        assert_eq!(s.websocket_backend, "127.0.0.1:8080".parse().unwrap());
     }
 
     fn error(text: &str) -> String {
@@ -380,6 +473,35 @@ mod tests {
             ("conntrack_size = \"big\"", "conntrack_size"),
             ("ifaces = \"eth0\"", "ifaces"),
             ("this is not toml", "test.toml"),
+            ("persist = \"yes\"", "persist"),
+            (
+                "[sniff]\nlisten = \"80\"",
+                "`sniff.listen`: invalid address `80`",
+            ),
+            (
+                "[sniff]\nmax_conns = 0",
+                "`sniff.max_conns`: 0 is not in 1..=1000000",
+            ),
+            (
+                "[sniff]\nheader_timeout = 3601",
+                "`sniff.header_timeout`: 3601 is not in 1..=3600",
+            ),
+            (
+                "[sniff]\nmax_header_bytes = 10",
+                "`sniff.max_header_bytes`: 10 is not in 64..=1048576",
+            ),
+            (
+                "[sniff]\nws_path = [\"ws\"]",
+                "`sniff.ws_path`: invalid --ws-path `ws`",
+            ),
+            ("[sniff]\nnot_http = \"drop\"", "`sniff.not_http`"),
+            ("[sniff]\nrelay = \"fast\"", "`sniff.relay`"),
+            ("[sniff]\nproxy_protocol = \"v3\"", "`sniff.proxy_protocol`"),
+            ("[sniff]\nws_sni = [\"\"]", "`sniff.ws_sni`"),
+            (
+                "[sniff]\nlisten_on = \"0.0.0.0:80\"",
+                "unknown field `listen_on`",
+            ),
         ] {
             let e = error(text);
             assert!(e.contains(needle), "{text}: `{needle}` not in {e}");

@@ -46,3 +46,18 @@ pub fn kernel_bench() -> PathBuf {
 pub fn syn_flood() -> PathBuf {
     locate("SYN_FLOOD_BIN", "syn-flood")
 }
+
+/// The loader's OCI image (`cargo xtask image`; set by `cargo xtask test`), in podman's
+/// local storage.
+pub fn image() -> String {
+    std::env::var("REDIRECTOR_IMAGE").unwrap_or_else(|_| "localhost/redirector:latest".into())
+}
+
+/// The pinned kubernetes-validate that `cargo xtask setup` installs in its venv.
+pub fn kubernetes_validate() -> PathBuf {
+    if let Some(path) = std::env::var_os("KUBERNETES_VALIDATE_BIN") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").expect("HOME is not set");
+    PathBuf::from(home).join(".local/share/redirector/venv/bin/kubernetes-validate")
+}

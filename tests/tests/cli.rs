@@ -210,6 +210,12 @@ fn bad_config_files_are_rejected_with_the_key() {
             &["`redirects`: invalid rule `80:80`"][..],
         ),
         ("syntax", "mode = tc\n", &["config file"][..]),
+        (
+            "sniff",
+            "ifaces = [\"v0\"]\n[sniff]\nlisten = \"0.0.0.0:81\"\nmax_conns = 0\n",
+            &["`sniff.max_conns`: 0 is not in 1..=1000000"][..],
+        ),
+        ("persist", "persist = 1\n", &["persist"][..]),
     ] {
         let file = TempFile::new(&format!("cfg-{tag}"), text);
         let out = run_in(&ns, &["--config", file.path()]);

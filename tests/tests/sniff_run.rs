@@ -105,6 +105,60 @@ fn run_applies_non_default_sniff_options() {
     assert_eq!(sniff_counter(&lines, "websocket"), 1, "{lines:?}");
 }
 
+/// The proxy configured by `[sniff]` of `--config` (read by the loader and by the proxy's
+/// process, which re-reads the same arguments), a flag overriding one of its keys: the
+/// flag's 1 s header timeout applies, not the file's 30 s, and the file's 512-byte head
+/// limit applies.
+#[test]
+fn run_takes_the_sniff_proxy_from_the_config_file_and_flags_override_it() {
+    let _serial = serial();
+    let topo = Topology::new("runscfg");
+    let _echo = start_echo(&topo, &[]);
+    let dir = TempDir::new("sniff-config");
+    let config = dir.0.join("redirector.toml");
+    std::fs::write(
+        &config,
+        "redirects = [\"443:8443\"]\n\
+         [sniff]\n\
+         listen = \"0.0.0.0:80\"\n\
+         websocket = \"127.0.0.1:8080\"\n\
+         http = \"127.0.0.1:8000\"\n\
+         header_timeout = 30\n\
+         max_header_bytes = 512\n",
+    )
+    .unwrap();
+    let loader = start_loader(
+        &topo,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--sniff-header-timeout",
+            "1",
+        ],
+    );
+    let announced = loader
+        .seen
+        .iter()
+        .any(|l| l == "redirector sniff ready: listening on 0.0.0.0:80");
+    assert!(announced, "{:?}", loader.seen);
+    let waited = seconds_until_closed(&topo, 80);
+    assert!((0.8..4.0).contains(&waited), "closed after {waited} s");
+    let script = format!(
+        "import socket\n\
+         s=socket.create_connection(('{}',80),timeout=5)\n\
+         s.sendall(b'GET / HTTP/1.1\\r\\nX-Pad: ' + b'a'*1000 + b'\\r\\n\\r\\n')\n\
+         s.settimeout(5)\n\
+         try:\n  print(len(s.recv(100)))\n\
+         except ConnectionResetError:\n  print(0)\n",
+        topo.server_v4
+    );
+    assert_eq!(client_python(&topo, &script), "0");
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    let lines = stop_loader(loader);
+    assert_eq!(sniff_counter(&lines, "header_timeout"), 1, "{lines:?}");
+    assert_eq!(sniff_counter(&lines, "too_large"), 1, "{lines:?}");
+}
+
 /// Polls `redirector stats --json` in the server namespace until `check` accepts it (the
 /// loader republishes the sniff counters every second), for at most 5 s.
 fn stats_until(topo: &Topology, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {

@@ -35,6 +35,15 @@ pub enum Command {
     ///
     /// Example: cargo xtask demo --hold
     Demo(DemoArgs),
+    /// Run build, then build the OCI image of the loader with podman (never pulls).
+    ///
+    /// `FROM scratch` with only the binary, the shared libraries `ldd` lists and a minimal
+    /// /etc (passwd, group, nsswitch.conf) naming `nobody`; tagged
+    /// localhost/redirector:VERSION and :latest. Prints the image's size. For the
+    /// Kubernetes DaemonSet in deploy/kubernetes/.
+    ///
+    /// Example: cargo xtask image
+    Image,
     /// Run setup, lint (rustfmt, clippy), build, then the whole test suite.
     ///
     /// Arguments after `--` go to `cargo test`.

@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod cli;
 mod demo;
+mod image;
 mod setup;
 mod test;
 
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Build(args) => build::run(args.profile()).map(|_| ()),
         Command::Demo(args) => demo::run(&args),
+        Command::Image => image::run(),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
     };

@@ -30,6 +30,10 @@ const REQUIRED_PACKAGES: &[&str] = &[
     "iperf3",              // bulk throughput
     "iptables",            // iptables REDIRECT (iptables-legacy)
     "nftables",            // nftables redirect
+    // The OCI image and the Kubernetes manifests (`cargo xtask image`, tests/tests/kubernetes.rs):
+    "podman",       // podman build / image mount (never a registry pull)
+    "buildah",      // podman's image builder
+    "python3-venv", // the venv of kubernetes-validate
 ];
 /// Packages that help with debugging but may be missing from the archive.
 const OPTIONAL_PACKAGES: &[&str] = &["bpftool"];
@@ -41,6 +45,10 @@ const NIGHTLY_LLVM_MAJOR: u32 = 22;
 /// points into it.
 const LLVM_PREFIX_UNDER_HOME: &str = ".local/share/redirector/bpf-llvm";
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
+/// The venv of the manifests' validator, under $HOME (persistent, like the LLVM prefix).
+const VENV_UNDER_HOME: &str = ".local/share/redirector/venv";
+/// kubernetes-validate validates the manifests offline against the schemas it bundles.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 pub fn run() -> Result<()> {
     heading("setup");
@@ -65,6 +73,12 @@ pub fn run() -> Result<()> {
         "cargo-fuzz",
         "cargo install cargo-fuzz --locked",
         ensure_cargo_fuzz,
+    )?;
+    step(
+        "kubernetes-validate",
+        "python3 -m venv ~/.local/share/redirector/venv && \
+         ~/.local/share/redirector/venv/bin/pip install kubernetes-validate==1.37.0",
+        ensure_kubernetes_validate,
     )?;
     step(
         "bpffs",
@@ -362,6 +376,51 @@ fn ensure_cargo_fuzz() -> Result<String> {
         .args(["fuzz", "--version"])
         .run_captured()
         .context("cargo-fuzz was installed but `cargo fuzz --version` fails")?;
+    Ok(format!("{} (installed now)", version.trim()))
+}
+
+/// The `kubernetes-validate` of the project's venv (see [`ensure_kubernetes_validate`]).
+pub fn kubernetes_validate() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home)
+        .join(VENV_UNDER_HOME)
+        .join("bin")
+        .join("kubernetes-validate"))
+}
+
+/// The pinned kubernetes-validate in a venv of its own (Debian's pip refuses to install
+/// into the system Python); its schemas are bundled, so validating needs no network.
+fn ensure_kubernetes_validate() -> Result<String> {
+    let validator = kubernetes_validate()?;
+    let installed = |validator: &Path| {
+        Cmd::new(validator)
+            .arg("--version")
+            .run_captured()
+            .ok()
+            .filter(|out| out.contains(KUBERNETES_VALIDATE_VERSION))
+    };
+    if let Some(version) = installed(&validator) {
+        return Ok(version.trim().to_owned());
+    }
+    let venv = validator
+        .parent()
+        .and_then(Path::parent)
+        .context("venv path")?;
+    if !venv.join("bin").join("pip").is_file() {
+        Cmd::new("python3").args(["-m", "venv"]).arg(venv).run()?;
+    }
+    Cmd::new(venv.join("bin").join("pip"))
+        .args(["install", "--quiet"])
+        .arg(format!(
+            "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+        ))
+        .run()?;
+    let version = installed(&validator).with_context(|| {
+        format!(
+            "{} was installed but `--version` does not report {KUBERNETES_VALIDATE_VERSION}",
+            validator.display()
+        )
+    })?;
     Ok(format!("{} (installed now)", version.trim()))
 }
 

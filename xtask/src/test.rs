@@ -1,7 +1,10 @@
 //! `cargo xtask test`: setup, lint (rustfmt, clippy on the host crates and on the eBPF crate
-//! for its BPF target), build, then the whole test suite with the built binaries' paths in
-//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN, KERNEL_BENCH_BIN and SYN_FLOOD_BIN, then a
-//! bounded run of each fuzz target of redirector-sniff/fuzz, then the benchmark's smoke run.
+//! for its BPF target), build, the OCI image (`cargo xtask image`, a few seconds once the
+//! binary is built), then the whole test suite with the built binaries' paths in
+//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN, KERNEL_BENCH_BIN and SYN_FLOOD_BIN,
+//! the image's name in REDIRECTOR_IMAGE and the manifests' validator in
+//! KUBERNETES_VALIDATE_BIN, then a bounded run of each fuzz target of redirector-sniff/fuzz,
+//! then the benchmark's smoke run.
 
 use anyhow::{Context as _, Result};
 
@@ -10,7 +13,7 @@ use testkit::cmd::{heading, Cmd};
 
 use crate::build::{self, workspace_root, Binaries, Profile};
 use crate::cli::TestArgs;
-use crate::setup;
+use crate::{image, setup};
 
 /// Built only for bpfel-unknown-none, by aya-build from redirector's build.rs. For the host it
 /// neither links (`cargo test`) nor reliably checks (`cargo clippy --all-targets`: the test
@@ -72,6 +75,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .context("test step `lint: cargo clippy (eBPF)` failed")?;
 
     let binaries = build::build_binaries(Profile::Release).context("test step `build` failed")?;
+    let image = image::build_image(&binaries.redirector).context("test step `image` failed")?;
+    let kubernetes_validate = setup::kubernetes_validate()?;
 
     heading("tests");
     let mut totals = TestTotals::default();
@@ -90,6 +95,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("WSLOAD_BIN", &binaries.wsload)
         .env("KERNEL_BENCH_BIN", &binaries.kernel_bench)
         .env("SYN_FLOOD_BIN", &binaries.syn_flood)
+        .env("REDIRECTOR_IMAGE", &image.name)
+        .env("KUBERNETES_VALIDATE_BIN", &kubernetes_validate)
         .current_dir(workspace_root())
         .run_tee(|line| totals.add(line));
     let result = tests

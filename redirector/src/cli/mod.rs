@@ -15,19 +15,15 @@ mod status;
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
-use redirector::privdrop::DEFAULT_USER;
+use redirector::config::sniff::{
+    parse_ws_path, SniffSettings, CONNECT_TIMEOUT_RANGE, HEADER_TIMEOUT_RANGE, MAX_CONNS_RANGE,
+    MAX_HEADER_BYTES_RANGE,
+};
 
 use flows::FlowsArgs;
 use flush::FlushArgs;
 use redirector_sniff::{
-    detect::DEFAULT_MAX_HEADER_BYTES,
-    proxy_protocol::ProxyProtocol,
-    server::{
-        NotHttpPolicy, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_TIMEOUT_SECS,
-        DEFAULT_IDLE_TIMEOUT_SECS,
-    },
-    sni::SniPattern,
-    splice::RelayMode,
+    proxy_protocol::ProxyProtocol, server::NotHttpPolicy, sni::SniPattern, splice::RelayMode,
 };
 use rules::{AddArgs, PortArgs};
 use run::RunArgs;
@@ -145,16 +141,18 @@ pub struct Target {
 }
 
 /// The options of the sniffing proxy, shared by `redirector sniff` (as written here) and
-/// `redirector run` (with a `--sniff-` prefix: [`command`] renames them).
+/// `redirector run` (with a `--sniff-` prefix: [`command`] renames them). None has a clap
+/// default: "not given" must stay apart from the default so that under `run` the config
+/// file's `[sniff]` table can fill it ([`SniffSettings`] applies the defaults).
 #[derive(Debug, clap::Args)]
 pub struct SniffOptions {
     /// After binding, run as this unprivileged user, with no capabilities and
     /// `no_new_privs` (only when started as root; otherwise the user is kept and only the
-    /// capabilities are dropped). Refused if the user does not exist.
+    /// capabilities are dropped). Refused if the user does not exist [default: nobody].
     ///
     /// Example: --user redirector-sniff (under `run`: --sniff-user)
-    #[arg(long, value_name = "USER", default_value = DEFAULT_USER)]
-    pub user: String,
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 
     /// Group to run as after binding. Default: the user's primary group (`nogroup` for
     /// `nobody` on Debian).
@@ -170,55 +168,58 @@ pub struct SniffOptions {
     /// Default: what the hard open-file limit allows, as HAProxy derives maxconn (2.5
     /// descriptors a connection after a reserve of 64, at most 1,000,000); the soft limit
     /// is raised to match.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(MAX_CONNS_RANGE))]
     pub max_conns: Option<u32>,
 
     /// Most connections open at once from one client address (IPv4: the address; IPv6:
     /// its /64 prefix); further ones are closed on accept and counted. Default: no limit.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(MAX_CONNS_RANGE))]
     pub max_conns_per_ip: Option<u32>,
 
-    /// Seconds a client has, from accept, to send its complete request head.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub header_timeout: u64,
+    /// Seconds a client has, from accept, to send its complete request head [default: 10].
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(HEADER_TIMEOUT_RANGE))]
+    pub header_timeout: Option<u64>,
 
-    /// Close relays that moved no byte in either direction for SECS; 0 never closes them.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
-    pub idle_timeout: u64,
+    /// Close relays that moved no byte in either direction for SECS; 0 never closes them
+    /// [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
 
-    /// Seconds allowed to connect to a backend.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS,
-          value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub connect_timeout: u64,
+    /// Seconds allowed to connect to a backend [default: 5].
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(CONNECT_TIMEOUT_RANGE))]
+    pub connect_timeout: Option<u64>,
 
-    /// Largest request head read before deciding, in bytes; larger heads are closed.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_HEADER_BYTES as u32,
-          value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
-    pub max_header_bytes: u32,
+    /// Largest request head read before deciding, in bytes; larger heads are closed
+    /// [default: 16384].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(MAX_HEADER_BYTES_RANGE))]
+    pub max_header_bytes: Option<u32>,
 
     /// What to do with connections that do not start with HTTP/1.x (TLS, HTTP/2 prior
-    /// knowledge, other protocols): close, or relay them to the HTTP backend.
-    #[arg(long, value_name = "close|http", default_value = "close")]
-    pub not_http: NotHttpPolicy,
+    /// knowledge, other protocols): close, or relay them to the HTTP backend
+    /// [default: close].
+    #[arg(long, value_name = "close|http")]
+    pub not_http: Option<NotHttpPolicy>,
 
     /// Also accept TLS clients on ADDR:PORT and route them, without decrypting, by the
     /// server name (SNI) of their ClientHello: names matching the ws-sni patterns go to
     /// the tls-websocket backend, all others (and clients sending no name) to tls-http.
-    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_websocket", "tls_http"])]
+    #[arg(long, value_name = "ADDR:PORT")]
     pub tls_listen: Option<SocketAddr>,
 
     /// Backend of TLS connections whose server name matches a ws-sni pattern.
-    #[arg(long, value_name = "ADDR:PORT", requires = "tls_listen")]
+    #[arg(long, value_name = "ADDR:PORT")]
     pub tls_websocket: Option<SocketAddr>,
 
     /// Backend of all other TLS connections.
-    #[arg(long, value_name = "ADDR:PORT", requires = "tls_listen")]
+    #[arg(long, value_name = "ADDR:PORT")]
     pub tls_http: Option<SocketAddr>,
 
     /// Server name routed to the tls-websocket backend: a host name, or *.DOMAIN for every
     /// name under DOMAIN (repeatable; case-insensitive).
-    #[arg(long = "ws-sni", value_name = "PATTERN", requires = "tls_listen")]
+    #[arg(long = "ws-sni", value_name = "PATTERN")]
     pub ws_sni: Vec<SniPattern>,
 
     /// Send a PROXY protocol header (v1: text, v2: binary) to every backend before the
@@ -228,19 +229,33 @@ pub struct SniffOptions {
 
     /// How bytes are relayed once the backend is chosen: splice (zero-copy splice(2)
     /// through a pipe per direction), copy (user-space buffers), or auto (copy small
-    /// messages, splice while 16 KiB or more arrive at a time).
-    #[arg(long, value_name = "auto|splice|copy", default_value_t = RelayMode::default())]
-    pub relay: RelayMode,
+    /// messages, splice while 16 KiB or more arrive at a time) [default: auto].
+    #[arg(long, value_name = "auto|splice|copy")]
+    pub relay: Option<RelayMode>,
 }
 
-/// A `--ws-path` must be an absolute path prefix.
-fn parse_ws_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') && !s.contains(|c: char| c.is_ascii_whitespace()) {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "invalid --ws-path `{s}`: expected a path prefix starting with /"
-        ))
+impl SniffOptions {
+    /// These options as settings, without the addresses (`listen` and the backends).
+    pub fn settings(&self) -> SniffSettings {
+        SniffSettings {
+            user: self.user.clone(),
+            group: self.group.clone(),
+            ws_paths: self.ws_paths.clone(),
+            max_conns: self.max_conns,
+            max_conns_per_ip: self.max_conns_per_ip,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            connect_timeout: self.connect_timeout,
+            max_header_bytes: self.max_header_bytes,
+            not_http: self.not_http,
+            tls_listen: self.tls_listen,
+            tls_websocket: self.tls_websocket,
+            tls_http: self.tls_http,
+            ws_sni: self.ws_sni.clone(),
+            proxy_protocol: self.proxy_protocol,
+            relay: self.relay,
+            ..SniffSettings::default()
+        }
     }
 }
 
@@ -248,28 +263,50 @@ fn parse_ws_path(s: &str) -> Result<String, String> {
 /// prefix; still accepted (hidden).
 const RUN_SNIFF_LEGACY_NAMES: &[(&str, &str)] = &[("ws_paths", "ws-path")];
 
+/// What the TLS options of [`SniffOptions`] need on the command line of `redirector sniff`
+/// (argument id, the ids it requires). Under `run` the same is checked once the config file
+/// is merged ([`SniffSettings::validate`]), since the file may give the other half.
+const SNIFF_TLS_REQUIRES: &[(&str, &[&str])] = &[
+    ("tls_listen", &["tls_websocket", "tls_http"]),
+    ("tls_websocket", &["tls_listen"]),
+    ("tls_http", &["tls_listen"]),
+    ("ws_sni", &["tls_listen"]),
+];
+
 /// The command line, with the options of [`SniffOptions`] renamed `--sniff-NAME` under
 /// `run` (clap derives one name per field; the prefix is applied here, so both commands
-/// share one definition, its defaults and its checks).
+/// share one definition).
 pub fn command() -> clap::Command {
     use clap::{Args as _, CommandFactory as _};
     let sniff_ids: Vec<String> = SniffOptions::augment_args(clap::Command::new("options"))
         .get_arguments()
         .map(|arg| arg.get_id().to_string())
         .collect();
-    Cli::command().mut_subcommand("run", |mut run| {
-        for id in &sniff_ids {
-            run = run.mut_arg(id, |arg| {
-                let long = arg.get_long().unwrap_or(id).to_string();
-                let mut arg = arg.long(format!("sniff-{long}")).requires("sniff_listen");
-                if let Some((_, old)) = RUN_SNIFF_LEGACY_NAMES.iter().find(|(i, _)| i == id) {
-                    arg = arg.alias(*old);
-                }
-                arg
-            });
-        }
-        run
-    })
+    Cli::command()
+        .mut_subcommand("run", |mut run| {
+            for id in &sniff_ids {
+                run = run.mut_arg(id, |arg| {
+                    let long = arg.get_long().unwrap_or(id).to_string();
+                    let mut arg = arg.long(format!("sniff-{long}"));
+                    if let Some((_, old)) = RUN_SNIFF_LEGACY_NAMES.iter().find(|(i, _)| i == id) {
+                        arg = arg.alias(*old);
+                    }
+                    arg
+                });
+            }
+            run
+        })
+        .mut_subcommand("sniff", |mut sniff| {
+            for (id, needs) in SNIFF_TLS_REQUIRES {
+                sniff = sniff.mut_arg(*id, |mut arg| {
+                    for need in *needs {
+                        arg = arg.requires(*need);
+                    }
+                    arg
+                });
+            }
+            sniff
+        })
 }
 
 /// Runs the handler of `command`.
@@ -362,32 +399,92 @@ mod tests {
         let o = &run.sniff.options;
         assert_eq!(o.max_conns, Some(7));
         assert_eq!(o.max_conns_per_ip, Some(3));
-        assert_eq!(o.header_timeout, 2);
-        assert_eq!(o.idle_timeout, 0);
-        assert_eq!(o.not_http, NotHttpPolicy::Http);
+        assert_eq!(o.header_timeout, Some(2));
+        assert_eq!(o.idle_timeout, Some(0));
+        assert_eq!(o.not_http, Some(NotHttpPolicy::Http));
         assert_eq!(o.proxy_protocol, Some(ProxyProtocol::V2));
         assert_eq!(o.ws_paths, ["/old/", "/new/"]);
         assert!(o.tls_listen.is_some() && o.tls_http.is_some() && o.ws_sni.len() == 1);
-        assert_eq!(o.relay, RelayMode::Copy);
+        assert_eq!(o.relay, Some(RelayMode::Copy));
     }
 
     #[test]
-    fn run_keeps_the_sniff_defaults_and_refuses_unprefixed_or_orphan_options() {
+    fn run_leaves_unset_sniff_options_unset_and_refuses_unprefixed_ones() {
         let Command::Run(run) = parse(RUN).unwrap().command else {
             panic!("not run")
         };
-        assert_eq!(run.sniff.options.max_conns, None, "derived at start");
-        assert_eq!(
-            run.sniff.options.header_timeout,
-            DEFAULT_HEADER_TIMEOUT_SECS
-        );
-        // Plain `run` works without any sniff option (defaults do not trigger `requires`).
+        // Unset, so that the config file can fill them; the defaults come last.
+        assert_eq!(run.sniff.options.max_conns, None);
+        assert_eq!(run.sniff.options.header_timeout, None);
         assert!(parse(&["run"]).is_ok());
         let mut unprefixed = RUN.to_vec();
         unprefixed.extend(["--max-conns", "7"]);
         assert!(parse(&unprefixed).is_err(), "run has no --max-conns");
-        let err = parse(&["run", "--sniff-max-conns", "7"]).unwrap_err();
-        assert!(err.to_string().contains("--sniff-listen"), "{err}");
+        // An orphan option parses: the file may hold `[sniff] listen`; the merged
+        // settings are checked in `run` (SniffSettings::validate).
+        assert!(parse(&["run", "--sniff-max-conns", "7"]).is_ok());
+    }
+
+    #[test]
+    fn sniff_keeps_its_tls_requirements_on_the_command_line() {
+        let base = [
+            "sniff",
+            "--listen",
+            "127.0.0.1:80",
+            "--websocket",
+            "127.0.0.1:8080",
+            "--http",
+            "127.0.0.1:8000",
+        ];
+        let mut tls = base.to_vec();
+        tls.extend([
+            "--tls-listen",
+            "127.0.0.1:443",
+            "--tls-http",
+            "127.0.0.1:9443",
+        ]);
+        let err = parse(&tls).unwrap_err();
+        assert!(err.to_string().contains("--tls-websocket"), "{err}");
+        let mut sni = base.to_vec();
+        sni.extend(["--ws-sni", "ws.example.com"]);
+        assert!(parse(&sni).is_err());
+    }
+
+    #[test]
+    fn help_defaults_are_the_defaults_applied() {
+        use redirector_sniff::{
+            detect::DEFAULT_MAX_HEADER_BYTES,
+            server::{
+                DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_TIMEOUT_SECS,
+                DEFAULT_IDLE_TIMEOUT_SECS,
+            },
+        };
+        let mut sniff = command().find_subcommand("sniff").unwrap().clone();
+        let help = sniff.render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (flag, default) in [
+            ("--header-timeout", DEFAULT_HEADER_TIMEOUT_SECS.to_string()),
+            ("--idle-timeout", DEFAULT_IDLE_TIMEOUT_SECS.to_string()),
+            (
+                "--connect-timeout",
+                DEFAULT_CONNECT_TIMEOUT_SECS.to_string(),
+            ),
+            ("--max-header-bytes", DEFAULT_MAX_HEADER_BYTES.to_string()),
+            ("--user", redirector::privdrop::DEFAULT_USER.to_string()),
+            ("--not-http", "close".to_string()),
+            ("--relay", RelayMode::default().to_string()),
+        ] {
+            let at = help
+                .find(&format!("{flag} "))
+                .unwrap_or_else(|| panic!("{flag}"));
+            let rest = &help[at..];
+            let next = rest[2..].find(" --").map_or(rest.len(), |i| i + 2);
+            assert!(
+                rest[..next].contains(&format!("[default: {default}]")),
+                "{flag}: {}",
+                &rest[..next]
+            );
+        }
     }
 
     #[test]
@@ -411,7 +508,7 @@ mod tests {
             panic!("not sniff")
         };
         assert_eq!(sniff.options.max_conns_per_ip, Some(4));
-        assert_eq!(sniff.options.header_timeout, 3);
+        assert_eq!(sniff.options.header_timeout, Some(3));
         assert!(sniff.metrics.is_some());
         let mut prefixed = args.to_vec();
         prefixed.extend(["--sniff-max-conns", "3"]);

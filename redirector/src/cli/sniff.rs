@@ -6,53 +6,32 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use redirector::{
+    config::sniff::SniffSettings,
     observe::http as metrics_http,
     privdrop::{self, Dropped, Identity},
 };
 use redirector_sniff::{
-    detect::DetectConfig,
-    fd_limit, metrics as sniff_metrics,
-    server::{ListenerKind, SniffConfig, SniffServer, TlsRoute},
+    metrics as sniff_metrics,
+    server::{ListenerKind, SniffServer},
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::SniffOptions;
 
-/// The proxy's configuration from its addresses and the shared options (of `sniff`, or
-/// of `run` with their `--sniff-` prefix).
-pub fn sniff_config(
-    listen: SocketAddr,
-    websocket: SocketAddr,
-    http: SocketAddr,
-    options: &SniffOptions,
-) -> SniffConfig {
-    SniffConfig {
-        listen,
-        websocket_backend: websocket,
-        http_backend: http,
-        detect: DetectConfig {
-            ws_paths: options.ws_paths.clone(),
-            max_header_bytes: options.max_header_bytes as usize,
-        },
-        max_conns: options
-            .max_conns
-            .map_or_else(fd_limit::default_max_conns, |n| n as usize),
-        max_conns_per_ip: options.max_conns_per_ip,
-        header_timeout: Duration::from_secs(options.header_timeout),
-        idle_timeout: (options.idle_timeout > 0).then(|| Duration::from_secs(options.idle_timeout)),
-        connect_timeout: Duration::from_secs(options.connect_timeout),
-        not_http: options.not_http,
-        tls: tls_route(options),
-        proxy_protocol: options.proxy_protocol,
-        relay: options.relay,
-    }
-}
-
 /// Runs the sniffing proxy in the foreground: binds, drops privileges, then serves.
 pub fn sniff(args: SniffArgs) -> anyhow::Result<()> {
+    let settings = SniffSettings {
+        listen: Some(args.listen),
+        websocket: Some(args.websocket),
+        http: Some(args.http),
+        ..args.options.settings()
+    };
+    settings.validate("")?;
     // Refused before anything is bound: a user or group that does not exist.
-    let identity = Identity::resolve(&args.options.user, args.options.group.as_deref())?;
-    let config = sniff_config(args.listen, args.websocket, args.http, &args.options);
+    let identity = Identity::resolve(settings.user(), settings.group.as_deref())?;
+    let config = settings
+        .config()
+        .context("the proxy's addresses are required")?;
     // Bound (and the open-file limit raised) while still privileged, on one thread.
     let listeners = SniffServer::bind_std(&config)?;
     let metrics = match args.metrics {
@@ -163,16 +142,6 @@ pub fn listening(addrs: &[(SocketAddr, ListenerKind)]) -> String {
         })
         .collect();
     listening.join(", ")
-}
-
-/// The TLS listener's routes, if `--tls-listen` was given (clap requires both backends).
-fn tls_route(args: &SniffOptions) -> Option<TlsRoute> {
-    Some(TlsRoute {
-        listen: args.tls_listen?,
-        websocket_backend: args.tls_websocket?,
-        http_backend: args.tls_http?,
-        ws_sni: args.ws_sni.clone(),
-    })
 }
 
 /// Arguments of `redirector sniff`.

@@ -6,8 +6,13 @@
 //! previous response (hyper's header-read timer, which also bounds how long a keep-alive
 //! connection may sit idle); a connection on which no byte moves for
 //! [`Limits::idle_timeout`] while a read or write waits (a client that stops reading its
-//! response) is closed. Heads over [`Limits::max_header_bytes`] get 431. Only `/metrics`
-//! exists (404 elsewhere), for `GET` and `HEAD` (405 otherwise).
+//! response) is closed. Heads over [`Limits::max_header_bytes`] get 431.
+//!
+//! Three paths exist (404 elsewhere), for `GET` and `HEAD` (405 otherwise): `/metrics`;
+//! `/healthz`, 200 whenever the server answers (the process is alive: Kubernetes'
+//! liveness probe); `/readyz`, 200 when the series can be read, 503 with the reason
+//! otherwise (the readiness probe: the loader serves only once its programs are attached,
+//! and the series are read from its maps at each request).
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -60,18 +65,27 @@ impl Default for Limits {
 pub enum Route {
     /// `GET` or `HEAD /metrics`.
     Metrics,
+    /// `GET` or `HEAD /healthz`: alive.
+    Healthz,
+    /// `GET` or `HEAD /readyz`: serving.
+    Readyz,
     /// Any other path: 404.
     NotFound,
-    /// Another method on `/metrics`: 405.
+    /// Another method on a path that exists: 405.
     MethodNotAllowed,
 }
 
 /// Routes a request by method and path (the query is ignored).
 pub fn route(method: &Method, path: &str) -> Route {
-    match (method, path) {
-        (&Method::GET | &Method::HEAD, "/metrics") => Route::Metrics,
-        (_, "/metrics") => Route::MethodNotAllowed,
-        _ => Route::NotFound,
+    let found = match path {
+        "/metrics" => Route::Metrics,
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        _ => return Route::NotFound,
+    };
+    match *method {
+        Method::GET | Method::HEAD => found,
+        _ => Route::MethodNotAllowed,
     }
 }
 
@@ -89,7 +103,18 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 /// The response to `request`; `scrape` is called only for `/metrics`.
 pub fn respond<B>(request: &Request<B>, scrape: &impl Scrape) -> Response<Full<Bytes>> {
     match route(request.method(), request.uri().path()) {
-        Route::NotFound => text(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
+        Route::NotFound => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz or /readyz\n",
+        ),
+        Route::Healthz => text(StatusCode::OK, "ok\n"),
+        Route::Readyz => match scrape() {
+            Ok(_) => text(StatusCode::OK, "ready\n"),
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {e}\n"),
+            ),
+        },
         Route::MethodNotAllowed => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
             response
@@ -125,7 +150,7 @@ pub fn respond<B>(request: &Request<B>, scrape: &impl Scrape) -> Response<Full<B
     }
 }
 
-/// Serves `/metrics` with the series `scrape` reads at each request (the loader's maps
+/// Serves `/metrics` (and `/healthz`, `/readyz`) with the series `scrape` reads at each request (the loader's maps
 /// and/or the sniffing proxy's counters), within the default [`Limits`]; runs until the
 /// future is dropped, which closes every connection.
 pub async fn serve(listener: TcpListener, scrape: impl Scrape) {
@@ -292,6 +317,46 @@ mod tests {
         assert_eq!(route(&Method::GET, "/metricsx"), Route::NotFound);
         assert_eq!(route(&Method::POST, "/metrics"), Route::MethodNotAllowed);
         assert_eq!(route(&Method::DELETE, "/x"), Route::NotFound);
+        assert_eq!(route(&Method::GET, "/healthz"), Route::Healthz);
+        assert_eq!(route(&Method::HEAD, "/readyz"), Route::Readyz);
+        assert_eq!(route(&Method::POST, "/readyz"), Route::MethodNotAllowed);
+        assert_eq!(route(&Method::GET, "/readyz/x"), Route::NotFound);
+    }
+
+    #[test]
+    fn probes_answer_alive_and_ready() {
+        let alive = respond(
+            &request(Method::GET, "/healthz", None),
+            &|| -> Result<Registry, String> { unreachable!("liveness reads nothing") },
+        );
+        assert_eq!(alive.status(), StatusCode::OK);
+        let ready = respond(&request(Method::GET, "/readyz", None), &registry);
+        assert_eq!(ready.status(), StatusCode::OK);
+        let not_ready = respond(&request(Method::GET, "/readyz", None), &|| {
+            Err("maps gone".to_owned())
+        });
+        assert_eq!(not_ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn probes_are_served_over_http() {
+        let (addr, _runtime) = spawn_server(Limits::default());
+        for (path, status) in [
+            ("/healthz", "HTTP/1.1 200"),
+            ("/readyz", "HTTP/1.1 200"),
+            ("/nope", "HTTP/1.1 404"),
+        ] {
+            let mut conn = TcpStream::connect(addr).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(
+                conn,
+                "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            conn.read_to_string(&mut response).unwrap();
+            assert!(response.starts_with(status), "{path}: {response}");
+        }
     }
 
     #[test]

@@ -16,16 +16,15 @@ mod stop;
 use std::{net::SocketAddr, path::PathBuf};
 
 use redirector::{
-    config::{RunSettings, TimeoutSettings},
+    config::{sniff::SniffSettings, RunSettings, TimeoutSettings},
     dataplane::attach::Mode,
     packet_mark::PacketMark,
     rules::RedirectRule,
     source_filter::SourcePrefix,
 };
 
-use super::{sniff as sniff_cmd, SniffOptions};
+use super::SniffOptions;
 use prepare::Prepared;
-use redirector_sniff::server::SniffConfig;
 
 /// Arguments of `redirector run`.
 #[derive(Debug, clap::Args)]
@@ -117,15 +116,15 @@ pub struct RunSniffArgs {
     /// the redirector's.
     /// Every option of `redirector sniff` is available with a `--sniff-` prefix
     /// (`--sniff-max-conns`, `--sniff-header-timeout`, `--sniff-tls-listen`, …).
-    #[arg(long, value_name = "ADDR:PORT", requires_all = ["sniff_websocket", "sniff_http"])]
+    #[arg(long, value_name = "ADDR:PORT")]
     pub sniff_listen: Option<SocketAddr>,
 
     /// Backend of sniffed WebSocket upgrades (`--websocket` of `redirector sniff`).
-    #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
+    #[arg(long, value_name = "ADDR:PORT")]
     pub sniff_websocket: Option<SocketAddr>,
 
     /// Backend of other sniffed HTTP (`--http` of `redirector sniff`).
-    #[arg(long, value_name = "ADDR:PORT", requires = "sniff_listen")]
+    #[arg(long, value_name = "ADDR:PORT")]
     pub sniff_http: Option<SocketAddr>,
 
     #[command(flatten)]
@@ -134,6 +133,12 @@ pub struct RunSniffArgs {
 
 /// The flags as settings ("not given" kept apart from defaults).
 fn flag_settings(args: RunArgs) -> RunSettings {
+    let sniff = SniffSettings {
+        listen: args.sniff.sniff_listen,
+        websocket: args.sniff.sniff_websocket,
+        http: args.sniff.sniff_http,
+        ..args.sniff.options.settings()
+    };
     RunSettings {
         ifaces: args.ifaces,
         redirects: args.redirects,
@@ -148,30 +153,41 @@ fn flag_settings(args: RunArgs) -> RunSettings {
             fin_wait: args.timeout_fin_wait,
             handshake: args.timeout_handshake,
         },
+        persist: args.persist.then_some(true),
+        sniff,
     }
 }
 
-/// Runs the loader in the foreground.
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    // The loader re-executes itself, same arguments, as the proxy's child.
-    if let Ok(spec) = std::env::var(proxy_child::CHILD_ENV) {
-        let sniff = sniff_config(&args.sniff)
-            .ok_or_else(|| anyhow::anyhow!("proxy child started without --sniff-listen"))?;
-        return proxy_main::serve_inherited(&spec, sniff, &args.sniff.options);
-    }
-    if args.sniff.sniff_listen.is_some() {
-        // The proxy's user and group are refused now, before anything is bound.
-        let options = &args.sniff.options;
-        redirector::privdrop::Identity::resolve(&options.user, options.group.as_deref())?;
-    }
+/// The flags merged over `--config FILE` (if given), checked.
+fn settings(args: RunArgs) -> anyhow::Result<RunSettings> {
     let config = args.config.clone();
-    let persist = args.persist;
-    let sniff = sniff_config(&args.sniff);
     let flags = flag_settings(args);
     let settings = match config {
         Some(path) => flags.or(RunSettings::load(&path)?),
         None => flags,
     };
+    settings.sniff.validate("sniff-")?;
+    Ok(settings)
+}
+
+/// Runs the loader in the foreground.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = settings(args)?;
+    let sniff = settings.sniff.config();
+    // The loader re-executes itself, same arguments (so same file), as the proxy's child.
+    if let Ok(spec) = std::env::var(proxy_child::CHILD_ENV) {
+        let sniff =
+            sniff.ok_or_else(|| anyhow::anyhow!("proxy child started without --sniff-listen"))?;
+        return proxy_main::serve_inherited(&spec, sniff, &settings.sniff);
+    }
+    if sniff.is_some() {
+        // The proxy's user and group are refused now, before anything is bound.
+        redirector::privdrop::Identity::resolve(
+            settings.sniff.user(),
+            settings.sniff.group.as_deref(),
+        )?;
+    }
+    let persist = settings.persist();
     let report = Prepared::new(settings, sniff, persist)?
         .start()?
         .serve()?
@@ -184,13 +200,5 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The sniffing proxy's configuration, if `--sniff-listen` was given (clap requires both
-/// backends with it), with every `--sniff-*` option.
-fn sniff_config(args: &RunSniffArgs) -> Option<SniffConfig> {
-    Some(sniff_cmd::sniff_config(
-        args.sniff_listen?,
-        args.sniff_websocket?,
-        args.sniff_http?,
-        &args.options,
-    ))
-}
+#[cfg(test)]
+mod flag_keys;

@@ -21,7 +21,7 @@ use redirector_sniff::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::SniffOptions;
+use redirector::config::sniff::SniffSettings;
 
 /// How often the child reports its counters to the loader.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
@@ -76,12 +76,12 @@ impl Inherited {
 pub fn serve_inherited(
     spec: &str,
     mut config: SniffConfig,
-    options: &SniffOptions,
+    settings: &SniffSettings,
 ) -> anyhow::Result<()> {
     let inherited = Inherited::parse(spec)?;
     // The loader's value, not one derived again here: the two must agree.
     config.max_conns = inherited.max_conns;
-    let identity = Identity::resolve(&options.user, options.group.as_deref())?;
+    let identity = Identity::resolve(settings.user(), settings.group.as_deref())?;
     let listeners: Vec<(TcpListener, ListenerKind)> = inherited
         .listeners
         .iter()
