@@ -76,5 +76,9 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         );
     }
     println!("metrics: {}", status.metrics.as_deref().unwrap_or("off"));
+    match &status.local_cgroup {
+        Some(cgroup) => println!("local clients: redirected in cgroup {cgroup}"),
+        None => println!("local clients: not redirected"),
+    }
     Ok(())
 }
