@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use redirector_tests::{bins, fixtures::*};
+use redirector_tests::{bins, fixtures::*, format2};
 use serde_json::Value;
 use testkit::{
     cgroup::Cgroup,
@@ -386,6 +386,94 @@ fn adopting_without_local_links_attaches_them_and_no_local_removes_them() {
     exchange(&mut session, "local off");
     close_session(session);
     stop_loader(third);
+}
+
+/// A persisted instance started with `--no-local` and stopped, with one open session.
+fn persisted_without_local(topo: &Topology) -> Proc {
+    let mut cmd = topo.server.nsenter_cmd(bins::redirector());
+    cmd.args([
+        "run",
+        "--no-local",
+        "--iface",
+        topo.server_if,
+        "--mode",
+        "tc",
+    ])
+    .args(["--persist", "--conntrack-size", "4096"]);
+    let mut loader = Proc::spawn("redirector --no-local --persist", cmd, false);
+    loader.wait_line("redirector ready", Duration::from_secs(30));
+    let session = open_session(topo, &topo.url("ws", false, 80));
+    stop_loader(loader);
+    session
+}
+
+#[test]
+fn an_upgrade_from_format_2_attaches_the_cgroup_programs() {
+    let _serial = serial();
+    let topo = Topology::new("loc-g");
+    let cgroup = test_cgroup("g");
+    let _inside = cgroup.enter().unwrap();
+    let _echo = start_echo(&topo, &[]);
+    let mut session = persisted_without_local(&topo);
+    let _cleanup = DetachOnDrop(&topo.server);
+    format2::downgrade(&topo.server, topo.server_if, &[]);
+    let loader = start_local_loader(&topo, &cgroup, &["--persist", "--conntrack-size", "4096"]);
+    let ready = ready_line(&loader);
+    assert!(ready.contains("from state format 2"), "{ready}");
+    exchange(&mut session, "migrated");
+    assert_eq!(cgroup_programs(&cgroup), OUR_PROGRAMS);
+    assert_eq!(peer_port(&topo.server, "127.0.0.1:80"), 80);
+    // Pinned in the migrated directory: they outlive this loader.
+    stop_loader(loader);
+    assert_eq!(cgroup_programs(&cgroup), OUR_PROGRAMS);
+    assert_eq!(peer_port(&topo.server, "[::1]:80"), 80);
+    close_session(session);
+    ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
+    assert!(cgroup_programs(&cgroup).is_empty());
+}
+
+#[test]
+fn adopting_an_instance_older_than_local_clients_keeps_its_counters_readable() {
+    let _serial = serial();
+    let topo = Topology::new("loc-h");
+    let cgroup = test_cgroup("h");
+    let _inside = cgroup.enter().unwrap();
+    let _echo = start_echo(&topo, &[]);
+    let mut session = persisted_without_local(&topo);
+    let _cleanup = DetachOnDrop(&topo.server);
+    format2::predate_local_clients(&topo.server, topo.server_if);
+    let mut cmd = topo.server.nsenter_cmd(bins::redirector());
+    cmd.args([
+        "run",
+        "--iface",
+        topo.server_if,
+        "--persist",
+        "--local-cgroup",
+    ])
+    .arg(cgroup.path());
+    let mut loader = Proc::spawn("redirector (adopting a pre-local instance)", cmd, false);
+    loader.wait_line("redirector ready", Duration::from_secs(30));
+    exchange(&mut session, "adopted");
+    // LOCAL_PEERS was created and pinned: getpeername works, also after this loader.
+    assert_eq!(peer_port(&topo.server, "127.0.0.1:80"), 80);
+    let (dir, _) = format2::instance_paths(&topo.server, topo.server_if);
+    assert!(format2::pinned_names(&dir).contains(&"LOCAL_PEERS".to_string()));
+    // The short STATS cannot count local connects; it is still read, as zeros.
+    assert_eq!(counter(&topo, "local_redirected"), 0);
+    assert!(counter(&topo, "flow_created") >= 1);
+    loader.signal(libc::SIGTERM);
+    let (status, lines) = loader.wait_exit(Duration::from_secs(10));
+    let stderr = loader.stderr_text();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        lines.iter().any(|l| l == "counter local_redirected=0"),
+        "{lines:?}"
+    );
+    assert!(
+        stderr.contains("the adopted STATS map predates the last 3 counters"),
+        "{stderr}"
+    );
+    close_session(session);
 }
 
 #[test]

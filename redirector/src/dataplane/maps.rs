@@ -279,7 +279,7 @@ impl Maps {
         let mut out = [0u64; Counter::COUNT as usize];
         // A STATS pinned by an older loader (adopted) is shorter: its missing counters,
         // which that map cannot count, read as zero.
-        let len = map.len() as usize;
+        let len = self.stats_len()? as usize;
         for (i, slot) in out.iter_mut().enumerate().take(len) {
             let per_cpu = map.get(&(i as u32), 0).map_err(err(STATS_MAP))?;
             *slot = per_cpu.iter().sum();
@@ -290,9 +290,14 @@ impl Maps {
     /// Number of counters the STATS map holds: [`Counter::COUNT`], or fewer in a map pinned
     /// by an older loader (counters are only ever appended).
     pub fn stats_len(&self) -> Result<u32, MapsError> {
-        let map: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(&self.stats).map_err(err(STATS_MAP))?;
-        Ok(map.len())
+        // The kernel's size, not the object's: a map reused through its pin keeps the
+        // object file's definition in aya, whatever size the pinned map has.
+        let data = match &self.stats {
+            Map::PerCpuArray(data) => data,
+            _ => return Err(err(STATS_MAP)(MapError::InvalidMapType { map_type: 0 })),
+        };
+        let info = data.info().map_err(err(STATS_MAP))?;
+        Ok(info.max_entries())
     }
 
     /// Counters of the rule in `slot`, summed over CPUs.
