@@ -134,8 +134,11 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
             // nsenter, not `ip netns exec`: the loader pins under the host's /sys/fs/bpf.
             let mut loader = Proc::background(
                 "redirector",
+                // --no-local: no cgroup programs (they would go on the host's root
+                // cgroup); the benchmark measures the interface path.
                 ns.enter_net_only(&tools.redirector).args([
                     "run",
+                    "--no-local",
                     "--iface",
                     testbed.server_if(),
                     "--mode",

@@ -29,12 +29,34 @@ pub const STATS_MAP: &str = "STATS";
 /// Per-CPU array of [`RuleStats`], indexed by [`Rule::slot`].
 pub const RULE_STATS_MAP: &str = "RULE_STATS";
 
+/// Hash of the addresses of the loader's network namespace (IPv4 as mapped IPv6, network
+/// order) → `u32` (unused, 1): a connect to one of them (or to loopback) on a rule's FROM
+/// port is local traffic, redirected at connect time. Not pinned: each loader fills it at
+/// start and keeps it current.
+pub const LOCAL_ADDRS_MAP: &str = "LOCAL_ADDRS";
+/// LRU hash of the sockets whose connect was redirected: socket cookie → [`LocalPeer`],
+/// so that `getpeername` still reports the FROM port. Pinned: an adopting loader reuses
+/// it, so connections made before a restart keep their answer.
+pub const LOCAL_PEERS_MAP: &str = "LOCAL_PEERS";
+/// Name of the read-only global holding the loader's network-namespace cookie
+/// (`SO_NETNS_COOKIE`): the connect programs leave sockets of any other namespace alone.
+pub const LOADER_NETNS_COOKIE_GLOBAL: &str = "LOADER_NETNS_COOKIE";
+
 /// Name of the XDP ingress program in the object file.
 pub const PROG_XDP_INGRESS: &str = "redirector_xdp_ingress";
 /// Name of the TC ingress program (used in `tc` mode instead of XDP).
 pub const PROG_TC_INGRESS: &str = "redirector_tc_ingress";
 /// Name of the TC egress program that rewrites replies.
 pub const PROG_TC_EGRESS: &str = "redirector_tc_egress";
+/// Name of the cgroup `connect4` program that redirects local IPv4 connects.
+pub const PROG_CONNECT4: &str = "redirector_connect4";
+/// Name of the cgroup `connect6` program that redirects local IPv6 connects.
+pub const PROG_CONNECT6: &str = "redirector_connect6";
+/// Name of the cgroup `getpeername4` program that reports the FROM port of a redirected
+/// IPv4 connect.
+pub const PROG_GETPEERNAME4: &str = "redirector_getpeername4";
+/// Name of the cgroup `getpeername6` program, the IPv6 counterpart.
+pub const PROG_GETPEERNAME6: &str = "redirector_getpeername6";
 /// Benchmark baseline: an XDP program that returns `XDP_PASS` and does nothing else.
 /// Loaded only on request (`Dataplane::load_baselines`), never attached.
 pub const PROG_PASS_XDP: &str = "redirector_pass_xdp";
@@ -45,6 +67,11 @@ pub const PROG_PASS_TC: &str = "redirector_pass_tc";
 pub const MAX_RULES: u32 = 64;
 /// Maximum number of allowed source prefixes.
 pub const MAX_ALLOW: u32 = 1024;
+/// Size of [`LOCAL_ADDRS_MAP`]: addresses of the namespace's interfaces tracked at most.
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
+/// Size of [`LOCAL_PEERS_MAP`]: redirected local sockets remembered for `getpeername`
+/// (LRU: the oldest, most likely closed, go first; a cookie is never reused).
+pub const LOCAL_PEERS_SIZE: u32 = 65_536;
 /// Default established capacity (`--conntrack-size`): sized for WebSocket hosts holding
 /// hundreds of thousands of idle connections. The table allocates entries on demand
 /// (`BPF_F_NO_PREALLOC`), so an idle host pays only for its hash buckets.
@@ -169,6 +196,16 @@ pub struct MarkConfig {
     pub enabled: u32,
 }
 
+/// What a redirected local connect replaced, the value of [`LOCAL_PEERS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalPeer {
+    /// Port the application connected to (the rule's FROM), host order.
+    pub orig_port: u16,
+    /// Port the socket was connected to instead (the rule's TO), host order.
+    pub target_port: u16,
+}
+
 /// Only sources matching [`ALLOW_MAP`] may create flows.
 pub const CONFIG_F_FILTER_SOURCES: u32 = 1;
 
@@ -194,6 +231,7 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 4);
 const _: () = assert!(core::mem::size_of::<MarkConfig>() == 12);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
+const _: () = assert!(core::mem::size_of::<LocalPeer>() == 4);
 const _: () = assert!(established_max_entries(DEFAULT_CONNTRACK_SIZE) == 1_114_112);
 
 #[cfg(test)]
@@ -233,4 +271,6 @@ mod pod {
     unsafe impl aya::Pod for super::MarkConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocalPeer {}
 }

@@ -55,11 +55,19 @@ pub enum Counter {
     /// Moving a flow to the established table failed (kernel out of memory); it stays
     /// half-open (evictable) and the promotion is retried on its next packet.
     FlowPromoteFailed,
+    /// A local connect (from the loader's network namespace to one of its own addresses)
+    /// to an enabled rule's FROM port was redirected at connect time (cgroup hook).
+    LocalRedirected,
+    /// A local connect to a rule's FROM port while the rule is disabled: left alone.
+    LocalPassRuleDisabled,
+    /// A local connect to a rule's FROM port at an address outside the allow list (for
+    /// local traffic the destination is also the source): left alone.
+    LocalPassSourceDenied,
 }
 
 impl Counter {
     /// Number of counters (size of the stats array).
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 27;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -87,6 +95,9 @@ impl Counter {
         Counter::PassTableFull,
         Counter::FlowPromoted,
         Counter::FlowPromoteFailed,
+        Counter::LocalRedirected,
+        Counter::LocalPassRuleDisabled,
+        Counter::LocalPassSourceDenied,
     ];
 
     /// Stable snake_case name used in output and metrics.
@@ -116,6 +127,9 @@ impl Counter {
             Counter::PassTableFull => "pass_table_full",
             Counter::FlowPromoted => "flow_promoted",
             Counter::FlowPromoteFailed => "flow_promote_failed",
+            Counter::LocalRedirected => "local_redirected",
+            Counter::LocalPassRuleDisabled => "local_pass_rule_disabled",
+            Counter::LocalPassSourceDenied => "local_pass_source_denied",
         }
     }
 

@@ -17,14 +17,15 @@ mod egress;
 mod events;
 mod flow;
 mod ingress;
+mod local;
 mod maps;
 mod packet;
 mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// XDP ingress: the fast path for client→server packets.
@@ -43,6 +44,31 @@ pub fn redirector_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn redirector_tc_egress(ctx: TcContext) -> i32 {
     egress::tc(&ctx)
+}
+
+/// cgroup connect4: local IPv4 clients of the loader's namespace connecting to one of its
+/// addresses on a rule's FROM port are connected to the TO port instead.
+#[cgroup_sock_addr(connect4)]
+pub fn redirector_connect4(ctx: SockAddrContext) -> i32 {
+    local::connect4(&ctx)
+}
+
+/// cgroup connect6: the same for IPv6 (and IPv4-mapped) destinations.
+#[cgroup_sock_addr(connect6)]
+pub fn redirector_connect6(ctx: SockAddrContext) -> i32 {
+    local::connect6(&ctx)
+}
+
+/// cgroup getpeername4: a redirected local IPv4 socket reports the FROM port.
+#[cgroup_sock_addr(getpeername4)]
+pub fn redirector_getpeername4(ctx: SockAddrContext) -> i32 {
+    local::getpeername(&ctx)
+}
+
+/// cgroup getpeername6: the same for IPv6 sockets.
+#[cgroup_sock_addr(getpeername6)]
+pub fn redirector_getpeername6(ctx: SockAddrContext) -> i32 {
+    local::getpeername(&ctx)
 }
 
 /// Benchmark baseline, never attached: an XDP program that only returns the verdict the

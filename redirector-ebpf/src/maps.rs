@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use redirector_common::{
     maps::{
-        established_max_entries, half_open_size, Config, FlowKey, FlowValue, MarkConfig, Rule,
-        RuleStats, DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS, MAX_ALLOW, MAX_RULES,
+        established_max_entries, half_open_size, Config, FlowKey, FlowValue, LocalPeer, MarkConfig,
+        Rule, RuleStats, DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS, LOCAL_PEERS_SIZE, MAX_ALLOW,
+        MAX_LOCAL_ADDRS, MAX_RULES,
     },
     stats::Counter,
 };
@@ -109,4 +110,28 @@ pub fn source_allowed(src_addr: &[u8; 16]) -> bool {
     ALLOW
         .get(aya_ebpf::maps::lpm_trie::Key::new(128, *src_addr))
         .is_some()
+}
+
+/// Addresses of the loader's network namespace (IPv4 as mapped IPv6): a connect to one of
+/// them is local traffic. Filled and kept current by the loader; not pinned.
+#[map]
+pub static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+/// Redirected local sockets by socket cookie → the ports of that redirect, for
+/// `getpeername`. LRU: sockets leave no trace when they close, so the oldest go first.
+#[map]
+pub static LOCAL_PEERS: LruHashMap<u64, LocalPeer> =
+    LruHashMap::with_max_entries(LOCAL_PEERS_SIZE, 0);
+
+/// Cookie of the loader's network namespace (`SO_NETNS_COOKIE`), set at load time: local
+/// redirection applies to sockets of that namespace only. 0 (never a real cookie) until set.
+#[unsafe(no_mangle)]
+static LOADER_NETNS_COOKIE: u64 = 0;
+
+/// The loader's network-namespace cookie.
+#[inline(always)]
+pub fn loader_netns_cookie() -> u64 {
+    // SAFETY: a plain read of a static; volatile for the same reason as
+    // `established_capacity`: the loader sets it in the read-only data before loading.
+    unsafe { core::ptr::read_volatile(&LOADER_NETNS_COOKIE) }
 }

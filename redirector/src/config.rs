@@ -71,6 +71,8 @@ struct FileConfig {
     metrics: Option<String>,
     mark: Option<String>,
     persist: Option<bool>,
+    local: Option<bool>,
+    local_cgroup: Option<PathBuf>,
     timeouts: Option<FileTimeouts>,
     sniff: Option<FileSniff>,
 }
@@ -98,6 +100,26 @@ pub struct TimeoutSettings {
     pub handshake: Option<u64>,
 }
 
+/// Redirection of local clients (cgroup connect hooks): `--local-cgroup` / `--no-local`,
+/// `local_cgroup` / `local = false`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalSetting {
+    /// Not redirected (`--no-local`, `local = false`).
+    Off,
+    /// Redirected for the processes of this cgroup (v2) and its descendants.
+    Cgroup(PathBuf),
+}
+
+impl LocalSetting {
+    /// The cgroup to attach to, if any.
+    pub fn cgroup(&self) -> Option<&Path> {
+        match self {
+            LocalSetting::Off => None,
+            LocalSetting::Cgroup(path) => Some(path),
+        }
+    }
+}
+
 /// Settings of `run`; an empty list or `None` means "not given".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunSettings {
@@ -115,6 +137,8 @@ pub struct RunSettings {
     pub metrics: Option<SocketAddr>,
     /// `--mark` / `mark`.
     pub mark: Option<PacketMark>,
+    /// `--local-cgroup`, `--no-local` / `local_cgroup`, `local`.
+    pub local: Option<LocalSetting>,
     /// `--timeout-*` / `[timeouts]`.
     pub timeouts: TimeoutSettings,
     /// `--persist` / `persist` (the flag can only turn it on).
@@ -177,6 +201,20 @@ impl RunSettings {
                 return Err(invalid(key, "must be at least 1 (seconds)".into()));
             }
         }
+        let local = match (file.local, file.local_cgroup) {
+            (Some(false), Some(path)) => {
+                return Err(invalid(
+                    "local_cgroup",
+                    format!(
+                        "`{}` given with `local = false`: remove one of them",
+                        path.display()
+                    ),
+                ))
+            }
+            (Some(false), None) => Some(LocalSetting::Off),
+            (_, Some(path)) => Some(LocalSetting::Cgroup(path)),
+            (_, None) => None,
+        };
         let sniff = file.sniff.unwrap_or_default().parse(invalid)?;
         Ok(RunSettings {
             ifaces: file.ifaces.unwrap_or_default(),
@@ -205,6 +243,7 @@ impl RunSettings {
                         .map_err(|e: PacketMarkError| invalid("mark", e.to_string()))
                 })
                 .transpose()?,
+            local,
             timeouts: TimeoutSettings {
                 established: t.established,
                 closing: t.closing,
@@ -226,6 +265,7 @@ impl RunSettings {
             conntrack_size: self.conntrack_size.or(file.conntrack_size),
             metrics: self.metrics.or(file.metrics),
             mark: self.mark.or(file.mark),
+            local: self.local.or(file.local),
             timeouts: TimeoutSettings {
                 established: self.timeouts.established.or(file.timeouts.established),
                 closing: self.timeouts.closing.or(file.timeouts.closing),
@@ -282,6 +322,7 @@ mod tests {
         conntrack_size = 1024
         metrics = "127.0.0.1:9464"
         mark = "0x42/0xff"
+        local_cgroup = "/sys/fs/cgroup/web"
 
         persist = true
 
@@ -316,6 +357,10 @@ mod tests {
         assert_eq!(s.conntrack_size(), 1024);
         assert_eq!(s.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(s.mark.map(|m| m.to_string()).as_deref(), Some("0x42/0xff"));
+        assert_eq!(
+            s.local,
+            Some(LocalSetting::Cgroup(PathBuf::from("/sys/fs/cgroup/web")))
+        );
         let t = s.timeouts();
         assert_eq!(t.established, Duration::from_secs(3600));
         assert_eq!(t.closing, Duration::from_secs(5));
@@ -383,6 +428,31 @@ mod tests {
         assert_eq!(s.conntrack_size(), DEFAULT_CONNTRACK_SIZE);
         assert_eq!(s.timeouts().closing, Timeouts::default().closing);
         assert_eq!(s.timeouts().established, Timeouts::default().established);
+    }
+
+    #[test]
+    fn local_keys_turn_local_clients_off_or_pick_the_cgroup() {
+        assert_eq!(
+            parse("local = false").unwrap().local,
+            Some(LocalSetting::Off)
+        );
+        assert_eq!(parse("local = true").unwrap().local, None);
+        let s = parse("local = true\nlocal_cgroup = \"/sys/fs/cgroup/a\"").unwrap();
+        let cgroup = Some(LocalSetting::Cgroup("/sys/fs/cgroup/a".into()));
+        assert_eq!(s.local, cgroup);
+        // --no-local wins over the file's cgroup, as any flag over its key.
+        let flags = RunSettings {
+            local: Some(LocalSetting::Off),
+            ..RunSettings::default()
+        };
+        assert_eq!(flags.or(s).local, Some(LocalSetting::Off));
+        // Not given as a flag: the file's.
+        assert_eq!(
+            RunSettings::default()
+                .or(parse("local_cgroup = \"/sys/fs/cgroup/a\"").unwrap())
+                .local,
+            cgroup
+        );
     }
 
     #[test]
@@ -471,6 +541,10 @@ mod tests {
                 "`timeouts.closing`: must be at least 1",
             ),
             ("conntrack_size = \"big\"", "conntrack_size"),
+            (
+                "local = false\nlocal_cgroup = \"/sys/fs/cgroup\"",
+                "`local_cgroup`: `/sys/fs/cgroup` given with `local = false`",
+            ),
             ("ifaces = \"eth0\"", "ifaces"),
             ("this is not toml", "test.toml"),
             ("persist = \"yes\"", "persist"),

@@ -7,6 +7,7 @@
 //! meant for tests panic on failure; those meant for xtask and the benchmark return the
 //! typed error of their module.
 
+pub mod cgroup;
 pub mod cmd;
 pub mod interrupt;
 pub mod lock;

@@ -79,7 +79,8 @@ pub fn start_echo(topo: &Topology, extra: &[&str]) -> Proc {
 /// Starts `redirector run` on the server veth with `args`; returns once it is attached.
 pub fn start_loader(topo: &Topology, args: &[&str]) -> Proc {
     let mut cmd = topo.server.cmd(bins::redirector());
-    cmd.args(["run", "--iface", topo.server_if]).args(args);
+    cmd.args(["run", "--no-local", "--iface", topo.server_if])
+        .args(args);
     let mut loader = Proc::spawn("redirector", cmd, false);
     loader.wait_line("redirector ready", Duration::from_secs(30));
     loader

@@ -5,8 +5,11 @@
 //! `BPF_MAP_CREATE`: the previous release's type, key and value sizes, `max_entries` and
 //! name) holding every flow of the two tables plus the `extra` ones, a 21-counter `STATS`
 //! holding the first 21 counters, RULES, ALLOW, CONFIG and RULE_STATS as they are, the
-//! links, and a format-2 instance file. The pins of HALF_OPEN, ESTABLISHED and FLOW_COUNT
-//! go.
+//! links, and a format-2 instance file. The pins of HALF_OPEN, ESTABLISHED, FLOW_COUNT and
+//! LOCAL_PEERS go.
+//!
+//! Also [`predate_local_clients`]: a format-3 instance as the loaders before local-client
+//! redirection pinned it (a 24-counter STATS, no LOCAL_PEERS), for the adoption tests.
 //!
 //! The links keep running the programs that were attached: they redirect real
 //! connections on their own (now unpinned) tables, so sessions opened before keep
@@ -27,7 +30,7 @@ use redirector::{
     },
 };
 use redirector_common::maps::{
-    FlowKey, FlowValue, ESTABLISHED_MAP, FLOW_COUNT_MAP, HALF_OPEN_MAP, STATS_MAP,
+    FlowKey, FlowValue, ESTABLISHED_MAP, FLOW_COUNT_MAP, HALF_OPEN_MAP, LOCAL_PEERS_MAP, STATS_MAP,
 };
 use testkit::{cmd::must, netns::Netns};
 
@@ -117,29 +120,47 @@ pub fn downgrade(ns: &Netns, iface: &str, extra: &[(FlowKey, FlowValue)]) -> usi
             map.insert(key, value, 0).unwrap();
         }
     }
-    let mut old_stats = create_map(STATS_MAP, PERCPU_ARRAY, 4, 8, OLD_STATS_COUNT);
-    {
-        let stats = MapData::from_pin(dir.join(STATS_MAP)).unwrap();
-        let stats = Map::from_map_data(stats).unwrap();
-        let now: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&stats).unwrap();
-        let mut old: PerCpuArray<&mut MapData, u64> =
-            PerCpuArray::try_from(&mut old_stats).unwrap();
-        for index in 0..OLD_STATS_COUNT {
-            let values: Vec<u64> = now.get(&index, 0).unwrap().iter().copied().collect();
-            old.set(index, PerCpuValues::try_from(values).unwrap(), 0)
-                .unwrap();
-        }
-    }
+    let old_stats = shorter_stats(&dir, OLD_STATS_COUNT);
     drop(current);
     for name in [HALF_OPEN_MAP, ESTABLISHED_MAP, FLOW_COUNT_MAP, STATS_MAP] {
         std::fs::remove_file(dir.join(name)).unwrap();
     }
+    let _ = std::fs::remove_file(dir.join(LOCAL_PEERS_MAP));
     old_flows.pin(dir.join(OLD_FLOWS_MAP)).unwrap();
     old_stats.pin(dir.join(STATS_MAP)).unwrap();
     info["format"] = 2.into();
     info["version"] = "0.0.2-format2-fixture".into();
     std::fs::write(&info_path, info.to_string()).unwrap();
     flows.len()
+}
+
+/// A STATS map of the first `count` counters of the one pinned in `dir`, values copied.
+fn shorter_stats(dir: &Path, count: u32) -> Map {
+    let mut short = create_map(STATS_MAP, PERCPU_ARRAY, 4, 8, count);
+    let stats = MapData::from_pin(dir.join(STATS_MAP)).unwrap();
+    let stats = Map::from_map_data(stats).unwrap();
+    let now: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&stats).unwrap();
+    let mut old: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(&mut short).unwrap();
+    for index in 0..count {
+        let values: Vec<u64> = now.get(&index, 0).unwrap().iter().copied().collect();
+        old.set(index, PerCpuValues::try_from(values).unwrap(), 0)
+            .unwrap();
+    }
+    short
+}
+
+/// Counters of the STATS of the loaders before local-client redirection.
+pub const PRE_LOCAL_STATS_COUNT: u32 = 24;
+
+/// Rewrites the persisted (format-3, loader exited) instance keyed by `iface` in `ns` as
+/// a loader before local-client redirection left it: a STATS of
+/// [`PRE_LOCAL_STATS_COUNT`] counters, no LOCAL_PEERS, no cgroup links.
+pub fn predate_local_clients(ns: &Netns, iface: &str) {
+    let (dir, _) = instance_paths(ns, iface);
+    let short = shorter_stats(&dir, PRE_LOCAL_STATS_COUNT);
+    std::fs::remove_file(dir.join(STATS_MAP)).unwrap();
+    short.pin(dir.join(STATS_MAP)).unwrap();
+    let _ = std::fs::remove_file(dir.join(LOCAL_PEERS_MAP));
 }
 
 /// The names pinned in `dir`, sorted.

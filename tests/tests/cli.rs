@@ -10,7 +10,7 @@ use testkit::{cmd::must, netns::Netns, process::Proc};
 
 fn run_in(ns: &Netns, args: &[&str]) -> Output {
     ns.cmd(bins::redirector())
-        .arg("run")
+        .args(["run", "--no-local"])
         .args(args)
         .output()
         .unwrap()
@@ -105,7 +105,7 @@ fn missing_privileges_are_explained() {
     // Drop to nobody with no capabilities at all.
     let out = ns
         .cmd_unprivileged(bins::redirector())
-        .args(["run", "--iface", "v0"])
+        .args(["run", "--no-local", "--iface", "v0"])
         .output()
         .unwrap();
     assert_fails(&out, "insufficient privileges");
@@ -137,7 +137,7 @@ fn foreign_xdp_program_is_not_replaced() {
     }
     // `auto` takes TC ingress on a veth, which leaves the foreign XDP program alone.
     let mut cmd = ns.cmd(bins::redirector());
-    cmd.args(["run", "--iface", "v0", "--mode", "auto"]);
+    cmd.args(["run", "--no-local", "--iface", "v0", "--mode", "auto"]);
     let mut auto = Proc::spawn("auto", cmd, false);
     let ready = auto.wait_line("redirector ready", Duration::from_secs(30));
     assert!(ready.contains("v0 (tc)"), "{ready}");
@@ -153,7 +153,7 @@ fn foreign_xdp_program_is_not_replaced() {
 fn second_instance_on_the_same_interface_is_refused() {
     let ns = veth_ns("twice");
     let mut cmd = ns.cmd(bins::redirector());
-    cmd.args(["run", "--iface", "v0", "--mode", "tc"]);
+    cmd.args(["run", "--no-local", "--iface", "v0", "--mode", "tc"]);
     let mut first = Proc::spawn("first", cmd, false);
     first.wait_line("redirector ready", Duration::from_secs(30));
     assert_fails(
@@ -237,7 +237,14 @@ fn config_file_is_used_and_flags_override_it() {
         "ifaces = [\"v0\"]\nredirects = [\"9000:8080\"]\nmode = \"tc\"\nconntrack_size = 512\n",
     );
     let mut cmd = ns.cmd(bins::redirector());
-    cmd.args(["run", "--config", file.path(), "--mode", "xdp-generic"]);
+    cmd.args([
+        "run",
+        "--no-local",
+        "--config",
+        file.path(),
+        "--mode",
+        "xdp-generic",
+    ]);
     let mut loader = Proc::spawn("loader", cmd, false);
     let ready = loader.wait_line("redirector ready", Duration::from_secs(30));
     assert!(
@@ -265,7 +272,7 @@ fn auto_mode_prefers_tc_on_a_veth_and_xdp_there_warns() {
     assert!(tso(&ns).ends_with(": on"), "{}", tso(&ns));
     for (mode, hook, peer_tso) in [("auto", "tc", ": on"), ("xdp", "xdp", ": off")] {
         let mut cmd = ns.cmd(bins::redirector());
-        cmd.args(["run", "--iface", "v0", "--mode", mode]);
+        cmd.args(["run", "--no-local", "--iface", "v0", "--mode", mode]);
         if mode == "auto" {
             // auto's choice is an info line; the cost of forcing xdp is a default warning.
             cmd.env("RUST_LOG", "info");

@@ -401,7 +401,16 @@ fn several_loaders_in_one_namespace_are_told_apart_by_iface() {
     }
     let spawn = |iface: &str, rule: &str| {
         let mut cmd = ns.cmd(bins::redirector());
-        cmd.args(["run", "--iface", iface, "--mode", "tc", "--redirect", rule]);
+        cmd.args([
+            "run",
+            "--no-local",
+            "--iface",
+            iface,
+            "--mode",
+            "tc",
+            "--redirect",
+            rule,
+        ]);
         let mut loader = Proc::spawn(iface, cmd, false);
         loader.wait_line("redirector ready", Duration::from_secs(30));
         loader
@@ -464,7 +473,7 @@ fn persist_needs_a_bpffs_that_outlives_the_loader() {
     // `ip netns exec` gives the loader a private /sys: its bpffs would die with it.
     let out = ctl(
         &topo.server,
-        &["run", "--iface", topo.server_if, "--persist"],
+        &["run", "--no-local", "--iface", topo.server_if, "--persist"],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -478,7 +487,7 @@ fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
     let topo = Topology::new("ctl-persist");
     let _echo = start_echo(&topo, &[]);
     let mut cmd = topo.server.nsenter_cmd(bins::redirector());
-    cmd.args(["run", "--iface", topo.server_if, "--persist"]);
+    cmd.args(["run", "--no-local", "--iface", topo.server_if, "--persist"]);
     let mut loader = Proc::spawn("redirector --persist", cmd, false);
     let _cleanup = DetachOnDrop(&topo.server);
     loader.wait_line("redirector ready", Duration::from_secs(30));
@@ -519,7 +528,14 @@ fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
     // A new loader adopts it (tests/tests/restart.rs), but not in another mode.
     let mut cmd = topo.server.nsenter_cmd(bins::redirector());
     let out = cmd
-        .args(["run", "--iface", topo.server_if, "--mode", "xdp"])
+        .args([
+            "run",
+            "--no-local",
+            "--iface",
+            topo.server_if,
+            "--mode",
+            "xdp",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -530,7 +546,10 @@ fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
     );
     // When `ip netns exec` cannot see its pins, it says how to reach them; another
     // interface is not blocked.
-    let out = ctl(&topo.server, &["run", "--iface", topo.server_if]);
+    let out = ctl(
+        &topo.server,
+        &["run", "--no-local", "--iface", topo.server_if],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nsenter --net="), "{stderr}");
@@ -541,7 +560,7 @@ fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
     );
     must(topo.server.cmd("ip").args(["link", "set", "d0", "up"]));
     let mut cmd = topo.server.cmd(bins::redirector());
-    cmd.args(["run", "--iface", "d0", "--mode", "tc"]);
+    cmd.args(["run", "--no-local", "--iface", "d0", "--mode", "tc"]);
     let mut other = Proc::spawn("redirector d0", cmd, false);
     other.wait_line("redirector ready", Duration::from_secs(30));
     stop_loader(other);

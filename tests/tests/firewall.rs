@@ -61,7 +61,14 @@ fn mark_with_an_xdp_mode_is_refused() {
     let out = must_fail(
         topo.server
             .cmd(redirector_tests::bins::redirector())
-            .args(["run", "--iface", topo.server_if, "--mode", "xdp"])
+            .args([
+                "run",
+                "--no-local",
+                "--iface",
+                topo.server_if,
+                "--mode",
+                "xdp",
+            ])
             .args(["--mark", MARK]),
     );
     assert!(

@@ -34,7 +34,7 @@ impl Drop for DetachOnDrop<'_> {
 /// Starts `redirector run --persist` on the server veth (host mount namespace).
 fn start_persist(topo: &Topology, args: &[&str]) -> Proc {
     let mut cmd = topo.server.nsenter_cmd(bins::redirector());
-    cmd.args(["run", "--iface", topo.server_if, "--persist"])
+    cmd.args(["run", "--no-local", "--iface", topo.server_if, "--persist"])
         .args(args);
     let mut loader = Proc::spawn("redirector --persist", cmd, false);
     loader.wait_line("redirector ready", Duration::from_secs(30));
@@ -173,7 +173,15 @@ fn adoption_refused_for_another_mode_interfaces_or_format_leaves_it_redirecting(
     // On a veth `auto` chose tc ingress; XDP cannot replace it without a gap.
     run_refused(
         &topo,
-        &["run", "--iface", iface, "--persist", "--mode", "xdp"],
+        &[
+            "run",
+            "--no-local",
+            "--iface",
+            iface,
+            "--persist",
+            "--mode",
+            "xdp",
+        ],
         "uses ingress hook tc",
     );
     must(
@@ -184,7 +192,15 @@ fn adoption_refused_for_another_mode_interfaces_or_format_leaves_it_redirecting(
     must(topo.server.cmd("ip").args(["link", "set", "d0", "up"]));
     run_refused(
         &topo,
-        &["run", "--iface", iface, "--iface", "d0", "--persist"],
+        &[
+            "run",
+            "--no-local",
+            "--iface",
+            iface,
+            "--iface",
+            "d0",
+            "--persist",
+        ],
         "give the same --iface list",
     );
     // State pinned by another format is never reused.
@@ -201,7 +217,7 @@ fn adoption_refused_for_another_mode_interfaces_or_format_leaves_it_redirecting(
     std::fs::write(&file, older.to_string()).unwrap();
     run_refused(
         &topo,
-        &["run", "--iface", iface, "--persist"],
+        &["run", "--no-local", "--iface", iface, "--persist"],
         "state format 4",
     );
     std::fs::write(&file, original).unwrap();
@@ -407,7 +423,7 @@ fn a_refused_migration_leaves_the_old_instance_redirecting() {
     std::fs::write(&info_path, unknown.to_string()).unwrap();
     run_refused(
         topo,
-        &["run", "--iface", iface, "--persist"],
+        &["run", "--no-local", "--iface", iface, "--persist"],
         "state format 4",
     );
     std::fs::write(&info_path, &original).unwrap();
@@ -416,6 +432,7 @@ fn a_refused_migration_leaves_the_old_instance_redirecting() {
         topo,
         &[
             "run",
+            "--no-local",
             "--iface",
             iface,
             "--persist",

@@ -412,7 +412,7 @@ fn run_stops_with_an_error_when_its_proxy_dies() {
 fn run_refuses_a_missing_sniff_user() {
     let _serial = serial();
     let topo = Topology::new("runsuser");
-    let mut args = vec!["run", "--iface", topo.server_if];
+    let mut args = vec!["run", "--no-local", "--iface", topo.server_if];
     args.extend_from_slice(SNIFF_ARGS);
     args.extend_from_slice(&["--sniff-user", "no-such-user-redirector"]);
     let out = topo

@@ -100,7 +100,7 @@ fn the_loader_redirects_with_only_the_units_capabilities() {
         "--no-new-privs",
     ])
     .arg(bins::redirector())
-    .args(["run", "--iface", topo.server_if])
+    .args(["run", "--no-local", "--iface", topo.server_if])
     .args(["--redirect", "443:8443", "--sniff-listen", "0.0.0.0:80"])
     .args([
         "--sniff-websocket",

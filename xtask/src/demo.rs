@@ -1,6 +1,9 @@
 //! `cargo xtask demo`: build, then show the redirector at work: a client namespace sends
 //! WebSocket echoes to ports 80 and 443 (IPv4 and IPv6) of a server namespace whose echo
 //! server listens only on 8080 and 8443; the redirector on the server's veth bridges the gap.
+//! Then local clients of the server itself (127.0.0.1, ::1, its own address) on port 80,
+//! redirected at connect time by the cgroup programs, attached to a cgroup of the demo's
+//! own (never the machine's root cgroup).
 //! Everything it starts is torn down by one RAII guard, also on error, panic or Ctrl-C.
 
 use std::path::Path;
@@ -12,6 +15,7 @@ use nix::sys::signal::Signal;
 
 use crate::build::{self, Binaries, Profile};
 use crate::cli::DemoArgs;
+use testkit::cgroup::Cgroup;
 use testkit::cmd::{describe_output, heading};
 use testkit::interrupt;
 use testkit::netns::{Link, Side, Topology};
@@ -40,6 +44,10 @@ const DEMO: Link = Link {
 const CLIENT: Side = DEMO.client;
 const SERVER: Side = DEMO.server;
 
+/// The demo's cgroup, under the cgroup v2 root: local clients run in it, the loader's
+/// cgroup programs are attached to it.
+const DEMO_CGROUP: &str = "redirector-demo";
+
 /// Text sent by every client; its echo must come back as `echo: <MESSAGE>`.
 const MESSAGE: &str = "hello server";
 /// ws-echo prints one `listening ...` line per listener: ws and wss, IPv4 and IPv6.
@@ -59,6 +67,7 @@ const HOLD_POLL: Duration = Duration::from_millis(200);
 /// the namespaces (fields drop after `Drop::drop`).
 struct Demo {
     topology: Topology,
+    cgroup: Option<Cgroup>,
     echo_server: Option<Proc>,
     loader: Option<Proc>,
 }
@@ -68,6 +77,7 @@ impl Drop for Demo {
         heading("teardown");
         drop(self.loader.take());
         drop(self.echo_server.take());
+        drop(self.cgroup.take());
     }
 }
 
@@ -88,9 +98,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     ));
     let mut demo = Demo {
         topology: Topology::create(&DEMO)?,
+        cgroup: None,
         echo_server: None,
         loader: None,
     };
+    let cgroup = demo.cgroup.insert(Cgroup::create(DEMO_CGROUP)?);
+    println!("  cgroup {} (local clients)", cgroup.path().display());
 
     heading(format!(
         "ws-echo in {}: ws on 8080, wss on 8443",
@@ -102,13 +115,20 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "redirector on {}: 80 -> 8080, 443 -> 8443",
         SERVER.veth
     ));
-    demo.loader = Some(start_loader(&demo.topology, &binaries.redirector)?);
+    let cgroup = demo.cgroup.as_ref().expect("created above");
+    demo.loader = Some(start_loader(&demo.topology, &binaries.redirector, cgroup)?);
 
     heading(format!(
         "echoes from {} to ports 80 and 443 of the server",
         CLIENT.netns
     ));
-    let failures = send_echoes(&demo.topology, &binaries.ws_client);
+    let mut failures = send_echoes(&demo.topology, &binaries.ws_client);
+    interrupt::check()?;
+    heading(format!(
+        "local clients in {} (cgroup {DEMO_CGROUP}) to its own port 80",
+        SERVER.netns
+    ));
+    failures.extend(send_local_echoes(&binaries.ws_client, cgroup));
     interrupt::check()?;
     show_sockets(&demo.topology);
 
@@ -127,13 +147,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         bail!(
             "{} of {} echoes failed: {}",
             failures.len(),
-            probes().len(),
+            probes().len() + local_probes().len(),
             failures.join("; ")
         );
     }
     heading(format!(
         "demo passed: all {} echoes came back",
-        probes().len()
+        probes().len() + local_probes().len()
     ));
     Ok(())
 }
@@ -160,15 +180,18 @@ fn start_echo_server(topology: &Topology, ws_echo: &Path) -> Result<Proc> {
     Ok(echo_server)
 }
 
-/// Starts `redirector run` in the server's network namespace.
+/// Starts `redirector run` in the server's network namespace, its local-client programs
+/// on the demo's cgroup.
 ///
 /// Through nsenter rather than `ip netns exec`: the latter mounts a private /sys, which hides
-/// the bpffs at /sys/fs/bpf, so pins made by `run` would be invisible to `stats`.
-fn start_loader(topology: &Topology, redirector: &Path) -> Result<Proc> {
+/// the bpffs at /sys/fs/bpf (so pins made by `run` would be invisible to `stats`) and the
+/// cgroup mount.
+fn start_loader(topology: &Topology, redirector: &Path, cgroup: &Cgroup) -> Result<Proc> {
     let command = topology
         .server
         .enter_net_only(redirector)
-        .args(["run", "--iface", SERVER.veth]);
+        .args(["run", "--iface", SERVER.veth, "--local-cgroup"])
+        .arg(cgroup.path());
     let mut loader = Proc::background("redirector", command)?;
     loader.wait_for_stdout(
         &format!("a `{LOADER_READY_PREFIX}` line"),
@@ -199,16 +222,46 @@ fn probes() -> Vec<Probe> {
         .collect()
 }
 
-/// Runs every probe, showing its output; returns a description of each failure.
+/// ws to the server's own port 80 from the server itself: loopback (IPv4, IPv6) and its
+/// veth address. These never cross the veth, only the cgroup connect programs see them.
+fn local_probes() -> Vec<Probe> {
+    ["127.0.0.1", "[::1]", SERVER.ipv4]
+        .iter()
+        .map(|host| Probe {
+            url: format!("ws://{host}:80/"),
+            tls: false,
+        })
+        .collect()
+}
+
+/// Runs every probe from the client namespace; returns a description of each failure.
 fn send_echoes(topology: &Topology, ws_client: &Path) -> Vec<String> {
+    run_probes(probes(), |_| topology.client.exec(ws_client))
+}
+
+/// Runs the local probes in the server namespace, each client started inside the demo's
+/// cgroup (the cgroup first: `nsenter --net=` keeps the host's /sys, where it lives).
+fn send_local_echoes(ws_client: &Path, cgroup: &Cgroup) -> Vec<String> {
+    run_probes(local_probes(), |_| {
+        cgroup
+            .cmd("nsenter")
+            .arg(format!("--net=/run/netns/{}", SERVER.netns))
+            .arg("--")
+            .arg(ws_client)
+    })
+}
+
+/// Runs each probe with the ws-client command `client` gives, showing its output;
+/// returns a description of each failure.
+fn run_probes(probes: Vec<Probe>, client: impl Fn(&Probe) -> testkit::cmd::Cmd) -> Vec<String> {
     let expected = format!("echo: {MESSAGE}");
     let mut failures = Vec::new();
-    for probe in probes() {
+    for probe in probes {
         if interrupt::requested() {
             failures.push(format!("{}: not tried (Ctrl-C)", probe.url));
             continue;
         }
-        let mut command = topology.client.exec(ws_client).args(["--url", &probe.url]);
+        let mut command = client(&probe).args(["--url", &probe.url]);
         if probe.tls {
             // ws-echo's certificate is self-signed.
             command = command.arg("--insecure");
@@ -340,6 +393,19 @@ fn stop_loader(loader: &mut Proc) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_probes_cover_loopback_and_the_servers_own_address() {
+        let urls: Vec<String> = local_probes().into_iter().map(|probe| probe.url).collect();
+        assert_eq!(
+            urls,
+            [
+                "ws://127.0.0.1:80/",
+                "ws://[::1]:80/",
+                "ws://10.200.0.2:80/"
+            ]
+        );
+    }
 
     #[test]
     fn probes_cover_both_schemes_and_both_families() {

@@ -59,7 +59,7 @@ pub enum Command {
     /// moved in the kernel and WebSocket and HTTP on port 80 told apart in user space:
     ///
     /// Example: redirector run --redirect 443:8443 --sniff-listen 0.0.0.0:80 --sniff-websocket 127.0.0.1:8080 --sniff-http 127.0.0.1:8000
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the running instance: interfaces, hook mode, rules, conntrack fill.
     ///
     /// Example: redirector status --json
@@ -128,7 +128,7 @@ pub enum Command {
     /// accepted and routed by the server name of their ClientHello, without decrypting.
     ///
     /// Example: redirector sniff --listen 0.0.0.0:80 --websocket 127.0.0.1:8080 --http 127.0.0.1:8000 --ws-path /ws/
-    Sniff(SniffArgs),
+    Sniff(Box<SniffArgs>),
 }
 
 /// Which running instance to talk to.
@@ -312,7 +312,7 @@ pub fn command() -> clap::Command {
 /// Runs the handler of `command`.
 pub fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Status(args) => status::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Flows(args) => flows::run(args),
@@ -324,7 +324,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Allow(args) => sources::allow(args),
         Command::Disallow(args) => sources::disallow(args),
         Command::Detach(args) => detach::run(args),
-        Command::Sniff(args) => sniff::sniff(args),
+        Command::Sniff(args) => sniff::sniff(*args),
     }
 }
 

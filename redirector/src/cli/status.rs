@@ -77,6 +77,10 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         );
     }
     println!("metrics: {}", status.metrics.as_deref().unwrap_or("off"));
+    match &status.local_cgroup {
+        Some(cgroup) => println!("local clients: redirected in cgroup {cgroup}"),
+        None => println!("local clients: not redirected"),
+    }
     if let Some(sniff) = &status.sniff {
         match sniff.max_conns {
             Some(max_conns) => println!("sniff: max-conns {max_conns}"),

@@ -277,11 +277,27 @@ impl Maps {
         let map: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(&self.stats).map_err(err(STATS_MAP))?;
         let mut out = [0u64; Counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
+        // A STATS pinned by an older loader (adopted) is shorter: its missing counters,
+        // which that map cannot count, read as zero.
+        let len = self.stats_len()? as usize;
+        for (i, slot) in out.iter_mut().enumerate().take(len) {
             let per_cpu = map.get(&(i as u32), 0).map_err(err(STATS_MAP))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Number of counters the STATS map holds: [`Counter::COUNT`], or fewer in a map pinned
+    /// by an older loader (counters are only ever appended).
+    pub fn stats_len(&self) -> Result<u32, MapsError> {
+        // The kernel's size, not the object's: a map reused through its pin keeps the
+        // object file's definition in aya, whatever size the pinned map has.
+        let data = match &self.stats {
+            Map::PerCpuArray(data) => data,
+            _ => return Err(err(STATS_MAP)(MapError::InvalidMapType { map_type: 0 })),
+        };
+        let info = data.info().map_err(err(STATS_MAP))?;
+        Ok(info.max_entries())
     }
 
     /// Counters of the rule in `slot`, summed over CPUs.

@@ -1,25 +1,31 @@
 //! The kernel side as user space sees it: the loaded eBPF object ([`Dataplane`], its
 //! programs verified by the kernel), typed access to its maps ([`maps`], batched through
-//! [`batch`]), attaching to interfaces ([`attach`], [`iface`]), and the privileges all of
-//! that needs ([`privileges`]).
+//! [`batch`]), attaching to interfaces ([`attach`], [`iface`]) and to a cgroup for local
+//! clients ([`local`]), and the privileges all of that needs ([`privileges`]).
 
 pub mod attach;
 pub mod batch;
 pub mod iface;
+pub mod local;
 pub mod maps;
 pub mod privileges;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use aya::{
+    maps::{HashMap as AyaHashMap, Map, MapData, MapError},
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
 use redirector_common::{
     maps::{
         established_max_entries, half_open_size, FlowKey, FlowValue, MarkConfig,
-        ESTABLISHED_CAPACITY_GLOBAL, ESTABLISHED_MAP, HALF_OPEN_MAP, MARK_MAP, PROG_PASS_TC,
-        PROG_PASS_XDP, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS,
+        ESTABLISHED_CAPACITY_GLOBAL, ESTABLISHED_MAP, HALF_OPEN_MAP, LOADER_NETNS_COOKIE_GLOBAL,
+        LOCAL_ADDRS_MAP, LOCAL_PEERS_MAP, MARK_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
+        PROG_TC_INGRESS, PROG_XDP_INGRESS,
     },
     stats::Counter,
 };
@@ -59,12 +65,33 @@ pub enum DataplaneError {
     /// Adopting: a map of the persisted instance is not pinned where expected.
     #[error("adopting: pinned map {} is missing", .0.display())]
     MissingPin(PathBuf),
+    /// The network namespace's cookie, which the local-client programs compare against,
+    /// could not be read.
+    #[error(transparent)]
+    Local(#[from] Box<local::LocalError>),
+    /// A map of the local-client programs is missing or an operation on it failed.
+    #[error("eBPF map `{name}`: {source}")]
+    LocalMap {
+        /// Map name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: MapError,
+    },
 }
 
 /// The programs and maps of one loaded redirector.
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
+    /// `LOCAL_ADDRS`: this namespace's addresses, kept current by the loader.
+    local_addrs: Map,
+    /// `LOCAL_PEERS`: the FROM port of redirected local sockets, for getpeername.
+    local_peers: Map,
+}
+
+fn local_map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::LocalMap { name, source }
 }
 
 fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
@@ -76,15 +103,19 @@ impl Dataplane {
     /// `half_open_size(conntrack_size)` handshakes) and loads (verifies) all three
     /// programs. Nothing is attached yet.
     pub fn load(conntrack_size: u32) -> Result<Self, DataplaneError> {
-        Self::load_reusing(conntrack_size, Path::new(""), &[])
+        Self::load_reusing(conntrack_size, Path::new(""), &[], &[])
     }
 
     /// Loads the object as [`Dataplane::load`] does, but reusing the maps pinned in `dir`
     /// (every one of [`maps::PINNED_MAPS`], with their entries) instead of creating new
     /// ones: adopting a persisted instance. `conntrack_size` must be the size the pinned
     /// maps were created with (the instance file's), which a live map cannot change.
+    ///
+    /// `LOCAL_PEERS` (getpeername's answers for redirected local sockets) is reused too if
+    /// pinned; an instance pinned before local clients were redirected has none, so aya
+    /// creates it and pins it into `dir`.
     pub fn load_pinned(conntrack_size: u32, dir: &Path) -> Result<Self, DataplaneError> {
-        Self::load_reusing(conntrack_size, dir, &maps::PINNED_MAPS)
+        Self::load_reusing(conntrack_size, dir, &maps::PINNED_MAPS, &[LOCAL_PEERS_MAP])
     }
 
     /// Loads the object as [`Dataplane::load`] does, reusing from `old_dir` (a persisted
@@ -92,15 +123,18 @@ impl Dataplane {
     /// [`maps::KEPT_ON_MIGRATION`]; the flow tables, their count and STATS are new and
     /// empty. Nothing is pinned: the caller pins the whole set elsewhere, then swaps.
     pub fn load_migrating(conntrack_size: u32, old_dir: &Path) -> Result<Self, DataplaneError> {
-        Self::load_reusing(conntrack_size, old_dir, &maps::KEPT_ON_MIGRATION)
+        Self::load_reusing(conntrack_size, old_dir, &maps::KEPT_ON_MIGRATION, &[])
     }
 
     /// Loads the object sized for `conntrack_size`, the maps named in `reused` taken from
-    /// their pins in `dir` (all of them must exist) and every other map created anew.
+    /// their pins in `dir` (all of them must exist), those in `reused_or_pinned` taken from
+    /// `dir` if pinned there and else created and pinned there, and every other map
+    /// created anew.
     fn load_reusing(
         conntrack_size: u32,
         dir: &Path,
         reused: &[&str],
+        reused_or_pinned: &[&str],
     ) -> Result<Self, DataplaneError> {
         if conntrack_size == 0 {
             return Err(DataplaneError::ZeroConntrackSize);
@@ -110,30 +144,67 @@ impl Dataplane {
             return Err(DataplaneError::MissingPin(dir.join(name)));
         }
         let capacity = u64::from(conntrack_size);
-        let paths: Vec<(&str, PathBuf)> =
-            reused.iter().map(|name| (*name, dir.join(name))).collect();
+        let netns_cookie = local::netns_cookie().map_err(Box::new)?;
+        let paths: Vec<(&str, PathBuf)> = reused
+            .iter()
+            .chain(reused_or_pinned)
+            .map(|name| (*name, dir.join(name)))
+            .collect();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
             .map_max_entries(ESTABLISHED_MAP, established_max_entries(conntrack_size))
-            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true);
+            .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true)
+            .override_global(LOADER_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
         Self::load_with(loader)
     }
 
-    /// Loads the object with `loader` and verifies the three programs.
+    /// Loads the object with `loader` and verifies the three packet programs and the four
+    /// cgroup programs of local clients.
     fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(OBJECT)?;
         let maps = Maps::take_from(&mut ebpf)?;
-        let mut dp = Dataplane { ebpf, maps };
+        let mut take = |name| {
+            ebpf.take_map(name)
+                .ok_or_else(|| local_map_err(name)(MapError::InvalidName { name: name.into() }))
+        };
+        let local_addrs = take(LOCAL_ADDRS_MAP)?;
+        let local_peers = take(LOCAL_PEERS_MAP)?;
+        let mut dp = Dataplane {
+            ebpf,
+            maps,
+            local_addrs,
+            local_peers,
+        };
         dp.xdp_ingress()?
             .load()
             .map_err(prog_err(PROG_XDP_INGRESS))?;
         dp.tc_ingress()?.load().map_err(prog_err(PROG_TC_INGRESS))?;
         dp.tc_egress()?.load().map_err(prog_err(PROG_TC_EGRESS))?;
+        for (name, _) in local::PROGRAMS {
+            dp.cgroup_program(name)?.load().map_err(prog_err(name))?;
+        }
         Ok(dp)
+    }
+
+    /// Makes `LOCAL_ADDRS` hold exactly `addrs` (this namespace's addresses, as
+    /// [`local::key`] encodes them): new ones added before gone ones are removed.
+    pub fn set_local_addrs(&mut self, addrs: &HashSet<[u8; 16]>) -> Result<(), DataplaneError> {
+        let mut map: AyaHashMap<&mut MapData, [u8; 16], u32> =
+            AyaHashMap::try_from(&mut self.local_addrs).map_err(local_map_err(LOCAL_ADDRS_MAP))?;
+        let present: HashSet<[u8; 16]> = map.keys().filter_map(Result::ok).collect();
+        for addr in addrs.difference(&present) {
+            map.insert(addr, 1, 0)
+                .map_err(local_map_err(LOCAL_ADDRS_MAP))?;
+        }
+        for addr in present.difference(addrs) {
+            // Gone meanwhile is as good as removed.
+            let _ = map.remove(addr);
+        }
+        Ok(())
     }
 
     /// The XDP ingress program.
@@ -218,9 +289,17 @@ impl Dataplane {
         &mut self.maps
     }
 
-    /// Pins every map into `dir` (see `crate::instance::paths`).
+    /// Pins every map into `dir` (see `crate::instance::paths`), `LOCAL_PEERS` included
+    /// (an adopting loader reuses it; `LOCAL_ADDRS` each loader fills anew).
     pub fn pin_maps(&self, dir: &std::path::Path) -> Result<(), DataplaneError> {
-        Ok(self.maps.pin(dir)?)
+        self.maps.pin(dir)?;
+        let path = dir.join(LOCAL_PEERS_MAP);
+        self.local_peers.pin(&path).map_err(|error| {
+            local_map_err(LOCAL_PEERS_MAP)(MapError::PinError {
+                name: Some(LOCAL_PEERS_MAP.to_string()),
+                error,
+            })
+        })
     }
 
     /// Installs the first rules of an instance (enabled); rule `i` uses counter slot `i`

@@ -220,6 +220,7 @@ mod tests {
             timeouts: None,
             metrics: None,
             persist: true,
+            local_cgroup: None,
         }
     }
 

@@ -48,6 +48,10 @@ pub struct InstanceInfo {
     /// the loader, and left attached when it exits.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub persist: bool,
+    /// The cgroup whose local clients are redirected (`--local-cgroup`); absent with
+    /// `--no-local` and in files of older loaders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_cgroup: Option<String>,
 }
 
 /// The reaper's timeouts, in seconds, as recorded in the instance file and shown by
@@ -233,6 +237,7 @@ mod tests {
             timeouts: Some(TimeoutsInfo::from(&Timeouts::default())),
             metrics: None,
             persist: false,
+            local_cgroup: Some("/sys/fs/cgroup".into()),
         };
         let text = serde_json::to_string(&info).unwrap();
         assert_eq!(serde_json::from_str::<InstanceInfo>(&text).unwrap(), info);

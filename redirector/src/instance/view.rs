@@ -40,6 +40,9 @@ pub struct StatusJson {
     pub metrics: Option<String>,
     /// Started with `--persist` (programs stay attached after the loader exits).
     pub persist: bool,
+    /// The cgroup whose local clients are redirected (`--local-cgroup`); null if none
+    /// (`--no-local`, or a loader older than local redirection).
+    pub local_cgroup: Option<String>,
     /// The loader runs; false for a persisted instance whose loader exited (then no
     /// reaper runs and no metrics are served).
     pub loader_running: bool,
@@ -155,6 +158,7 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
         timeouts: info.timeouts,
         metrics: info.metrics.clone().filter(|_| instance.loader_running),
         persist: info.persist,
+        local_cgroup: info.local_cgroup.clone(),
         loader_running: instance.loader_running,
         sniff: sniff_publish::read(
             &paths::sniff_stats_file(info.netns_inode, info.key_iface()),

@@ -34,6 +34,7 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
     const PASSED: &str = "redirector_packets_passed";
     const EVENTS: &str = "redirector_flow_events";
     const REWRITES: &str = "redirector_rewrites";
+    const LOCAL: &str = "redirector_local_connects";
     match counter {
         Counter::PassNotIp => (PASSED, "reason", "not_ip"),
         Counter::PassNotTcp => (PASSED, "reason", "not_tcp"),
@@ -59,11 +60,14 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
         Counter::PassTableFull => (PASSED, "reason", "table_full"),
         Counter::FlowPromoted => (EVENTS, "event", "promoted"),
         Counter::FlowPromoteFailed => (EVENTS, "event", "promote_failed"),
+        Counter::LocalRedirected => (LOCAL, "result", "redirected"),
+        Counter::LocalPassRuleDisabled => (LOCAL, "result", "rule_disabled"),
+        Counter::LocalPassSourceDenied => (LOCAL, "result", "source_denied"),
     }
 }
 
 /// Every family, in output order: name (counters without `_total`), type, HELP text.
-const FAMILIES: [(&str, MetricType, &str); 13] = [
+const FAMILIES: [(&str, MetricType, &str); 14] = [
     (
         "redirector_build",
         MetricType::Info,
@@ -103,6 +107,11 @@ const FAMILIES: [(&str, MetricType, &str); 13] = [
         "redirector_rewrites",
         MetricType::Counter,
         "Port rewrites: in (FROM to TO), out (TO to FROM), failed (helper error, packet passed).",
+    ),
+    (
+        "redirector_local_connects",
+        MetricType::Counter,
+        "Local TCP connects (loader's namespace, to its own address) to a rule's FROM port: redirected at connect time, or left alone because the rule is disabled or the address is not allowed.",
     ),
     (
         "redirector_conntrack_entries",

@@ -21,6 +21,8 @@ const FLAG_KEYS: &[(&str, &str, &str)] = &[
     ("timeout-closing", "timeouts.closing", "5"),
     ("timeout-fin-wait", "timeouts.fin_wait", "30"),
     ("timeout-handshake", "timeouts.handshake", "20"),
+    ("local-cgroup", "local_cgroup", r#""/sys/fs/cgroup/web""#),
+    ("no-local", "local", "false"),
     ("persist", "persist", "true"),
     ("sniff-listen", "sniff.listen", r#""0.0.0.0:80""#),
     ("sniff-websocket", "sniff.websocket", r#""127.0.0.1:8080""#),

@@ -82,6 +82,8 @@ impl Prepared {
         adopt::apply_allow(dp.maps_mut(), &self.allow)?;
         migrate::swap(&tmp, &dir).context("replacing the pinned state")?;
         drop(tables);
+        // Format 2 had no cgroup links: attached afresh (pinned in the new directory).
+        self.adopt_local(&mut dp, &dir, old)?;
         let mut info = self.info(old.interfaces.clone(), metrics_url);
         info.mode.clone_from(&old.mode);
         info.rules = rules.iter().map(AdoptedRule::info).collect();

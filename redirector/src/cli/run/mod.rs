@@ -5,6 +5,7 @@
 //! runs in an unprivileged child process ([`proxy_child`], [`proxy_main`]), its counters
 //! copied back to the loader for `/metrics`, `redirector stats` and the final report.
 
+mod local;
 mod migrate;
 mod prepare;
 mod proxy_child;
@@ -16,7 +17,7 @@ mod stop;
 use std::{net::SocketAddr, path::PathBuf};
 
 use redirector::{
-    config::{sniff::SniffSettings, RunSettings, TimeoutSettings},
+    config::{sniff::SniffSettings, LocalSetting, RunSettings, TimeoutSettings},
     dataplane::attach::Mode,
     packet_mark::PacketMark,
     rules::RedirectRule,
@@ -96,6 +97,22 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_handshake: Option<u64>,
 
+    /// Redirect local clients too: processes of this cgroup (v2 directory, descendants
+    /// included) in the loader's network namespace connecting to one of the namespace's
+    /// own addresses (127.0.0.1 and ::1 included) on a FROM port are connected to TO at
+    /// connect time, and getpeername still shows FROM. Such traffic never crosses the
+    /// interface hooks. [default: the cgroup v2 mount — /sys/fs/cgroup, or
+    /// /sys/fs/cgroup/unified on hybrid hosts — i.e. every process; none mounted (`ip
+    /// netns exec`): off, with a warning]
+    ///
+    /// Example: --local-cgroup /sys/fs/cgroup/system.slice
+    #[arg(long, value_name = "PATH", conflicts_with = "no_local")]
+    pub local_cgroup: Option<PathBuf>,
+
+    /// Do not redirect local clients (no cgroup programs are attached).
+    #[arg(long)]
+    pub no_local: bool,
+
     /// Leave the programs attached when the loader exits (links and maps pinned in the
     /// initial mount namespace's bpffs); `redirector detach` removes them. While no loader
     /// runs, no reaper does: closed flows stay tracked until `flush` or a new loader.
@@ -147,6 +164,11 @@ fn flag_settings(args: RunArgs) -> RunSettings {
         conntrack_size: args.conntrack_size,
         metrics: args.metrics,
         mark: args.mark,
+        local: match (args.no_local, args.local_cgroup) {
+            (true, _) => Some(LocalSetting::Off),
+            (false, Some(path)) => Some(LocalSetting::Cgroup(path)),
+            (false, None) => None,
+        },
         timeouts: TimeoutSettings {
             established: args.timeout_established,
             closing: args.timeout_closing,

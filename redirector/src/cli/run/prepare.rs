@@ -6,10 +6,10 @@ use std::net::{SocketAddr, TcpListener};
 
 use anyhow::Context as _;
 use redirector::{
-    config::RunSettings,
+    config::{LocalSetting, RunSettings},
     dataplane::{
         attach::{Hook, Mode},
-        iface, privileges,
+        iface, local, privileges,
     },
     instance::{self, adopt, info::InstanceInfo, lock},
     packet_mark::PacketMark,
@@ -33,6 +33,8 @@ pub struct Prepared {
     pub(super) allow: Vec<SourcePrefix>,
     pub(super) timeouts: Timeouts,
     pub(super) persist: bool,
+    /// Local clients: the cgroup to attach the connect programs to, or off.
+    pub(super) local: LocalSetting,
     pub(super) runtime: Runtime,
     /// The sniffing proxy's process, serving the listeners bound here.
     pub(super) sniff: Option<SniffChild>,
@@ -72,6 +74,7 @@ impl Prepared {
             check_sniff_port(&rules, listen)?;
         }
         privileges::check()?;
+        let local = local_setting(settings.local.clone())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -111,12 +114,37 @@ impl Prepared {
             rules,
             ifaces,
             persist,
+            local,
             runtime,
             sniff,
             metrics,
             locks,
             adopt,
         })
+    }
+}
+
+/// Local clients: an explicit `--local-cgroup` must be a cgroup v2 directory; by default
+/// the cgroup v2 root of this mount namespace, and without one (e.g. under `ip netns
+/// exec`, whose /sys has no cgroup mount) local clients are not redirected, with a warning.
+fn local_setting(given: Option<LocalSetting>) -> anyhow::Result<LocalSetting> {
+    match given {
+        Some(LocalSetting::Cgroup(path)) => {
+            local::check_cgroup(&path)?;
+            Ok(LocalSetting::Cgroup(path))
+        }
+        Some(LocalSetting::Off) => Ok(LocalSetting::Off),
+        None => match local::cgroup2_root() {
+            Some(root) => Ok(LocalSetting::Cgroup(root)),
+            None => {
+                log::warn!(
+                    "no cgroup v2 hierarchy is mounted here (under `ip netns exec`, /sys is \
+                     a fresh one: use `nsenter --net=`): local clients are not redirected; \
+                     --local-cgroup PATH names one, --no-local silences this"
+                );
+                Ok(LocalSetting::Off)
+            }
+        },
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use redirector::{
-    dataplane::Dataplane,
+    dataplane::{local, Dataplane},
     observe::{flow_tables::FillWatch, http as metrics_http},
     reaper,
 };
@@ -53,8 +53,9 @@ impl Started {
                 }
             };
             let fill = FillWatch::new(loaded.conntrack_size);
+            let local = loaded.local;
             let served = tokio::select! {
-                served = reap_until_signal(&mut loaded.dp, &timeouts, signals, metrics, fill) => served,
+                served = reap_until_signal(&mut loaded.dp, &timeouts, signals, metrics, fill, local) => served,
                 () = publishing => unreachable!("publishing runs until dropped"),
                 () = sniff_exited => {
                     log::error!("the sniffing proxy's process exited; stopping the loader");
@@ -74,13 +75,16 @@ impl Started {
 }
 
 /// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM (which
-/// also stop the sniffing proxy).
+/// also stop the sniffing proxy). With `local` (local clients redirected), also keeps the
+/// namespace's addresses in `LOCAL_ADDRS` current, at the same pace: an address added to
+/// an interface is local within a second.
 async fn reap_until_signal(
     dp: &mut Dataplane,
     timeouts: &reaper::Timeouts,
     mut signals: Signals,
     metrics: Option<(std::net::TcpListener, MetricsBody)>,
     mut fill: FillWatch,
+    local: bool,
 ) -> anyhow::Result<()> {
     let metrics = match metrics {
         Some((listener, render)) => {
@@ -111,6 +115,14 @@ async fn reap_until_signal(
                 }
                 if let Err(e) = fill.check(dp.maps()) {
                     log::warn!("reading the flow tables' fill: {e}");
+                }
+                if local {
+                    let refreshed = local::namespace_addrs()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|addrs| Ok(dp.set_local_addrs(&addrs)?));
+                    if let Err(e) = refreshed {
+                        log::warn!("refreshing the namespace's local addresses: {e:#}");
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use redirector::observe::sniff_publish::Publisher;
 use redirector::{
-    dataplane::{attach, maps::Maps, Dataplane},
+    dataplane::{attach, local, maps::Maps, Dataplane},
     instance::{
         adopt::{self, AdoptedRule},
         info::{InstanceInfo, InterfaceInfo, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT},
@@ -24,6 +24,7 @@ use redirector::{
     reaper::Timeouts,
     rules::{RedirectRule, RuleSlots},
 };
+use redirector_common::stats::Counter;
 use redirector_sniff::counters::Counters;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -55,6 +56,8 @@ pub struct Loaded {
     pub(super) pinned: PinnedInstance,
     pub(super) ifaces: Vec<String>,
     pub(super) persist: bool,
+    /// Local clients are redirected: `LOCAL_ADDRS` is kept current.
+    pub(super) local: bool,
     /// The established-flow capacity (`--conntrack-size`), for the fill warnings.
     pub(super) conntrack_size: u32,
     /// The sniffing proxy's counters, and their publication for `redirector stats`.
@@ -133,6 +136,7 @@ impl Prepared {
                 pinned,
                 ifaces: self.ifaces,
                 persist: self.persist,
+                local: self.local.cgroup().is_some(),
                 conntrack_size: self.conntrack_size,
                 sniff_counters,
                 sniff_publisher,
@@ -147,10 +151,14 @@ impl Prepared {
     }
 
     /// What every freshly loaded object gets, whether it starts, adopts or migrates an
-    /// instance: its kernel log drained on the runtime and this loader's `--mark`.
+    /// instance: its kernel log drained on the runtime, this loader's `--mark`, and (local
+    /// clients redirected) the namespace's addresses, before any program is attached.
     pub(super) fn configure_loaded(&self, dp: &mut Dataplane) -> anyhow::Result<()> {
         kernel_log::spawn(dp, self.runtime.handle());
         dp.set_mark(self.mark)?;
+        if self.local.cgroup().is_some() {
+            dp.set_local_addrs(&local::namespace_addrs()?)?;
+        }
         Ok(())
     }
 
@@ -176,6 +184,7 @@ impl Prepared {
                 ingress_hook: hook.to_string(),
             });
         }
+        links.extend(self.attach_local(&mut dp)?);
         let info = self.info(interfaces, metrics_url);
         let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
         log::info!("maps pinned in {}", pinned.dir().display());
@@ -197,6 +206,16 @@ impl Prepared {
         let mut dp = Dataplane::load_pinned(old.conntrack_size, &dir)
             .context("loading the new programs on the persisted maps")?;
         self.configure_loaded(&mut dp)?;
+        let stats_len = dp.maps().stats_len()?;
+        if stats_len < Counter::COUNT {
+            // A live map cannot grow; its missing counters read as 0 (`Maps::counters`).
+            log::warn!(
+                "the adopted STATS map predates the last {} counters (local_* among them): \
+                 they stay 0 for this instance (`redirector detach` and a new start, which \
+                 drops every flow, gives a full map)",
+                Counter::COUNT - stats_len
+            );
+        }
         let flow_slots = || -> anyhow::Result<_> {
             Ok(dp.flows()?.iter().map(|(_, flow)| flow.rule_slot).collect())
         };
@@ -210,6 +229,7 @@ impl Prepared {
             attach::adopt(&mut dp, name, *hook, &ingress, &egress)?;
             log::info!("adopted the links on {name}: ingress {hook}, egress tc");
         }
+        self.adopt_local(&mut dp, &dir, old)?;
         let mut info = self.info(old.interfaces.clone(), metrics_url);
         info.mode.clone_from(&old.mode);
         info.rules = rules.iter().map(AdoptedRule::info).collect();
@@ -251,6 +271,7 @@ impl Prepared {
             timeouts: Some(TimeoutsInfo::from(&self.timeouts)),
             metrics,
             persist: self.persist,
+            local_cgroup: self.local.cgroup().map(|path| path.display().to_string()),
         }
     }
 
