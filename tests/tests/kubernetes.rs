@@ -9,7 +9,9 @@
 //! pod is assembled the way a runtime does, from what the manifest says (parsed here, so
 //! the test follows it): the image (`podman image mount`) as the lower layer of an
 //! overlay with a tmpfs upper, the volumes bound in (hostPath: /sys/fs/bpf and
-//! /run/redirector of the host; the ConfigMap's files), a fresh /proc and a read-only
+//! /run/redirector of the host; for the node's cgroup v2 root, a cgroup the test creates,
+//! so the local-client programs never attach to this machine's root; the ConfigMap's
+//! files), a fresh /proc and a read-only
 //! sysfs, the root remounted read-only (`readOnlyRootFilesystem`), then `capsh` chroots
 //! and keeps exactly the container's `capabilities.add` in the bounding set (uid 0, so
 //! those are its effective set), none inheritable or ambient, `no_new_privs`
@@ -28,6 +30,7 @@ use redirector::config::RunSettings;
 use redirector_tests::{bins, fixtures::*};
 use serde_json::Value;
 use testkit::{
+    cgroup::Cgroup,
     cmd::must,
     netns::{Netns, Topology},
     process::Proc,
@@ -289,6 +292,8 @@ struct Pod<'a> {
     entrypoint: Vec<String>,
     /// Files of the ConfigMap volumes, written out.
     config: &'a Path,
+    /// Stands in for the node's cgroup v2 root (hostPath /sys/fs/cgroup).
+    node_cgroup: &'a Path,
     node_ip: &'a str,
 }
 
@@ -304,7 +309,9 @@ impl Pod<'_> {
             .map(|mount| {
                 let name = &mount["name"];
                 let volume = volumes.iter().find(|v| &v["name"] == name).unwrap();
-                let host = if let Some(path) = volume["hostPath"]["path"].as_str() {
+                let host = if volume["hostPath"]["path"] == "/sys/fs/cgroup" {
+                    self.node_cgroup.display().to_string()
+                } else if let Some(path) = volume["hostPath"]["path"].as_str() {
                     if volume["hostPath"]["type"] == "DirectoryOrCreate" {
                         std::fs::create_dir_all(path).unwrap();
                     }
@@ -394,6 +401,29 @@ impl Pod<'_> {
     }
 }
 
+/// A client on the node itself (in `cgroup`, the node's stand-in cgroup root, and the
+/// node's network namespace) reaches ws-echo through its own port 80: the local-client
+/// programs the pod attached redirect it at connect time.
+fn assert_local_echo(node: &Netns, cgroup: &Cgroup, url: &str) {
+    // nsenter, not `ip netns exec`: that remounts /sys, where the cgroup tree is.
+    let out = node
+        .nsenter_cmd("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0" && exec "$@""#)
+        .arg(cgroup.path().join("cgroup.procs"))
+        .arg(bins::ws_client())
+        .args(["--url", url, "--message", "hello node", "--timeout", "30"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("echo: hello node"),
+        "{url}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `/proc/PID/status` lines of the capability sets and no_new_privs.
 fn proc_status(pid: u32) -> Vec<(String, String)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -443,11 +473,13 @@ fn the_daemonset_pod_redirects_and_a_restarted_pod_adopts_its_flows() {
         .ip(&["route", "add", "default", "via", &topo.client_v4])
         .unwrap();
     let _echo = start_echo(&topo, &[]);
+    let node_cgroup = Cgroup::new(&format!("redirector-test-k8s-{}", std::process::id()));
     let pod = |workload| Pod {
         workload,
         image: &image,
         entrypoint: entry.clone(),
         config: &config.0,
+        node_cgroup: node_cgroup.path(),
         node_ip: &topo.server_v4,
     };
     let _cleanup = DetachOnDrop(&topo.server);
@@ -491,6 +523,7 @@ fn the_daemonset_pod_redirects_and_a_restarted_pod_adopts_its_flows() {
 
     let url = topo.url("ws", false, 80);
     assert_echo(&topo, &url);
+    assert_local_echo(&topo.server, &node_cgroup, "ws://127.0.0.1:80/");
     let mut sessions: Vec<Proc> = (0..SESSIONS).map(|_| open_session(&topo, &url)).collect();
 
     // The pod stops (SIGTERM): persist = true leaves the programs attached.
@@ -523,6 +556,7 @@ fn the_daemonset_pod_redirects_and_a_restarted_pod_adopts_its_flows() {
         exchange(session, "after the restart");
     }
     assert_echo(&topo, &url);
+    assert_local_echo(&topo.server, &node_cgroup, "ws://[::1]:80/");
     assert_eq!(http_status(&topo.server, &format!("{base}/readyz")), "200");
     second.signal(libc::SIGTERM);
     let (status, _) = second.wait_exit(Duration::from_secs(20));
