@@ -28,7 +28,7 @@ pub struct BenchArgs {
     #[arg(long = "config", value_name = "ID", value_delimiter = ',')]
     pub configs: Vec<String>,
     /// Only these loads (comma-separated: http-keepalive, http-conn-rate, ws-messages,
-    /// wss-messages, ws-conn-rate, bulk).
+    /// wss-messages, ws-conn-rate, bulk, idle-capacity, conn-cpu).
     #[arg(long = "load", value_name = "ID", value_delimiter = ',')]
     pub loads: Vec<String>,
     /// Skip the steps without load generators: the kernel-side cost (kernel-bench) and the
