@@ -10,12 +10,13 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (about an hour).
+    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (about an
+    /// hour and a half).
     Full,
     /// 3 repetitions of 2 s per load, without the TC pass-through baseline, generic XDP and
-    /// the wss load (under 10 minutes).
+    /// the wss load (about 20 minutes, half of it idle-capacity and conn-cpu).
     Quick,
-    /// 1 repetition of 1 s per load: proves the harness works (under 2 minutes, run in CI).
+    /// 1 repetition of 1 s per load: proves the harness works (about 2 minutes, run in CI).
     Smoke,
 }
 
