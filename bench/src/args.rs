@@ -10,11 +10,11 @@ use crate::plan::Mode;
 /// which clap applies after this one.
 #[derive(Debug, Clone, Default, Args)]
 pub struct BenchArgs {
-    /// 3 repetitions of 2 s per load, fewer configurations: under 10 minutes (default: every
-    /// configuration and load, 5 × 10 s, about an hour).
+    /// 3 repetitions of 2 s per load, fewer configurations: about 20 minutes (default: every
+    /// configuration and load, 5 × 10 s, about an hour and a half).
     #[arg(long, conflicts_with = "smoke")]
     pub quick: bool,
-    /// 1 repetition of 1 s per load: checks the harness in under 2 minutes (CI runs it).
+    /// 1 repetition of 1 s per load: checks the harness in about 2 minutes (CI runs it).
     #[arg(long)]
     pub smoke: bool,
     /// Name of the result files (default: the mode, e.g. `quick`).
@@ -28,7 +28,7 @@ pub struct BenchArgs {
     #[arg(long = "config", value_name = "ID", value_delimiter = ',')]
     pub configs: Vec<String>,
     /// Only these loads (comma-separated: http-keepalive, http-conn-rate, ws-messages,
-    /// wss-messages, ws-conn-rate, bulk).
+    /// wss-messages, ws-conn-rate, bulk, idle-capacity, conn-cpu).
     #[arg(long = "load", value_name = "ID", value_delimiter = ',')]
     pub loads: Vec<String>,
     /// Skip the steps without load generators: the kernel-side cost (kernel-bench) and the

@@ -21,6 +21,12 @@ const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 const NFT_TABLE: &str = "rdr_bench";
 /// Debian's `iptables`: the nf_tables backend.
 const IPTABLES: &str = "iptables-nft";
+/// HAProxy's `maxconn` and the sniffing proxy's `--max-conns` when idle-capacity needs
+/// fewer (the throughput loads open at most a few hundred at once).
+const HAPROXY_MAXCONN: u32 = 8000;
+const SNIFF_MAX_CONNS: u32 = 16384;
+/// nginx's `worker_connections` when idle-capacity needs fewer.
+const NGINX_WORKER_CONNECTIONS: u32 = 16384;
 
 /// Tools and files every configuration needs, found once per benchmark.
 pub struct Tools {
@@ -28,6 +34,10 @@ pub struct Tools {
     /// For the pass-through baselines (`kernel-bench --attach-pass`).
     pub kernel_bench: PathBuf,
     pub work_dir: PathBuf,
+    /// Connections the proxies must accept at once (idle-capacity's N).
+    pub max_conns: u32,
+    /// The hard open-file limit the proxies inherit (nginx's `worker_rlimit_nofile`).
+    pub nofile_hard: u64,
 }
 
 /// What a configuration left running or installed; undone on drop.
@@ -110,7 +120,9 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
         Config::Nftables => applied.rules = Some(nftables(ns, ip, &tools.work_dir)?),
         Config::HaproxyTcp | Config::HaproxyHttp => {
             let http = config == Config::HaproxyHttp;
-            let conf = write(&tools.work_dir, "haproxy.cfg", &haproxy_conf(ip, http))?;
+            let maxconn = tools.max_conns.max(HAPROXY_MAXCONN);
+            let conf = haproxy_conf(ip, http, maxconn);
+            let conf = write(&tools.work_dir, "haproxy.cfg", &conf)?;
             let mut haproxy =
                 Proc::background("haproxy", ns.exec("haproxy").args(["-db", "-f"]).arg(conf))?;
             wait_listening(ns, 80, &mut haproxy)?;
@@ -119,7 +131,7 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
         }
         Config::Nginx => {
             let stream = Path::new(NGINX_STREAM_MODULE).exists();
-            let conf = nginx_proxy_conf(ip, &tools.work_dir, stream);
+            let conf = nginx_proxy_conf(ip, &tools.work_dir, stream, tools);
             let conf = write(&tools.work_dir, "nginx-proxy.conf", &conf)?;
             applied
                 .processes
@@ -161,7 +173,10 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
                     .args(["--tls-listen", &format!("{ip}:443")])
                     .args(["--tls-websocket", &format!("{ip}:8443")])
                     .args(["--tls-http", &format!("{ip}:8443")])
-                    .args(["--max-conns", "16384"]),
+                    .args([
+                        "--max-conns",
+                        &tools.max_conns.max(SNIFF_MAX_CONNS).to_string(),
+                    ]),
             )?;
             sniff.wait_for_stdout("`redirector sniff ready`", LOADER_READY_TIMEOUT, |line| {
                 line.starts_with("redirector sniff ready")
@@ -217,8 +232,9 @@ fn nftables(ns: &Netns, ip: &str, work_dir: &Path) -> Result<Undo> {
 }
 
 /// HAProxy on 80 (tcp, or http routing `Upgrade: websocket` to its own backend as the PaaS
-/// seed configurations do) and 443 (tcp passthrough: TLS stays end to end).
-fn haproxy_conf(ip: &str, http: bool) -> String {
+/// seed configurations do) and 443 (tcp passthrough: TLS stays end to end), accepting
+/// `maxconn` connections at once (HAProxy sizes its descriptors from it: 2 per connection).
+fn haproxy_conf(ip: &str, http: bool, maxconn: u32) -> String {
     let front = if http {
         "  mode http\n\
          \x20 option http-keep-alive\n\
@@ -230,7 +246,7 @@ fn haproxy_conf(ip: &str, http: bool) -> String {
     let mode = if http { "http" } else { "tcp" };
     format!(
         "global\n\
-         \x20 maxconn 8000\n\
+         \x20 maxconn {maxconn}\n\
          defaults\n\
          \x20 timeout connect 5s\n\
          \x20 timeout client 60s\n\
@@ -257,8 +273,10 @@ fn haproxy_conf(ip: &str, http: bool) -> String {
 }
 
 /// nginx as the PaaS guides set it up: `proxy_pass` with HTTP/1.1 and the Upgrade/Connection
-/// headers, upstream keep-alive for plain requests; 443 through the stream module.
-fn nginx_proxy_conf(ip: &str, work_dir: &Path, stream: bool) -> String {
+/// headers, upstream keep-alive for plain requests; 443 through the stream module. Each
+/// worker may hold every connection of idle-capacity on both sides (2 per connection), in
+/// case one worker accepts them all.
+fn nginx_proxy_conf(ip: &str, work_dir: &Path, stream: bool, tools: &Tools) -> String {
     let (load_stream, stream_block) = if stream {
         (
             format!("load_module {NGINX_STREAM_MODULE};\n"),
@@ -288,7 +306,13 @@ fn nginx_proxy_conf(ip: &str, work_dir: &Path, stream: bool) -> String {
     );
     format!(
         "{load_stream}{}{stream_block}",
-        nginx_conf(work_dir, "nginx-proxy", 16384, &http)
+        nginx_conf(
+            work_dir,
+            "nginx-proxy",
+            (2 * tools.max_conns + 64).max(NGINX_WORKER_CONNECTIONS),
+            tools.nofile_hard,
+            &http
+        )
     )
 }
 
@@ -298,19 +322,29 @@ mod tests {
 
     #[test]
     fn haproxy_http_mode_routes_websocket_upgrades() {
-        let conf = haproxy_conf("10.0.0.2", true);
+        let conf = haproxy_conf("10.0.0.2", true, 9900);
         assert!(conf.contains("acl is_websocket hdr(Upgrade) -i WebSocket"));
         assert!(conf.contains("bind 10.0.0.2:443\n  mode tcp"));
-        assert!(!haproxy_conf("10.0.0.2", false).contains("mode http"));
+        assert!(conf.contains("global\n  maxconn 9900\n"));
+        assert!(!haproxy_conf("10.0.0.2", false, 8000).contains("mode http"));
     }
 
     #[test]
     fn nginx_passes_upgrade_headers() {
-        let conf = nginx_proxy_conf("10.0.0.2", Path::new("/w"), true);
+        let tools = Tools {
+            redirector: PathBuf::new(),
+            kernel_bench: PathBuf::new(),
+            work_dir: PathBuf::from("/w"),
+            max_conns: 9900,
+            nofile_hard: 20000,
+        };
+        let conf = nginx_proxy_conf("10.0.0.2", Path::new("/w"), true, &tools);
         assert!(conf.starts_with("load_module"));
         assert!(conf.contains("proxy_set_header Upgrade $http_upgrade;"));
         assert!(conf.contains("proxy_pass 10.0.0.2:8443;"));
-        assert!(!nginx_proxy_conf("10.0.0.2", Path::new("/w"), false).contains("stream {"));
+        assert!(!nginx_proxy_conf("10.0.0.2", Path::new("/w"), false, &tools).contains("stream {"));
+        assert!(conf.contains("worker_rlimit_nofile 20000;\n"), "{conf}");
+        assert!(conf.contains("worker_connections 19864;"), "{conf}");
         assert!(conf.contains("pid /w/nginx-proxy.pid;\nerror_log /w/nginx-proxy.error.log warn;"));
         assert!(conf.contains("http {\n  access_log off;\n  keepalive_requests 10000000;\n  map "));
         assert!(conf.ends_with("  }\n}\nstream {\n  server { listen 10.0.0.2:443 backlog=4096; proxy_pass 10.0.0.2:8443; }\n}\n"), "{conf}");

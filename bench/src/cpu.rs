@@ -1,6 +1,7 @@
 //! CPU time over one load run, from /proc: of a configuration's own processes (each started
-//! process and all its descendants, as a percentage of one core), and stolen from the whole
-//! machine by its hypervisor (as a percentage of all CPU time).
+//! process and all its descendants, as a percentage of one core), stolen from the whole
+//! machine by its hypervisor (as a percentage of all CPU time), and the whole machine's busy
+//! time (conn-cpu's figure).
 
 use std::collections::HashMap;
 use std::fs;
@@ -75,6 +76,80 @@ impl StealMeter {
     }
 }
 
+/// The machine's busy CPU time over a span: user + nice + system + irq + softirq of /proc/stat's
+/// `cpu` line (all cores), so idle, iowait and steal are out — time the hypervisor gave to
+/// other guests is not charged to the load.
+pub struct BusyMeter {
+    start: CpuTimes,
+    started: Instant,
+}
+
+/// The columns of the `cpu` line a [`BusyMeter`] reads, in clock ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CpuTimes {
+    busy: u64,
+    steal: u64,
+    /// user … steal: all time, guest time excluded (user time holds it already).
+    total: u64,
+}
+
+/// What a [`BusyMeter`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct BusySpan {
+    /// Busy CPU seconds, all cores together.
+    pub busy_s: f64,
+    /// Stolen ÷ all CPU time, × 100.
+    pub steal_pct: f64,
+    /// Wall seconds.
+    pub wall_s: f64,
+}
+
+impl BusyMeter {
+    pub fn start() -> Result<Self> {
+        Ok(Self {
+            start: read_cpu_times()?,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn stop(self) -> Result<BusySpan> {
+        let end = read_cpu_times()?;
+        let wall_s = self.started.elapsed().as_secs_f64();
+        let total = end.total.saturating_sub(self.start.total);
+        let steal = end.steal.saturating_sub(self.start.steal);
+        Ok(BusySpan {
+            busy_s: end.busy.saturating_sub(self.start.busy) as f64 / clock_ticks_per_second()?,
+            steal_pct: if total > 0 {
+                steal as f64 / total as f64 * 100.0
+            } else {
+                0.0
+            },
+            wall_s,
+        })
+    }
+}
+
+fn read_cpu_times() -> Result<CpuTimes> {
+    let text = fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
+    parse_cpu_times(&text).context("no complete `cpu` line in /proc/stat")
+}
+
+/// user nice system idle iowait irq softirq steal … of the machine-wide `cpu` line.
+fn parse_cpu_times(text: &str) -> Option<CpuTimes> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let columns: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|c| c.parse().ok())
+        .collect::<Option<_>>()?;
+    let column = |i: usize| columns.get(i).copied();
+    Some(CpuTimes {
+        busy: column(0)? + column(1)? + column(2)? + column(5)? + column(6)?,
+        steal: column(7)?,
+        total: columns.iter().take(8).sum(),
+    })
+}
+
 fn read_steal() -> Result<(u64, u64)> {
     let text = fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
     parse_cpu_line(&text).context("no `cpu` line in /proc/stat")
@@ -104,7 +179,51 @@ fn clock_ticks_per_second() -> Result<f64> {
 /// The ticks of every process in the trees under `roots`; fails if a root is gone.
 fn tree_ticks(roots: &[u32]) -> Result<u64> {
     let processes = all_processes()?;
-    let mut total = 0;
+    Ok(walk(&processes, roots)?
+        .iter()
+        .map(|pid| processes.get(pid).map_or(0, |p| p.ticks))
+        .sum())
+}
+
+/// CPU seconds (user + system, with reaped children) of the trees under `roots` so far.
+pub fn tree_cpu_s(roots: &[u32]) -> Result<f64> {
+    Ok(tree_ticks(roots)? as f64 / clock_ticks_per_second()?)
+}
+
+/// The kernel's softirq threads (`ksoftirqd/N`): softirq work deferred to them (under load)
+/// is charged to them rather than to the task it interrupted.
+pub fn ksoftirqd_pids() -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").context("could not list /proc")? {
+        let entry = entry.context("could not list /proc")?;
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("ksoftirqd/") {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// CPU seconds (user + system) of the children this process has reaped so far
+/// (`getrusage(RUSAGE_CHILDREN)`): a load generator's, once it has exited.
+pub fn reaped_children_cpu_s() -> Result<f64> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .context("getrusage(RUSAGE_CHILDREN)")?;
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
+}
+
+/// Every process in the trees under `roots` (the roots and all their descendants); fails if
+/// a root is gone.
+pub fn tree_pids(roots: &[u32]) -> Result<Vec<u32>> {
+    walk(&all_processes()?, roots)
+}
+
+fn walk(processes: &HashMap<u32, ProcStat>, roots: &[u32]) -> Result<Vec<u32>> {
+    let mut found = Vec::new();
     let mut pending = roots.to_vec();
     for &root in roots {
         if !processes.contains_key(&root) {
@@ -112,7 +231,7 @@ fn tree_ticks(roots: &[u32]) -> Result<u64> {
         }
     }
     while let Some(pid) = pending.pop() {
-        total += processes.get(&pid).map_or(0, |p| p.ticks);
+        found.push(pid);
         pending.extend(
             processes
                 .iter()
@@ -120,7 +239,7 @@ fn tree_ticks(roots: &[u32]) -> Result<u64> {
                 .map(|(&child, _)| child),
         );
     }
-    Ok(total)
+    Ok(found)
 }
 
 /// Every process in /proc by PID; processes that exit while it is read are left out.
@@ -169,6 +288,33 @@ mod tests {
     }
 
     #[test]
+    fn busy_time_leaves_out_idle_iowait_and_steal() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let text = "cpu  100 5 50 800 10 1 4 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\n";
+        assert_eq!(
+            parse_cpu_times(text),
+            Some(CpuTimes {
+                busy: 100 + 5 + 50 + 1 + 4,
+                steal: 30,
+                total: 1000
+            })
+        );
+        assert_eq!(
+            parse_cpu_times("cpu  1 2 3 4 5 6\n"),
+            None,
+            "no steal column"
+        );
+        assert_eq!(
+            parse_cpu_times("cpu0 1 2 3 4 5 6 7 8\n"),
+            None,
+            "no machine line"
+        );
+        let meter = BusyMeter::start().unwrap();
+        let span = meter.stop().unwrap();
+        assert!(span.busy_s >= 0.0 && (0.0..=100.0).contains(&span.steal_pct));
+    }
+
+    #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {
         let line = "1234 (a b) c) S 77 1234 1234 0 -1 4194560 120 0 0 0 \
                     250 31 4 2 20 0 1 0 5000 1000000 200 18446744073709551615\n";
@@ -188,6 +334,14 @@ mod tests {
         let me = std::process::id();
         assert!(all_processes().unwrap().contains_key(&me));
         assert!(tree_ticks(&[me]).is_ok());
+        assert_eq!(tree_pids(&[me]).unwrap()[0], me);
+        assert!(tree_cpu_s(&[me]).unwrap() >= 0.0);
+        assert!(reaped_children_cpu_s().unwrap() >= 0.0);
+        assert!(
+            !ksoftirqd_pids().unwrap().is_empty(),
+            "one ksoftirqd per CPU"
+        );
+        assert!(tree_pids(&[u32::MAX]).is_err());
         let meter = Meter::start(&[me]).unwrap().unwrap();
         assert!(meter.stop().unwrap() >= 0.0);
         assert!(Meter::start(&[]).unwrap().is_none());

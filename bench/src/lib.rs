@@ -13,10 +13,15 @@
 
 mod args;
 mod configs;
+mod conn_cpu;
+mod costs;
+mod costs_report;
 mod cpu;
+mod idle;
 mod kernel;
 mod loads;
 mod machine;
+mod memory;
 mod netstat;
 pub mod plan;
 mod relay;
@@ -33,6 +38,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 
 use self::configs::Tools;
+use self::idle::IdleSize;
 use self::loads::Target;
 use self::netstat::Health;
 use self::plan::{Config, Load, Mode, Params, Phase};
@@ -75,6 +81,14 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
         .unwrap_or_else(|| workspace_root().join("bench").join("results"));
     let configs = selected_configs(&args.configs, params.mode)?;
     let loads = selected_loads(&args.loads, params.mode)?;
+    let idle_size = IdleSize::for_params(&params)?;
+    if loads.contains(&Load::IdleCapacity) && idle_size.capped() {
+        println!(
+            "idle-capacity: {} connections requested, {} measured, capped by the open-file hard \
+             limit {} (a proxy holds 2 descriptors per connection)",
+            idle_size.requested, idle_size.measured, idle_size.nofile_hard
+        );
+    }
     let started = Instant::now();
     let started_at = Cmd::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -121,12 +135,15 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
             redirector: binaries.redirector.clone(),
             kernel_bench: binaries.kernel_bench.clone(),
             work_dir: work_dir.0.clone(),
+            max_conns: idle_size.measured,
+            nofile_hard: idle_size.nofile_hard,
         };
         let mut session = Session {
             testbed: &mut testbed,
             tools: &tools,
             binaries,
             params: &params,
+            idle_size,
             runs: Vec::new(),
             failures: &mut failures,
         };
@@ -136,8 +153,11 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
 
     heading("results");
     let summary = stats::summarize(&runs);
+    let costs = costs::summarize(&runs, &idle_size);
     let mut targets = stats::targets(&summary);
     targets.extend(kernel::scaling_targets(kernel.as_ref()));
+    targets.extend(costs::targets(&costs));
+    failures.extend(costs::missing_figures(&runs));
     let csum_errors: u64 = runs.iter().map(|r| r.health.csum_errors).sum();
     if csum_errors > 0 {
         failures.push(format!(
@@ -154,6 +174,7 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
         loads: loads.iter().map(|l| LoadInfo::of(*l)).collect(),
         runs,
         summary,
+        costs,
         targets,
         kernel,
         relay,
@@ -179,12 +200,19 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The processes of a run: the configuration's (loader, proxy) and the phase's servers.
+struct Pids<'a> {
+    config: &'a [u32],
+    servers: &'a [u32],
+}
+
 /// The state of the load runs.
 struct Session<'a> {
     testbed: &'a mut Testbed,
     tools: &'a Tools,
     binaries: &'a Binaries,
     params: &'a Params,
+    idle_size: IdleSize,
     runs: Vec<Run>,
     failures: &'a mut Vec<String>,
 }
@@ -223,7 +251,15 @@ impl Session<'_> {
             };
             for load in slot.loads {
                 done += 1;
-                let run = self.measure(slot.repetition, slot.config, load, &applied.pids())?;
+                let server_pids: Vec<u32> = servers
+                    .as_ref()
+                    .map(|(_, procs)| procs.iter().map(Proc::id).collect())
+                    .unwrap_or_default();
+                let pids = Pids {
+                    config: &applied.pids(),
+                    servers: &server_pids,
+                };
+                let run = self.measure(slot.repetition, slot.config, load, &pids)?;
                 println!(
                     "[{done}/{total}] rep {}/{} {:<22} {:<15} {}",
                     slot.repetition,
@@ -244,16 +280,10 @@ impl Session<'_> {
 
     /// One load run from a fresh client address, with the TCP health counters and the CPU
     /// time of the configuration's processes (`pids`) around it.
-    fn measure(
-        &mut self,
-        repetition: u32,
-        config: Config,
-        load: Load,
-        pids: &[u32],
-    ) -> Result<Run> {
+    fn measure(&mut self, repetition: u32, config: Config, load: Load, pids: &Pids) -> Result<Run> {
         let client_addr = self.testbed.rotate_client_address()?.to_owned();
         let before = self.health()?;
-        let meter = cpu::Meter::start(pids);
+        let meter = cpu::Meter::start(pids.config);
         let steal = cpu::StealMeter::start();
         let target = Target {
             client: &self.testbed.topology.client,
@@ -261,7 +291,13 @@ impl Session<'_> {
             ports: config.client_ports(),
             wsload: &self.binaries.wsload,
         };
-        let result = loads::run(load, &target, self.params);
+        let result = match load {
+            Load::IdleCapacity => idle::run(&target, self.params, &self.idle_size, pids.config),
+            Load::ConnCpu => {
+                conn_cpu::run(&target, self.params, &[pids.config, pids.servers].concat())
+            }
+            _ => loads::run(load, &target, self.params),
+        };
         let config_cpu_pct = meter.and_then(|m| m.map(cpu::Meter::stop).transpose());
         // Context for the figures, not one of them: a failed reading is left out quietly.
         let steal_pct = steal.and_then(cpu::StealMeter::stop).ok();
@@ -321,6 +357,21 @@ fn describe(run: &Run) -> String {
     let mut text = format!("{} {}", report::figure(m.value), run.load.unit());
     if let Some(p99) = m.p99_us {
         text.push_str(&format!(" p99 {p99:.0} µs"));
+    }
+    if let Some(idle) = &m.idle {
+        if let Some(kib) = idle.rss_kib_per_conn {
+            text.push_str(&format!(" rss {kib:.2} KiB/conn"));
+        }
+        text.push_str(&format!(
+            " sockets {:.2} KiB/conn, open in {:.1} s",
+            idle.sock_mem_kib_per_conn, idle.open_s
+        ));
+    }
+    if let Some(cpu) = &m.conn_cpu {
+        text.push_str(&format!(
+            " at {:.0}/s, busy {:.2} CPU s, own processes {:.0} µs/conn, busy before {:.0}%",
+            cpu.achieved_rate, cpu.busy_cpu_s, cpu.own_cpu_us_per_conn, cpu.background_busy_pct
+        ));
     }
     if m.errors > 0 {
         text.push_str(&format!(" errors {}", m.errors));

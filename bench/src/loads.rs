@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
+use super::conn_cpu::ConnCpuFigures;
+use super::idle::IdleFigures;
 use super::plan::{Load, Params, Ports};
 use testkit::cmd::{describe_output, Cmd};
 use testkit::netns::Netns;
@@ -28,6 +30,12 @@ pub struct Measurement {
     pub p999_us: Option<f64>,
     /// Failed requests, connections or messages as the generator counts them.
     pub errors: u64,
+    /// idle-capacity's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleFigures>,
+    /// conn-cpu's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_cpu: Option<ConnCpuFigures>,
 }
 
 /// Where the load generator sends its traffic.
@@ -38,7 +46,8 @@ pub struct Target<'a> {
     pub wsload: &'a Path,
 }
 
-/// Runs `load` once against `target`.
+/// Runs `load` once against `target` (the throughput loads; idle-capacity and conn-cpu have
+/// modules of their own).
 pub fn run(load: Load, target: &Target, params: &Params) -> Result<Measurement> {
     let seconds = params.load_time.as_secs().max(1).to_string();
     let host = target.server_ip;
@@ -74,6 +83,7 @@ pub fn run(load: Load, target: &Target, params: &Params) -> Result<Measurement> 
             }
             cmd
         }
+        Load::IdleCapacity | Load::ConnCpu => bail!("{load} is not run by loads::run"),
         Load::Bulk => target
             .client
             .exec("iperf3")
@@ -95,6 +105,7 @@ pub fn run(load: Load, target: &Target, params: &Params) -> Result<Measurement> 
         Load::WsMessages | Load::WssMessages => parse_wsload(&output.stdout, false),
         Load::WsConnRate => parse_wsload(&output.stdout, true),
         Load::Bulk => parse_iperf3(&output.stdout),
+        Load::IdleCapacity | Load::ConnCpu => Err(anyhow::anyhow!("{load}: not a throughput load")),
     };
     measurement.with_context(|| format!("could not read the figures of `{shown}`"))
 }
@@ -171,6 +182,7 @@ fn parse_wsload(out: &str, churn: bool) -> Result<Measurement> {
         p99_us: number(&[latency_key, "p99"]),
         p999_us: number(&[latency_key, "p999"]),
         errors: errors as u64,
+        ..Measurement::default()
     })
 }
 

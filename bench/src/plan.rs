@@ -10,12 +10,13 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (about an hour).
+    /// 5 repetitions of 10 s per load, 1 M tracked flows in the kernel cost run (about an
+    /// hour and a half).
     Full,
     /// 3 repetitions of 2 s per load, without the TC pass-through baseline, generic XDP and
-    /// the wss load (under 10 minutes).
+    /// the wss load (about 20 minutes, half of it idle-capacity and conn-cpu).
     Quick,
-    /// 1 repetition of 1 s per load: proves the harness works (under 2 minutes, run in CI).
+    /// 1 repetition of 1 s per load: proves the harness works (about 2 minutes, run in CI).
     Smoke,
 }
 
@@ -71,6 +72,25 @@ pub struct Params {
     pub churn_connections: u32,
     /// Bytes of each WebSocket message.
     pub message_bytes: u32,
+    /// idle-capacity: connections asked for (fewer are measured when the open-file limit
+    /// does not allow them; see [`crate::idle::IdleSize`]).
+    pub idle_connections: u32,
+    /// idle-capacity: new connections per second while they open.
+    pub idle_connect_rate: u32,
+    /// idle-capacity: time between two messages of one held connection.
+    #[serde(serialize_with = "as_secs")]
+    pub idle_interval: Duration,
+    /// idle-capacity: how long the connections are held once all are open.
+    #[serde(serialize_with = "as_secs")]
+    pub idle_hold: Duration,
+    /// idle-capacity: wait after the last close before the proxy's memory is read again.
+    #[serde(serialize_with = "as_secs")]
+    pub idle_settle: Duration,
+    /// conn-cpu: WebSocket connections opened per second (well below saturation).
+    pub conn_cpu_rate: u32,
+    /// conn-cpu: how long connections are opened at that rate.
+    #[serde(serialize_with = "as_secs")]
+    pub conn_cpu_time: Duration,
 }
 
 fn as_secs<S: serde::Serializer>(time: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -85,6 +105,15 @@ impl Params {
             Mode::Quick => (3, 2),
             Mode::Smoke => (1, 1),
         };
+        // idle-capacity's connections, interval, hold and settle, and conn-cpu's time; the
+        // times in milliseconds (the smoke run keeps them short: it checks the harness).
+        let idle_and_conn_cpu = match mode {
+            Mode::Full => (50_000, 7_000, 20_000, 10_000, 10_000),
+            Mode::Quick => (10_000, 7_000, 8_000, 10_000, 4_000),
+            Mode::Smoke => (300, 500, 1_500, 500, 500),
+        };
+        let (idle_connections, idle_interval, idle_hold, idle_settle, conn_cpu_time) =
+            idle_and_conn_cpu;
         Self {
             mode,
             repetitions,
@@ -92,6 +121,13 @@ impl Params {
             connections: 32,
             churn_connections: 16,
             message_bytes: 128,
+            idle_connections,
+            idle_connect_rate: 1_000,
+            idle_interval: Duration::from_millis(idle_interval),
+            idle_hold: Duration::from_millis(idle_hold),
+            idle_settle: Duration::from_millis(idle_settle),
+            conn_cpu_rate: 1_000,
+            conn_cpu_time: Duration::from_millis(conn_cpu_time),
         }
     }
 }
@@ -190,6 +226,31 @@ impl Config {
         );
         !(http_only && load == Load::Bulk)
     }
+
+    /// Whether `load` is run under this configuration: what it can carry, and idle-capacity
+    /// only where it measures something — the user-space proxies, direct and redirector-tc
+    /// as references for the kernel's share.
+    pub fn runs(self, load: Load) -> bool {
+        let idle_reference = matches!(
+            self,
+            Self::Direct
+                | Self::HaproxyTcp
+                | Self::HaproxyHttp
+                | Self::Nginx
+                | Self::RedirectorTc
+                | Self::RedirectorSniff
+        );
+        self.carries(load) && (load != Load::IdleCapacity || idle_reference)
+    }
+
+    /// Whether it relays in a user-space process of its own (whose memory idle-capacity
+    /// reads).
+    pub fn is_user_space_proxy(self) -> bool {
+        matches!(
+            self,
+            Self::HaproxyTcp | Self::HaproxyHttp | Self::Nginx | Self::RedirectorSniff
+        )
+    }
 }
 
 impl fmt::Display for Config {
@@ -226,7 +287,13 @@ impl Phase {
     pub fn loads(self) -> &'static [Load] {
         match self {
             Self::Http => &[Load::HttpKeepAlive, Load::HttpConnRate],
-            Self::WebSocket => &[Load::WsMessages, Load::WssMessages, Load::WsConnRate],
+            Self::WebSocket => &[
+                Load::WsMessages,
+                Load::WssMessages,
+                Load::WsConnRate,
+                Load::ConnCpu,
+                Load::IdleCapacity,
+            ],
             Self::Bulk => &[Load::Bulk],
         }
     }
@@ -258,17 +325,24 @@ pub enum Load {
     WsConnRate,
     /// iperf3, one TCP stream: bits/s.
     Bulk,
+    /// wsload --idle: many open WebSocket connections with a trickle of messages; the
+    /// memory each costs the proxy and the kernel.
+    IdleCapacity,
+    /// wsload churn at a fixed rate below saturation: machine-wide CPU time per connection.
+    ConnCpu,
 }
 
 impl Load {
     /// Every load, in the order runs and reports take them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::HttpKeepAlive,
         Self::HttpConnRate,
         Self::WsMessages,
         Self::WssMessages,
         Self::WsConnRate,
         Self::Bulk,
+        Self::IdleCapacity,
+        Self::ConnCpu,
     ];
 
     /// Its id in `--load` and the result files (kebab-case, e.g. `ws-messages`).
@@ -280,6 +354,8 @@ impl Load {
             Self::WssMessages => "wss-messages",
             Self::WsConnRate => "ws-conn-rate",
             Self::Bulk => "bulk",
+            Self::IdleCapacity => "idle-capacity",
+            Self::ConnCpu => "conn-cpu",
         }
     }
 
@@ -288,14 +364,22 @@ impl Load {
         Self::ALL.into_iter().find(|load| load.id() == id)
     }
 
-    /// The unit of the load's main figure (higher is better for all of them).
+    /// The unit of the load's main figure (higher is better for the throughput loads).
     pub fn unit(self) -> &'static str {
         match self {
             Self::HttpKeepAlive => "requests/s",
             Self::HttpConnRate | Self::WsConnRate => "connections/s",
             Self::WsMessages | Self::WssMessages => "messages/s",
             Self::Bulk => "Gbit/s",
+            Self::IdleCapacity => "connections held",
+            Self::ConnCpu => "CPU µs/connection",
         }
+    }
+
+    /// Whether it measures a cost per connection (memory, CPU time) rather than
+    /// throughput: reported in tables and a chart of their own, not as ratios of throughput.
+    pub fn is_cost(self) -> bool {
+        matches!(self, Self::IdleCapacity | Self::ConnCpu)
     }
 
     /// Whether the load reports latency percentiles.
@@ -338,7 +422,7 @@ pub fn schedule(params: &Params, configs: &[Config], loads: &[Load]) -> Vec<Slot
                     .loads()
                     .iter()
                     .copied()
-                    .filter(|load| loads.contains(load) && config.carries(*load))
+                    .filter(|load| loads.contains(load) && config.runs(*load))
                     .collect();
                 if !wanted.is_empty() {
                     slots.push(Slot {
@@ -389,6 +473,16 @@ mod tests {
                 .count(),
             6
         );
+        // idle-capacity: nginx (a proxy) and direct (the reference), not redirector-xdp.
+        let idle: Vec<Config> = slots
+            .iter()
+            .filter(|slot| slot.loads.contains(&Load::IdleCapacity) && slot.repetition == 1)
+            .map(|slot| slot.config)
+            .collect();
+        assert_eq!(idle, [Config::Direct, Config::Nginx]);
+        assert!(slots.iter().any(
+            |slot| slot.config == Config::RedirectorXdp && slot.loads.contains(&Load::ConnCpu)
+        ));
     }
 
     #[test]

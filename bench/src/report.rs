@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use super::costs::Costs;
+use super::costs_report;
 use super::machine::Machine;
 use super::plan::{Config, Load, Params};
 use super::stats::{median, Cell, Run, Target};
@@ -26,6 +28,8 @@ pub struct Report {
     pub loads: Vec<LoadInfo>,
     pub runs: Vec<Run>,
     pub summary: Vec<Cell>,
+    /// The cost loads (idle-capacity, conn-cpu), summarized apart from the throughput ones.
+    pub costs: Costs,
     pub targets: Vec<Target>,
     /// `kernel-bench --json` output (see bench/src/bin/kernel-bench/main.rs for its schema).
     pub kernel: Option<serde_json::Value>,
@@ -54,17 +58,22 @@ impl LoadInfo {
 pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     let base = dir.join(&report.name);
-    let files = [
+    let mut files = vec![
         (
             base.with_extension("json"),
             serde_json::to_string_pretty(report)? + "\n",
         ),
         (base.with_extension("md"), markdown(report)),
-        (
+    ];
+    if !report.summary.is_empty() {
+        files.push((
             base.with_extension("svg"),
             svg::chart(&report.name, &report.summary),
-        ),
-    ];
+        ));
+    }
+    if let Some(chart) = costs_report::chart(&report.name, &report.costs) {
+        files.push((dir.join(format!("{}-costs.svg", report.name)), chart));
+    }
     let mut written = Vec::new();
     for (path, text) in files {
         fs::write(&path, text).with_context(|| format!("could not write {}", path.display()))?;
@@ -96,9 +105,12 @@ pub fn markdown(report: &Report) -> String {
     let tools: Vec<String> = m.tools.values().cloned().collect();
     let _ = writeln!(md, "Tools: {}\n", tools.join(" · "));
 
-    throughput_table(&mut md, report);
-    latency_table(&mut md, report);
-    cpu_table(&mut md, report);
+    if !report.summary.is_empty() {
+        throughput_table(&mut md, report);
+        latency_table(&mut md, report);
+        cpu_table(&mut md, report);
+    }
+    costs_report::markdown(&mut md, &report.costs, &report.params);
     targets_list(&mut md, &report.targets);
     if let Some(kernel) = &report.kernel {
         kernel_tables(&mut md, kernel);
@@ -236,7 +248,7 @@ fn cpu_text(load: Load, config: Config, cell: Option<&Cell>) -> String {
 }
 
 fn targets_list(md: &mut String, targets: &[Target]) {
-    let _ = writeln!(md, "## Targets (issue 5)\n");
+    let _ = writeln!(md, "## Targets (issues 5 and 14)\n");
     for t in targets {
         let mark = match t.met {
             Some(true) => "met",
@@ -374,17 +386,12 @@ fn health(md: &mut String, report: &Report) {
         steal = steal_summary(report),
     );
     for config in &report.configs {
-        let syn: u64 = report
-            .summary
-            .iter()
-            .filter(|c| c.config == *config)
-            .map(|c| c.syn_retransmits)
-            .sum();
-        let errors: u64 = report
-            .summary
-            .iter()
-            .filter(|c| c.config == *config)
-            .map(|c| c.errors)
+        // From the runs, not the throughput summary, so the cost loads count too.
+        let mine = || report.runs.iter().filter(|r| r.config == *config);
+        let syn: u64 = mine().map(|r| r.health.syn_retransmits).sum();
+        let errors: u64 = mine()
+            .filter_map(|r| r.measurement.as_ref())
+            .map(|m| m.errors)
             .sum();
         let steal: Vec<f64> = report
             .runs
@@ -504,6 +511,7 @@ mod tests {
             loads: vec![],
             runs,
             summary,
+            costs: Costs::default(),
             targets: vec![],
             kernel: None,
             relay: None,

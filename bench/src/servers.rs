@@ -57,21 +57,32 @@ fn start_nginx_static(ns: &Netns, ip: &str, work_dir: &Path) -> Result<Proc> {
          \x20 }}\n",
         root = root.display(),
     );
-    fs::write(&conf, nginx_conf(work_dir, "nginx-static", 8192, &server))?;
+    fs::write(
+        &conf,
+        nginx_conf(work_dir, "nginx-static", 8192, 0, &server),
+    )?;
     start_nginx(ns, "nginx-static", &conf, 8080)
 }
 
 /// The main context every nginx of the bench runs with: pid file and error log named after
-/// `label` in `work_dir`, `worker_connections`, and an `http` block (no access log, no cap on
-/// keep-alive requests) around `http_body`.
+/// `label` in `work_dir`, `worker_connections`, the workers' open-file limit
+/// (`worker_rlimit_nofile`, left to the inherited one when 0), and an `http` block (no
+/// access log, no cap on keep-alive requests) around `http_body`.
 pub fn nginx_conf(
     work_dir: &Path,
     label: &str,
     worker_connections: u32,
+    rlimit_nofile: u64,
     http_body: &str,
 ) -> String {
+    let rlimit = if rlimit_nofile > 0 {
+        format!("worker_rlimit_nofile {rlimit_nofile};\n")
+    } else {
+        String::new()
+    };
     format!(
         "worker_processes auto;\n\
+         {rlimit}\
          pid {dir}/{label}.pid;\n\
          error_log {dir}/{label}.error.log warn;\n\
          events {{ worker_connections {worker_connections}; }}\n\

@@ -68,10 +68,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
-/// One cell per (load, configuration) that has at least one figure, in plan order.
+/// One cell per (throughput load, configuration) that has at least one figure, in plan
+/// order (the cost loads are summarized by [`crate::costs`]).
 pub fn summarize(runs: &[Run]) -> Vec<Cell> {
     let mut cells = Vec::new();
-    for load in Load::ALL {
+    for load in Load::ALL.into_iter().filter(|l| !l.is_cost()) {
         for config in Config::ALL {
             if let Some(cell) = cell(runs, load, config) {
                 cells.push(cell);

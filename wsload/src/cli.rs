@@ -17,7 +17,8 @@ use crate::plan::Mode;
 /// and its send time, so each echo is verified (a corrupted or unexpected echo is an error)
 /// and its round-trip time recorded. --message-rate R sends R messages per second per
 /// connection instead, without waiting for echoes; --conn-churn measures WebSocket
-/// connections per second (connect, one echo, close, reconnect).
+/// connections per second (connect, one echo, close, reconnect); --idle holds --connections
+/// open with one message per --idle-interval each (the memory an open connection costs).
 ///
 /// Prints a summary, or one JSON object with --json (schema: wsload/README.md). Exits 1 when
 /// no connection could be opened or no echo came back; other errors are counted.
@@ -27,6 +28,8 @@ use crate::plan::Mode;
 /// Example: wsload wss://[::1]:8443/ --insecure -c 10 --message-rate 1000 --message-size 512
 ///
 /// Example: wsload ws://10.0.0.2/ --conn-churn -c 200 --source-addr 10.0.0.1 --source-addr 10.0.0.3 --json
+///
+/// Example: wsload ws://10.0.0.2/ --idle -c 10000 --connect-rate 2000 --idle-interval 7 --duration 20 --json
 #[derive(Debug, Parser)]
 #[command(version)]
 pub struct Cli {
@@ -84,6 +87,20 @@ pub struct Cli {
     /// and starts again.
     #[arg(long)]
     pub conn_churn: bool,
+
+    /// Hold --connections idle connections: open them (at --connect-rate), one echo each,
+    /// print `wsload idle: N of M connections open ...` once all are, then one message per
+    /// --idle-interval per connection for --duration seconds, then close all.
+    #[arg(long, conflicts_with_all = ["conn_churn", "message_rate", "warmup"])]
+    pub idle: bool,
+
+    /// --idle: seconds between two messages of one connection (phases spread evenly).
+    #[arg(long, value_name = "SECS", default_value = "7", value_parser = parse_positive_seconds)]
+    pub idle_interval: Duration,
+
+    /// --idle: connections not open within this many seconds of the start are given up.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_positive_seconds)]
+    pub open_timeout: Duration,
 }
 
 impl Cli {
@@ -148,6 +165,11 @@ mod tests {
         );
         assert!(parse(&["wsload", "ws://a/", "--conn-churn", "-r", "5"]).is_err());
         assert!(parse(&["wsload"]).is_err());
+        assert!(parse(&["wsload", "ws://a/", "--idle", "--conn-churn"]).is_err());
+        let idle =
+            Cli::try_parse_from(["wsload", "ws://a/", "--idle", "--idle-interval", "2.5"]).unwrap();
+        assert!(idle.idle);
+        assert_eq!(idle.idle_interval, Duration::from_millis(2500));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 mod cli;
 mod connect;
 mod frame;
-mod limits;
+mod idle;
+mod idle_report;
 mod pacer;
 mod plan;
 mod report;
@@ -24,12 +25,14 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser as _;
 use tokio::time::Instant;
-use wsload::error_text;
 use wsload::target::Target;
+use wsload::{error_text, limits};
 
 use crate::cli::Cli;
 use crate::connect::Connector;
 use crate::frame::Filler;
+use crate::idle::IdleSettings;
+use crate::idle_report::IdleReport;
 use crate::pacer::Pacer;
 use crate::plan::{Mode, Plan};
 use crate::report::{Report, Setup};
@@ -82,6 +85,9 @@ async fn run(cli: Cli) -> Result<()> {
         message_size,
     )
     .context("configuring TLS")?;
+    if cli.idle {
+        return run_idle(&cli, targets, connector).await;
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let start = Instant::now();
     let plan = Arc::new(Plan {
@@ -127,6 +133,31 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// `--idle`: holds the connections, prints the report, fails if nothing worked.
+async fn run_idle(cli: &Cli, targets: Vec<Target>, connector: Connector) -> Result<()> {
+    let settings = IdleSettings {
+        connections: cli.connections as usize,
+        interval: cli.idle_interval,
+        hold: cli.duration,
+        open_timeout: cli.open_timeout,
+        connect_rate: cli.connect_rate,
+        message_size: cli.message_size as usize,
+    };
+    let totals = idle::run(targets, connector, settings.clone()).await;
+    let report = IdleReport::new(&cli.urls, &settings, &totals);
+    let mut stdout = std::io::stdout().lock();
+    if cli.json {
+        serde_json::to_writer(&mut stdout, &report).context("writing the report")?;
+        writeln!(stdout).context("writing the report")?;
+    } else {
+        write!(stdout, "{report}").context("writing the report")?;
+    }
+    stdout.flush().context("writing the report")?;
+    let cause = totals.first_error.as_deref().unwrap_or("no error recorded");
+    ensure!(totals.ready > 0, "no connection could be opened: {cause}");
+    Ok(())
+}
+
 /// Refuses combinations that cannot work, before any connection is attempted.
 fn check_targets(cli: &Cli, targets: &[Target]) -> Result<()> {
     for target in targets {
@@ -143,7 +174,7 @@ fn check_targets(cli: &Cli, targets: &[Target]) -> Result<()> {
             );
         }
     }
-    if cli.mode() != Mode::Churn && cli.connect_rate > 0.0 {
+    if cli.mode() != Mode::Churn && !cli.idle && cli.connect_rate > 0.0 {
         let opening = f64::from(cli.connections) / cli.connect_rate;
         let load = (cli.warmup + cli.duration).as_secs_f64();
         if opening > load {

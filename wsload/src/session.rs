@@ -392,7 +392,7 @@ where
 }
 
 /// The next binary message; pings are answered by tungstenite, pongs are skipped.
-async fn next_binary<T>(stream: &mut T) -> Result<Bytes, SessionError>
+pub async fn next_binary<T>(stream: &mut T) -> Result<Bytes, SessionError>
 where
     T: Stream<Item = Result<Message, WsError>> + Unpin,
 {
@@ -410,7 +410,10 @@ where
 
 /// Closing handshake, then waits for the server to end the TCP connection first (as RFC 6455
 /// asks), which leaves TIME_WAIT on the server rather than on the client's ports.
-async fn close<S>(ws: &mut WebSocketStream<S>, hard_deadline: Instant) -> Result<(), SessionError>
+pub async fn close<S>(
+    ws: &mut WebSocketStream<S>,
+    hard_deadline: Instant,
+) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -261,3 +261,58 @@ fn invalid_flags_are_rejected_with_clear_errors() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn idle_holds_every_connection_and_trickles_checked_messages() {
+    let server = EchoServer::start(&["--listen", "127.0.0.1:0"]);
+    let url = server.url(0);
+    let args = [
+        url.as_str(),
+        "--idle",
+        "-c",
+        "50",
+        "--connect-rate",
+        "500",
+        "--idle-interval",
+        "0.5",
+        "--duration",
+        "1.5",
+        "--json",
+    ];
+    let started = Instant::now();
+    let output = wsload(&args);
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let mut lines = stdout.lines();
+    let ready = lines.next().unwrap();
+    assert!(
+        ready.starts_with("wsload idle: 50 of 50 connections open"),
+        "{ready}"
+    );
+    let report: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(report["mode"], "idle");
+    assert_eq!(int(&report, "connections_open"), 50, "{report}");
+    assert_eq!(int(&report, "peak_open"), 50, "{report}");
+    assert_eq!(int(&report, "errors"), 0, "{report}");
+    assert_eq!(int(&report, "connect_errors"), 0, "{report}");
+    // One message on opening, then one per 0.5 s over the 1.5 s hold, each echoed.
+    let received = int(&report, "messages_received");
+    assert!(received >= 50 * 3, "{report}");
+    assert_eq!(received, int(&report, "messages_sent"), "{report}");
+    // 50 connections at 500/s open in about 0.1 s.
+    assert!(report["open_s"].as_f64().unwrap() < 2.0, "{report}");
+    assert_ordered_summary(&report, "latency_us");
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+#[test]
+fn idle_against_a_refused_port_fails_without_waiting_for_the_hold() {
+    let url = format!("ws://127.0.0.1:{}/", free_port());
+    let started = Instant::now();
+    let output = wsload(&[&url, "--idle", "-c", "3", "--duration", "30", "--json"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no connection could be opened"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -19,12 +19,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
-use wsload::{error_text, tls, websocket};
+use wsload::{error_text, limits, tls, websocket};
 
 use crate::serve::Transport;
 
-/// Listen backlog of every listening socket.
-const LISTEN_BACKLOG: i32 = 1024;
+/// Listen backlog of every listening socket (the kernel caps it at `net.core.somaxconn`):
+/// the benchmark opens thousands of connections at a few thousand per second.
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// RFC 6455 WebSocket echo server (ws and wss).
 ///
@@ -71,6 +72,10 @@ async fn main() -> ExitCode {
 
 /// Binds every listener, announces them, then serves until SIGINT or SIGTERM.
 async fn run(cli: Cli) -> Result<()> {
+    // One descriptor per client: the benchmark's idle load holds thousands.
+    if let Err(err) = limits::raise_open_files() {
+        eprintln!("ws-echo: warning: cannot raise the open-file limit: {err}");
+    }
     let mut listeners = Vec::new();
     for &addr in &cli.listen {
         listeners.push((bind(addr)?, Transport::Plain));
