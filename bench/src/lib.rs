@@ -154,7 +154,7 @@ pub fn run_with(binaries: &Binaries, args: &BenchArgs) -> Result<()> {
     heading("results");
     let summary = stats::summarize(&runs);
     let costs = costs::summarize(&runs, &idle_size);
-    let mut targets = stats::targets(&summary);
+    let mut targets = stats::targets(&summary, &runs);
     targets.extend(kernel::scaling_targets(kernel.as_ref()));
     targets.extend(costs::targets(&costs));
     failures.extend(costs::missing_figures(&runs));
