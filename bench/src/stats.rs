@@ -366,7 +366,10 @@ mod tests {
         let (ratio, spread) =
             paired_ratio(&runs, load, Config::RedirectorTc, Config::Iptables).unwrap();
         assert!((ratio - 1.1).abs() < 1e-9, "{ratio}");
-        assert!((spread - (1.12 - 100.0 / 95.0) / 1.1).abs() < 1e-9, "{spread}");
+        assert!(
+            (spread - (1.12 - 100.0 / 95.0) / 1.1).abs() < 1e-9,
+            "{spread}"
+        );
         let cells = summarize(&runs);
         let t = targets(&cells, &runs);
         let tc = t
