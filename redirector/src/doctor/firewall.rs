@@ -87,7 +87,7 @@ fn check_port(ruleset: &Ruleset, settings: &Settings, port: u16) -> Check {
             Status::Ok,
             format!("the input hook accepts redirected packets to {port} ({rules})"),
         ),
-        Some((family, Outcome::Dropped { by, maybe })) => {
+        Some((family, Outcome::Dropped { chain, how, maybe })) => {
             let status = if maybe { Status::Warn } else { Status::Fail };
             let hedge = if maybe {
                 " unless an earlier rule that matches on what doctor cannot know accepts them"
@@ -98,26 +98,26 @@ fn check_port(ruleset: &Ruleset, settings: &Settings, port: u16) -> Check {
                 NAME,
                 status,
                 format!(
-                    "{by} drops redirected {family} packets to {port} ({rules}){hedge}: INPUT \
+                    "chain {chain} ({how}) drops redirected {family} packets to {port} ({rules}){hedge}: INPUT \
                      sees them with their new port"
                 ),
             )
-            .with_fix(fix_text(settings.mark, port, &by))
+            .with_fix(fix_text(settings.mark, port, &chain))
         }
     }
 }
 
-fn fix_text(mark: Option<PacketMark>, port: u16, by: &str) -> String {
+fn fix_text(mark: Option<PacketMark>, port: u16, chain: &str) -> String {
     match mark {
         Some(mark) => format!(
-            "accept the mark in that chain: `meta mark & {:#x} == {:#x} accept` (before its \
+            "accept the mark in chain {chain}: `meta mark & {:#x} == {:#x} accept` (before its \
              drop), or open tcp dport {port}",
             mark.mask, mark.value
         ),
         None => format!(
-            "run redirector with --mark 0x42/0xff and accept `meta mark & 0xff == 0x42` in {by}'s \
-             table (ufw: `-A ufw-before-input -m mark --mark 0x42/0xff -j ACCEPT` in \
-             /etc/ufw/before.rules), or open tcp dport {port}"
+            "run redirector with --mark 0x42/0xff and accept `meta mark & 0xff == 0x42` in chain \
+             {chain} before its drop (ufw: `-A ufw-before-input -m mark --mark 0x42/0xff -j \
+             ACCEPT` in /etc/ufw/before.rules), or open tcp dport {port}"
         ),
     }
 }
@@ -162,9 +162,14 @@ struct Packet {
 enum Outcome {
     /// Every base chain lets it through.
     Accepted,
-    /// `by` (a chain's policy or one of its rules) drops it; `maybe`: a rule that might
-    /// have accepted it came first.
-    Dropped { by: String, maybe: bool },
+    /// Base chain `chain` (`FAMILY TABLE NAME`) drops it, `how` (its policy, or a rule of
+    /// it or of a chain it jumps to); `maybe`: a rule that might have accepted it came
+    /// first.
+    Dropped {
+        chain: String,
+        how: String,
+        maybe: bool,
+    },
 }
 
 impl Outcome {
@@ -253,10 +258,17 @@ impl Ruleset {
             let (family, table, name) = key;
             match self.walk(key, packet, 0, &mut maybe) {
                 Walk::Accept => continue,
-                Walk::Drop(rule) => return Outcome::Dropped { by: rule, maybe },
+                Walk::Drop(how) => {
+                    return Outcome::Dropped {
+                        chain: format!("{family} {table} {name}"),
+                        how,
+                        maybe,
+                    }
+                }
                 Walk::End if chain.policy_drop => {
                     return Outcome::Dropped {
-                        by: format!("chain {family} {table} {name} (policy drop)"),
+                        chain: format!("{family} {table} {name}"),
+                        how: "policy drop".into(),
                         maybe,
                     }
                 }
@@ -288,9 +300,7 @@ impl Ruleset {
             let target = |target: &str| (family.clone(), table.clone(), target.to_string());
             let result = match verdict {
                 Verdict::Accept => Walk::Accept,
-                Verdict::Drop(kind) => {
-                    Walk::Drop(format!("a {kind} rule in chain {family} {table} {name}"))
-                }
+                Verdict::Drop(kind) => Walk::Drop(format!("a {kind} rule in chain {name}")),
                 Verdict::Return => Walk::End,
                 Verdict::Jump(to) => match self.walk(&target(&to), packet, depth + 1, maybe) {
                     Walk::End => continue,
@@ -572,7 +582,8 @@ mod tests {
             assert_eq!(
                 judge(family, 8080, 0),
                 Outcome::Dropped {
-                    by: "chain inet fw input (policy drop)".into(),
+                    chain: "inet fw input".into(),
+                    how: "policy drop".into(),
                     maybe: false
                 }
             );
