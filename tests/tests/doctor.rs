@@ -241,6 +241,34 @@ fn the_hook_of_a_veth_is_explained() {
         "ingress at tc with --mode auto: auto takes TC on a veth",
     );
     stop_loader(loader);
+
+    // `lo` has no native XDP (the netdev family's xdp-features): auto would take generic
+    // XDP, and --mode xdp would fail.
+    let on_lo = |mode: &str| {
+        topo.server
+            .cmd(bins::redirector())
+            .args([
+                "doctor",
+                "--iface",
+                "lo",
+                "--redirect",
+                "80:8080",
+                "--mode",
+                mode,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert_line(
+        &on_lo("auto"),
+        "ok",
+        "hook",
+        "generic XDP: the driver has no native XDP",
+    );
+    let out = on_lo("xdp");
+    let line = assert_line(&out, "FAIL", "hook", "the driver has no native XDP");
+    assert!(line.contains("run would fail to attach"), "{line}");
+    assert_exit(&out, true);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! skb); elsewhere native XDP, else generic XDP (a driver without native XDP), else TC.
 //! Informational for `auto`; a warning where the hook costs something.
 
-use super::{Check, Settings, Status};
+use super::{xdp_features, Check, Settings, Status};
 use crate::dataplane::{
     attach::{Hook, Mode},
     iface,
@@ -36,9 +36,12 @@ fn running_hook(mode: Mode, iface: &str, driver: &str, is_veth: bool, hook: Hook
             NAME,
             Status::Warn,
             format!(
-                "{head}: native XDP was refused (the driver has none, or not for this \
-                 configuration), so auto fell back to generic XDP, which runs after the skb \
-                 is built and costs as much as TC"
+                "{head}: {}, so auto fell back to generic XDP, which runs after the skb is \
+                 built and costs as much as TC",
+                match native(iface) {
+                    Some(false) => "the driver has no native XDP (xdp-features)",
+                    _ => "native XDP was refused (see the loader's log)",
+                }
             ),
         )
         .with_fix(
@@ -65,6 +68,11 @@ fn running_hook(mode: Mode, iface: &str, driver: &str, is_veth: bool, hook: Hook
     }
 }
 
+/// Whether `iface`'s driver has native XDP, if the kernel says.
+fn native(iface: &str) -> Option<bool> {
+    xdp_features::native_xdp(iface::ifindex(iface).ok()?)
+}
+
 /// What `run` with these settings would pick on `iface`.
 fn planned_hook(settings: &Settings, iface: &str, driver: &str, is_veth: bool) -> Check {
     let head = format!("{iface} (driver {driver}), --mode {}", settings.mode);
@@ -85,11 +93,29 @@ fn planned_hook(settings: &Settings, iface: &str, driver: &str, is_veth: bool) -
             Status::Ok,
             format!("{head}: TC ingress (on a veth native XDP would copy each packet and turn off the peer's TSO)"),
         ),
-        (Mode::Auto, None) => Check::new(
+        (Mode::Auto, None) => match native(iface) {
+            Some(true) => Check::new(
+                NAME,
+                Status::Ok,
+                format!("{head}: native XDP (the driver has it; generic XDP, then TC, if attaching fails)"),
+            ),
+            Some(false) => Check::new(
+                NAME,
+                Status::Ok,
+                format!("{head}: generic XDP: the driver has no native XDP (xdp-features), so auto falls back to XDP after the skb is built, which costs as much as TC"),
+            ),
+            None => Check::new(
+                NAME,
+                Status::Ok,
+                format!("{head}: native XDP, else generic XDP (a driver without native XDP), else TC; the ready line says which"),
+            ),
+        },
+        (Mode::Xdp, None) if native(iface) == Some(false) => Check::new(
             NAME,
-            Status::Ok,
-            format!("{head}: native XDP, else generic XDP (a driver without native XDP), else TC; the ready line says which"),
-        ),
+            Status::Fail,
+            format!("{head}: the driver has no native XDP (xdp-features): run would fail to attach"),
+        )
+        .with_fix("--mode auto (generic XDP) or --mode tc"),
         (Mode::Xdp, None) if is_veth => Check::new(
             NAME,
             Status::Warn,

@@ -7,7 +7,7 @@
 //! redirected packets), [`capacity`] (the established table holds the host's connections),
 //! [`hook`] (which ingress hook `--mode` gets, and why), [`offload`] (tx checksum offload
 //! on a veth), [`bpffs`] (mounted for `--persist`), [`programs`] (no foreign XDP or tcx
-//! program on the interface).
+//! program on the interface); [`proc_net`] and [`xdp_features`] read what they share.
 
 pub mod bpffs;
 pub mod capacity;
@@ -17,6 +17,7 @@ pub mod listener;
 pub mod offload;
 pub mod proc_net;
 pub mod programs;
+pub mod xdp_features;
 
 use std::fmt;
 
