@@ -359,7 +359,7 @@ fn a_foreign_xdp_program_fails_and_redirectors_own_pass() {
         &out,
         "ok",
         "programs",
-        "no foreign XDP or tcx program on veth-s",
+        "no foreign XDP, tcx or tc program on veth-s",
     );
 
     let foreign = ForeignXdp::attach(topo.server.name(), topo.server_if);
@@ -387,6 +387,24 @@ fn a_foreign_xdp_program_fails_and_redirectors_own_pass() {
     assert_line(&out, "ok", "programs", "(2 of redirector's attached)");
     assert_exit(&out, false);
     stop_loader(loader);
+
+    // A classic tc filter's program shares the hook: a warning.
+    add_foreign_tc_filter(&topo.server, topo.server_if);
+    let out = doctor(&topo, &[]);
+    let line = assert_line(&out, "warn", "programs", "carries tc ingress program");
+    assert!(line.contains("`rdrt_foreign_tc`"), "{line}");
+    assert_exit(&out, false);
+    must(
+        topo.server
+            .cmd("tc")
+            .args(["filter", "del", "dev", topo.server_if, "ingress"]),
+    );
+    assert_line(
+        &doctor(&topo, &[]),
+        "ok",
+        "programs",
+        "no foreign XDP, tcx or tc program",
+    );
 }
 
 #[test]
@@ -467,10 +485,11 @@ impl BpfAttr {
     }
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> OwnedFd {
+/// `bpf(cmd, attr)`, which must succeed; its return value.
+fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> i64 {
     // SAFETY: `attr` is a valid, zero-padded `bpf_attr` of the size passed; the pointers it
     // holds name live buffers of the caller.
-    let fd = unsafe {
+    let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
@@ -478,16 +497,20 @@ fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> OwnedFd {
             std::mem::size_of::<BpfAttr>(),
         )
     };
-    assert!(fd >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+    assert!(ret >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+    ret
+}
+
+/// `bpf(cmd, attr)` for a command that returns a new descriptor.
+fn bpf_fd(cmd: libc::c_long, attr: &mut BpfAttr) -> OwnedFd {
+    let fd = bpf(cmd, attr);
     // SAFETY: a fresh descriptor the kernel just returned, owned by nobody else.
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
-/// BPF_PROG_LOAD of `r0 = XDP_PASS; exit`.
-fn load_xdp_pass() -> OwnedFd {
+/// BPF_PROG_LOAD of a program of `prog_type` named `name` that returns `verdict`.
+fn load_trivial(prog_type: u32, name: &str, verdict: i32) -> OwnedFd {
     const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TYPE_XDP: u32 = 6;
-    const XDP_PASS: i32 = 2;
     // struct bpf_insn: code, dst/src registers, offset, immediate.
     let insn = |code: u8, imm: i32| -> u64 {
         let mut bytes = [0u8; 8];
@@ -496,17 +519,24 @@ fn load_xdp_pass() -> OwnedFd {
         u64::from_ne_bytes(bytes)
     };
     let insns = [
-        insn(0xb7, XDP_PASS), /* mov64 r0, imm */
-        insn(0x95, 0),        /* exit */
+        insn(0xb7, verdict), /* mov64 r0, imm */
+        insn(0x95, 0),       /* exit */
     ];
     let license = c"GPL";
     let mut attr = BpfAttr([0; 128]);
-    attr.put(0, &BPF_PROG_TYPE_XDP.to_ne_bytes());
+    attr.put(0, &prog_type.to_ne_bytes());
     attr.put(4, &(insns.len() as u32).to_ne_bytes());
     attr.put(8, &(insns.as_ptr() as u64).to_ne_bytes());
     attr.put(16, &(license.as_ptr() as u64).to_ne_bytes());
-    attr.put(48, b"rdrt_foreign");
-    bpf(BPF_PROG_LOAD, &mut attr)
+    attr.put(48, name.as_bytes());
+    bpf_fd(BPF_PROG_LOAD, &mut attr)
+}
+
+/// `r0 = XDP_PASS; exit`.
+fn load_xdp_pass() -> OwnedFd {
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const XDP_PASS: i32 = 2;
+    load_trivial(BPF_PROG_TYPE_XDP, "rdrt_foreign", XDP_PASS)
 }
 
 /// BPF_LINK_CREATE of `program` on XDP (generic mode) of `ifindex`.
@@ -519,5 +549,41 @@ fn link_xdp(program: &OwnedFd, ifindex: u32) -> OwnedFd {
     attr.put(4, &ifindex.to_ne_bytes());
     attr.put(8, &BPF_XDP.to_ne_bytes());
     attr.put(12, &XDP_FLAGS_SKB_MODE.to_ne_bytes());
-    bpf(BPF_LINK_CREATE, &mut attr)
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
+}
+
+/// A classic tc BPF filter (cls_bpf, direct action, `return TC_ACT_UNSPEC`) named
+/// `rdrt_foreign_tc` on the ingress of `iface` in `ns`: loaded here, pinned for `tc` under
+/// a name unique to this process and unpinned once the filter holds it. The filter and its
+/// clsact qdisc go with the namespace.
+fn add_foreign_tc_filter(ns: &Netns, iface: &str) {
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const TC_ACT_UNSPEC: i32 = -1;
+    /// Removes the pin on drop, also when `tc` fails.
+    struct Pin(std::path::PathBuf);
+    impl Drop for Pin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let program = load_trivial(BPF_PROG_TYPE_SCHED_CLS, "rdrt_foreign_tc", TC_ACT_UNSPEC);
+    let pin = Pin(format!("/sys/fs/bpf/rdrt-doctor-tc-{}", std::process::id()).into());
+    let path = std::ffi::CString::new(pin.0.to_str().unwrap()).unwrap();
+    let mut attr = BpfAttr([0; 128]);
+    attr.put(0, &(path.as_ptr() as u64).to_ne_bytes());
+    attr.put(8, &(program.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_OBJ_PIN, &mut attr);
+    // nsenter keeps this process's mounts, where the pin is (`ip netns exec` would not).
+    must(
+        ns.nsenter_cmd("tc")
+            .args(["qdisc", "add", "dev", iface, "clsact"]),
+    );
+    must(
+        ns.nsenter_cmd("tc")
+            .args([
+                "filter", "add", "dev", iface, "ingress", "bpf", "da", "pinned",
+            ])
+            .arg(&pin.0),
+    );
 }

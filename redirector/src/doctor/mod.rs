@@ -6,7 +6,7 @@
 //! [`listener`] (something listens on each TO port), [`firewall`] (the input hook accepts
 //! redirected packets), [`capacity`] (the established table holds the host's connections),
 //! [`hook`] (which ingress hook `--mode` gets, and why), [`offload`] (tx checksum offload
-//! on a veth), [`bpffs`] (mounted for `--persist`), [`programs`] (no foreign XDP or tcx
+//! on a veth), [`bpffs`] (mounted for `--persist`), [`programs`] (no foreign XDP, tcx or tc
 //! program on the interface); [`proc_net`] and [`xdp_features`] read what they share.
 
 pub mod bpffs;

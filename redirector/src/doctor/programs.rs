@@ -1,7 +1,7 @@
-//! Check 7, `programs`: an XDP or tcx program on the interface that is not redirector's.
-//! A foreign XDP program runs before every ingress hook (it may drop or redirect what
-//! redirector should see), and `run` never replaces one; a foreign tcx program shares the
-//! hook and may act before or after ours. Ours are the programs the running instance's
+//! Check 7, `programs`: an XDP, tcx or tc (cls_bpf) program on the interface that is not
+//! redirector's. A foreign XDP program runs before every ingress hook (it may drop or
+//! redirect what redirector should see), and `run` never replaces one; a foreign tcx or tc
+//! program shares the hook and may act before or after ours. Ours are the programs the running instance's
 //! loader holds (`prog_id` in its `/proc/PID/fdinfo`) or its pinned links run.
 
 use std::{collections::HashSet, fs, path::Path, process::Command};
@@ -33,9 +33,11 @@ pub fn check(settings: &Settings, iface: &str) -> Vec<Check> {
     let ours = settings.instance.as_ref().map(our_program_ids);
     let mut attached = Vec::new();
     let mut skipped = Vec::new();
-    match xdp_programs(iface) {
-        Ok(found) => attached.extend(found),
-        Err(why) => skipped.push(why),
+    for programs in [xdp_programs(iface), tc_filter_programs(iface)] {
+        match programs {
+            Ok(found) => attached.extend(found),
+            Err(why) => skipped.push(why),
+        }
     }
     for (direction, hook) in [
         (TcAttachType::Ingress, "tcx ingress"),
@@ -55,7 +57,7 @@ pub fn check(settings: &Settings, iface: &str) -> Vec<Check> {
         .filter_map(|program| judge(iface, program, ours.as_ref()))
         .collect();
     if checks.is_empty() {
-        let mut text = format!("no foreign XDP or tcx program on {iface}");
+        let mut text = format!("no foreign XDP, tcx or tc program on {iface}");
         let count = attached.len();
         if count > 0 {
             text.push_str(&format!(" ({count} of redirector's attached)"));
@@ -129,30 +131,57 @@ fn judge(iface: &str, program: &Attached, ours: Option<&HashSet<u32>>) -> Option
 /// The XDP programs attached to `iface` (native, generic, offloaded), as `ip -j -d link
 /// show` reports them.
 fn xdp_programs(iface: &str) -> Result<Vec<Attached>, String> {
-    let out = Command::new("ip")
-        .args(["-j", "-d", "link", "show", "dev", iface])
-        .output()
-        .map_err(|e| format!("XDP programs (`ip`: {e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "XDP programs (`ip link show dev {iface}`: {})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("XDP programs (`ip -j` output: {e})"))?;
+    let json = command_json(
+        "ip",
+        &["-j", "-d", "link", "show", "dev", iface],
+        "XDP programs",
+    )?;
     let mut found = Vec::new();
     for link in json.as_array().into_iter().flatten() {
         if let Some(xdp) = link.get("xdp") {
-            collect_progs(xdp, &mut found);
+            collect_progs(xdp, "XDP", &mut found);
         }
     }
     Ok(found)
 }
 
+/// The programs of classic tc BPF filters (cls_bpf on a clsact qdisc, what aya attaches
+/// on kernels without tcx and `tc filter add … bpf` does) on `iface`, both directions.
+fn tc_filter_programs(iface: &str) -> Result<Vec<Attached>, String> {
+    let mut found = Vec::new();
+    for (direction, hook) in [("ingress", "tc ingress"), ("egress", "tc egress")] {
+        let json = command_json(
+            "tc",
+            &["-j", "filter", "show", "dev", iface, direction],
+            "tc filters",
+        )?;
+        collect_progs(&json, hook, &mut found);
+    }
+    Ok(found)
+}
+
+/// The JSON `program ARGS` prints (nothing printed: null); `Err` says why not, for `what`.
+fn command_json(program: &str, args: &[&str], what: &str) -> Result<serde_json::Value, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{what} (`{program}`: {e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} (`{program} {}`: {})",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{what} (`{program} -j` output: {e})"))
+}
+
 /// Every `"prog": {"id": …, "name": …}` object under `value` (one program is printed
 /// directly, several under `attached`).
-fn collect_progs(value: &serde_json::Value, found: &mut Vec<Attached>) {
+fn collect_progs(value: &serde_json::Value, hook: &'static str, found: &mut Vec<Attached>) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, inner) in map {
@@ -160,7 +189,7 @@ fn collect_progs(value: &serde_json::Value, found: &mut Vec<Attached>) {
                 match (key.as_str(), id) {
                     ("prog", Some(id)) => {
                         let program = Attached {
-                            hook: "XDP",
+                            hook,
                             id: u32::try_from(id).unwrap_or(u32::MAX),
                             name: inner
                                 .get("name")
@@ -172,11 +201,11 @@ fn collect_progs(value: &serde_json::Value, found: &mut Vec<Attached>) {
                             found.push(program);
                         }
                     }
-                    _ => collect_progs(inner, found),
+                    _ => collect_progs(inner, hook, found),
                 }
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_progs(v, found)),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_progs(v, hook, found)),
         _ => {}
     }
 }
@@ -225,8 +254,8 @@ mod tests {
             {"mode": 1, "prog": {"id": 8, "name": "redirector_xdp_"}},
             {"mode": 2, "prog": {"id": 9, "name": "other"}}]});
         let mut found = Vec::new();
-        collect_progs(&one, &mut found);
-        collect_progs(&multi, &mut found);
+        collect_progs(&one, "XDP", &mut found);
+        collect_progs(&multi, "XDP", &mut found);
         let ids: Vec<u32> = found.iter().map(|p| p.id).collect();
         assert_eq!(ids, [7, 8, 9]);
         assert_eq!(found[0].name, "xdp_foo");
