@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod doctor;
 pub mod instance;
 pub mod observe;
 pub mod packet_mark;

@@ -3,6 +3,7 @@
 //! themselves and [`dispatch`]es to them.
 
 mod detach;
+mod doctor;
 mod flows;
 mod flush;
 mod rules;
@@ -20,6 +21,7 @@ use redirector::config::sniff::{
     MAX_HEADER_BYTES_RANGE,
 };
 
+use doctor::DoctorArgs;
 use flows::FlowsArgs;
 use flush::FlushArgs;
 use redirector_sniff::{
@@ -115,6 +117,18 @@ pub enum Command {
     ///
     /// Example: redirector detach --iface eth0
     Detach(Target),
+    /// Check this host for what would break redirected connections, one line per finding
+    /// with its fix: a TO port nobody listens on, a firewall that drops redirected
+    /// packets, a conntrack size below the open connections, the ingress hook and why, tx
+    /// checksum offload on a veth, bpffs for --persist, a foreign XDP or tcx program.
+    ///
+    /// Read-only; works with or without a running instance (whose settings are the
+    /// defaults). Exit status 1 if a check fails (FAIL), else 0 (warnings included).
+    ///
+    /// Example: redirector doctor
+    ///
+    /// Example: ip netns exec srv redirector doctor --iface veth-s --mark 0x42/0xff --json
+    Doctor(DoctorArgs),
 
     /// Proxy one TCP port to a WebSocket and an HTTP backend, by sniffing each connection.
     ///
@@ -324,6 +338,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Allow(args) => sources::allow(args),
         Command::Disallow(args) => sources::disallow(args),
         Command::Detach(args) => detach::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Sniff(args) => sniff::sniff(*args),
     }
 }

@@ -221,6 +221,7 @@ mod tests {
             metrics: None,
             persist: true,
             local_cgroup: None,
+            mark: None,
         }
     }
 

@@ -52,6 +52,9 @@ pub struct InstanceInfo {
     /// `--no-local` and in files of older loaders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_cgroup: Option<String>,
+    /// `--mark` as `VALUE/MASK` (hex); absent without it and in files of older loaders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<String>,
 }
 
 /// The reaper's timeouts, in seconds, as recorded in the instance file and shown by
@@ -238,6 +241,7 @@ mod tests {
             metrics: None,
             persist: false,
             local_cgroup: Some("/sys/fs/cgroup".into()),
+            mark: Some("0x42/0xff".into()),
         };
         let text = serde_json::to_string(&info).unwrap();
         assert_eq!(serde_json::from_str::<InstanceInfo>(&text).unwrap(), info);

@@ -24,7 +24,7 @@ use crate::dataplane::{
     DataplaneError,
 };
 use info::{read_info, write_info, InstanceInfo, INSTANCE_FORMAT};
-pub use scan::persisted_on;
+pub use scan::{find_info, persisted_on};
 
 /// Creating, finding or opening the pinned state failed.
 #[derive(Debug, thiserror::Error)]

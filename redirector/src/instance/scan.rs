@@ -42,6 +42,24 @@ pub fn persisted_on(iface: &str) -> Result<Option<InstanceInfo>, StateError> {
         .find(|info| info.left_attached() && info.interfaces.iter().any(|i| i.name == iface)))
 }
 
+/// The instance of this network namespace (on `iface`, if given) as its instance file
+/// describes it, and whether its loader runs; `None` when there is none (or none this
+/// process can see). For `doctor`, which reads no maps and must work without an instance.
+pub fn find_info(iface: Option<&str>) -> Result<Option<(InstanceInfo, bool)>, StateError> {
+    let live = match live_instances(paths::netns_inode()) {
+        Ok(live) => live,
+        Err(StateError::PersistedElsewhere(_) | StateError::Incompatible { .. }) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    match select(live, iface) {
+        Ok((_, info, running)) => Ok(Some((info, running))),
+        Err(StateError::NotRunning | StateError::NotOnIface(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A persisted instance of another format than ours.
 enum OtherPersisted {
     /// Of [`MIGRATES_FROM`]: its instance file.

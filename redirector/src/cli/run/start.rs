@@ -272,6 +272,7 @@ impl Prepared {
             metrics,
             persist: self.persist,
             local_cgroup: self.local.cgroup().map(|path| path.display().to_string()),
+            mark: self.mark.map(|mark| mark.to_string()),
         }
     }
 
