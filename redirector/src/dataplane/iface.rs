@@ -34,6 +34,45 @@ pub fn ifindex(name: &str) -> Result<u32, IfaceError> {
     }
 }
 
+/// Sends the ethtool request `data` (a `struct ethtool_*` whose first field is its `cmd`)
+/// about interface `name` with the SIOCETHTOOL ioctl; the kernel fills `data` in. `None` if
+/// the interface cannot be asked (no such interface, a name too long, no ethtool support).
+///
+/// # Safety
+/// `T` must be the `#[repr(C)]` ethtool structure that its `cmd` names, complete: the
+/// kernel writes up to that structure's size through the pointer.
+pub unsafe fn ethtool_request<T>(name: &str, data: &mut T) -> Option<()> {
+    /// `struct ifreq` with its `ifr_data` member.
+    #[repr(C)]
+    struct IfReq<T> {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut T,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a plain socket call; the descriptor is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return None;
+    }
+    // SAFETY: `req` is a valid `ifreq` whose data pointer names the caller's `T`, which
+    // outlives the call and is the structure its `cmd` asks for (this function's contract).
+    let ret = unsafe { libc::ioctl(sock, SIOCETHTOOL, &mut req) };
+    // SAFETY: `sock` is our open descriptor, closed once.
+    unsafe { libc::close(sock) };
+    (ret >= 0).then_some(())
+}
+
 /// The interface's driver as ethtool reports it (`veth`, `virtio_net`, `mlx5_core`, …), or
 /// `None` if it cannot be asked (no such interface, no ethtool support).
 pub fn driver(name: &str) -> Option<String> {
@@ -44,43 +83,15 @@ pub fn driver(name: &str) -> Option<String> {
         driver: [u8; 32],
         rest: [u8; 4 * 32 + 12 + 5 * 4],
     }
-    /// `struct ifreq` with its `ifr_data` member.
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut DrvInfo,
-        _pad: [u8; 16],
-    }
     const ETHTOOL_GDRVINFO: u32 = 3;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
 
-    if name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
     let mut info = DrvInfo {
         cmd: ETHTOOL_GDRVINFO,
         driver: [0; 32],
         rest: [0; 4 * 32 + 12 + 5 * 4],
     };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut info,
-        _pad: [0; 16],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: a plain socket call; the descriptor is closed below.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return None;
-    }
-    // SAFETY: `req` is a valid `ifreq` whose data pointer names `info`, a `ethtool_drvinfo`
-    // that outlives the call; the kernel writes at most `sizeof(ethtool_drvinfo)` bytes.
-    let ret = unsafe { libc::ioctl(sock, SIOCETHTOOL, &mut req) };
-    // SAFETY: `sock` is our open descriptor, closed once.
-    unsafe { libc::close(sock) };
-    if ret < 0 {
-        return None;
-    }
+    // SAFETY: `DrvInfo` is the complete `struct ethtool_drvinfo` that ETHTOOL_GDRVINFO fills.
+    unsafe { ethtool_request(name, &mut info) }?;
     let len = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
 }

@@ -50,38 +50,14 @@ fn tx_checksum_offload(name: &str) -> Option<bool> {
         cmd: u32,
         data: u32,
     }
-    /// `struct ifreq` with its `ifr_data` member.
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        _pad: [u8; 16],
-    }
     const ETHTOOL_GTXCSUM: u32 = 0x16;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
 
-    if name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
     let mut value = EthtoolValue {
         cmd: ETHTOOL_GTXCSUM,
         data: 0,
     };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut value,
-        _pad: [0; 16],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: a plain socket call; the descriptor is closed below.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return None;
-    }
-    // SAFETY: `req` is a valid `ifreq` whose data pointer names `value`, an
-    // `ethtool_value` that outlives the call; the kernel writes at most its 8 bytes.
-    let ret = unsafe { libc::ioctl(sock, SIOCETHTOOL, &mut req) };
-    // SAFETY: `sock` is our open descriptor, closed once.
-    unsafe { libc::close(sock) };
-    (ret >= 0).then_some(value.data != 0)
+    // SAFETY: `EthtoolValue` is the complete `struct ethtool_value` that ETHTOOL_GTXCSUM
+    // fills.
+    unsafe { iface::ethtool_request(name, &mut value) }?;
+    Some(value.data != 0)
 }
