@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use super::costs::{Costs, Spread};
 use super::idle::held_settle;
 use super::plan::{Config, Params};
+use super::svg::{color, escape, open, TOP};
 
 /// `median (min–max)`, or the median alone when the repetitions agree or there is one.
 fn spread_text(spread: Option<Spread>, digits: usize) -> String {
@@ -135,13 +136,11 @@ fn conn_cpu_table(md: &mut String, costs: &Costs, params: &Params) {
     md.push('\n');
 }
 
-const WIDTH: f64 = 860.0;
 const LABEL_WIDTH: f64 = 190.0;
 const BAR_AREA: f64 = 540.0;
 const ROW: f64 = 18.0;
 const BAR: f64 = 13.0;
 const GROUP_GAP: f64 = 30.0;
-const TOP: f64 = 40.0;
 
 /// One group of bars: a title and (configuration, value) pairs on a scale of their own.
 struct Group {
@@ -149,18 +148,6 @@ struct Group {
     bars: Vec<(Config, Spread)>,
     /// A dashed reference line (1.0 for ratios).
     reference: Option<f64>,
-}
-
-fn color(config: Config) -> &'static str {
-    match config {
-        Config::Direct => "#444444",
-        Config::PassXdp | Config::PassTc => "#c7b9a0",
-        Config::RedirectorXdp
-        | Config::RedirectorXdpGeneric
-        | Config::RedirectorTc
-        | Config::RedirectorSniff => "#d9480f",
-        _ => "#8fa3b8",
-    }
 }
 
 /// The chart of the cost figures; `None` when no cost load ran.
@@ -224,15 +211,13 @@ pub fn chart(name: &str, costs: &Costs) -> Option<String> {
             .map(|g| GROUP_GAP + g.bars.len() as f64 * ROW + 8.0)
             .sum::<f64>()
         + 10.0;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        svg,
-        r##"<rect width="100%" height="100%" fill="#ffffff"/><text x="10" y="22" font-size="15" font-weight="bold">redirector benchmark {}: cost per connection, median with min–max whiskers (lower is better)</text>"##,
-        escape(name)
+    let mut svg = open(
+        height,
+        &format!(
+            "redirector benchmark {}: cost per connection, median with min–max whiskers \
+             (lower is better)",
+            escape(name)
+        ),
     );
     let mut y = TOP;
     for group in &groups {
@@ -281,12 +266,6 @@ pub fn chart(name: &str, costs: &Costs) -> Option<String> {
     }
     svg.push_str("</svg>\n");
     Some(svg)
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -6,15 +6,19 @@ use std::fmt::Write as _;
 use super::plan::{Config, Load};
 use super::stats::Cell;
 
+/// Width of every chart of the report (the header of [`open`] sets it).
 const WIDTH: f64 = 860.0;
 const LABEL_WIDTH: f64 = 190.0;
 const BAR_AREA: f64 = 560.0;
 const ROW: f64 = 18.0;
 const BAR: f64 = 13.0;
 const GROUP_GAP: f64 = 28.0;
-const TOP: f64 = 40.0;
+/// Room above the first group, for the title.
+pub(crate) const TOP: f64 = 40.0;
 
-fn color(config: Config) -> &'static str {
+/// The bar colour of `config`: direct dark, the empty hooks pale, redirector's own
+/// configurations orange, the alternatives blue-grey.
+pub(crate) fn color(config: Config) -> &'static str {
     match config {
         Config::Direct => "#444444",
         Config::PassXdp | Config::PassTc => "#c7b9a0",
@@ -54,15 +58,12 @@ pub fn chart(name: &str, summary: &[Cell]) -> String {
             .sum::<f64>()
         + 30.0;
 
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        svg,
-        r##"<rect width="100%" height="100%" fill="#ffffff"/><text x="10" y="22" font-size="15" font-weight="bold">redirector benchmark {}: median throughput as a ratio to direct (higher is better)</text>"##,
-        escape(name)
+    let mut svg = open(
+        height,
+        &format!(
+            "redirector benchmark {}: median throughput as a ratio to direct (higher is better)",
+            escape(name)
+        ),
     );
     let mut y = TOP;
     for (load, bars) in &groups {
@@ -100,7 +101,23 @@ pub fn chart(name: &str, summary: &[Cell]) -> String {
     svg
 }
 
-fn escape(text: &str) -> String {
+/// The start of a chart document `height` high on a white background, with its `title`
+/// (already escaped) at the top.
+pub(crate) fn open(height: f64, title: &str) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect width="100%" height="100%" fill="#ffffff"/><text x="10" y="22" font-size="15" font-weight="bold">{title}</text>"##
+    );
+    svg
+}
+
+/// `text` escaped for SVG text content.
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
