@@ -12,6 +12,7 @@ use std::{
 };
 
 use testkit::{
+    cmd::must,
     error_chain,
     lock::KernelLock,
     netns::{Netns, Topology},
@@ -297,3 +298,37 @@ pub fn hard_nofile(pid: u32) -> u64 {
 pub fn default_sniff_max_conns(hard: u64) -> u64 {
     (hard.saturating_sub(64) * 2 / 5).clamp(1, 1_000_000)
 }
+
+/// Installs, in `ns`, the input policy the firewall tests use: an nftables table `table`
+/// whose input chain drops by policy and accepts loopback, ICMP (neighbour discovery),
+/// TCP to 80/443 and packets whose mark has 0x42 in its low byte — never 8080/8443.
+pub fn install_input_firewall(ns: &Netns, table: &str) {
+    let ruleset = format!(
+        "table inet {table} {{\n\
+         \x20 chain input {{\n\
+         \x20   type filter hook input priority filter; policy drop;\n\
+         \x20   iif lo accept\n\
+         \x20   meta l4proto {{ icmp, ipv6-icmp }} accept\n\
+         \x20   tcp dport {{ 80, 443 }} accept\n\
+         \x20   meta mark & 0xff == 0x42 accept\n\
+         \x20 }}\n\
+         }}\n"
+    );
+    let dir = TempDir::new(&format!("{table}-nft"));
+    let path = dir.0.join("input.nft");
+    std::fs::write(&path, ruleset).unwrap();
+    must(ns.cmd("nft").arg("-f").arg(&path));
+}
+
+/// `redirector run`'s arguments of a sniffing proxy on :80 in front of ws-echo on 8080 and
+/// an HTTP server on 8000 (443 stays a kernel redirect to 8443).
+pub const SNIFF_RUN_ARGS: &[&str] = &[
+    "--redirect",
+    "443:8443",
+    "--sniff-listen",
+    "0.0.0.0:80",
+    "--sniff-websocket",
+    "127.0.0.1:8080",
+    "--sniff-http",
+    "127.0.0.1:8000",
+];

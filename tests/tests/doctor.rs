@@ -125,30 +125,12 @@ fn no_listener_fails_until_the_server_listens_and_json_has_every_check() {
     assert!(failed[0]["message"].as_str().unwrap().contains("8081"));
 }
 
-/// The input policy of tests/tests/firewall.rs: drop, but loopback, ICMP, TCP to 80/443
-/// and the mark 0x42 in the low byte.
-fn install_firewall(ns: &Netns) {
-    let ruleset = "table inet rdrtest_doctor {\n\
-         \x20 chain input {\n\
-         \x20   type filter hook input priority filter; policy drop;\n\
-         \x20   iif lo accept\n\
-         \x20   meta l4proto { icmp, ipv6-icmp } accept\n\
-         \x20   tcp dport { 80, 443 } accept\n\
-         \x20   meta mark & 0xff == 0x42 accept\n\
-         \x20 }\n\
-         }\n";
-    let dir = TempDir::new("doctor-nft");
-    let path = dir.0.join("input.nft");
-    std::fs::write(&path, ruleset).unwrap();
-    must(ns.cmd("nft").arg("-f").arg(&path));
-}
-
 #[test]
 fn a_drop_policy_fails_without_the_mark_and_passes_with_it() {
     let _serial = serial();
     let topo = Topology::new("dr-fw");
     let _echo = start_echo(&topo, &[]);
-    install_firewall(&topo.server);
+    install_input_firewall(&topo.server, "rdrtest_doctor");
 
     let out = doctor(&topo, &[]);
     let line = assert_line(

@@ -4,35 +4,17 @@
 //! to 8080 stay closed.
 
 use redirector_tests::fixtures::*;
-use testkit::{cmd::must, netns::Topology};
+use testkit::netns::Topology;
 
 /// The mark the tests ask for, and the nftables expression that accepts it.
 const MARK: &str = "0x42/0xff";
-
-/// Installs an input policy of drop in the server namespace that accepts loopback, ICMP
-/// (neighbour discovery), TCP to 80/443 and packets whose mark has 0x42 in its low byte.
-fn install_firewall(topo: &Topology) {
-    let ruleset = "table inet rdrtest_fw {\n\
-         \x20 chain input {\n\
-         \x20   type filter hook input priority filter; policy drop;\n\
-         \x20   iif lo accept\n\
-         \x20   meta l4proto { icmp, ipv6-icmp } accept\n\
-         \x20   tcp dport { 80, 443 } accept\n\
-         \x20   meta mark & 0xff == 0x42 accept\n\
-         \x20 }\n\
-         }\n";
-    let dir = TempDir::new("firewall-nft");
-    let path = dir.0.join("input.nft");
-    std::fs::write(&path, ruleset).unwrap();
-    must(topo.server.cmd("nft").arg("-f").arg(&path));
-}
 
 #[test]
 fn marked_redirects_pass_an_input_policy_that_drops_8080() {
     let _serial = serial();
     let topo = Topology::new("fw");
     let _echo = start_echo(&topo, &[]);
-    install_firewall(&topo);
+    install_input_firewall(&topo.server, "rdrtest_fw");
 
     // Without --mark the firewall drops the redirected packets (their port is 8080 now):
     // this is what the mark is for, and it shows the policy really drops.

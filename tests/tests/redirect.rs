@@ -171,19 +171,7 @@ fn run_with_sniff_serves_kernel_and_sniffed_paths_together() {
     std::fs::write(root.0.join("known.bin"), &file).unwrap();
     let web = start_http_server(topo.server.cmd("python3"), 8000, &root.0);
 
-    let loader = start_loader(
-        &topo,
-        &[
-            "--redirect",
-            "443:8443",
-            "--sniff-listen",
-            "0.0.0.0:80",
-            "--sniff-websocket",
-            "127.0.0.1:8080",
-            "--sniff-http",
-            "127.0.0.1:8000",
-        ],
-    );
+    let loader = start_loader(&topo, SNIFF_RUN_ARGS);
     assert!(
         loader
             .seen

@@ -336,18 +336,6 @@ fn per_ip_limit_groups_ipv6_clients_by_64() {
     assert_eq!(sniff_counter(&lines, "accepted"), 3, "{lines:?}");
 }
 
-/// The loader's arguments of a sniffing proxy in front of ws-echo on 8080.
-const SNIFF_ARGS: &[&str] = &[
-    "--redirect",
-    "443:8443",
-    "--sniff-listen",
-    "0.0.0.0:80",
-    "--sniff-websocket",
-    "127.0.0.1:8080",
-    "--sniff-http",
-    "127.0.0.1:8000",
-];
-
 /// The loader's only child: its sniffing proxy's process.
 fn proxy_child(loader: &Proc) -> u32 {
     let children = privileges::children_of(loader.pid());
@@ -363,7 +351,7 @@ fn run_sniff_proxy_is_an_unprivileged_child() {
     let _serial = serial();
     let topo = Topology::new("runspriv");
     let _echo = start_echo(&topo, &[]);
-    let loader = start_loader(&topo, SNIFF_ARGS);
+    let loader = start_loader(&topo, SNIFF_RUN_ARGS);
     let child = proxy_child(&loader);
     let mut session = open_session(&topo, &topo.url("ws", false, 80));
     privileges::assert_unprivileged(child);
@@ -390,7 +378,7 @@ fn run_stops_with_an_error_when_its_proxy_dies() {
     let _serial = serial();
     let topo = Topology::new("runsdie");
     let _echo = start_echo(&topo, &[]);
-    let mut loader = start_loader(&topo, SNIFF_ARGS);
+    let mut loader = start_loader(&topo, SNIFF_RUN_ARGS);
     let child = proxy_child(&loader);
     // SAFETY: kill(2) on the pid of the loader's child, which it has not reaped yet.
     assert_eq!(unsafe { libc::kill(child as i32, libc::SIGKILL) }, 0);
@@ -413,7 +401,7 @@ fn run_refuses_a_missing_sniff_user() {
     let _serial = serial();
     let topo = Topology::new("runsuser");
     let mut args = vec!["run", "--no-local", "--iface", topo.server_if];
-    args.extend_from_slice(SNIFF_ARGS);
+    args.extend_from_slice(SNIFF_RUN_ARGS);
     args.extend_from_slice(&["--sniff-user", "no-such-user-redirector"]);
     let out = topo
         .server
