@@ -9,4 +9,5 @@ pub mod addr;
 pub mod conntrack;
 pub mod csum;
 pub mod maps;
+pub mod reap;
 pub mod stats;

@@ -100,8 +100,9 @@ pub const fn established_max_entries(capacity: u32) -> u32 {
 /// [`FLOW_COUNT_MAP`] cell: promotions minus established entries the kernel removed
 /// (RST, port reuse); changed only by the kernel, with atomic adds.
 pub const FLOW_COUNT_KERNEL: u32 = 0;
-/// [`FLOW_COUNT_MAP`] cell: established entries the loader's reaper removed (written
-/// only by the reaper).
+/// [`FLOW_COUNT_MAP`] cell: established entries removed by key in user-space batches
+/// (tooling and benchmarks now; the reapers of earlier versions). Today's reaper removes
+/// in the kernel (`reap`), counted in [`FLOW_COUNT_KERNEL`].
 pub const FLOW_COUNT_REAPER: u32 = 1;
 /// [`FLOW_COUNT_MAP`] cell: established entries removed (minus inserted) by control
 /// commands (`flush`) and tooling, serialised by the control lock.

@@ -13,6 +13,7 @@ use redirector_common::{
         established_count, FlowKey, FlowValue, Rule, FLOW_COUNT_CONTROL, FLOW_COUNT_KERNEL,
         FLOW_COUNT_REAPER,
     },
+    reap::{ReapEntry, REAP_TABLE_ESTABLISHED, REAP_TABLE_HALF_OPEN},
     stats::Counter,
 };
 
@@ -220,6 +221,30 @@ fn remove(key: &FlowKey, table: Table) -> bool {
             removed
         }
     }
+}
+
+/// Removes the flow of a reaper's `entry` from its table if the entry there is still the
+/// one the reaper judged expired (same creation, last packet and state); true if removed.
+/// A flow created on the same tuple since (port reuse) or seen since is left alone.
+#[inline(always)]
+pub fn reap(entry: &ReapEntry) -> bool {
+    let (found, table) = match entry.table {
+        REAP_TABLE_ESTABLISHED => (ESTABLISHED.get_ptr(entry.key), Table::Established),
+        REAP_TABLE_HALF_OPEN => (HALF_OPEN.get_ptr(entry.key), Table::HalfOpen),
+        _ => return false,
+    };
+    let Some(flow) = found else {
+        return false;
+    };
+    // SAFETY: as in `ingress`; read only.
+    let flow = unsafe { &*flow };
+    if flow.created_ns != entry.created_ns
+        || flow.last_seen_ns != entry.last_seen_ns
+        || flow.state != entry.state
+    {
+        return false;
+    }
+    remove(&entry.key, table)
 }
 
 /// Moves a flow whose handshake completed from `HALF_OPEN` to `ESTABLISHED`. Counted

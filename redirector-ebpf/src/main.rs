@@ -21,6 +21,7 @@ mod local;
 mod maps;
 mod packet;
 mod parse;
+mod reap;
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},
@@ -69,6 +70,14 @@ pub fn redirector_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn redirector_getpeername6(ctx: SockAddrContext) -> i32 {
     local::getpeername(&ctx)
+}
+
+/// The reaper's removals, never attached: the loader runs it with `BPF_PROG_TEST_RUN` on
+/// a batch of expired flows, each removed only if still the flow the loader saw, so that
+/// a connection opened on a reused client port meanwhile keeps its entry.
+#[xdp]
+pub fn redirector_reap(ctx: XdpContext) -> u32 {
+    reap::run(&ctx)
 }
 
 /// Benchmark baseline, never attached: an XDP program that only returns the verdict the

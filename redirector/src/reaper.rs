@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use redirector_common::{
     conntrack::{STATE_CLOSING, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_SYN_SENT},
-    maps::{FlowKey, FlowValue},
+    maps::FlowValue,
+    reap::{ReapEntry, REAP_TABLE_ESTABLISHED, REAP_TABLE_HALF_OPEN},
     stats::Counter,
 };
 
@@ -63,15 +64,44 @@ pub fn monotonic_ns() -> u64 {
 /// Removes every expired entry and counts them (`flow_reaped`, so that evictions can be
 /// told apart from removals); returns how many were removed.
 pub fn reap(dp: &mut Dataplane, timeouts: &Timeouts) -> Result<usize, DataplaneError> {
-    let now = monotonic_ns();
-    let expired: Vec<FlowKey> = dp
-        .flows()?
+    let expired = expired(dp, timeouts, monotonic_ns())?;
+    remove_expired(dp, &expired)
+}
+
+/// The entries of both tables expired at `now_ns`, as seen now, each with its table.
+pub fn expired(
+    dp: &Dataplane,
+    timeouts: &Timeouts,
+    now_ns: u64,
+) -> Result<Vec<ReapEntry>, DataplaneError> {
+    let maps = dp.maps();
+    let tables = [
+        (REAP_TABLE_ESTABLISHED, maps.established_flows()?),
+        (REAP_TABLE_HALF_OPEN, maps.half_open_flows()?),
+    ];
+    Ok(tables
         .into_iter()
-        .filter(|(_, flow)| timeouts.expired(flow, now))
-        .map(|(key, _)| key)
-        .collect();
-    // Keys closed by a RST meanwhile are skipped (and counted by the kernel).
-    let (removed, result) = dp.remove_flows(&expired);
+        .flat_map(|(table, flows)| {
+            flows
+                .into_iter()
+                .filter(|(_, flow)| timeouts.expired(flow, now_ns))
+                .map(move |(key, flow)| ReapEntry {
+                    created_ns: flow.created_ns,
+                    last_seen_ns: flow.last_seen_ns,
+                    key,
+                    table,
+                    state: flow.state,
+                    _pad: [0; 7],
+                })
+        })
+        .collect())
+}
+
+/// Removes the entries of `expired` that are still the flows seen then (the kernel checks
+/// each in place: a flow opened since on a reused client port, or seen since, stays),
+/// and counts them; returns how many were removed.
+pub fn remove_expired(dp: &mut Dataplane, expired: &[ReapEntry]) -> Result<usize, DataplaneError> {
+    let (removed, result) = dp.reap_flows(expired);
     // Counted even after an error: what was removed must not look evicted.
     dp.maps_mut()
         .add_to_user_counter(Counter::FlowReaped, removed as u64)?;

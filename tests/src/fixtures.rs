@@ -223,6 +223,34 @@ pub fn ctl_json_via(via: Via, ns: &Netns, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
 }
 
+/// Removes the persisted instance of a test's namespace on drop, so that a failing test
+/// leaves nothing attached or pinned. A loader of that instance that still runs (the test
+/// failed while it served) would refuse the detach: it is killed first, by the pid its
+/// instance reports.
+pub struct DetachOnDrop<'a>(pub &'a Netns);
+
+impl Drop for DetachOnDrop<'_> {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = ctl_via(Via::Nsenter, self.0, &["status", "--json"]);
+            let running = serde_json::from_slice::<serde_json::Value>(&status.stdout)
+                .ok()
+                .filter(|status| status["loader_running"] == true)
+                .and_then(|status| status["pid"].as_u64());
+            match running {
+                Some(pid) if Instant::now() < deadline => {
+                    // SAFETY: kill(2) with a pid and a signal number; no memory is shared.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => break,
+            }
+        }
+        let _ = ctl_via(Via::Nsenter, self.0, &["detach"]);
+    }
+}
+
 /// [`ctl_via`] with `ip netns exec`, the way users run control commands.
 pub fn ctl(ns: &Netns, args: &[&str]) -> Output {
     ctl_via(Via::IpNetnsExec, ns, args)

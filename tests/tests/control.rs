@@ -457,15 +457,6 @@ fn nsenter_json(ns: &Netns, args: &[&str]) -> Value {
     ctl_json_via(Via::Nsenter, ns, args)
 }
 
-/// Runs `redirector detach` in `ns` on drop, so a failing test leaves nothing pinned.
-struct DetachOnDrop<'a>(&'a Netns);
-
-impl Drop for DetachOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = nsenter_ctl(self.0, &["detach"]);
-    }
-}
-
 #[test]
 fn persist_needs_a_bpffs_that_outlives_the_loader() {
     let _serial = serial();

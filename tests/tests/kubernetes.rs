@@ -274,16 +274,6 @@ fn entrypoint(image: &str) -> Vec<String> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Runs `redirector detach` in `ns` (host mounts) on drop, so a failing test leaves
-/// nothing attached.
-struct DetachOnDrop<'a>(&'a Netns);
-
-impl Drop for DetachOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = ctl_via(Via::Nsenter, self.0, &["detach"]);
-    }
-}
-
 /// A pod of `workload` (DaemonSet or Job) on the test's server "node", `env` being the
 /// values of its downward-API variables.
 struct Pod<'a> {

@@ -22,15 +22,6 @@ use testkit::{
     process::Proc,
 };
 
-/// Runs `redirector detach` in `ns` on drop, so a failing test leaves nothing pinned.
-struct DetachOnDrop<'a>(&'a Netns);
-
-impl Drop for DetachOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = ctl_via(Via::Nsenter, self.0, &["detach"]);
-    }
-}
-
 /// A test's own cgroup, named after the test and this process.
 fn test_cgroup(tag: &str) -> Cgroup {
     Cgroup::new(&format!(

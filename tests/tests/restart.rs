@@ -6,9 +6,13 @@
 
 use std::time::Duration;
 
-use redirector::dataplane::maps::Maps;
+use redirector::{
+    dataplane::{maps::Maps, Dataplane},
+    reaper::{self, Timeouts},
+};
 use redirector_common::{
-    conntrack::{STATE_ESTABLISHED, STATE_SYN_SENT},
+    addr::v4_mapped,
+    conntrack::{FIN_CLIENT, FIN_SERVER, STATE_CLOSING, STATE_ESTABLISHED, STATE_SYN_SENT},
     maps::{FlowKey, FlowValue},
 };
 use redirector_tests::{bins, fixtures::*, format2};
@@ -21,15 +25,6 @@ use testkit::{
 
 /// Sessions held across restarts, per port (:80 and :443).
 const SESSIONS_PER_PORT: usize = 10;
-
-/// Runs `redirector detach` in `ns` on drop, so a failing test leaves nothing pinned.
-struct DetachOnDrop<'a>(&'a Netns);
-
-impl Drop for DetachOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = ctl_via(Via::Nsenter, self.0, &["detach"]);
-    }
-}
 
 /// Starts `redirector run --persist` on the server veth (host mount namespace).
 fn start_persist(topo: &Topology, args: &[&str]) -> Proc {
@@ -540,7 +535,9 @@ fn ten_restarts_under_traffic_lose_no_echo_and_no_connection() {
     );
     let held = wsload_report(held);
     let churn = wsload_report(churn);
-    eprintln!("sessions: {held}\nchurn: {churn}");
+    // The kernel's counters say where a lost packet went (untracked, port mismatch, RST).
+    let stats = ctl_ok_via(Via::Nsenter, &topo.server, &["stats"]);
+    eprintln!("sessions: {held}\nchurn: {churn}\n{stats}");
     for (name, report) in [("sessions", &held), ("churn", &churn)] {
         assert_eq!(report["errors"], 0, "{name}: {report}");
         assert_eq!(report["connect_errors"], 0, "{name}: {report}");
@@ -556,5 +553,110 @@ fn ten_restarts_under_traffic_lose_no_echo_and_no_connection() {
     stop_loader(loader);
     let out = ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
     assert!(out.contains("redirector detached"), "{out}");
+    assert_no_program_loaded();
+}
+
+/// The client port that [`a_reap_planned_before_a_client_port_was_reused_leaves_the_new_flow`]
+/// reuses (outside the ephemeral range, so nothing else picks it).
+const REUSED_PORT: u16 = 20_080;
+
+/// A flow from `port` of the topology's client to its server's :80, closed (FIN both ways)
+/// just now: what [`reap_closed_now`] removes, and the loader's own reaper only in 10 s.
+fn closed_flow(topo: &Topology, port: u16) -> (FlowKey, FlowValue) {
+    let now = reaper::monotonic_ns();
+    let addr = |text: &str| v4_mapped(text.parse::<std::net::Ipv4Addr>().unwrap().octets());
+    let key = FlowKey {
+        client_addr: addr(&topo.client_v4),
+        server_addr: addr(&topo.server_v4),
+        client_port_be: port.to_be(),
+        _pad: 0,
+    };
+    let value = FlowValue {
+        orig_port: 80,
+        target_port: 8080,
+        state: STATE_CLOSING,
+        fin_flags: FIN_CLIENT | FIN_SERVER,
+        _pad: 0,
+        rule_slot: 0,
+        _pad2: 0,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    (key, value)
+}
+
+/// The reaper's plan a second from now with no grace for closed flows: every closed flow
+/// (and nothing live) is expired.
+fn reap_closed_now(dp: &Dataplane) -> Vec<redirector_common::reap::ReapEntry> {
+    let timeouts = Timeouts {
+        closing: Duration::ZERO,
+        ..Timeouts::default()
+    };
+    reaper::expired(dp, &timeouts, reaper::monotonic_ns() + 1_000_000_000).unwrap()
+}
+
+/// The reaper's race with port reuse, made deterministic: the reaper finds a closed flow
+/// expired, then, before its removal runs, the client opens a new connection from the
+/// same port (the kernel replaces the closed entry with the new flow). The removal must
+/// leave the new flow, which keeps echoing; an entry still expired is removed. (A
+/// removal by key, as the reaper did before, reset that connection at its next message.)
+#[test]
+fn a_reap_planned_before_a_client_port_was_reused_leaves_the_new_flow() {
+    let _serial = serial();
+    let topo = Topology::new("rs-reap");
+    let _cleanup = DetachOnDrop(&topo.server);
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_persist(&topo, &[]);
+    let (dir, info_path) = format2::instance_paths(&topo.server, topo.server_if);
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    let size = u32::try_from(info["conntrack_size"].as_u64().unwrap()).unwrap();
+    // This test's own copy of the programs on the instance's maps: it plays the reaper.
+    let mut dp = Dataplane::load_pinned(size, &dir).unwrap();
+
+    let (key, closed) = closed_flow(&topo, REUSED_PORT);
+    dp.insert_flow(key, closed).unwrap();
+    let plan = reap_closed_now(&dp);
+    assert!(plan.iter().any(|entry| entry.key == key), "{plan:?}");
+
+    // The port is reused before the removal runs.
+    let url = topo.url("ws", false, 80);
+    let mut cmd = topo.client.cmd(bins::ws_client());
+    cmd.args(["--url", &url, "--interactive", "--timeout", "60"])
+        .args(["--local-port", &REUSED_PORT.to_string()]);
+    let mut session = Proc::spawn("ws-client (reused port)", cmd, true);
+    session.wait_line("connected", Duration::from_secs(10));
+    exchange(&mut session, "before the reap");
+    let live = dp.maps().established_flows().unwrap();
+    let (_, flow) = live
+        .iter()
+        .find(|(k, _)| *k == key)
+        .unwrap_or_else(|| panic!("no flow from port {REUSED_PORT}: {live:?}"));
+    assert_ne!(flow.created_ns, closed.created_ns, "{flow:?}");
+
+    let removed = reaper::remove_expired(&mut dp, &plan).unwrap();
+    assert_eq!(removed, 0, "the new flow was removed");
+    for text in ["after the reap", "still here"] {
+        exchange(&mut session, text);
+    }
+
+    // A flow still as the reaper saw it is removed; the live one stays.
+    let (stale, value) = closed_flow(&topo, REUSED_PORT + 1);
+    dp.insert_flow(stale, value).unwrap();
+    let plan = reap_closed_now(&dp);
+    assert_eq!(
+        plan.iter().map(|entry| entry.key).collect::<Vec<_>>(),
+        vec![stale],
+        "{plan:?}"
+    );
+    assert_eq!(reaper::remove_expired(&mut dp, &plan).unwrap(), 1);
+    let left = dp.maps().flows().unwrap();
+    assert!(left.iter().all(|(k, _)| *k != stale), "{left:?}");
+    assert!(left.iter().any(|(k, _)| *k == key), "{left:?}");
+    exchange(&mut session, "after the second reap");
+    close_session(session);
+
+    drop(dp);
+    stop_loader(loader);
+    ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
     assert_no_program_loaded();
 }

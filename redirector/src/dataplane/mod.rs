@@ -17,7 +17,7 @@ use std::{
 
 use aya::{
     maps::{HashMap as AyaHashMap, Map, MapData, MapError},
-    programs::{ProgramError, SchedClassifier, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
 use redirector_common::{
@@ -27,6 +27,7 @@ use redirector_common::{
         LOCAL_ADDRS_MAP, LOCAL_PEERS_MAP, MARK_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
         PROG_TC_INGRESS, PROG_XDP_INGRESS,
     },
+    reap::{ReapEntry, ReapRequest, REAP_BATCH, REAP_PROGRAM},
     stats::Counter,
 };
 
@@ -56,6 +57,9 @@ pub enum DataplaneError {
     /// A map is missing or an operation on it failed.
     #[error(transparent)]
     Maps(#[from] MapsError),
+    /// Running the reaping program on a batch of expired flows failed.
+    #[error("removing expired flows (test run of `{REAP_PROGRAM}`): {0}")]
+    Reap(#[source] ProgramError),
     /// The `MARK` map is missing or could not be written.
     #[error("setting the packet mark (--mark): {0}")]
     Mark(#[source] aya::maps::MapError),
@@ -162,8 +166,8 @@ impl Dataplane {
         Self::load_with(loader)
     }
 
-    /// Loads the object with `loader` and verifies the three packet programs and the four
-    /// cgroup programs of local clients.
+    /// Loads the object with `loader` and verifies the three packet programs, the reaping
+    /// program and the four cgroup programs of local clients.
     fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(OBJECT)?;
         let maps = Maps::take_from(&mut ebpf)?;
@@ -184,6 +188,9 @@ impl Dataplane {
             .map_err(prog_err(PROG_XDP_INGRESS))?;
         dp.tc_ingress()?.load().map_err(prog_err(PROG_TC_INGRESS))?;
         dp.tc_egress()?.load().map_err(prog_err(PROG_TC_EGRESS))?;
+        dp.program::<Xdp>(REAP_PROGRAM)?
+            .load()
+            .map_err(prog_err(REAP_PROGRAM))?;
         for (name, _) in local::PROGRAMS {
             dp.cgroup_program(name)?.load().map_err(prog_err(name))?;
         }
@@ -349,8 +356,52 @@ impl Dataplane {
         Ok(self.maps.remove_flow(key)?)
     }
 
-    /// Removes flow entries in batches, skipping those already gone, as the reaper;
-    /// returns how many were removed, also when it then fails.
+    /// Removes each expired flow of `expired` (as the reaper saw it, with its table) that
+    /// is still that flow, in the kernel ([`redirector_common::reap`]): a flow opened on
+    /// the same tuple since the reaper's snapshot, or seen since, stays. Returns how many
+    /// were removed, also when a later batch fails.
+    pub fn reap_flows(&mut self, expired: &[ReapEntry]) -> (usize, Result<(), DataplaneError>) {
+        let mut removed = 0;
+        for batch in expired.chunks(REAP_BATCH) {
+            match self.reap_batch(batch) {
+                Ok(n) => removed += n,
+                Err(e) => return (removed, Err(e)),
+            }
+        }
+        (removed, Ok(()))
+    }
+
+    fn reap_batch(&mut self, batch: &[ReapEntry]) -> Result<usize, DataplaneError> {
+        let mut request = ReapRequest {
+            count: batch.len() as u32,
+            _pad: 0,
+            entries: [batch[0]; REAP_BATCH],
+        };
+        request.entries[..batch.len()].copy_from_slice(batch);
+        // SAFETY: `ReapRequest` is `repr(C)` plain data without implicit padding (a test of
+        // redirector-common checks its size), so all its bytes are initialised.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const request).cast::<u8>(),
+                std::mem::size_of::<ReapRequest>(),
+            )
+        };
+        let mut out = vec![0u8; bytes.len()];
+        let opts = TestRunOptions {
+            data_in: Some(bytes),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        self.program::<Xdp>(REAP_PROGRAM)?
+            .test_run(opts)
+            .map_err(DataplaneError::Reap)?;
+        let removed = u32::from_ne_bytes([out[0], out[1], out[2], out[3]]);
+        Ok(removed as usize)
+    }
+
+    /// Removes flow entries in batches, skipping those already gone, unconditionally
+    /// (tooling and benchmarks; the reaper uses [`Dataplane::reap_flows`]); returns how
+    /// many were removed, also when it then fails.
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> (usize, Result<(), DataplaneError>) {
         let (removed, result) = self.maps.remove_flows(keys, maps::Remover::Reaper);
         (removed, result.map_err(DataplaneError::from))

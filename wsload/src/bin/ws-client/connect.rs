@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -48,13 +50,39 @@ impl<'a> Steps<'a> {
     }
 }
 
-/// Opens the TCP connection.
-pub async fn tcp(target: &Endpoint) -> Result<TcpStream> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .with_context(|| format!("cannot connect to {target}"))?;
+/// Opens the TCP connection, from `local_port` if given.
+pub async fn tcp(target: &Endpoint, local_port: Option<u16>) -> Result<TcpStream> {
+    let tcp = match local_port {
+        None => TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .with_context(|| format!("cannot connect to {target}"))?,
+        Some(port) => connect_from(target, port).await?,
+    };
     tcp.set_nodelay(true).context("setting TCP_NODELAY")?;
     Ok(tcp)
+}
+
+/// Connects to the first address of `target` from local port `port`.
+async fn connect_from(target: &Endpoint, port: u16) -> Result<TcpStream> {
+    let server = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .with_context(|| format!("resolving {target}"))?
+        .next()
+        .with_context(|| format!("{target} has no address"))?;
+    let (socket, local) = if server.is_ipv4() {
+        (TcpSocket::new_v4(), SocketAddr::from(([0, 0, 0, 0], port)))
+    } else {
+        (TcpSocket::new_v6(), SocketAddr::from(([0u16; 8], port)))
+    };
+    let socket = socket.context("creating a TCP socket")?;
+    socket.set_reuseaddr(true).context("setting SO_REUSEADDR")?;
+    socket
+        .bind(local)
+        .with_context(|| format!("binding local port {port}"))?;
+    socket
+        .connect(server)
+        .await
+        .with_context(|| format!("cannot connect to {target} from local port {port}"))
 }
 
 /// Runs the TLS handshake for wss, accepting any certificate (see [`tls`]).

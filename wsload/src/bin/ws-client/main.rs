@@ -69,6 +69,11 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     timeout: Duration,
 
+    /// Connect from this local TCP port (bound with SO_REUSEADDR) instead of one the kernel
+    /// picks: tests reuse a client port on purpose.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    local_port: Option<u16>,
+
     /// Limit on the TCP connect and the TLS and WebSocket handshakes, in seconds.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
     connect_timeout: Duration,
@@ -126,7 +131,7 @@ fn secs(duration: Duration) -> String {
 /// requested step, then closes the connection.
 async fn run(cli: &Cli, target: &Endpoint) -> Result<()> {
     let steps = connect::Steps::new(target, cli.connect_timeout);
-    let tcp = steps.run(connect::tcp(target)).await?;
+    let tcp = steps.run(connect::tcp(target, cli.local_port)).await?;
     if !target.tls {
         let ws = steps.run(connect::ws_handshake(target, tcp)).await?;
         return session::run(cli, ws).await;
