@@ -49,14 +49,24 @@ enum Table {
 }
 
 /// Finds the entry of `key`, established first.
+///
+/// A promotion on another CPU inserts into `ESTABLISHED` before it removes from
+/// `HALF_OPEN`, so a flow missed in both tables was promoted between the two lookups (the
+/// client's ACK and its first data, or the server's reply, handled on two CPUs at once):
+/// it is in `ESTABLISHED` by then, and a second look there finds it. Without it that
+/// packet passed untracked to the FROM port and the new connection was reset. Only
+/// packets of no flow pay for the third lookup.
 #[inline(always)]
 fn lookup(key: &FlowKey) -> Option<(*mut FlowValue, Table)> {
     if let Some(entry) = ESTABLISHED.get_ptr_mut(key) {
         return Some((entry, Table::Established));
     }
-    HALF_OPEN
+    if let Some(entry) = HALF_OPEN.get_ptr_mut(key) {
+        return Some((entry, Table::HalfOpen));
+    }
+    ESTABLISHED
         .get_ptr_mut(key)
-        .map(|entry| (entry, Table::HalfOpen))
+        .map(|entry| (entry, Table::Established))
 }
 
 /// Client→server: a SYN to an enabled rule creates an entry; other packets need one.
