@@ -67,9 +67,25 @@ fn open_sessions(topo: &Topology) -> Vec<Proc> {
 }
 
 /// Every session echoes `text`.
-fn all_echo(sessions: &mut [Proc], text: &str) {
-    for session in sessions {
-        exchange(session, text);
+/// Exchanges `text` on every session. If one fails, the server side's counters, flows and
+/// sockets are printed before the test fails: they tell where the lost packet went.
+fn all_echo(topo: &Topology, sessions: &mut [Proc], text: &str) {
+    for (index, session) in sessions.iter_mut().enumerate() {
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exchange(session, text)));
+        if let Err(panic) = result {
+            let show = |out: std::process::Output| {
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr)
+            };
+            let stats = show(ctl_via(Via::Nsenter, &topo.server, &["stats"]));
+            let flows = show(ctl_via(Via::Nsenter, &topo.server, &["flows"]));
+            let sockets = show(topo.server.cmd("ss").arg("-tan").output().unwrap());
+            eprintln!(
+                "session {index} failed at `{text}`; the server side:\n{stats}\n{flows}\n{sockets}"
+            );
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
@@ -116,12 +132,12 @@ fn restart_keeps_every_flow(tag: &str, signal: i32) {
         let (status, _) = first.wait_exit(Duration::from_secs(10));
         assert!(!status.success(), "killed: {status}");
     }
-    all_echo(&mut sessions, "no loader");
+    all_echo(&topo, &mut sessions, "no loader");
 
     let second = start_persist(&topo, &[]);
     let adopted = adopted_flows(&ready_line(&second), first_pid);
     assert!(adopted >= 2 * SESSIONS_PER_PORT as u64, "{adopted}");
-    all_echo(&mut sessions, "after adoption");
+    all_echo(&topo, &mut sessions, "after adoption");
     assert_echo(&topo, &topo.url("ws", false, 80));
     let status = ctl_json_via(Via::Nsenter, &topo.server, &["status"]);
     assert_eq!(status["pid"], second.pid(), "{status}");
@@ -137,7 +153,7 @@ fn restart_keeps_every_flow(tag: &str, signal: i32) {
     assert_eq!(flows_new(&after, 443), flows_new(&before, 443), "{after}");
 
     stop_loader(second);
-    all_echo(&mut sessions, "after the second loader");
+    all_echo(&topo, &mut sessions, "after the second loader");
     let out = ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
     assert!(out.contains("redirector detached"), "{out}");
     assert_no_program_loaded();
@@ -218,7 +234,7 @@ fn adoption_refused_for_another_mode_interfaces_or_format_leaves_it_redirecting(
     std::fs::write(&file, original).unwrap();
 
     // Nothing was touched: the session and new connections are still redirected.
-    all_echo(&mut sessions, "after the refusals");
+    all_echo(&topo, &mut sessions, "after the refusals");
     assert_echo(&topo, &url);
     ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
     assert_no_program_loaded();
@@ -327,12 +343,12 @@ fn an_upgrade_from_format_2_migrates_every_flow_into_the_right_table() {
     let names = format2::pinned_names(&dir);
     assert!(names.contains(&"FLOWS".to_string()), "{names:?}");
     assert!(!names.contains(&"ESTABLISHED".to_string()), "{names:?}");
-    all_echo(&mut old.sessions, "format 2 before the upgrade");
+    all_echo(topo, &mut old.sessions, "format 2 before the upgrade");
 
     let loader = start_persist(topo, &["--conntrack-size", MIGRATION_SIZE]);
     let ready = ready_line(&loader);
     assert!(ready.contains("from state format 2"), "{ready}");
-    all_echo(&mut old.sessions, "after the migration");
+    all_echo(topo, &mut old.sessions, "after the migration");
     assert_echo(topo, &topo.url("ws", false, 80));
 
     // The pin directory is format 3's, the instance file too.
@@ -391,7 +407,7 @@ fn an_upgrade_from_format_2_migrates_every_flow_into_the_right_table() {
     drop(maps);
 
     stop_loader(loader);
-    all_echo(&mut old.sessions, "after the migrated loader stopped");
+    all_echo(topo, &mut old.sessions, "after the migrated loader stopped");
     ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
     assert!(!dir.exists());
     drop(old.echo);
@@ -439,7 +455,7 @@ fn a_refused_migration_leaves_the_old_instance_redirecting() {
 
     assert_eq!(format2::pinned_names(&dir), names);
     assert_eq!(std::fs::read_to_string(&info_path).unwrap(), original);
-    all_echo(&mut old.sessions, "after the refusals");
+    all_echo(topo, &mut old.sessions, "after the refusals");
     assert_echo(topo, &topo.url("ws", false, 80));
     assert_eq!(
         ctl_via(Via::Nsenter, &topo.server, &["detach"])
@@ -451,7 +467,7 @@ fn a_refused_migration_leaves_the_old_instance_redirecting() {
 
     // It can still be migrated afterwards.
     let loader = start_persist(topo, &["--conntrack-size", MIGRATION_SIZE]);
-    all_echo(&mut old.sessions, "after the migration");
+    all_echo(topo, &mut old.sessions, "after the migration");
     stop_loader(loader);
     ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
     drop(old.echo);
