@@ -66,7 +66,6 @@ fn open_sessions(topo: &Topology) -> Vec<Proc> {
     sessions
 }
 
-/// Every session echoes `text`.
 /// Exchanges `text` on every session. If one fails, the server side's counters, flows and
 /// sockets are printed before the test fails: they tell where the lost packet went.
 fn all_echo(topo: &Topology, sessions: &mut [Proc], text: &str) {
