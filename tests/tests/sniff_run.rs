@@ -55,23 +55,14 @@ fn run_applies_non_default_sniff_options() {
     let _serial = serial();
     let topo = Topology::new("runsopt");
     let _echo = start_echo(&topo, &[]);
-    let loader = start_loader(
-        &topo,
-        &[
-            "--redirect",
-            "443:8443",
-            "--sniff-listen",
-            "0.0.0.0:80",
-            "--sniff-websocket",
-            "127.0.0.1:8080",
-            "--sniff-http",
-            "127.0.0.1:8000",
-            "--sniff-header-timeout",
-            "1",
-            "--sniff-max-header-bytes",
-            "512",
-        ],
-    );
+    let mut args = SNIFF_RUN_ARGS.to_vec();
+    args.extend_from_slice(&[
+        "--sniff-header-timeout",
+        "1",
+        "--sniff-max-header-bytes",
+        "512",
+    ]);
+    let loader = start_loader(&topo, &args);
     // No --sniff-max-conns: the limit derived from the loader's open-file limit, handed
     // to its child, shown at start and by `status`.
     let max_conns = default_sniff_max_conns(hard_nofile(loader.pid()));
