@@ -29,6 +29,14 @@ pub const STATS_MAP: &str = "STATS";
 /// Per-CPU array of [`RuleStats`], indexed by [`Rule::slot`].
 pub const RULE_STATS_MAP: &str = "RULE_STATS";
 
+/// Hash of the server sockets that carry a redirected connection: socket cookie →
+/// [`RedirectedSocket`]. TC egress records a tracked flow's socket at its first packet
+/// after the handshake; a server packet of no tracked flow whose socket is here gets its
+/// entry back (healed), and an entry healed from a client's packet is confirmed by it.
+/// Allocated on demand; the reaper deletes the cookies of sockets the kernel no longer
+/// holds. Pinned, so an adopting loader keeps what earlier loaders recorded.
+pub const REDIRECTED_SOCKETS_MAP: &str = "REDIRECTED_SOCKETS";
+
 /// Hash of the addresses of the loader's network namespace (IPv4 as mapped IPv6, network
 /// order) → `u32` (unused, 1): a connect to one of them (or to loopback) on a rule's FROM
 /// port is local traffic, redirected at connect time. Not pinned: each loader fills it at
@@ -163,8 +171,9 @@ pub struct FlowValue {
     pub state: u8,
     /// FIN bits seen, `conntrack::FIN_*`.
     pub fin_flags: u8,
-    /// Explicit padding, always zero.
-    pub _pad: u16,
+    /// Bit set of `FLOW_F_*` (0 in entries written by loaders before these bits existed,
+    /// which reads as verified and not yet recorded).
+    pub flags: u16,
     /// Index of the creating rule's counters in [`RULE_STATS_MAP`].
     pub rule_slot: u32,
     /// Explicit padding, always zero.
@@ -174,6 +183,29 @@ pub struct FlowValue {
     pub created_ns: u64,
     /// `bpf_ktime_get_coarse_ns()` of the last packet seen in either direction.
     pub last_seen_ns: u64,
+}
+
+/// [`FlowValue::flags`]: the entry was re-created (healed) from a client's packet because
+/// the kernel's socket table holds a live connection on the rule's TO port with its tuple.
+/// Until the server's first packet shows that socket in [`REDIRECTED_SOCKETS_MAP`], the
+/// entry is provisional: a socket that is not there carries a direct connection to the TO
+/// port, and the entry is withdrawn instead of rewriting its replies.
+pub const FLOW_F_UNVERIFIED: u16 = 1;
+/// [`FlowValue::flags`]: the server socket of this flow is recorded in
+/// [`REDIRECTED_SOCKETS_MAP`], so egress does not look it up again.
+pub const FLOW_F_SOCKET_RECORDED: u16 = 2;
+
+/// What a redirected connection's server socket was redirected from, the value of
+/// [`REDIRECTED_SOCKETS_MAP`] keyed by the socket's cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectedSocket {
+    /// Port the client connected to (the rule's FROM), host order.
+    pub orig_port: u16,
+    /// Port the server socket is bound to (the rule's TO), host order.
+    pub target_port: u16,
+    /// Index of the rule's counters in [`RULE_STATS_MAP`].
+    pub rule_slot: u32,
 }
 
 /// Global configuration, the single element of [`CONFIG_MAP`].
@@ -233,6 +265,7 @@ const _: () = assert!(core::mem::size_of::<Config>() == 4);
 const _: () = assert!(core::mem::size_of::<MarkConfig>() == 12);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 40);
 const _: () = assert!(core::mem::size_of::<LocalPeer>() == 4);
+const _: () = assert!(core::mem::size_of::<RedirectedSocket>() == 8);
 const _: () = assert!(established_max_entries(DEFAULT_CONNTRACK_SIZE) == 1_114_112);
 
 #[cfg(test)]
@@ -274,4 +307,6 @@ mod pod {
     unsafe impl aya::Pod for super::RuleStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocalPeer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RedirectedSocket {}
 }

@@ -30,7 +30,9 @@ pub enum Counter {
     FlowCreated,
     /// Creating a flow entry failed (table full or map error); the SYN passed untouched.
     FlowInsertFailed,
-    /// A flow entry was removed because of a RST.
+    /// A flow entry was removed because of a RST (loaders before the kernel judged
+    /// removals; kept so that adopted counters still add up). Never counted now: see
+    /// [`Counter::FlowRstSeen`].
     FlowClosedRst,
     /// A flow saw FIN in both directions (entry kept until reaped).
     FlowClosedFin,
@@ -63,11 +65,31 @@ pub enum Counter {
     /// A local connect to a rule's FROM port at an address outside the allow list (for
     /// local traffic the destination is also the source): left alone.
     LocalPassSourceDenied,
+    /// A RST of a tracked flow was rewritten and passed to its endpoint, which judges it
+    /// (RFC 5961); the entry stays until the kernel no longer holds the connection.
+    FlowRstSeen,
+    /// A client's packet of no tracked flow to a rule's FROM port belonged to a live
+    /// connection on the rule's TO port (the kernel's socket table, no socket owning the
+    /// tuple on FROM): its entry was re-created and the packet rewritten.
+    FlowHealedIngress,
+    /// A server's packet of no tracked flow came from a socket recorded as carrying a
+    /// redirected connection: its entry was re-created and the packet rewritten.
+    FlowHealedEgress,
+    /// An entry healed from a client's packet was removed at the server's first packet:
+    /// that socket carries no redirected connection (a direct connection to the TO port
+    /// with the same tuple), so its replies pass untouched.
+    FlowHealWithdrawn,
+    /// A SYN on the tuple of a closing flow whose connection the kernel still holds: the
+    /// entry was kept (the endpoint answers such a SYN with a challenge ACK).
+    FlowSynOnLive,
+    /// The reaper removed an entry because the kernel no longer holds its connection
+    /// (written by user space only; also counted in [`Counter::FlowReaped`]).
+    FlowReapedGone,
 }
 
 impl Counter {
     /// Number of counters (size of the stats array).
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 33;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -98,6 +120,12 @@ impl Counter {
         Counter::LocalRedirected,
         Counter::LocalPassRuleDisabled,
         Counter::LocalPassSourceDenied,
+        Counter::FlowRstSeen,
+        Counter::FlowHealedIngress,
+        Counter::FlowHealedEgress,
+        Counter::FlowHealWithdrawn,
+        Counter::FlowSynOnLive,
+        Counter::FlowReapedGone,
     ];
 
     /// Stable snake_case name used in output and metrics.
@@ -130,13 +158,22 @@ impl Counter {
             Counter::LocalRedirected => "local_redirected",
             Counter::LocalPassRuleDisabled => "local_pass_rule_disabled",
             Counter::LocalPassSourceDenied => "local_pass_source_denied",
+            Counter::FlowRstSeen => "flow_rst_seen",
+            Counter::FlowHealedIngress => "flow_healed_ingress",
+            Counter::FlowHealedEgress => "flow_healed_egress",
+            Counter::FlowHealWithdrawn => "flow_heal_withdrawn",
+            Counter::FlowSynOnLive => "flow_syn_on_live",
+            Counter::FlowReapedGone => "flow_reaped_gone",
         }
     }
 
     /// True for counters that only user space writes (the kernel never touches them, so
     /// user space may add to them without losing a kernel increment).
     pub const fn is_user_written(self) -> bool {
-        matches!(self, Counter::FlowReaped | Counter::FlowFlushed)
+        matches!(
+            self,
+            Counter::FlowReaped | Counter::FlowFlushed | Counter::FlowReapedGone
+        )
     }
 
     /// True for reasons where the program did not understand the packet and failed open.

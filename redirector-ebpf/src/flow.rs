@@ -165,7 +165,7 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
         target_port: rule.to_port,
         state: conntrack::STATE_SYN_SENT,
         fin_flags: 0,
-        _pad: 0,
+        flags: 0,
         rule_slot: rule.slot,
         _pad2: 0,
         created_ns: now,

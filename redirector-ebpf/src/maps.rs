@@ -9,7 +9,7 @@ use aya_ebpf::{
 use redirector_common::{
     maps::{
         established_max_entries, half_open_size, Config, FlowKey, FlowValue, LocalPeer, MarkConfig,
-        Rule, RuleStats, DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS, LOCAL_PEERS_SIZE, MAX_ALLOW,
+        RedirectedSocket, Rule, RuleStats, DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS, LOCAL_PEERS_SIZE, MAX_ALLOW,
         MAX_LOCAL_ADDRS, MAX_RULES,
     },
     stats::Counter,
@@ -31,6 +31,16 @@ pub static HALF_OPEN: LruHashMap<FlowKey, FlowValue> =
 /// plus the half-open size, so that a promotion never finds it full (see `flow::admit`).
 #[map]
 pub static ESTABLISHED: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(
+    established_max_entries(DEFAULT_CONNTRACK_SIZE),
+    BPF_F_NO_PREALLOC,
+);
+
+/// Server sockets that carry a redirected connection, by socket cookie: egress records a
+/// tracked flow's socket once, heals a lost entry from it, and confirms entries healed from
+/// a client's packet. Allocated on demand; the reaper deletes the cookies of sockets the
+/// kernel no longer holds. Sized like `ESTABLISHED` at load.
+#[map]
+pub static REDIRECTED_SOCKETS: HashMap<u64, RedirectedSocket> = HashMap::with_max_entries(
     established_max_entries(DEFAULT_CONNTRACK_SIZE),
     BPF_F_NO_PREALLOC,
 );

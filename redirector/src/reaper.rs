@@ -118,7 +118,7 @@ mod tests {
             target_port: 8080,
             state,
             fin_flags: 0,
-            _pad: 0,
+            flags: 0,
             rule_slot: 0,
             _pad2: 0,
             created_ns: 0,

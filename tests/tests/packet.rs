@@ -627,7 +627,7 @@ fn conntrack_batches_see_every_entry_once_and_skip_missing_keys() {
         target_port: 8080,
         state: STATE_ESTABLISHED,
         fin_flags: 0,
-        _pad: 0,
+        flags: 0,
         rule_slot: 0,
         _pad2: 0,
         created_ns: u64::from(i),

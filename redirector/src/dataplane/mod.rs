@@ -22,9 +22,9 @@ use aya::{
 };
 use redirector_common::{
     maps::{
-        established_max_entries, half_open_size, FlowKey, FlowValue, MarkConfig,
+        established_max_entries, half_open_size, FlowKey, FlowValue, MarkConfig, RedirectedSocket,
         ESTABLISHED_CAPACITY_GLOBAL, ESTABLISHED_MAP, HALF_OPEN_MAP, LOADER_NETNS_COOKIE_GLOBAL,
-        LOCAL_ADDRS_MAP, LOCAL_PEERS_MAP, MARK_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
+        LOCAL_ADDRS_MAP, LOCAL_PEERS_MAP, MARK_MAP, REDIRECTED_SOCKETS_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
         PROG_TC_INGRESS, PROG_XDP_INGRESS,
     },
     reap::{ReapEntry, ReapRequest, REAP_BATCH, REAP_PROGRAM},
@@ -92,6 +92,8 @@ pub struct Dataplane {
     local_addrs: Map,
     /// `LOCAL_PEERS`: the FROM port of redirected local sockets, for getpeername.
     local_peers: Map,
+    /// `REDIRECTED_SOCKETS`: cookies of server sockets that carry a redirected connection.
+    redirected_sockets: Map,
 }
 
 fn local_map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -115,11 +117,17 @@ impl Dataplane {
     /// ones: adopting a persisted instance. `conntrack_size` must be the size the pinned
     /// maps were created with (the instance file's), which a live map cannot change.
     ///
-    /// `LOCAL_PEERS` (getpeername's answers for redirected local sockets) is reused too if
-    /// pinned; an instance pinned before local clients were redirected has none, so aya
-    /// creates it and pins it into `dir`.
+    /// `LOCAL_PEERS` (getpeername's answers for redirected local sockets) and
+    /// `REDIRECTED_SOCKETS` (the sockets egress may heal) are reused too if pinned; an
+    /// instance pinned before they existed has none, so aya creates them and pins them
+    /// into `dir`.
     pub fn load_pinned(conntrack_size: u32, dir: &Path) -> Result<Self, DataplaneError> {
-        Self::load_reusing(conntrack_size, dir, &maps::PINNED_MAPS, &[LOCAL_PEERS_MAP])
+        Self::load_reusing(
+            conntrack_size,
+            dir,
+            &maps::PINNED_MAPS,
+            &[LOCAL_PEERS_MAP, REDIRECTED_SOCKETS_MAP],
+        )
     }
 
     /// Loads the object as [`Dataplane::load`] does, reusing from `old_dir` (a persisted
@@ -158,6 +166,10 @@ impl Dataplane {
         loader
             .map_max_entries(HALF_OPEN_MAP, half_open_size(conntrack_size))
             .map_max_entries(ESTABLISHED_MAP, established_max_entries(conntrack_size))
+            .map_max_entries(
+                REDIRECTED_SOCKETS_MAP,
+                established_max_entries(conntrack_size),
+            )
             .override_global(ESTABLISHED_CAPACITY_GLOBAL, &capacity, true)
             .override_global(LOADER_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
         for (name, path) in &paths {
@@ -177,11 +189,13 @@ impl Dataplane {
         };
         let local_addrs = take(LOCAL_ADDRS_MAP)?;
         let local_peers = take(LOCAL_PEERS_MAP)?;
+        let redirected_sockets = take(REDIRECTED_SOCKETS_MAP)?;
         let mut dp = Dataplane {
             ebpf,
             maps,
             local_addrs,
             local_peers,
+            redirected_sockets,
         };
         dp.xdp_ingress()?
             .load()
@@ -296,17 +310,42 @@ impl Dataplane {
         &mut self.maps
     }
 
-    /// Pins every map into `dir` (see `crate::instance::paths`), `LOCAL_PEERS` included
-    /// (an adopting loader reuses it; `LOCAL_ADDRS` each loader fills anew).
+    /// Pins every map into `dir` (see `crate::instance::paths`), `LOCAL_PEERS` and
+    /// `REDIRECTED_SOCKETS` included (an adopting loader reuses them; `LOCAL_ADDRS` each
+    /// loader fills anew).
     pub fn pin_maps(&self, dir: &std::path::Path) -> Result<(), DataplaneError> {
         self.maps.pin(dir)?;
-        let path = dir.join(LOCAL_PEERS_MAP);
-        self.local_peers.pin(&path).map_err(|error| {
-            local_map_err(LOCAL_PEERS_MAP)(MapError::PinError {
-                name: Some(LOCAL_PEERS_MAP.to_string()),
-                error,
-            })
-        })
+        for (name, map) in [
+            (LOCAL_PEERS_MAP, &self.local_peers),
+            (REDIRECTED_SOCKETS_MAP, &self.redirected_sockets),
+        ] {
+            map.pin(dir.join(name)).map_err(|error| {
+                local_map_err(name)(MapError::PinError {
+                    name: Some(name.to_string()),
+                    error,
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The cookies of the server sockets recorded as carrying a redirected connection
+    /// (`REDIRECTED_SOCKETS`), as they are now.
+    pub fn redirected_socket_cookies(&self) -> Result<Vec<u64>, DataplaneError> {
+        let map: AyaHashMap<&MapData, u64, RedirectedSocket> =
+            AyaHashMap::try_from(&self.redirected_sockets)
+                .map_err(local_map_err(REDIRECTED_SOCKETS_MAP))?;
+        Ok(map.keys().filter_map(Result::ok).collect())
+    }
+
+    /// Forgets the sockets of `cookies` (the kernel no longer holds them); returns how many
+    /// were still recorded.
+    pub fn forget_redirected_sockets(&mut self, cookies: &[u64]) -> Result<usize, DataplaneError> {
+        let mut map: AyaHashMap<&mut MapData, u64, RedirectedSocket> =
+            AyaHashMap::try_from(&mut self.redirected_sockets)
+                .map_err(local_map_err(REDIRECTED_SOCKETS_MAP))?;
+        // Gone meanwhile is as good as removed.
+        Ok(cookies.iter().filter(|c| map.remove(c).is_ok()).count())
     }
 
     /// Installs the first rules of an instance (enabled); rule `i` uses counter slot `i`

@@ -241,7 +241,7 @@ mod tests {
             target_port: 8443,
             state: STATE_ESTABLISHED,
             fin_flags: 0,
-            _pad: 0,
+            flags: 0,
             rule_slot: 1,
             _pad2: 0,
             created_ns: 1_000_000_000,

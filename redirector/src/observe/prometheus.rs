@@ -63,6 +63,12 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
         Counter::LocalRedirected => (LOCAL, "result", "redirected"),
         Counter::LocalPassRuleDisabled => (LOCAL, "result", "rule_disabled"),
         Counter::LocalPassSourceDenied => (LOCAL, "result", "source_denied"),
+        Counter::FlowRstSeen => (EVENTS, "event", "rst_seen"),
+        Counter::FlowHealedIngress => (EVENTS, "event", "healed_ingress"),
+        Counter::FlowHealedEgress => (EVENTS, "event", "healed_egress"),
+        Counter::FlowHealWithdrawn => (EVENTS, "event", "heal_withdrawn"),
+        Counter::FlowSynOnLive => (EVENTS, "event", "syn_on_live"),
+        Counter::FlowReapedGone => (EVENTS, "event", "reaped_gone"),
     }
 }
 

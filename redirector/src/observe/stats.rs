@@ -29,16 +29,20 @@ pub struct Snapshot {
 
 /// Entries the half-open (LRU) table evicted, derived from counts because BPF does not see
 /// evictions: every entry ever created is still tracked (half-open or, once promoted,
-/// established — which never evicts), or was removed explicitly (RST, replaced by a new
-/// SYN of its tuple, reaped, flushed), or was evicted.
+/// established — which never evicts), or was removed explicitly (replaced by a new SYN of
+/// its tuple, reaped, flushed, a heal withdrawn; a RST under loaders before the kernel
+/// judged removals), or was evicted. Healed entries are created too.
 ///
 /// `counters` must be read before `tracked`: a flow created in between is then in
 /// `tracked` but not in `flow_created`, which errs low, never high. A flow removed in
 /// between errs high by one until the next read. Saturates at 0.
 pub fn evicted(counters: &[u64; Counter::COUNT as usize], tracked: usize) -> u64 {
     let get = |c: Counter| counters[c as usize];
-    get(Counter::FlowCreated)
-        .saturating_sub(get(Counter::FlowReplaced))
+    (get(Counter::FlowCreated)
+        + get(Counter::FlowHealedIngress)
+        + get(Counter::FlowHealedEgress))
+    .saturating_sub(get(Counter::FlowReplaced))
+        .saturating_sub(get(Counter::FlowHealWithdrawn))
         .saturating_sub(get(Counter::FlowClosedRst))
         .saturating_sub(get(Counter::FlowReaped))
         .saturating_sub(get(Counter::FlowFlushed))

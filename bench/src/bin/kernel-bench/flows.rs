@@ -56,7 +56,7 @@ fn flow(orig_port: u16, target_port: u16, state: u8) -> FlowValue {
         target_port,
         state,
         fin_flags: 0,
-        _pad: 0,
+        flags: 0,
         rule_slot: 0,
         _pad2: 0,
         created_ns: now,
