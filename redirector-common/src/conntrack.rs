@@ -1,7 +1,10 @@
 //! The TCP state machine of a tracked flow, as a pure function shared with the kernel.
 //!
-//! It only needs to be good enough to know when an entry may be reclaimed: the
-//! endpoints' own TCP stacks do the real work, we never drop packets.
+//! It records what the flow's packets said (handshake, FINs) for observability and for
+//! the timeouts that apply where the kernel cannot say whether a connection is still
+//! open. It never ends a flow: the endpoints' own TCP stacks judge every segment (a RST
+//! only at the exact sequence, RFC 5961), and an entry is removed when the kernel no
+//! longer holds its connection. We never drop packets.
 
 /// Client SYN seen, waiting for the server's SYN-ACK.
 pub const STATE_SYN_SENT: u8 = 1;
@@ -52,7 +55,8 @@ pub enum Direction {
     ToClient,
 }
 
-/// What to do with a flow entry after a packet was rewritten.
+/// What to do with a flow entry after a packet was rewritten. There is no "remove": a
+/// segment cannot prove that its connection ended (a blind RST or FIN looks the same).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
     /// Nothing changed.
@@ -64,8 +68,6 @@ pub enum Transition {
         /// New FIN bits.
         fin_flags: u8,
     },
-    /// Remove the entry (RST seen: the connection is gone).
-    Delete,
 }
 
 /// Returns true if a packet with these flags opens a new connection (SYN without ACK).
@@ -81,11 +83,12 @@ pub const fn is_reusable(state: u8) -> bool {
     state == STATE_FIN_WAIT || state == STATE_CLOSING
 }
 
-/// Computes the next state of a flow after a packet with TCP `flags` went `dir`.
+/// Computes the next state of a flow after a packet with TCP `flags` went `dir`. A RST
+/// changes nothing: only the endpoint can tell whether it was at the exact sequence.
 #[inline(always)]
 pub fn next(state: u8, fin_flags: u8, dir: Direction, flags: u8) -> Transition {
     if flags & tcp_flags::RST != 0 {
-        return Transition::Delete;
+        return Transition::Keep;
     }
     let mut new_fin = fin_flags;
     if flags & tcp_flags::FIN != 0 {
@@ -127,7 +130,6 @@ mod tests {
         match next(state, fin, dir, flags) {
             Transition::Keep => (state, fin),
             Transition::Update { state, fin_flags } => (state, fin_flags),
-            Transition::Delete => (0, 0),
         }
     }
 
@@ -148,15 +150,17 @@ mod tests {
     }
 
     #[test]
-    fn rst_deletes_in_any_state_and_direction() {
+    fn rst_changes_nothing_in_any_state_and_direction() {
         for st in [
             STATE_SYN_SENT,
             STATE_SYN_RECV,
             STATE_ESTABLISHED,
+            STATE_FIN_WAIT,
             STATE_CLOSING,
         ] {
-            assert_eq!(next(st, 0, ToServer, RST), Transition::Delete);
-            assert_eq!(next(st, 0, ToClient, RST | ACK), Transition::Delete);
+            assert_eq!(next(st, 0, ToServer, RST), Transition::Keep);
+            assert_eq!(next(st, 0, ToClient, RST | ACK), Transition::Keep);
+            assert_eq!(next(st, FIN_CLIENT, ToServer, RST | FIN), Transition::Keep);
         }
     }
 

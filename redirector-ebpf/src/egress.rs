@@ -18,6 +18,6 @@ pub fn tc(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn apply(ctx: &TcContext) -> Result<(), Counter> {
     let pkt = parse_tc(ctx)?;
-    let rewrite = flow::egress(&pkt)?;
+    let rewrite = flow::egress(ctx, &pkt)?;
     packet::apply(ctx, &pkt, rewrite, Direction::ToClient)
 }

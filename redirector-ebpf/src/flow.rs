@@ -6,23 +6,26 @@
 //! hash that never evicts). Lookups try `ESTABLISHED` first: that is where nearly every
 //! packet's flow is.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use redirector_common::{
-    conntrack::{self, Direction, Transition},
+    conntrack::{self, tcp_flags, Direction, Transition},
     maps::{
         established_count, FlowKey, FlowValue, Rule, FLOW_COUNT_CONTROL, FLOW_COUNT_KERNEL,
-        FLOW_COUNT_REAPER,
+        FLOW_COUNT_REAPER, FLOW_F_SOCKET_RECORDED, FLOW_F_UNVERIFIED,
     },
     reap::{ReapEntry, REAP_TABLE_ESTABLISHED, REAP_TABLE_HALF_OPEN},
     stats::Counter,
 };
 
 use crate::{
-    events,
+    events, heal,
     maps::{
         count, established_capacity, source_allowed, ESTABLISHED, FLOW_COUNT, HALF_OPEN, RULES,
     },
     parse::TcpPacket,
+    sockets,
 };
 
 /// Only refresh `last_seen_ns` this often, to keep the entry's cache line mostly read-only.
@@ -43,7 +46,7 @@ pub struct Rewrite {
 
 /// Which conntrack table an entry was found in.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Table {
+pub(crate) enum Table {
     HalfOpen,
     Established,
 }
@@ -69,9 +72,11 @@ fn lookup(key: &FlowKey) -> Option<(*mut FlowValue, Table)> {
         .map(|entry| (entry, Table::Established))
 }
 
-/// Client→server: a SYN to an enabled rule creates an entry; other packets need one.
+/// Client→server: a SYN to an enabled rule creates an entry; other packets need one, or
+/// get it back if the kernel holds their connection on the rule's TO port (`heal`).
+/// `ctx` is the program's context pointer, for the kernel's socket lookups.
 #[inline(always)]
-pub fn ingress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
+pub fn ingress(ctx: *mut c_void, pkt: &TcpPacket) -> Result<Rewrite, Counter> {
     let key = FlowKey {
         client_addr: pkt.src_addr,
         server_addr: pkt.dst_addr,
@@ -82,17 +87,18 @@ pub fn ingress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
     if conntrack::is_initial_syn(pkt.flags) {
         // SAFETY: the key lives on the stack for the lookup; the map is only read here.
         if let Some(rule) = unsafe { RULES.get(dst_port) } {
-            return new_flow(&key, pkt, dst_port, *rule);
+            return new_flow(ctx, &key, pkt, dst_port, *rule);
         }
     }
-    let (entry, table) = lookup(&key).ok_or(Counter::PassUntracked)?;
+    let Some((entry, table)) = lookup(&key) else {
+        return heal::ingress(ctx, &key, pkt, dst_port);
+    };
     // SAFETY: a successful lookup returns a pointer to the map value, valid for this
     // program run (RCU); concurrent writers on other CPUs only race on plain integers.
     let flow = unsafe { &mut *entry };
     if flow.orig_port != dst_port {
         return Err(Counter::PassPortMismatch);
     }
-    // Read before `track`, which may remove (and so free) the entry.
     let rewrite = Rewrite {
         old_port_be: pkt.dst_port_be,
         new_port_be: flow.target_port.to_be(),
@@ -102,20 +108,29 @@ pub fn ingress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
     Ok(rewrite)
 }
 
-/// Server→client: only packets of a tracked flow, from its target port, are rewritten.
+/// Server→client: only packets of a tracked flow, from its target port, are rewritten; a
+/// packet of no flow from a socket recorded as redirected gets its entry back (`heal`).
 #[inline(always)]
-pub fn egress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
+pub fn egress(ctx: &TcContext, pkt: &TcpPacket) -> Result<Rewrite, Counter> {
     let key = FlowKey {
         client_addr: pkt.dst_addr,
         server_addr: pkt.src_addr,
         client_port_be: pkt.dst_port_be,
         _pad: 0,
     };
-    let (entry, table) = lookup(&key).ok_or(Counter::PassUntracked)?;
+    let Some((entry, table)) = lookup(&key) else {
+        return heal::egress(ctx, &key, pkt);
+    };
     // SAFETY: as in `ingress`.
     let flow = unsafe { &mut *entry };
     if flow.target_port != u16::from_be(pkt.src_port_be) {
         return Err(Counter::PassPortMismatch);
+    }
+    // Only until the flow's socket is recorded (once per flow) or a heal confirmed.
+    if flow.flags & (FLOW_F_UNVERIFIED | FLOW_F_SOCKET_RECORDED) != FLOW_F_SOCKET_RECORDED
+        && !heal::confirm(ctx, &key, flow, table)
+    {
+        return Err(Counter::PassUntracked);
     }
     let rewrite = Rewrite {
         old_port_be: pkt.src_port_be,
@@ -126,14 +141,33 @@ pub fn egress(pkt: &TcpPacket) -> Result<Rewrite, Counter> {
     Ok(rewrite)
 }
 
-/// Handles a SYN to a rule's FROM port: reuse a live entry (retransmitted SYN) or create one.
+/// Handles a SYN to a rule's FROM port: keep a live entry (a retransmitted SYN, or a SYN
+/// on a connection the kernel still holds) or create one.
 #[inline(always)]
-fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result<Rewrite, Counter> {
+fn new_flow(
+    ctx: *mut c_void,
+    key: &FlowKey,
+    pkt: &TcpPacket,
+    dst_port: u16,
+    rule: Rule,
+) -> Result<Rewrite, Counter> {
     let existing = lookup(key);
     if let Some((entry, _)) = existing {
         // SAFETY: as in `ingress`; read only.
         let entry = unsafe { &*entry };
-        if entry.orig_port == dst_port && !conntrack::is_reusable(entry.state) {
+        // A closing entry is replaced only if its connection is gone: a SYN on a live
+        // one (blind, or a peer's mistake) gets the endpoint's challenge ACK and must
+        // not take the flow from it.
+        let keep = entry.orig_port == dst_port
+            && (!conntrack::is_reusable(entry.state) || {
+                let live = sockets::state_of(ctx, pkt, entry.target_port.to_be())
+                    .is_some_and(sockets::is_connection);
+                if live {
+                    count(Counter::FlowSynOnLive);
+                }
+                live
+            });
+        if keep {
             return Ok(Rewrite {
                 old_port_be: pkt.dst_port_be,
                 new_port_be: entry.target_port.to_be(),
@@ -188,7 +222,7 @@ fn new_flow(key: &FlowKey, pkt: &TcpPacket, dst_port: u16, rule: Rule) -> Result
 /// bounded by the half-open table, which is exactly the established table's headroom
 /// over its capacity.
 #[inline(always)]
-fn admit() -> Result<(), i64> {
+pub(crate) fn admit() -> Result<(), i64> {
     let cell = |index| FLOW_COUNT.get(index).copied().unwrap_or(0);
     let established = established_count(
         cell(FLOW_COUNT_KERNEL),
@@ -204,7 +238,7 @@ fn admit() -> Result<(), i64> {
 
 /// Adds `delta` (wrapping: `u64::MAX` is minus one) to the kernel's established count.
 #[inline(always)]
-fn add_established(delta: u64) {
+pub(crate) fn add_established(delta: u64) {
     if let Some(cell) = FLOW_COUNT.get_ptr_mut(FLOW_COUNT_KERNEL) {
         // SAFETY: `cell` points at an array element, valid and 8-byte aligned for the
         // program run. The add is atomic (one BPF_ATOMIC instruction, result unused), so
@@ -220,7 +254,7 @@ fn add_established(delta: u64) {
 /// Removes the entry of `key` from `table`; true if this call removed it (another CPU or
 /// the reaper may have been first, and counted it itself).
 #[inline(always)]
-fn remove(key: &FlowKey, table: Table) -> bool {
+pub(crate) fn remove(key: &FlowKey, table: Table) -> bool {
     match table {
         Table::HalfOpen => HALF_OPEN.remove(key).is_ok(),
         Table::Established => {
@@ -277,10 +311,15 @@ fn promote(key: &FlowKey, flow: &FlowValue) {
     let _ = HALF_OPEN.remove(key);
 }
 
-/// Advances the flow's TCP state; a RST removes the entry (this packet is still rewritten).
+/// Advances the flow's TCP state. A RST changes nothing here: it is passed to the endpoint,
+/// which accepts it only at the exact sequence it expects (RFC 5961), and the entry goes
+/// when the kernel no longer holds the connection (the reaper asks it).
 #[inline(always)]
 fn track(key: &FlowKey, flow: &mut FlowValue, table: Table, dir: Direction, flags: u8) {
     let now = now_ns();
+    if flags & tcp_flags::RST != 0 {
+        count(Counter::FlowRstSeen);
+    }
     if now.wrapping_sub(flow.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
         flow.last_seen_ns = now;
     }
@@ -294,13 +333,6 @@ fn track(key: &FlowKey, flow: &mut FlowValue, table: Table, dir: Direction, flag
             flow.fin_flags = fin_flags;
             flow.last_seen_ns = now;
         }
-        Transition::Delete => {
-            // Counted only if this removal succeeded: evictions are derived from these counts.
-            if remove(key, table) {
-                count(Counter::FlowClosedRst);
-            }
-            return;
-        }
     }
     // Also retried on later packets if a promotion failed.
     if table == Table::HalfOpen && flow.state == conntrack::STATE_ESTABLISHED {
@@ -310,7 +342,7 @@ fn track(key: &FlowKey, flow: &mut FlowValue, table: Table, dir: Direction, flag
 
 /// Monotonic time, coarse (jiffies resolution is plenty for timeouts, and cheaper).
 #[inline(always)]
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     // SAFETY: a helper without arguments or side effects.
     unsafe { bpf_ktime_get_coarse_ns() }
 }

@@ -3,6 +3,7 @@
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},
     programs::{TcContext, XdpContext},
+    EbpfContext,
 };
 use redirector_common::{conntrack::Direction, stats::Counter};
 
@@ -52,7 +53,7 @@ fn set_mark(ctx: &TcContext) {
 
 /// Looks the packet up in conntrack and rewrites its destination port if it is tracked.
 #[inline(always)]
-fn apply<P: PacketBuf>(ctx: &P, pkt: &TcpPacket) -> Result<(), Counter> {
-    let rewrite = flow::ingress(pkt)?;
+fn apply<P: PacketBuf + EbpfContext>(ctx: &P, pkt: &TcpPacket) -> Result<(), Counter> {
+    let rewrite = flow::ingress(ctx.as_ptr(), pkt)?;
     packet::apply(ctx, pkt, rewrite, Direction::ToServer)
 }

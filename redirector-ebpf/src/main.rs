@@ -16,12 +16,14 @@
 mod egress;
 mod events;
 mod flow;
+mod heal;
 mod ingress;
 mod local;
 mod maps;
 mod packet;
 mod parse;
 mod reap;
+mod sockets;
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},

@@ -9,8 +9,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use redirector::{dataplane::Dataplane, rules::RedirectRule, source_filter::SourcePrefix};
 use redirector_common::{
     addr::v4_mapped,
-    conntrack::STATE_ESTABLISHED,
-    maps::{FlowKey, FlowValue},
+    conntrack::{STATE_ESTABLISHED, STATE_SYN_SENT},
+    maps::{FlowKey, FlowValue, FLOW_F_UNVERIFIED},
+    reap::{ReapEntry, REAP_TABLE_ESTABLISHED, REAP_TABLE_HALF_OPEN},
     stats::Counter,
 };
 use redirector_tests::fixtures::{shared_kernel_lock, SerialGuard};
@@ -186,17 +187,54 @@ fn ipv4_flow_lifecycle_through_xdp_and_tc_egress() {
         Prog::Xdp,
         &rst,
         Some(&rst.with_ports(40001, 8080)),
-        Counter::FlowClosedRst,
+        Counter::FlowRstSeen,
     );
-    assert_eq!(dp.flows().unwrap().len(), 0, "RST removes the entry");
+    assert_eq!(
+        dp.flows().unwrap().len(),
+        1,
+        "a RST is the endpoint's to judge: the entry stays"
+    );
     case(
         &mut dp,
-        "after rst untracked",
+        "after rst still rewritten",
+        Prog::Xdp,
+        &data,
+        Some(&data.with_ports(40001, 8080)),
+        Counter::RewriteIngress,
+    );
+    assert_eq!(reap_all(&mut dp), 1);
+    case(
+        &mut dp,
+        "after removal untracked (no socket holds the tuple)",
         Prog::Xdp,
         &data,
         None,
         Counter::PassUntracked,
     );
+}
+
+/// Removes every tracked flow through the reaper's in-kernel removal (what the reaper
+/// does once the kernel no longer holds a connection); returns how many it removed.
+fn reap_all(dp: &mut Dataplane) -> usize {
+    let maps = dp.maps();
+    let tables = [
+        (REAP_TABLE_ESTABLISHED, maps.established_flows().unwrap()),
+        (REAP_TABLE_HALF_OPEN, maps.half_open_flows().unwrap()),
+    ];
+    let entries: Vec<ReapEntry> = tables
+        .into_iter()
+        .flat_map(|(table, flows)| {
+            flows.into_iter().map(move |(key, flow)| ReapEntry {
+                created_ns: flow.created_ns,
+                last_seen_ns: flow.last_seen_ns,
+                key,
+                table,
+                state: flow.state,
+                _pad: [0; 7],
+            })
+        })
+        .collect();
+    redirector::reaper::remove_expired(dp, &entries).unwrap()
 }
 
 #[test]
@@ -744,9 +782,10 @@ fn assert_data_rewritten(dp: &mut Dataplane, port: u16) {
 }
 
 /// A SYN creates a half-open entry; the SYN-ACK is rewritten from it; the client's
-/// handshake-completing ACK promotes it to the established table; a RST removes it there.
+/// handshake-completing ACK promotes it to the established table; a RST is rewritten and
+/// changes nothing; the reaper's removal gives the place back.
 #[test]
-fn handshake_promotes_from_half_open_to_established_and_rst_removes() {
+fn handshake_promotes_from_half_open_to_established_and_rst_changes_nothing() {
     let mut dp = dataplane();
     let syn = Frame::tcp(CLIENT4, SERVER4, 41000, 80, SYN);
     case(
@@ -794,19 +833,21 @@ fn handshake_promotes_from_half_open_to_established_and_rst_removes() {
         Prog::TcEgress,
         &rst,
         Some(&out),
-        Counter::FlowClosedRst,
+        Counter::FlowRstSeen,
     );
+    assert_eq!(tables(&dp), (1, 0), "a RST removes nothing");
+    assert_eq!(reap_all(&mut dp), 1);
     assert_eq!(tables(&dp), (0, 0));
     assert_eq!(
         dp.maps().established_count().unwrap(),
         0,
-        "the RST gave its place back"
+        "the removal gave its place back"
     );
     let counters = dp.counters().unwrap();
     assert_eq!(redirector::observe::stats::evicted(&counters, 0), 0);
 }
 
-/// A RST during the handshake removes the half-open entry; FIN both ways on an
+/// A RST during the handshake leaves the half-open entry; FIN both ways on an
 /// established flow keeps it (closing) until reaped.
 #[test]
 fn rst_in_handshake_and_fin_on_established() {
@@ -828,9 +869,10 @@ fn rst_in_handshake_and_fin_on_established() {
         Prog::TcEgress,
         &rst,
         Some(&out),
-        Counter::FlowClosedRst,
+        Counter::FlowRstSeen,
     );
-    assert_eq!(tables(&dp), (0, 0));
+    assert_eq!(tables(&dp), (0, 1), "a RST removes nothing");
+    assert_eq!(reap_all(&mut dp), 1);
     handshake(&mut dp, 41101);
     let fin_in = Frame::tcp(CLIENT4, SERVER4, 41101, 80, FIN | ACK);
     let out = fin_in.with_ports(41101, 8080);
@@ -906,14 +948,24 @@ fn full_established_table_lets_new_syns_pass_untouched() {
     let out = rst.with_ports(42001, 8080);
     case(
         &mut dp,
-        "rst frees a place",
+        "a rst frees no place",
         Prog::Xdp,
         &rst,
         Some(&out),
-        Counter::FlowClosedRst,
+        Counter::FlowRstSeen,
     );
+    case(
+        &mut dp,
+        "still full",
+        Prog::Xdp,
+        &syn,
+        None,
+        Counter::PassTableFull,
+    );
+    // The reaper's removal (the kernel no longer holds the connection) frees one.
+    assert_eq!(reap_all(&mut dp), 2);
     handshake(&mut dp, 42003);
-    assert_eq!(tables(&dp), (2, 0));
+    assert_eq!(tables(&dp), (1, 0));
 }
 
 /// Far more SYNs than the half-open table holds: half-open entries evict each other,
@@ -969,4 +1021,215 @@ fn half_open_flood_never_evicts_an_established_flow() {
         Counter::FlowPromoted,
     );
     assert_eq!(tables(&dp).0, 3);
+}
+
+/// Runs `f` on a thread that entered a fresh network namespace `name` (lo up): the
+/// programs' socket lookups see that namespace's sockets (a test run's packet arrives on
+/// the loopback device of the running thread's namespace).
+fn in_fresh_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = testkit::netns::Netns::new(name);
+    let path = format!("/run/netns/{}", ns.name());
+    let result = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join();
+    drop(ns);
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// A connected pair on `addr`: the client stream and the server's accepted stream. With
+/// `client_port`, the client binds that port first (SO_REUSEADDR, so that two pairs may
+/// share it towards different server ports).
+fn connected_pair(
+    listener: &std::net::TcpListener,
+    client_port: Option<u16>,
+) -> (std::net::TcpStream, std::net::TcpStream) {
+    use socket2::{Domain, Socket, Type};
+    let server = listener.local_addr().unwrap();
+    let socket = Socket::new(Domain::for_address(server), Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    if let Some(port) = client_port {
+        let mut local = server;
+        local.set_port(port);
+        socket.bind(&local.into()).unwrap();
+    }
+    socket.connect(&server.into()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    (socket.into(), accepted)
+}
+
+fn listen(addr: &str) -> std::net::TcpListener {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(16).unwrap();
+    socket.into()
+}
+
+/// A client's packet of no flow to a FROM port whose tuple is a live connection on the TO
+/// port (the kernel's socket table) gets its entry back and is rewritten, IPv4 and IPv6,
+/// XDP and TC; the healed entry is provisional until the server's socket confirms it.
+/// Without a live socket, or with a socket owning the tuple on FROM, nothing is healed.
+#[test]
+fn a_lost_entry_heals_from_a_live_socket_and_nothing_else() {
+    let _lock = shared_kernel_lock();
+    in_fresh_netns("rdr-pkt-heal", || {
+        let mut dp = Dataplane::load(1024).expect("load (are you root?)");
+        dp.set_rules(&rules()).unwrap();
+        for (loopback, prog) in [("127.0.0.1", Prog::Xdp), ("::1", Prog::TcIngress)] {
+            let wrap = |a: &str| if a.contains(':') { format!("[{a}]") } else { a.into() };
+            let to = listen(&format!("{}:8080", wrap(loopback)));
+            let (client, _server) = connected_pair(&to, None);
+            let port = client.local_addr().unwrap().port();
+            let mut data = Frame::tcp(loopback, loopback, port, 80, ACK | PSH);
+            data.payload = b"hello".to_vec();
+            let name = format!("{loopback} {prog:?} heal");
+            case(
+                &mut dp,
+                &name,
+                prog,
+                &data,
+                Some(&data.with_ports(port, 8080)),
+                Counter::FlowHealedIngress,
+            );
+            let flows = dp.maps().established_flows().unwrap();
+            let healed = flows
+                .iter()
+                .find(|(k, _)| u16::from_be(k.client_port_be) == port)
+                .unwrap_or_else(|| panic!("{name}: no entry"))
+                .1;
+            assert_eq!((healed.orig_port, healed.target_port), (80, 8080));
+            assert_eq!(healed.state, STATE_ESTABLISHED);
+            assert_eq!(healed.flags, FLOW_F_UNVERIFIED, "{name}: provisional");
+            // The next packet finds the entry: rewritten without another heal.
+            case(
+                &mut dp,
+                &format!("{name}: next packet"),
+                prog,
+                &data,
+                Some(&data.with_ports(port, 8080)),
+                Counter::RewriteIngress,
+            );
+            assert_eq!(
+                dp.counters().unwrap()[Counter::FlowHealedIngress as usize],
+                if loopback == "::1" { 2 } else { 1 }
+            );
+
+            // A tuple no socket holds: untracked, no entry.
+            let stray = Frame::tcp(loopback, loopback, port.wrapping_add(1), 80, ACK);
+            case(
+                &mut dp,
+                &format!("{name}: no socket"),
+                prog,
+                &stray,
+                None,
+                Counter::PassUntracked,
+            );
+
+            // A tuple a socket owns on FROM (a listener on :80 and a direct connection)
+            // is left alone, although a connection with it also lives on TO.
+            let from = listen(&format!("{}:80", wrap(loopback)));
+            let (direct, _direct_server) = connected_pair(&from, None);
+            let direct_port = direct.local_addr().unwrap().port();
+            let (_twin, _twin_server) = connected_pair(&to, Some(direct_port));
+            let owned = Frame::tcp(loopback, loopback, direct_port, 80, ACK);
+            case(
+                &mut dp,
+                &format!("{name}: owned on FROM"),
+                prog,
+                &owned,
+                None,
+                Counter::PassUntracked,
+            );
+            // A SYN of no flow to a rule creates one (it is never a heal).
+            let count_before = dp.counters().unwrap()[Counter::FlowHealedIngress as usize];
+            let syn = Frame::tcp(loopback, loopback, port.wrapping_add(2), 80, SYN);
+            case(
+                &mut dp,
+                &format!("{name}: syn"),
+                prog,
+                &syn,
+                Some(&syn.with_ports(port.wrapping_add(2), 8080)),
+                Counter::FlowCreated,
+            );
+            assert_eq!(
+                dp.counters().unwrap()[Counter::FlowHealedIngress as usize],
+                count_before
+            );
+        }
+        // Two heals, no evictions: heals are created entries.
+        let counters = dp.counters().unwrap();
+        let tracked = dp.flows().unwrap().len();
+        assert_eq!(redirector::observe::stats::evicted(&counters, tracked), 0);
+    });
+}
+
+/// A SYN on the tuple of a closing entry whose connection the kernel still holds keeps
+/// the entry (the endpoint answers with a challenge ACK); without a live connection the
+/// SYN replaces it (port reuse).
+#[test]
+fn a_syn_on_a_live_closing_flow_keeps_it() {
+    let _lock = shared_kernel_lock();
+    in_fresh_netns("rdr-pkt-syn", || {
+        let mut dp = Dataplane::load(1024).expect("load (are you root?)");
+        dp.set_rules(&rules()).unwrap();
+        let to = listen("127.0.0.1:8080");
+        let (client, _server) = connected_pair(&to, None);
+        let port = client.local_addr().unwrap().port();
+        let key = |port: u16| FlowKey {
+            client_addr: v4_mapped([127, 0, 0, 1]),
+            server_addr: v4_mapped([127, 0, 0, 1]),
+            client_port_be: port.to_be(),
+            _pad: 0,
+        };
+        let closing = FlowValue {
+            orig_port: 80,
+            target_port: 8080,
+            state: redirector_common::conntrack::STATE_FIN_WAIT,
+            fin_flags: redirector_common::conntrack::FIN_CLIENT,
+            flags: 0,
+            rule_slot: 0,
+            _pad2: 0,
+            created_ns: 7,
+            last_seen_ns: 7,
+        };
+        let gone_port = port.wrapping_add(1);
+        dp.insert_flow(key(port), closing).unwrap();
+        dp.insert_flow(key(gone_port), closing).unwrap();
+        let syn = Frame::tcp("127.0.0.1", "127.0.0.1", port, 80, SYN);
+        case(
+            &mut dp,
+            "syn on live",
+            Prog::Xdp,
+            &syn,
+            Some(&syn.with_ports(port, 8080)),
+            Counter::FlowSynOnLive,
+        );
+        let kept = dp.flows().unwrap();
+        let kept = kept.iter().find(|(k, _)| *k == key(port)).unwrap().1;
+        assert_eq!(kept, closing, "the live flow's entry is untouched");
+        let syn = Frame::tcp("127.0.0.1", "127.0.0.1", gone_port, 80, SYN);
+        case(
+            &mut dp,
+            "syn on gone",
+            Prog::TcIngress,
+            &syn,
+            Some(&syn.with_ports(gone_port, 8080)),
+            Counter::FlowReplaced,
+        );
+        let replaced = dp.flows().unwrap();
+        let replaced = replaced.iter().find(|(k, _)| *k == key(gone_port)).unwrap().1;
+        assert_eq!(replaced.state, STATE_SYN_SENT);
+    });
 }
