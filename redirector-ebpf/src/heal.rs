@@ -76,7 +76,7 @@ pub fn egress(ctx: &TcContext, key: &FlowKey, pkt: &TcpPacket) -> Result<Rewrite
         return Err(Counter::PassUntracked);
     };
     // SAFETY: the key lives on the stack for the lookup; the value is copied out.
-    let Some(socket) = (unsafe { REDIRECTED_SOCKETS.get(&cookie) }).copied() else {
+    let Some(socket) = (unsafe { REDIRECTED_SOCKETS.get(cookie) }).copied() else {
         return Err(Counter::PassUntracked);
     };
     if socket.target_port != u16::from_be(pkt.src_port_be) {
@@ -113,7 +113,7 @@ pub fn confirm(ctx: &TcContext, key: &FlowKey, flow: &mut FlowValue, table: Tabl
     }
     if flow.flags & FLOW_F_UNVERIFIED != 0 {
         // SAFETY: the key lives on the stack for the lookup; the map is only read here.
-        if unsafe { REDIRECTED_SOCKETS.get(&cookie) }.is_some() {
+        if unsafe { REDIRECTED_SOCKETS.get(cookie) }.is_some() {
             flow.flags = FLOW_F_SOCKET_RECORDED;
             return true;
         }
@@ -129,7 +129,7 @@ pub fn confirm(ctx: &TcContext, key: &FlowKey, flow: &mut FlowValue, table: Tabl
             rule_slot: flow.rule_slot,
         };
         // Full (or out of memory): tried again at the next packet; the flow works anyway.
-        if REDIRECTED_SOCKETS.insert(&cookie, &socket, 0).is_ok() {
+        if REDIRECTED_SOCKETS.insert(cookie, socket, 0).is_ok() {
             flow.flags |= FLOW_F_SOCKET_RECORDED;
         }
     }
@@ -164,7 +164,7 @@ fn insert(
     // Counted before the insert, as a promotion is, so the count never lags the table.
     flow::add_established(1);
     let inserted = ESTABLISHED
-        .insert(key, &value, u64::from(BPF_NOEXIST))
+        .insert(key, value, u64::from(BPF_NOEXIST))
         .is_ok();
     if !inserted {
         // Another CPU healed it first (and counted it), or out of memory: the next

@@ -379,10 +379,11 @@ fn a_full_established_table_refuses_new_connections_and_keeps_every_open_one() {
     // Every flow created is tracked or was removed explicitly; none was evicted.
     let tracked = stats["flows_tracked"].as_u64().unwrap();
     assert_eq!(
-        get("flow_created"),
+        get("flow_created") + get("flow_healed_ingress") + get("flow_healed_egress"),
         tracked
             + get("flow_replaced")
             + get("flow_closed_rst")
+            + get("flow_heal_withdrawn")
             + get("flow_reaped")
             + get("flow_flushed"),
         "{stats}"
