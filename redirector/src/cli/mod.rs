@@ -92,7 +92,8 @@ pub enum Command {
     ///
     /// Example: redirector remove 8000
     Remove(PortArgs),
-    /// Forget tracked flows (their connections break: packets are no longer rewritten).
+    /// Forget tracked flows; a connection the kernel still holds gets its entry back at its
+    /// next packet (a heal), so this clears state without ending connections.
     ///
     /// Example: redirector flush --port 80
     Flush(FlushArgs),
