@@ -160,7 +160,7 @@ pub fn remove_rule(instance: &mut Instance, port: u16) -> Result<(), ControlErro
 }
 
 /// Forgets tracked flows (to `port` only, if given); returns how many were removed.
-/// Their connections break: further packets are no longer rewritten.
+/// A connection the kernel still holds gets its entry back at its next packet (a heal).
 pub fn flush(instance: &mut Instance, port: Option<u16>) -> Result<usize, ControlError> {
     // Under the control lock: it serialises the read-modify-write of `flow_flushed`.
     instance.edit(|_, maps| {
