@@ -70,15 +70,7 @@ pub fn state_of(ctx: *mut core::ffi::c_void, pkt: &TcpPacket, server_port_be: u1
     // SAFETY: `ctx` is the context pointer the kernel passed to this program; `tuple` is
     // a stack value of at least `size` bytes; the netns argument is the helper's
     // documented "this packet's namespace" and no flags are defined.
-    let sk = unsafe {
-        bpf_skc_lookup_tcp(
-            ctx,
-            &mut tuple,
-            size,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        )
-    };
+    let sk = unsafe { bpf_skc_lookup_tcp(ctx, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
     if sk.is_null() {
         return None;
     }

@@ -30,7 +30,8 @@ use redirector::{
     },
 };
 use redirector_common::maps::{
-    FlowKey, FlowValue, ESTABLISHED_MAP, FLOW_COUNT_MAP, HALF_OPEN_MAP, LOCAL_PEERS_MAP, STATS_MAP,
+    FlowKey, FlowValue, ESTABLISHED_MAP, FLOW_COUNT_MAP, HALF_OPEN_MAP, LOCAL_PEERS_MAP,
+    REDIRECTED_SOCKETS_MAP, STATS_MAP,
 };
 use testkit::{cmd::must, netns::Netns};
 
@@ -125,7 +126,9 @@ pub fn downgrade(ns: &Netns, iface: &str, extra: &[(FlowKey, FlowValue)]) -> usi
     for name in [HALF_OPEN_MAP, ESTABLISHED_MAP, FLOW_COUNT_MAP, STATS_MAP] {
         std::fs::remove_file(dir.join(name)).unwrap();
     }
-    let _ = std::fs::remove_file(dir.join(LOCAL_PEERS_MAP));
+    for name in [LOCAL_PEERS_MAP, REDIRECTED_SOCKETS_MAP] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
     old_flows.pin(dir.join(OLD_FLOWS_MAP)).unwrap();
     old_stats.pin(dir.join(STATS_MAP)).unwrap();
     info["format"] = 2.into();
@@ -154,13 +157,15 @@ pub const PRE_LOCAL_STATS_COUNT: u32 = 24;
 
 /// Rewrites the persisted (format-3, loader exited) instance keyed by `iface` in `ns` as
 /// a loader before local-client redirection left it: a STATS of
-/// [`PRE_LOCAL_STATS_COUNT`] counters, no LOCAL_PEERS, no cgroup links.
+/// [`PRE_LOCAL_STATS_COUNT`] counters, no LOCAL_PEERS or REDIRECTED_SOCKETS, no cgroup links.
 pub fn predate_local_clients(ns: &Netns, iface: &str) {
     let (dir, _) = instance_paths(ns, iface);
     let short = shorter_stats(&dir, PRE_LOCAL_STATS_COUNT);
     std::fs::remove_file(dir.join(STATS_MAP)).unwrap();
     short.pin(dir.join(STATS_MAP)).unwrap();
-    let _ = std::fs::remove_file(dir.join(LOCAL_PEERS_MAP));
+    for name in [LOCAL_PEERS_MAP, REDIRECTED_SOCKETS_MAP] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
 }
 
 /// The names pinned in `dir`, sorted.

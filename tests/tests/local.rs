@@ -448,7 +448,13 @@ fn adopting_an_instance_older_than_local_clients_keeps_its_counters_readable() {
     // LOCAL_PEERS was created and pinned: getpeername works, also after this loader.
     assert_eq!(peer_port(&topo.server, "127.0.0.1:80"), 80);
     let (dir, _) = format2::instance_paths(&topo.server, topo.server_if);
-    assert!(format2::pinned_names(&dir).contains(&"LOCAL_PEERS".to_string()));
+    let pinned = format2::pinned_names(&dir);
+    assert!(pinned.contains(&"LOCAL_PEERS".to_string()), "{pinned:?}");
+    // So was REDIRECTED_SOCKETS, which egress records redirected sockets in.
+    assert!(
+        pinned.contains(&"REDIRECTED_SOCKETS".to_string()),
+        "{pinned:?}"
+    );
     // The short STATS cannot count local connects; it is still read, as zeros.
     assert_eq!(counter(&topo, "local_redirected"), 0);
     assert!(counter(&topo, "flow_created") >= 1);
@@ -460,8 +466,11 @@ fn adopting_an_instance_older_than_local_clients_keeps_its_counters_readable() {
         lines.iter().any(|l| l == "counter local_redirected=0"),
         "{lines:?}"
     );
+    let missing = redirector_common::stats::Counter::COUNT - format2::PRE_LOCAL_STATS_COUNT;
     assert!(
-        stderr.contains("the adopted STATS map predates the last 3 counters"),
+        stderr.contains(&format!(
+            "the adopted STATS map predates the last {missing} counters"
+        )),
         "{stderr}"
     );
     close_session(session);

@@ -1088,7 +1088,13 @@ fn a_lost_entry_heals_from_a_live_socket_and_nothing_else() {
         let mut dp = Dataplane::load(1024).expect("load (are you root?)");
         dp.set_rules(&rules()).unwrap();
         for (loopback, prog) in [("127.0.0.1", Prog::Xdp), ("::1", Prog::TcIngress)] {
-            let wrap = |a: &str| if a.contains(':') { format!("[{a}]") } else { a.into() };
+            let wrap = |a: &str| {
+                if a.contains(':') {
+                    format!("[{a}]")
+                } else {
+                    a.into()
+                }
+            };
             let to = listen(&format!("{}:8080", wrap(loopback)));
             let (client, _server) = connected_pair(&to, None);
             let port = client.local_addr().unwrap().port();
@@ -1229,7 +1235,11 @@ fn a_syn_on_a_live_closing_flow_keeps_it() {
             Counter::FlowReplaced,
         );
         let replaced = dp.flows().unwrap();
-        let replaced = replaced.iter().find(|(k, _)| *k == key(gone_port)).unwrap().1;
+        let replaced = replaced
+            .iter()
+            .find(|(k, _)| *k == key(gone_port))
+            .unwrap()
+            .1;
         assert_eq!(replaced.state, STATE_SYN_SENT);
     });
 }
