@@ -15,14 +15,19 @@ use crate::parse::TcpPacket;
 
 /// `TCP_ESTABLISHED` (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u32 = 1;
-/// `TCP_TIME_WAIT`: the connection is over; only the endpoint's memory of it remains.
-const TCP_TIME_WAIT: u32 = 6;
-/// `TCP_CLOSE`: no connection (also the kernel's control sockets that send RSTs).
-const TCP_CLOSE: u32 = 7;
+/// `TCP_LAST_ACK`, the last state of a connection (`TCP_TIME_WAIT` = 6, `TCP_CLOSE` = 7:
+/// the connection is over, or a kernel control socket that sends RSTs; `TCP_LISTEN` = 10).
+const TCP_LAST_ACK: u32 = 9;
 /// `TCP_LISTEN`: a lookup that finds no connection returns the port's listener, if any.
 const TCP_LISTEN: u32 = 10;
+/// `TCP_CLOSING`: both sides closed at once, still a connection.
+const TCP_CLOSING: u32 = 11;
 /// `TCP_NEW_SYN_RECV`: a request socket, the handshake not yet complete.
 pub const TCP_NEW_SYN_RECV: u32 = 12;
+/// `TCP_FIN_WAIT2`, the last of the states from `TCP_ESTABLISHED` on that are connections.
+const TCP_FIN_WAIT2: u32 = 5;
+/// `TCP_CLOSE_WAIT`.
+const TCP_CLOSE_WAIT: u32 = 8;
 
 /// Bytes of the IPv4 part of `struct bpf_sock_tuple` (the helper's `tuple_size`).
 const TUPLE_V4_SIZE: u32 = 12;
@@ -30,10 +35,15 @@ const TUPLE_V4_SIZE: u32 = 12;
 const TUPLE_V6_SIZE: u32 = 36;
 
 /// True for the TCP states of a connection the kernel still holds open (or is
-/// establishing): not gone, not TIME_WAIT, not a listener.
+/// establishing): not TIME_WAIT or CLOSE (over), not a listener, not a socket of no TCP
+/// state at all.
 #[inline(always)]
 pub const fn is_connection(state: u32) -> bool {
-    state != TCP_TIME_WAIT && state != TCP_CLOSE && state != TCP_LISTEN
+    matches!(
+        state,
+        TCP_ESTABLISHED
+            ..=TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING | TCP_NEW_SYN_RECV
+    )
 }
 
 /// The TCP state of the socket in the packet's network namespace that holds the

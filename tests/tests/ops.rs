@@ -2,7 +2,7 @@
 //! namespace, the conntrack timeouts, `stats --watch` and the default log level; with the
 //! real loader, real eBPF programs and real WebSocket traffic.
 
-use std::{io::Write, time::Duration};
+use std::time::Duration;
 
 use redirector_tests::{bins, fixtures::*};
 use serde_json::Value;

@@ -91,6 +91,12 @@ pub enum Path {
     HalfOpenHit,
     /// TCP without a flow: both tables missed, passed untouched.
     Untracked,
+    /// TCP without a flow to a rule's FROM port: both tables missed, and the kernel's
+    /// socket table asked (FROM and TO) before it passed untouched.
+    UntrackedRulePort,
+    /// TCP without a flow to a rule's FROM port whose connection the kernel holds on the
+    /// TO port: the entry re-created (`heal`).
+    Heal,
     /// Not TCP: passed before any lookup.
     NotTcp,
 }
@@ -105,6 +111,8 @@ impl Path {
             Path::EstablishedHit => "established_hit",
             Path::HalfOpenHit => "half_open_hit",
             Path::Untracked => "untracked",
+            Path::UntrackedRulePort => "untracked_rule_port",
+            Path::Heal => "heal",
             Path::NotTcp => "not_tcp",
         }
     }
@@ -145,6 +153,7 @@ pub fn run(dp: &mut Dataplane, settings: &Settings) -> Result<Vec<CaseRow>> {
         }
         check_fixed_points(dp, fam)?;
     }
+    rows.extend(crate::heal::run(dp, settings)?);
     Ok(rows)
 }
 
@@ -216,6 +225,13 @@ fn repeat_cases(fam: &Family) -> Vec<RepeatCase> {
             "miss",
             Path::Untracked,
             data(c, s, UNTRACKED_CLIENT_PORT, NO_RULE_PORT),
+            Counter::PassUntracked,
+        ),
+        case(
+            Hook::Xdp,
+            "miss_rule_port",
+            Path::UntrackedRulePort,
+            data(c, s, UNTRACKED_CLIENT_PORT, 80),
             Counter::PassUntracked,
         ),
         case(
@@ -465,7 +481,7 @@ fn remove(dp: &mut Dataplane, keys: &[FlowKey]) -> Result<()> {
 }
 
 /// The medians over rounds of a single-mode case and of its baseline.
-fn medians(prog_ns: &[f64], pass_ns: &[f64]) -> Paired {
+pub fn medians(prog_ns: &[f64], pass_ns: &[f64]) -> Paired {
     Paired {
         prog_ns: measure::median(prog_ns),
         pass_ns: measure::median(pass_ns),

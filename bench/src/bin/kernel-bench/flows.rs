@@ -12,7 +12,7 @@ use redirector::dataplane::Dataplane;
 use redirector_common::{
     addr::v4_mapped,
     conntrack::{STATE_ESTABLISHED, STATE_SYN_RECV, STATE_SYN_SENT},
-    maps::{FlowKey, FlowValue},
+    maps::{FlowKey, FlowValue, FLOW_F_SOCKET_RECORDED},
 };
 
 /// First client address of the bulk fill; clients count up from here.
@@ -43,9 +43,14 @@ pub fn key(client: [u8; 16], server: [u8; 16], client_port: u16) -> FlowKey {
     }
 }
 
-/// An established flow redirected from `orig_port` to `target_port` by rule slot 0.
+/// An established flow redirected from `orig_port` to `target_port` by rule slot 0, its
+/// server socket recorded (as every redirected flow's is after the server's first packet
+/// since the handshake), so egress hits time the steady state.
 fn established(orig_port: u16, target_port: u16) -> FlowValue {
-    flow(orig_port, target_port, STATE_ESTABLISHED)
+    FlowValue {
+        flags: FLOW_F_SOCKET_RECORDED,
+        ..flow(orig_port, target_port, STATE_ESTABLISHED)
+    }
 }
 
 /// A flow in `state` redirected from `orig_port` to `target_port` by rule slot 0.

@@ -64,6 +64,7 @@
 mod attach;
 mod cases;
 mod flows;
+mod heal;
 mod measure;
 mod memory;
 mod report;
