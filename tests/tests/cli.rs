@@ -43,6 +43,43 @@ fn xdp_attached(ns: &Netns) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
+/// Every BPF program on `v0`, by hook: XDP, tcx ingress and egress (asked of the kernel
+/// from a thread in the namespace), classic tc filters. What `run` may attach (`auto` on a
+/// veth takes tcx), so a refused run must leave this empty.
+fn attached(ns: &Netns) -> Vec<String> {
+    use aya::programs::tc::{SchedClassifier, TcAttachType};
+    let mut found = Vec::new();
+    if xdp_attached(ns) {
+        found.push("xdp".to_string());
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_netns(ns.name());
+                for (hook, kind) in [
+                    ("tcx ingress", TcAttachType::Ingress),
+                    ("tcx egress", TcAttachType::Egress),
+                ] {
+                    let (_, programs) = SchedClassifier::query_tcx("v0", kind).unwrap();
+                    found.extend(programs.iter().map(|p| format!("{hook} {}", p.id())));
+                }
+            })
+            .join()
+            .unwrap()
+    });
+    for direction in ["ingress", "egress"] {
+        let out = must(
+            ns.cmd("tc")
+                .args(["filter", "show", "dev", "v0", direction]),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !text.trim().is_empty() {
+            found.push(format!("tc {direction}: {text}"));
+        }
+    }
+    found
+}
+
 #[test]
 fn invalid_flags_are_rejected_with_a_reason() {
     let ns = veth_ns("flags");
@@ -84,7 +121,7 @@ fn invalid_flags_are_rejected_with_a_reason() {
         let mut all = vec!["--iface", "v0"];
         all.extend(args);
         assert_fails(&run_in(&ns, &all), needle);
-        assert!(!xdp_attached(&ns));
+        assert_eq!(attached(&ns), Vec::<String>::new(), "{all:?}");
     }
 }
 
@@ -109,7 +146,7 @@ fn missing_privileges_are_explained() {
         .output()
         .unwrap();
     assert_fails(&out, "insufficient privileges");
-    assert!(!xdp_attached(&ns));
+    assert_eq!(attached(&ns), Vec::<String>::new());
 }
 
 #[test]
@@ -156,13 +193,22 @@ fn second_instance_on_the_same_interface_is_refused() {
     cmd.args(["run", "--no-local", "--iface", "v0", "--mode", "tc"]);
     let mut first = Proc::spawn("first", cmd, false);
     first.wait_line("redirector ready", Duration::from_secs(30));
+    // What the refusals below must not leave behind is seen while it is there.
+    let before = attached(&ns);
+    assert_eq!(before.len(), 2, "tcx ingress and egress: {before:?}");
     assert_fails(
         &run_in(&ns, &["--iface", "v0", "--mode", "tc"]),
         "already handled by a running redirector",
     );
+    assert_eq!(
+        attached(&ns),
+        before,
+        "the refused run attached nothing more"
+    );
     first.signal(libc::SIGTERM);
     let (status, _) = first.wait_exit(Duration::from_secs(10));
     assert!(status.success());
+    assert_eq!(attached(&ns), Vec::<String>::new(), "SIGTERM detaches both");
 }
 
 /// Moves the calling thread into network namespace `name` (for in-process attaches).
@@ -223,7 +269,7 @@ fn bad_config_files_are_rejected_with_the_key() {
             assert_fails(&out, needle);
         }
         assert_fails(&out, file.path());
-        assert!(!xdp_attached(&ns));
+        assert_eq!(attached(&ns), Vec::<String>::new(), "{tag}");
     }
     let out = run_in(&ns, &["--config", "/nonexistent/redirector.toml"]);
     assert_fails(&out, "reading config file /nonexistent/redirector.toml");
