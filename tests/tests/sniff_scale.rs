@@ -1,9 +1,10 @@
-//! `redirector sniff` at WebSocket scale: 10,000 connections open at once through the real
+//! `redirector sniff` at WebSocket scale: 9,900 connections open at once through the real
 //! binary to a real `ws-echo`, each handshaking, echoing its own message and closing
-//! cleanly. Counted, not timed. The proxy holds two descriptors per connection, so under a
-//! hard open-file limit below ~20,100 (unprivileged, or a container without
-//! CAP_SYS_RESOURCE) the count is what that limit allows, and says so. Also: the default
-//! `--max-conns` follows the open-file limit, and an explicit one wins.
+//! cleanly. Counted, not timed. The proxy holds two descriptors per connection, so 9,900 is
+//! what a hard open-file limit of 20,000 (this sandbox's, where CAP_SYS_RESOURCE is not
+//! granted) leaves room for; under a lower hard limit the test fails rather than test
+//! fewer. Also: the default `--max-conns` follows the open-file limit, and an explicit one
+//! wins.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -21,8 +22,9 @@ use tokio::{
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-/// Connections open at once.
-const CONNECTIONS: usize = 10_000;
+/// Connections open at once: the most a hard open-file limit of 20,000 holds in the proxy
+/// (two descriptors each, [`PROXY_SPARE_FDS`] besides, rounded down).
+const CONNECTIONS: usize = 9_900;
 /// Handshakes in progress at once (keeps the listen backlogs from overflowing).
 const OPENING_AT_ONCE: usize = 256;
 /// Client source addresses (127.0.0.x), so ephemeral ports never run short.
@@ -180,12 +182,15 @@ async fn echo_and_close(mut stream: TcpStream, n: usize) -> std::io::Result<()> 
 }
 
 #[test]
-fn ten_thousand_websockets_echo_and_close_through_the_proxy() {
+fn nine_thousand_nine_hundred_websockets_echo_and_close_through_the_proxy() {
     let nofile = raise_nofile();
-    let connections = CONNECTIONS.min((nofile.saturating_sub(PROXY_SPARE_FDS) / 2) as usize);
-    if connections < CONNECTIONS {
-        eprintln!("open-file limit {nofile}: {connections} connections, not {CONNECTIONS}");
-    }
+    let connections = CONNECTIONS;
+    assert!(
+        (nofile.saturating_sub(PROXY_SPARE_FDS) / 2) as usize >= connections,
+        "an open-file limit of {nofile} cannot hold {connections} proxied connections; \
+         raise the hard limit (ulimit -Hn) to at least {}",
+        connections as u64 * 2 + PROXY_SPARE_FDS
+    );
     let echo_port = free_port();
     let mut cmd = Command::new(bins::ws_echo());
     cmd.args(["--listen", &format!("127.0.0.1:{echo_port}")]);
@@ -200,7 +205,7 @@ fn ten_thousand_websockets_echo_and_close_through_the_proxy() {
         .enable_all()
         .build()
         .unwrap();
-    let (opened, echoed) = runtime.block_on(async move {
+    runtime.block_on(async move {
         // Phase 1: all of them open at once.
         let gate = Arc::new(Semaphore::new(OPENING_AT_ONCE));
         let opening: Vec<_> = (0..connections)
@@ -243,9 +248,7 @@ fn ten_thousand_websockets_echo_and_close_through_the_proxy() {
             }
         }
         assert_eq!(echoed, connections, "first error: {first_error:?}");
-        (connections, echoed)
     });
-    assert_eq!((opened, echoed), (connections, connections));
 
     proxy.signal(libc::SIGTERM);
     let (status, lines) = proxy.wait_exit(Duration::from_secs(20));
