@@ -190,6 +190,31 @@ fn pod_spec(workload: &Value) -> &Value {
 }
 
 /// The pod's one container.
+/// The URLs of the container's HTTP probes (readiness, liveness, startup: those it has) on
+/// `host`, each port resolved by name through the container's `ports` where it is a name.
+fn probe_urls(container: &Value, host: &str) -> Vec<String> {
+    ["readinessProbe", "livenessProbe", "startupProbe"]
+        .iter()
+        .filter_map(|kind| container.get(*kind))
+        .map(|probe| {
+            let get = &probe["httpGet"];
+            let path = get["path"].as_str().expect("an httpGet probe with a path");
+            let port = match &get["port"] {
+                Value::String(name) => container["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == name.as_str())
+                    .unwrap_or_else(|| panic!("no container port named {name}"))["containerPort"]
+                    .as_u64()
+                    .unwrap(),
+                number => number.as_u64().unwrap(),
+            };
+            format!("http://{host}:{port}{path}")
+        })
+        .collect()
+}
+
 fn container(workload: &Value) -> &Value {
     let containers = pod_spec(workload)["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
@@ -502,14 +527,22 @@ fn the_daemonset_pod_redirects_and_a_restarted_pod_adopts_its_flows() {
         "{status:?}"
     );
 
-    // The probes and the scrape, where the kubelet and Prometheus reach them.
-    let port = daemonset["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
-        .as_str()
-        .unwrap();
+    // The probes and the scrape, where the kubelet and Prometheus reach them: the paths
+    // and ports the manifest names (a named port resolved through the container's ports).
+    let annotations = &daemonset["spec"]["template"]["metadata"]["annotations"];
+    let port = annotations["prometheus.io/port"].as_str().unwrap();
     let base = format!("http://{}:{port}", topo.server_v4);
-    assert_eq!(http_status(&topo.server, &format!("{base}/readyz")), "200");
-    assert_eq!(http_status(&topo.server, &format!("{base}/healthz")), "200");
-    assert_eq!(http_status(&topo.server, &format!("{base}/metrics")), "200");
+    let probes = probe_urls(container(&daemonset), topo.server_v4.as_str());
+    assert_eq!(
+        probes.len(),
+        2,
+        "a readiness and a liveness probe: {probes:?}"
+    );
+    for url in &probes {
+        assert_eq!(http_status(&topo.server, url), "200", "{url}");
+    }
+    let scrape = annotations["prometheus.io/path"].as_str().unwrap();
+    assert_eq!(http_status(&topo.server, &format!("{base}{scrape}")), "200");
 
     let url = topo.url("ws", false, 80);
     assert_echo(&topo, &url);
@@ -547,7 +580,9 @@ fn the_daemonset_pod_redirects_and_a_restarted_pod_adopts_its_flows() {
     }
     assert_echo(&topo, &url);
     assert_local_echo(&topo.server, &node_cgroup, "ws://[::1]:80/");
-    assert_eq!(http_status(&topo.server, &format!("{base}/readyz")), "200");
+    for url in &probes {
+        assert_eq!(http_status(&topo.server, url), "200", "{url}");
+    }
     second.signal(libc::SIGTERM);
     let (status, _) = second.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status}: {}", second.stderr_text());
