@@ -46,11 +46,17 @@ pub enum Counter {
     TlsHttp,
     /// Connections on the TLS listener that did not start with a ClientHello; closed.
     NotTls,
+    /// Relay rounds (one read and the writes of all of it) that moved bytes with
+    /// `splice(2)` through a pipe, never entering user space.
+    RelaySplice,
+    /// Relay rounds that moved bytes by copying through a buffer (`--relay copy`, small
+    /// rounds of `auto`, and a `splice` round that could get no pipe).
+    RelayCopy,
 }
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 20;
 
     /// Every counter, in printing order.
     pub const ALL: [Counter; Self::COUNT] = [
@@ -72,6 +78,8 @@ impl Counter {
         Counter::TlsWebsocket,
         Counter::TlsHttp,
         Counter::NotTls,
+        Counter::RelaySplice,
+        Counter::RelayCopy,
     ];
 
     /// Stable name, as printed.
@@ -95,6 +103,8 @@ impl Counter {
             Counter::TlsWebsocket => "tls_websocket",
             Counter::TlsHttp => "tls_http",
             Counter::NotTls => "not_tls",
+            Counter::RelaySplice => "relay_splice",
+            Counter::RelayCopy => "relay_copy",
         }
     }
 }

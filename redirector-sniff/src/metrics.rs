@@ -46,11 +46,13 @@ pub fn series(counter: Counter) -> (&'static str, Option<(&'static str, &'static
         Counter::BytesClientToBackend => (BYTES, Some(("direction", "client_to_backend"))),
         Counter::BytesBackendToClient => (BYTES, Some(("direction", "backend_to_client"))),
         Counter::AcceptError => ("redirector_sniff_accept_errors", None),
+        Counter::RelaySplice => ("redirector_sniff_relay_rounds", Some(("way", "splice"))),
+        Counter::RelayCopy => ("redirector_sniff_relay_rounds", Some(("way", "copy"))),
     }
 }
 
 /// Every family (all counters), in output order, with its HELP text.
-const FAMILIES: [(&str, &str); 6] = [
+const FAMILIES: [(&str, &str); 7] = [
     (
         "redirector_sniff_accepted",
         "Connections accepted by the sniffing proxy, including those closed over a limit.",
@@ -74,6 +76,10 @@ const FAMILIES: [(&str, &str); 6] = [
     (
         "redirector_sniff_accept_errors",
         "Failed accept(2) calls of the listeners.",
+    ),
+    (
+        "redirector_sniff_relay_rounds",
+        "Relay rounds that moved bytes, by the way they moved (splice: through a pipe, never in user space; copy: through a buffer).",
     ),
 ];
 

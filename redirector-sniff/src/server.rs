@@ -469,6 +469,7 @@ async fn handle(
         backend_stream,
         prefix,
         config.idle_timeout,
+        counters,
     )
     .await
     {

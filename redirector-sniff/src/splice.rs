@@ -33,6 +33,7 @@ use tokio::{
 };
 
 use crate::{
+    counters::{Counter, Counters},
     option_value::{InvalidValue, Keyword},
     pipe::{splice, Pipe, PipePool},
     pool::BufferPool,
@@ -102,6 +103,7 @@ pub async fn relay(
     mut backend: TcpStream,
     prefix: Vec<u8>,
     idle_timeout: Option<Duration>,
+    counters: &Counters,
 ) -> Result<Relayed, RelayError> {
     let clock = Activity::new();
     let work = async {
@@ -111,8 +113,8 @@ pub async fn relay(
         drop(prefix);
         clock.touch();
         let (to_backend, to_client) = tokio::try_join!(
-            one_way(&client, &backend, mode, &clock),
-            one_way(&backend, &client, mode, &clock),
+            one_way(&client, &backend, mode, &clock, counters),
+            one_way(&backend, &client, mode, &clock, counters),
         )?;
         Ok(relayed(prefix_len + to_backend, to_client))
     };
@@ -125,8 +127,15 @@ enum Round {
     NotReady,
     /// The source ended.
     End,
-    /// This many bytes went from the source to the destination.
-    Moved(usize),
+    /// This many bytes went from the source to the destination, the way it says.
+    Moved(usize, Way),
+}
+
+/// How a round moved its bytes (counted: `relay_splice`, `relay_copy`).
+#[derive(Clone, Copy)]
+enum Way {
+    Splice,
+    Copy,
 }
 
 /// Moves bytes from `from` to `to` until `from` ends, then shuts down the write half of
@@ -142,6 +151,7 @@ async fn one_way(
     to: &TcpStream,
     mode: RelayMode,
     clock: &Activity,
+    counters: &Counters,
 ) -> io::Result<u64> {
     let mut moved = 0u64;
     let mut bulk = mode == RelayMode::Splice;
@@ -158,7 +168,11 @@ async fn one_way(
                 shutdown_write(to)?;
                 return Ok(moved);
             }
-            Round::Moved(n) => {
+            Round::Moved(n, way) => {
+                counters.inc(match way {
+                    Way::Splice => Counter::RelaySplice,
+                    Way::Copy => Counter::RelayCopy,
+                });
                 moved += n as u64;
                 if mode == RelayMode::Auto {
                     bulk = n >= SPLICE_THRESHOLD;
@@ -189,7 +203,7 @@ async fn copy_round(from: &TcpStream, to: &TcpStream, clock: &Activity) -> io::R
             Err(e) => return Err(e),
         }
     }
-    Ok(Round::Moved(filled))
+    Ok(Round::Moved(filled, Way::Copy))
 }
 
 /// One splice into a pipe from [`PIPES`] and the splices that drain it; the pipe goes back
@@ -239,7 +253,7 @@ async fn splice_through(
             Err(e) => return Err(e),
         }
     }
-    Ok(Round::Moved(filled))
+    Ok(Round::Moved(filled, Way::Splice))
 }
 
 /// Shuts down the write half of `stream` (a FIN to its peer); a peer already gone is not
@@ -265,6 +279,9 @@ mod tests {
     };
 
     use super::*;
+
+    /// Counters the relays of these tests count into (nothing reads them here).
+    static COUNTERS: std::sync::LazyLock<Counters> = std::sync::LazyLock::new(Counters::default);
 
     /// A connected pair of loopback sockets: (ours, the peer's).
     async fn pair() -> (TcpStream, TcpStream) {
@@ -313,7 +330,8 @@ mod tests {
                     client,
                     backend,
                     b"HEAD".to_vec(),
-                    Some(Duration::from_secs(30))
+                    Some(Duration::from_secs(30)),
+                    &COUNTERS,
                 ),
                 peers
             );
@@ -342,6 +360,7 @@ mod tests {
             backend,
             b"GET / HTTP/1.1\r\n\r\n".to_vec(),
             Some(Duration::from_millis(300)),
+            &COUNTERS,
         )
         .await;
         assert!(matches!(result, Err(RelayError::Idle(_))), "{result:?}");
@@ -364,7 +383,14 @@ mod tests {
             drop(client_far);
         };
         let (result, ()) = tokio::join!(
-            relay(RelayMode::Splice, client, backend, b"HEAD".to_vec(), None),
+            relay(
+                RelayMode::Splice,
+                client,
+                backend,
+                b"HEAD".to_vec(),
+                None,
+                &COUNTERS
+            ),
             peers
         );
         assert!(matches!(result, Err(RelayError::Io(_))), "{result:?}");

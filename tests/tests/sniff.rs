@@ -321,6 +321,28 @@ fn with_relay<'a>(relay: Option<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
 
 /// Three tests of a test body taking the relay mode: `NAME::default` with the default
 /// mode, `NAME::splice` and `NAME::copy` with `--relay splice` and `--relay copy`.
+/// The relay mode that ran is the one asked for: `splice` moved no round by copying and
+/// `copy` none by splicing (the proxy counts each round's way), and a relay that brought
+/// bytes back to the client moved them the asked way.
+fn assert_relay_way(relay: Option<&str>, counters: &HashMap<String, u64>) {
+    let count = |name: &str| counters[name];
+    let relayed = count("bytes_backend_to_client") > 0;
+    match relay {
+        Some("splice") => {
+            assert_eq!(count("relay_copy"), 0, "{counters:?}");
+            assert!(!relayed || count("relay_splice") > 0, "{counters:?}");
+        }
+        Some("copy") => {
+            assert_eq!(count("relay_splice"), 0, "{counters:?}");
+            assert!(!relayed || count("relay_copy") > 0, "{counters:?}");
+        }
+        _ => assert!(
+            !relayed || count("relay_splice") + count("relay_copy") > 0,
+            "{counters:?}"
+        ),
+    }
+}
+
 macro_rules! every_relay_mode {
     ($body:ident) => {
         mod $body {
@@ -381,6 +403,7 @@ fn thousand_mixed_connections_reach_the_right_backend_intact(relay: Option<&str>
     }
 
     let counters = stop_proxy(stack.proxy);
+    assert_relay_way(relay, &counters);
     let total = (THREADS * PER_THREAD) as u64;
     assert_eq!(counters["accepted"], total + 3, "{counters:?}");
     assert_eq!(counters["websocket"], total / 2 + 3, "{counters:?}");
@@ -436,6 +459,7 @@ fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout(relay: Optio
         "slow client cut after {cut_after:?}"
     );
     let counters = stop_proxy(stack.proxy);
+    assert_relay_way(relay, &counters);
     assert_eq!(counters["header_timeout"], 1, "{counters:?}");
     assert_eq!(counters["http"] + counters["websocket"], 20, "{counters:?}");
 }
@@ -463,6 +487,7 @@ fn backend_down_closes_the_client_quickly_and_is_counted(relay: Option<&str>) {
         );
     }
     let counters = stop_proxy(proxy);
+    assert_relay_way(relay, &counters);
     assert_eq!(counters["backend_connect_failed"], 2, "{counters:?}");
     assert_eq!(counters["http"], 1, "{counters:?}");
     assert_eq!(counters["websocket"], 1, "{counters:?}");
@@ -638,6 +663,7 @@ fn not_http_can_be_relayed_to_the_http_backend_intact(relay: Option<&str>) {
     stream.read_to_end(&mut reply).unwrap();
     assert_eq!(reply, b"reply");
     let counters = stop_proxy(proxy);
+    assert_relay_way(relay, &counters);
     assert_eq!(counters["not_http"], 1, "{counters:?}");
     assert_eq!(
         counters["bytes_client_to_backend"],
@@ -788,6 +814,7 @@ fn idle_relays_are_closed_and_early_closes_counted(relay: Option<&str>) {
     drop(connect(stack.addr));
     thread::sleep(Duration::from_millis(300));
     let counters = stop_proxy(stack.proxy);
+    assert_relay_way(relay, &counters);
     assert_eq!(counters["idle_timeout"], 1, "{counters:?}");
     assert_eq!(counters["client_closed_early"], 1, "{counters:?}");
     assert_eq!(counters["websocket"], 1, "{counters:?}");
@@ -849,6 +876,7 @@ fn bulk_full_duplex_transfer_is_relayed_intact(relay: Option<&str>) {
     // client saw the end: stopping the proxy before then would cut the relay short.
     wait_relayed(&metrics, BYTES, Duration::from_secs(20));
     let counters = stop_proxy(stack.proxy);
+    assert_relay_way(relay, &counters);
     assert_eq!(counters["websocket"], 1, "{counters:?}");
     // Frame headers come on top of the payload in both directions.
     assert!(counters["bytes_client_to_backend"] > BYTES, "{counters:?}");
