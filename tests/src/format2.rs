@@ -13,8 +13,12 @@
 //!
 //! The links keep running the programs that were attached: they redirect real
 //! connections on their own (now unpinned) tables, so sessions opened before keep
-//! echoing only if the migration put their entries into the new tables. (Building the
-//! previous release's binary from git history instead would cost minutes of CI per run.)
+//! echoing only if the migration put their entries into the new tables.
+//!
+//! The upgrade itself is proved with the real previous releases ([`crate::releases`]);
+//! this fixture stays for the cases those cannot make: flows in chosen states (a handshake
+//! that must land in the half-open table), and instances cut to exactly an older set of
+//! pins (no LOCAL_PEERS or REDIRECTED_SOCKETS, a shorter STATS).
 
 use std::{
     os::fd::{FromRawFd as _, OwnedFd},

@@ -15,7 +15,7 @@ use redirector_common::{
     conntrack::{FIN_CLIENT, FIN_SERVER, STATE_CLOSING, STATE_ESTABLISHED, STATE_SYN_SENT},
     maps::{FlowKey, FlowValue},
 };
-use redirector_tests::{bins, fixtures::*, format2};
+use redirector_tests::{bins, fixtures::*, format2, releases};
 use serde_json::Value;
 use testkit::{
     cmd::must,
@@ -674,4 +674,78 @@ fn a_reap_planned_before_a_client_port_was_reused_leaves_the_new_flow() {
     stop_loader(loader);
     ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
     assert_no_program_loaded();
+}
+
+/// An upgrade from the real previous release of `format` (built from its own commit,
+/// `redirector_tests::releases`): that binary runs `run --persist` with idle ws and wss
+/// sessions and stops; today's loader adopts (format 3) or migrates (format 2) its state.
+/// Every session keeps echoing, with no loader, after the upgrade and after a `flush`
+/// (the entries heal under today's programs), and the rule counters continue.
+fn upgrade_from_the_real_release(format: u32, tag: &str) {
+    let release = releases::release(format);
+    let old_binary = releases::binary(&release);
+    let _serial = serial();
+    let topo = Topology::new(tag);
+    let _echo = start_echo(&topo, &[]);
+    let mut cmd = topo.server.nsenter_cmd(&old_binary);
+    cmd.args([
+        "run",
+        "--iface",
+        topo.server_if,
+        "--persist",
+        "--mode",
+        "tc",
+    ])
+    .args(release.run_args);
+    let mut old = Proc::spawn(&format!("redirector {}", release.commit), cmd, false);
+    old.wait_line("redirector ready", Duration::from_secs(30));
+    let _cleanup = DetachOnDrop(&topo.server);
+    let old_pid = old.pid();
+    let mut sessions = open_sessions(&topo);
+    all_echo(&topo, &mut sessions, "under the previous release");
+    stop_loader(old);
+    all_echo(&topo, &mut sessions, "no loader");
+
+    let loader = start_persist(&topo, &["--mode", "tc"]);
+    let ready = ready_line(&loader);
+    if format == 3 {
+        let adopted = adopted_flows(&ready, old_pid);
+        assert!(adopted >= 2 * SESSIONS_PER_PORT as u64, "{ready}");
+    } else {
+        assert!(
+            ready.contains(&format!("from state format {format}")),
+            "{ready}"
+        );
+    }
+    all_echo(&topo, &mut sessions, "after the upgrade");
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    let stats = ctl_json_via(Via::Nsenter, &topo.server, &["stats"]);
+    assert!(
+        flows_new(&stats, 80) > SESSIONS_PER_PORT as u64,
+        "rule counters continue: {stats}"
+    );
+    assert_eq!(flows_new(&stats, 443), SESSIONS_PER_PORT as u64, "{stats}");
+    // Today's programs on the old state: forgotten entries of live connections heal.
+    let flushed = ctl_ok_via(Via::Nsenter, &topo.server, &["flush"]);
+    assert!(flushed.starts_with("flushed "), "{flushed}");
+    all_echo(&topo, &mut sessions, "after a flush");
+
+    stop_loader(loader);
+    all_echo(&topo, &mut sessions, "after the upgraded loader stopped");
+    for session in sessions {
+        close_session(session);
+    }
+    let out = ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
+    assert!(out.contains("redirector detached"), "{out}");
+    assert_no_program_loaded();
+}
+
+#[test]
+fn an_upgrade_from_the_real_format_2_release_keeps_every_connection() {
+    upgrade_from_the_real_release(2, "rs-rel2");
+}
+
+#[test]
+fn an_upgrade_from_the_real_previous_format_3_release_keeps_every_connection() {
+    upgrade_from_the_real_release(3, "rs-rel3");
 }
