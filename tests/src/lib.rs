@@ -10,3 +10,4 @@ pub mod fixtures;
 pub mod format2;
 pub mod packets;
 pub mod privileges;
+pub mod raw;
