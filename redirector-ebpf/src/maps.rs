@@ -9,8 +9,8 @@ use aya_ebpf::{
 use redirector_common::{
     maps::{
         established_max_entries, half_open_size, Config, FlowKey, FlowValue, LocalPeer, MarkConfig,
-        RedirectedSocket, Rule, RuleStats, DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS, LOCAL_PEERS_SIZE, MAX_ALLOW,
-        MAX_LOCAL_ADDRS, MAX_RULES,
+        RedirectedSocket, Rule, RuleStats, DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS,
+        LOCAL_PEERS_SIZE, MAX_ALLOW, MAX_LOCAL_ADDRS, MAX_RULES,
     },
     stats::Counter,
 };

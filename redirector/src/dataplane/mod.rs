@@ -24,8 +24,8 @@ use redirector_common::{
     maps::{
         established_max_entries, half_open_size, FlowKey, FlowValue, MarkConfig, RedirectedSocket,
         ESTABLISHED_CAPACITY_GLOBAL, ESTABLISHED_MAP, HALF_OPEN_MAP, LOADER_NETNS_COOKIE_GLOBAL,
-        LOCAL_ADDRS_MAP, LOCAL_PEERS_MAP, MARK_MAP, REDIRECTED_SOCKETS_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
-        PROG_TC_INGRESS, PROG_XDP_INGRESS,
+        LOCAL_ADDRS_MAP, LOCAL_PEERS_MAP, MARK_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
+        PROG_TC_INGRESS, PROG_XDP_INGRESS, REDIRECTED_SOCKETS_MAP,
     },
     reap::{ReapEntry, ReapRequest, REAP_BATCH, REAP_PROGRAM},
     stats::Counter,

@@ -38,10 +38,8 @@ pub struct Snapshot {
 /// between errs high by one until the next read. Saturates at 0.
 pub fn evicted(counters: &[u64; Counter::COUNT as usize], tracked: usize) -> u64 {
     let get = |c: Counter| counters[c as usize];
-    (get(Counter::FlowCreated)
-        + get(Counter::FlowHealedIngress)
-        + get(Counter::FlowHealedEgress))
-    .saturating_sub(get(Counter::FlowReplaced))
+    (get(Counter::FlowCreated) + get(Counter::FlowHealedIngress) + get(Counter::FlowHealedEgress))
+        .saturating_sub(get(Counter::FlowReplaced))
         .saturating_sub(get(Counter::FlowHealWithdrawn))
         .saturating_sub(get(Counter::FlowClosedRst))
         .saturating_sub(get(Counter::FlowReaped))
