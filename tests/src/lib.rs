@@ -11,3 +11,4 @@ pub mod format2;
 pub mod packets;
 pub mod privileges;
 pub mod raw;
+pub mod ws;
