@@ -6,6 +6,7 @@
 //! exactly what it created (by name or PID) when dropped, also when a test panics.
 
 pub mod bins;
+pub mod container;
 pub mod fixtures;
 pub mod format2;
 pub mod packets;
