@@ -47,6 +47,12 @@ pub fn syn_flood() -> PathBuf {
     locate("SYN_FLOOD_BIN", "syn-flood")
 }
 
+/// The blind attacker of the flow-integrity test (spoofed RST, FIN and SYN on known
+/// connections).
+pub fn tcp_spoof() -> PathBuf {
+    locate("TCP_SPOOF_BIN", "tcp-spoof")
+}
+
 /// The loader's OCI image (`cargo xtask image`; set by `cargo xtask test`), in podman's
 /// local storage.
 pub fn image() -> String {

@@ -58,7 +58,13 @@ pub fn shared_kernel_lock() -> SerialGuard {
 /// Starts ws-echo in the server namespace on 8080 (ws) and 8443 (wss), IPv4 and IPv6,
 /// plus any `extra` plain listeners; returns once every listener is bound.
 pub fn start_echo(topo: &Topology, extra: &[&str]) -> Proc {
+    start_echo_with(topo, extra, &[])
+}
+
+/// [`start_echo`] with more ws-echo `options` (`--push-requests`).
+pub fn start_echo_with(topo: &Topology, extra: &[&str], options: &[&str]) -> Proc {
     let mut cmd = topo.server.cmd(bins::ws_echo());
+    cmd.args(options);
     cmd.args(["--listen", "0.0.0.0:8080", "--listen", "[::]:8080"]);
     cmd.args(["--tls-listen", "0.0.0.0:8443", "--tls-listen", "[::]:8443"]);
     cmd.args([
@@ -141,15 +147,21 @@ pub fn assert_refused(topo: &Topology, url: &str) {
 
 /// An open interactive WebSocket session that has exchanged one message.
 pub fn open_session(topo: &Topology, url: &str) -> Proc {
+    open_session_with(topo, url, &["--timeout", "60"])
+}
+
+/// An open interactive WebSocket session from local port `port` that lives at most
+/// `limit` (ws-client's `--timeout`) and has exchanged one message.
+pub fn open_session_from(topo: &Topology, url: &str, port: u16, limit: Duration) -> Proc {
+    let (port, limit) = (port.to_string(), limit.as_secs().to_string());
+    open_session_with(topo, url, &["--local-port", &port, "--timeout", &limit])
+}
+
+/// [`open_session`] with ws-client `options` (`--timeout` among them).
+fn open_session_with(topo: &Topology, url: &str, options: &[&str]) -> Proc {
     let mut cmd = topo.client.cmd(bins::ws_client());
-    cmd.args([
-        "--url",
-        url,
-        "--insecure",
-        "--interactive",
-        "--timeout",
-        "60",
-    ]);
+    cmd.args(["--url", url, "--insecure", "--interactive"])
+        .args(options);
     let mut session = Proc::spawn("ws-client (session)", cmd, true);
     session.wait_line("connected", Duration::from_secs(10));
     exchange(&mut session, "first");

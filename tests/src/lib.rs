@@ -6,8 +6,11 @@
 //! exactly what it created (by name or PID) when dropped, also when a test panics.
 
 pub mod bins;
+pub mod container;
 pub mod fixtures;
 pub mod format2;
 pub mod packets;
 pub mod privileges;
+pub mod raw;
 pub mod releases;
+pub mod ws;

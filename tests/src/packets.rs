@@ -3,6 +3,9 @@
 
 use std::net::IpAddr;
 
+/// Bytes of the Ethernet header [`Frame::build`] writes (destination, source, EtherType).
+const ETHERNET_HEADER_LEN: usize = 14;
+
 /// TCP flag bits.
 pub mod flags {
     pub use redirector_common::conntrack::tcp_flags::*;
@@ -83,6 +86,10 @@ pub struct Frame {
     pub dport: u16,
     /// TCP flags.
     pub flags: u8,
+    /// TCP sequence number.
+    pub seq: u32,
+    /// TCP acknowledgement number.
+    pub ack: u32,
     /// Payload bytes.
     pub payload: Vec<u8>,
 }
@@ -101,8 +108,26 @@ impl Frame {
             sport,
             dport,
             flags,
+            seq: 0x0102_0304,
+            ack: 0x0506_0708,
             payload: vec![],
         }
+    }
+
+    /// The same frame with these sequence and acknowledgement numbers.
+    pub fn with_seq_ack(&self, seq: u32, ack: u32) -> Self {
+        Frame {
+            seq,
+            ack,
+            ..self.clone()
+        }
+    }
+
+    /// The IP packet of [`Frame::build`], without the link-layer header (for a raw IP
+    /// socket).
+    pub fn build_ip(&self) -> Vec<u8> {
+        assert!(self.vlans.is_empty(), "a raw IP packet has no VLAN tags");
+        self.build().split_off(ETHERNET_HEADER_LEN)
     }
 
     /// Serialises the frame with correct IPv4 header and TCP checksums.
@@ -158,8 +183,8 @@ impl Frame {
         let mut tcp = Vec::new();
         tcp.extend_from_slice(&self.sport.to_be_bytes());
         tcp.extend_from_slice(&self.dport.to_be_bytes());
-        tcp.extend_from_slice(&0x0102_0304u32.to_be_bytes());
-        tcp.extend_from_slice(&0x0506_0708u32.to_be_bytes());
+        tcp.extend_from_slice(&self.seq.to_be_bytes());
+        tcp.extend_from_slice(&self.ack.to_be_bytes());
         tcp.extend_from_slice(&[0x50, self.flags, 0xff, 0xff, 0, 0, 0, 0]);
         tcp.extend_from_slice(&self.payload);
         if self.proto == 6 {
@@ -323,6 +348,9 @@ mod tests {
         let mut g = Frame::tcp("fd00::1", "fd00::2", 40000, 443, flags::ACK);
         g.ipv6_ext = vec![Ext::hop_by_hop(), Ext::routing(), Ext::fragment(0, false)];
         verify_checksums(&g.build()).unwrap();
+        let ip = f.with_seq_ack(7, 9).build_ip();
+        assert_eq!(ip[0] >> 4, 4);
+        assert_eq!(ip[28..32], 7u32.to_be_bytes()); // after 24 bytes of IPv4 header, the ports
         let mut bad = f.build();
         let n = bad.len();
         bad[n - 1] ^= 0xff;

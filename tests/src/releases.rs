@@ -35,7 +35,7 @@ pub struct Release {
 pub const RELEASES: &[Release] = &[
     Release {
         format: 2,
-        commit: "ba50ad341d9d82a8303d334156481a86b21c0853",
+        commit: "05814981989b27ef586cd6e58302103ef5d4303a",
         what: "the last release of state format 2 (one LRU FLOWS table, 21 counters)",
         run_args: &[],
     },

@@ -11,14 +11,16 @@
 //! The sessions are plain sockets of this process (a minimal WebSocket client, opened from a
 //! thread that entered the client namespace) rather than one ws-client process each.
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use redirector_tests::{bins, fixtures::*};
+use redirector_tests::{
+    bins,
+    fixtures::*,
+    ws::{self, in_netns},
+};
 use serde_json::Value;
 use testkit::{netns::Topology, process::Proc};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// `--conntrack-size` of the tc case: the half-open table holds min(this, 65 536)
 /// entries, the established table this many. Small, so that the flood is many times its
@@ -52,87 +54,10 @@ const NEW_PACE: Duration = Duration::from_millis(100);
 const NEW_SUCCESS_PERCENT: usize = 90;
 /// `--timeout-handshake`: how long the reaper leaves a half-open entry alone.
 const HANDSHAKE_TIMEOUT_SECS: u64 = 3;
-/// Limit on one connection's connect, handshake and echo (the SYN may be retransmitted).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Spoofed IPv4 sources.
 const SPOOF_V4: &str = "10.99.0.0/16";
 /// Spoofed IPv6 sources.
 const SPOOF_V6: &str = "fd00:99::/64";
-/// The WebSocket key of every handshake (fixed: the server only echoes its hash).
-const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-/// Runs `f` on a thread that entered network namespace `name` (sockets it creates stay
-/// in that namespace whichever thread uses them later).
-fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{name}");
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd; affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// Opens a WebSocket session to `addr` (TCP connect, opening handshake, one echo).
-fn ws_open(addr: SocketAddr) -> Result<TcpStream, String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(CONNECT_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(CONNECT_TIMEOUT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("request: {e}"))?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream
-            .read_exact(&mut byte)
-            .map_err(|e| format!("response: {e}"))?;
-        head.push(byte[0]);
-        if head.len() > 4096 {
-            return Err("response head too long".into());
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let accept = derive_accept_key(WS_KEY.as_bytes());
-    if !head.starts_with("HTTP/1.1 101") || !head.contains(&accept) {
-        return Err(format!("not a WebSocket upgrade: {head}"));
-    }
-    ws_echo(&mut stream, "first")?;
-    Ok(stream)
-}
-
-/// Sends `text` (< 126 bytes) as one masked text frame and checks that it comes back.
-fn ws_echo(stream: &mut TcpStream, text: &str) -> Result<(), String> {
-    let mask = [0x5a, 0xa5, 0x3c, 0xc3];
-    let mut frame = vec![0x81, 0x80 | text.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    stream
-        .write_all(&frame)
-        .map_err(|e| format!("send {text:?}: {e}"))?;
-    let mut header = [0u8; 2];
-    stream
-        .read_exact(&mut header)
-        .map_err(|e| format!("echo of {text:?}: {e}"))?;
-    let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
-    stream
-        .read_exact(&mut payload)
-        .map_err(|e| format!("echo of {text:?}: {e}"))?;
-    if header[0] != 0x81 || payload != text.as_bytes() {
-        return Err(format!("bad echo of {text:?}: {header:?} {payload:?}"));
-    }
-    Ok(())
-}
 
 /// Packets the client's veth dropped on transmit: with an XDP program on the server end,
 /// veth hands packets over through a ring of its own, which a flood overflows.
@@ -217,7 +142,7 @@ fn flood_keeps_every_established_flow(mode: &str, v6: bool, table_size: u64) {
     // Idle sessions through :80, held across the flood.
     let mut sessions = in_netns(&client_ns, move || {
         (0..IDLE_SESSIONS)
-            .map(|i| ws_open(addr).unwrap_or_else(|e| panic!("idle session {i}: {e}")))
+            .map(|i| ws::open(addr, None).unwrap_or_else(|e| panic!("idle session {i}: {e}")))
             .collect::<Vec<_>>()
     });
     let before = stats(&topo);
@@ -263,7 +188,7 @@ fn flood_keeps_every_established_flow(mode: &str, v6: bool, table_size: u64) {
                         .map(|_| {
                             std::thread::sleep(NEW_PACE);
                             let start = Instant::now();
-                            let result = ws_open(addr).map(drop);
+                            let result = ws::open(addr, None).map(drop);
                             (result, start.elapsed())
                         })
                         .collect::<Vec<_>>()
@@ -330,7 +255,7 @@ fn flood_keeps_every_established_flow(mode: &str, v6: bool, table_size: u64) {
     let broken: Vec<String> = sessions
         .iter_mut()
         .enumerate()
-        .filter_map(|(i, s)| ws_echo(s, &format!("after the flood {i}")).err())
+        .filter_map(|(i, s)| ws::echo(s, &format!("after the flood {i}")).err())
         .collect();
     assert!(
         broken.is_empty(),

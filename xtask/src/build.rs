@@ -1,5 +1,5 @@
 //! `cargo xtask build`: setup, then build the loader, the test helpers (`ws-echo`,
-//! `ws-client`, `syn-flood`) and the benchmark tools (`wsload`, `kernel-bench`,
+//! `ws-client`, `syn-flood`, `tcp-spoof`) and the benchmark tools (`wsload`, `kernel-bench`,
 //! `sniff-bench`), and find where cargo put them.
 
 use std::fmt;
@@ -50,6 +50,7 @@ pub struct Binaries {
     pub kernel_bench: PathBuf,
     pub sniff_bench: PathBuf,
     pub syn_flood: PathBuf,
+    pub tcp_spoof: PathBuf,
 }
 
 impl Binaries {
@@ -95,6 +96,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         kernel_bench: bin_dir.join("kernel-bench"),
         sniff_bench: bin_dir.join("sniff-bench"),
         syn_flood: bin_dir.join("syn-flood"),
+        tcp_spoof: bin_dir.join("tcp-spoof"),
     };
     for path in [
         &binaries.redirector,
@@ -104,6 +106,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         &binaries.kernel_bench,
         &binaries.sniff_bench,
         &binaries.syn_flood,
+        &binaries.tcp_spoof,
     ] {
         ensure!(
             path.is_file(),

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: setup, lint (rustfmt, clippy on the host crates and on the eBPF crate
 //! for its BPF target), build, the OCI image (`cargo xtask image`, a few seconds once the
 //! binary is built), then the whole test suite with the built binaries' paths in
-//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN, KERNEL_BENCH_BIN and SYN_FLOOD_BIN,
+//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN, KERNEL_BENCH_BIN, SYN_FLOOD_BIN and
+//! TCP_SPOOF_BIN,
 //! the image's name in REDIRECTOR_IMAGE and the manifests' validator in
 //! KUBERNETES_VALIDATE_BIN, then a bounded run of each fuzz target of redirector-sniff/fuzz,
 //! then the benchmark's smoke run.
@@ -95,6 +96,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("WSLOAD_BIN", &binaries.wsload)
         .env("KERNEL_BENCH_BIN", &binaries.kernel_bench)
         .env("SYN_FLOOD_BIN", &binaries.syn_flood)
+        .env("TCP_SPOOF_BIN", &binaries.tcp_spoof)
         .env("REDIRECTOR_IMAGE", &image.name)
         .env("KUBERNETES_VALIDATE_BIN", &kubernetes_validate)
         .current_dir(workspace_root())

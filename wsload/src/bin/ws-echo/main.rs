@@ -5,6 +5,10 @@
 //! close frames complete the closing handshake. For each listener a line `listening ws ADDR:PORT`
 //! or `listening wss ADDR:PORT` is printed to stdout once it is bound, so callers can wait for it
 //! (with port 0 the line carries the port the kernel picked).
+//!
+//! With `--push-requests`, a text message `push-after MS TEXT` is echoed like any other, and
+//! MS milliseconds later the server sends TEXT on its own: the tests use it to make a
+//! server's packet the first of an idle connection after something happened to it.
 
 mod serve;
 
@@ -48,6 +52,12 @@ struct Cli {
     /// parse as IP addresses become IP SANs.
     #[arg(long = "cert-name", value_name = "NAME", default_value = "localhost")]
     cert_names: Vec<String>,
+
+    /// Honour `push-after MS TEXT` text messages: echo them, then MS milliseconds later
+    /// (at most 600000) send TEXT unprompted, as a text message. At most 64 are pending
+    /// per connection; further requests are only echoed.
+    #[arg(long)]
+    push_requests: bool,
 }
 
 /// At least one `--listen` or `--tls-listen` is required.
@@ -92,7 +102,12 @@ async fn run(cli: Cli) -> Result<()> {
     for (listener, transport) in listeners {
         let local = listener.local_addr().context("reading the bound address")?;
         announce(transport.scheme(), local)?;
-        tokio::spawn(serve::accept_loop(listener, transport, config));
+        tokio::spawn(serve::accept_loop(
+            listener,
+            transport,
+            config,
+            cli.push_requests,
+        ));
     }
 
     wait_for_shutdown_signal().await

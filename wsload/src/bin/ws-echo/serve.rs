@@ -5,6 +5,8 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use anyhow::{anyhow, Context as _, Result};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -21,6 +23,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 64;
 /// Pause after an accept error that is not specific to one connection (e.g. no file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The request prefix of `--push-requests`: `push-after MS TEXT`.
+const PUSH_PREFIX: &str = "push-after ";
+/// Longest delay of a push request, in milliseconds.
+const MAX_PUSH_DELAY_MS: u64 = 600_000;
+/// Most pushes pending on one connection.
+const MAX_PENDING_PUSHES: usize = 64;
 
 /// Whether a listener speaks plain WebSocket or WebSocket over TLS.
 #[derive(Clone)]
@@ -38,14 +46,20 @@ impl Transport {
     }
 }
 
-/// Accepts connections forever, each one served by its own task.
-pub async fn accept_loop(listener: TcpListener, transport: Transport, config: WebSocketConfig) {
+/// Accepts connections forever, each one served by its own task; `push` honours push
+/// requests (`--push-requests`).
+pub async fn accept_loop(
+    listener: TcpListener,
+    transport: Transport,
+    config: WebSocketConfig,
+    push: bool,
+) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 let transport = transport.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = serve_connection(tcp, transport, config).await {
+                    if let Err(err) = serve_connection(tcp, transport, config, push).await {
                         eprintln!(
                             "ws-echo: connection from {peer}: {}",
                             error_text::describe(err.as_ref())
@@ -77,12 +91,13 @@ async fn serve_connection(
     tcp: TcpStream,
     transport: Transport,
     config: WebSocketConfig,
+    push: bool,
 ) -> Result<()> {
     tcp.set_nodelay(true).context("setting TCP_NODELAY")?;
     match transport {
         Transport::Plain => {
             let ws = with_handshake_timeout(accept_ws(tcp, config)).await?;
-            echo(ws).await
+            echo(ws, push).await
         }
         Transport::Tls(acceptor) => {
             let ws = with_handshake_timeout(async {
@@ -90,7 +105,7 @@ async fn serve_connection(
                 accept_ws(tls, config).await
             })
             .await?;
-            echo(ws).await
+            echo(ws, push).await
         }
     }
 }
@@ -112,19 +127,35 @@ where
         .context("WebSocket handshake failed")
 }
 
-/// Echoes data messages until the peer closes.
+/// Echoes data messages until the peer closes; with `push`, also sends the pushes its push
+/// requests asked for when they are due.
 ///
 /// Messages that have already arrived are queued (`feed`) in one batch and written with a single
 /// flush, which keeps the number of writes low under bulk traffic without delaying lone messages.
-async fn echo<S>(mut ws: WebSocketStream<S>) -> Result<()>
+async fn echo<S>(mut ws: WebSocketStream<S>, push: bool) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(first) = ws.next().await {
+    let mut pushes = Pushes::default();
+    loop {
+        let first = tokio::select! {
+            first = ws.next() => match first {
+                Some(first) => first,
+                None => break,
+            },
+            text = pushes.next_due() => {
+                ws.send(Message::text(text)).await.context("pushing a message")?;
+                continue;
+            }
+        };
         let mut next = Some(first);
         let mut batched = 0;
         while let Some(message) = next.take() {
-            echo_one(&mut ws, message?).await?;
+            let message = message?;
+            if push {
+                pushes.request(&message);
+            }
+            echo_one(&mut ws, message).await?;
             batched += 1;
             if batched < MAX_BATCH {
                 // `None` from now_or_never: nothing is ready; `Some(None)`: the stream ended.
@@ -139,6 +170,49 @@ where
     Ok(())
 }
 
+/// The pushes one connection's push requests asked for: (when, text).
+#[derive(Default)]
+struct Pushes {
+    pending: Vec<(Instant, String)>,
+}
+
+impl Pushes {
+    /// Schedules the push `message` asks for, if it is a push request and there is room.
+    fn request(&mut self, message: &Message) {
+        let Message::Text(text) = message else {
+            return;
+        };
+        let Some((delay, text)) = parse_push_request(text.as_str()) else {
+            return;
+        };
+        if self.pending.len() < MAX_PENDING_PUSHES {
+            self.pending.push((Instant::now() + delay, text.to_owned()));
+        }
+    }
+
+    /// Waits for the earliest pending push and takes it; never returns if none is pending.
+    /// Cancel-safe: a push is only taken once it is due.
+    async fn next_due(&mut self) -> String {
+        let Some(due) = self.pending.iter().map(|(at, _)| *at).min() else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(due).await;
+        let index = self
+            .pending
+            .iter()
+            .position(|(at, _)| *at == due)
+            .expect("nothing else takes pushes");
+        self.pending.swap_remove(index).1
+    }
+}
+
+/// `push-after MS TEXT` → (MS, TEXT), for MS up to [`MAX_PUSH_DELAY_MS`].
+fn parse_push_request(text: &str) -> Option<(Duration, &str)> {
+    let (ms, text) = text.strip_prefix(PUSH_PREFIX)?.split_once(' ')?;
+    let ms: u64 = ms.parse().ok().filter(|ms| *ms <= MAX_PUSH_DELAY_MS)?;
+    Some((Duration::from_millis(ms), text))
+}
+
 /// Queues the echo of one received message; control frames need no echo (tungstenite queues
 /// pongs and the close reply itself, and they go out with the next flush).
 async fn echo_one<S>(ws: &mut WebSocketStream<S>, message: Message) -> Result<(), WsError>
@@ -148,5 +222,22 @@ where
     match message {
         Message::Text(_) | Message::Binary(_) => ws.feed(message).await,
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_requests_parse() {
+        assert_eq!(
+            parse_push_request("push-after 250 hello there"),
+            Some((Duration::from_millis(250), "hello there"))
+        );
+        assert_eq!(parse_push_request("push-after 250"), None);
+        assert_eq!(parse_push_request("push-after soon hello"), None);
+        assert_eq!(parse_push_request("push-after 600001 hello"), None);
+        assert_eq!(parse_push_request("hello"), None);
     }
 }
