@@ -699,7 +699,12 @@ fn upgrade_from_the_real_release(format: u32, tag: &str) {
     .args(release.run_args);
     let mut old = Proc::spawn(&format!("redirector {}", release.commit), cmd, false);
     old.wait_line("redirector ready", Duration::from_secs(30));
-    let _cleanup = DetachOnDrop(&topo.server);
+    // Declared after `old`, so it runs first: a failed upgrade leaves an instance of the
+    // old format, which only the old binary detaches.
+    let _cleanup = DetachWithRelease {
+        ns: &topo.server,
+        binary: &old_binary,
+    };
     let old_pid = old.pid();
     let mut sessions = open_sessions(&topo);
     all_echo(&topo, &mut sessions, "under the previous release");
@@ -738,6 +743,20 @@ fn upgrade_from_the_real_release(format: u32, tag: &str) {
     let out = ctl_ok_via(Via::Nsenter, &topo.server, &["detach"]);
     assert!(out.contains("redirector detached"), "{out}");
     assert_no_program_loaded();
+}
+
+/// Detaches what a test left in `ns`: with today's binary (after killing a running loader),
+/// then with the release's, for an instance of its format that today's refuses.
+struct DetachWithRelease<'a> {
+    ns: &'a Netns,
+    binary: &'a std::path::Path,
+}
+
+impl Drop for DetachWithRelease<'_> {
+    fn drop(&mut self) {
+        drop(DetachOnDrop(self.ns));
+        let _ = self.ns.nsenter_cmd(self.binary).arg("detach").output();
+    }
 }
 
 #[test]
