@@ -155,8 +155,11 @@ pub fn reap(dp: &mut Dataplane, timeouts: &Timeouts) -> Result<usize, DataplaneE
     // Read before the dump: a socket recorded after it started is not judged by it.
     let recorded = dp.redirected_sockets()?;
     let flows = snapshot(dp)?;
-    let ports = server_ports(dp, &flows, &recorded)?;
-    let kernel = KernelView::ask(&flows, &ports);
+    if flows.is_empty() && recorded.is_empty() {
+        // Nothing to judge: the dump would cost the walk of the whole socket hash.
+        return Ok(0);
+    }
+    let kernel = KernelView::ask(&flows, &server_ports(&flows, &recorded));
     let now_ns = monotonic_ns();
     let (mut gone, mut other) = (Vec::new(), Vec::new());
     for (table, key, flow) in &flows {
@@ -267,20 +270,17 @@ fn reap_entry(table: u32, key: &FlowKey, flow: &FlowValue) -> ReapEntry {
     }
 }
 
-/// The ports a redirected connection's server socket may be bound to: every rule's TO
-/// port, and those of flows and recorded sockets whose rule was removed since.
+/// The ports the server sockets of `flows` and `recorded` are bound to (their TO ports,
+/// whether or not a rule still names them).
 fn server_ports(
-    dp: &Dataplane,
     flows: &[(u32, FlowKey, FlowValue)],
     recorded: &[(u64, RedirectedSocket)],
-) -> Result<HashSet<u16>, DataplaneError> {
-    let rules = dp.maps().rules()?;
-    Ok(rules
+) -> HashSet<u16> {
+    flows
         .iter()
-        .map(|(_, rule)| rule.to_port)
-        .chain(flows.iter().map(|(_, _, flow)| flow.target_port))
+        .map(|(_, _, flow)| flow.target_port)
         .chain(recorded.iter().map(|(_, socket)| socket.target_port))
-        .collect())
+        .collect()
 }
 
 /// Warns when a question to the kernel starts failing, and once more when it answers
@@ -607,6 +607,26 @@ mod tests {
             local_addrs: None,
         };
         assert_eq!(no_addrs.answer(&unknown), KernelAnswer::NoAnswer);
+    }
+
+    #[test]
+    fn the_dump_covers_the_ports_of_flows_and_recorded_sockets() {
+        let key = FlowKey {
+            client_addr: [0; 16],
+            server_addr: [0; 16],
+            client_port_be: 0,
+            _pad: 0,
+        };
+        let flows = [(REAP_TABLE_ESTABLISHED, key, flow(STATE_ESTABLISHED, 0))];
+        let recorded = [(
+            7,
+            RedirectedSocket {
+                orig_port: 443,
+                target_port: 8443,
+                rule_slot: 1,
+            },
+        )];
+        assert_eq!(server_ports(&flows, &recorded), HashSet::from([8080, 8443]));
     }
 
     #[test]
