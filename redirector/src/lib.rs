@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod doctor;
 pub mod instance;
+pub mod kernel_truth;
 pub mod observe;
 pub mod packet_mark;
 pub mod privdrop;

@@ -337,7 +337,7 @@ impl Maps {
 
     /// Adds `n` to a counter that only user space writes (`Counter::is_user_written`), on
     /// CPU 0's slot. Callers serialise: the loader's reaper is the only writer of
-    /// `FlowReaped`, `flush` holds the control lock for `FlowFlushed`.
+    /// `FlowReaped` and `FlowReapedGone`, `flush` holds the control lock for `FlowFlushed`.
     pub fn add_to_user_counter(&mut self, counter: Counter, n: u64) -> Result<(), MapsError> {
         debug_assert!(counter.is_user_written(), "{}", counter.name());
         if n == 0 {

@@ -12,6 +12,7 @@ pub mod privileges;
 
 use std::{
     collections::HashSet,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -329,21 +330,63 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The server sockets recorded as carrying a redirected connection
+    /// (`REDIRECTED_SOCKETS`), as they are now: cookie and what it was redirected from.
+    pub fn redirected_sockets(&self) -> Result<Vec<(u64, RedirectedSocket)>, DataplaneError> {
+        let map_err = local_map_err(REDIRECTED_SOCKETS_MAP);
+        let fd = match &self.redirected_sockets {
+            Map::HashMap(data) | Map::LruHashMap(data) => data.fd().as_fd(),
+            other => {
+                let err = AyaHashMap::<&MapData, u64, RedirectedSocket>::try_from(other).err();
+                return Err(map_err(
+                    err.unwrap_or(MapError::InvalidMapType { map_type: 0 }),
+                ));
+            }
+        };
+        match batch::lookup_all(fd) {
+            Ok(sockets) => Ok(sockets),
+            // A kernel without batch commands: key by key, skipping those deleted between
+            // the key walk and the lookup.
+            Err(e) if batch::is_unsupported(&e) => {
+                let map: AyaHashMap<&MapData, u64, RedirectedSocket> =
+                    AyaHashMap::try_from(&self.redirected_sockets).map_err(map_err)?;
+                Ok(map.iter().filter_map(Result::ok).collect())
+            }
+            Err(io_error) => Err(map_err(MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            }))),
+        }
+    }
+
     /// The cookies of the server sockets recorded as carrying a redirected connection
     /// (`REDIRECTED_SOCKETS`), as they are now.
     pub fn redirected_socket_cookies(&self) -> Result<Vec<u64>, DataplaneError> {
-        let map: AyaHashMap<&MapData, u64, RedirectedSocket> =
-            AyaHashMap::try_from(&self.redirected_sockets)
-                .map_err(local_map_err(REDIRECTED_SOCKETS_MAP))?;
-        Ok(map.keys().filter_map(Result::ok).collect())
+        Ok(self
+            .redirected_sockets()?
+            .into_iter()
+            .map(|(cookie, _)| cookie)
+            .collect())
     }
 
     /// Forgets the sockets of `cookies` (the kernel no longer holds them); returns how many
     /// were still recorded.
     pub fn forget_redirected_sockets(&mut self, cookies: &[u64]) -> Result<usize, DataplaneError> {
+        let map_err = local_map_err(REDIRECTED_SOCKETS_MAP);
+        if let Map::HashMap(data) | Map::LruHashMap(data) = &self.redirected_sockets {
+            match batch::delete_all(data.fd().as_fd(), cookies) {
+                (0, Err(e)) if batch::is_unsupported(&e) => {}
+                (removed, Ok(())) => return Ok(removed),
+                (_, Err(io_error)) => {
+                    return Err(map_err(MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_delete_batch",
+                        io_error,
+                    })))
+                }
+            }
+        }
         let mut map: AyaHashMap<&mut MapData, u64, RedirectedSocket> =
-            AyaHashMap::try_from(&mut self.redirected_sockets)
-                .map_err(local_map_err(REDIRECTED_SOCKETS_MAP))?;
+            AyaHashMap::try_from(&mut self.redirected_sockets).map_err(map_err)?;
         // Gone meanwhile is as good as removed.
         Ok(cookies.iter().filter(|c| map.remove(c).is_ok()).count())
     }

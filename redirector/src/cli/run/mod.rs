@@ -81,19 +81,26 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
-    /// Forget an established flow idle for SECS seconds [default: 432000, 5 days].
+    /// Forget an established flow (also one with a FIN one way) idle for SECS seconds,
+    /// where the kernel cannot judge it: a flow routed on without conntrack. A flow whose
+    /// connection the kernel holds (socket, or conntrack entry) stays however long it idles.
+    /// [default: 432000, 5 days]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_established: Option<u64>,
 
-    /// Forget a flow SECS seconds after FIN was seen in both directions [default: 10].
+    /// Forget a flow SECS seconds after its connection closed (socket or conntrack entry in
+    /// TIME_WAIT/CLOSE; where the kernel cannot judge, FIN seen in both directions)
+    /// [default: 10].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_closing: Option<u64>,
 
-    /// Forget a flow idle for SECS seconds after FIN in one direction [default: 120].
+    /// No longer used, accepted for compatibility: a FIN in one direction (which a blind
+    /// sender can forge) leaves --timeout-established in force [default: 120].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_fin_wait: Option<u64>,
 
-    /// Forget a flow whose handshake has not completed after SECS seconds [default: 60].
+    /// Forget a flow whose handshake has not completed after SECS seconds, where the kernel
+    /// cannot judge it (no socket or conntrack entry to ask) [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_handshake: Option<u64>,
 
