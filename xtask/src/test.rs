@@ -1,8 +1,10 @@
 //! `cargo xtask test`: setup, lint (rustfmt, clippy on the host crates and on the eBPF crate
 //! for its BPF target), build, the OCI image (`cargo xtask image`, a few seconds once the
-//! binary is built), then the whole test suite with the built binaries' paths in
-//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN, KERNEL_BENCH_BIN and SYN_FLOOD_BIN,
-//! the image's name in REDIRECTOR_IMAGE and the manifests' validator in
+//! binary is built), the Debian packages (`cargo xtask deb`, lintian included, and the same
+//! build as a higher version for the upgrade test), then the whole test suite with the
+//! built binaries' paths in REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN,
+//! KERNEL_BENCH_BIN and SYN_FLOOD_BIN, the image's name in REDIRECTOR_IMAGE, the packages in
+//! REDIRECTOR_DEB and REDIRECTOR_DEB_NEXT and the manifests' validator in
 //! KUBERNETES_VALIDATE_BIN, then a bounded run of each fuzz target of redirector-sniff/fuzz,
 //! then the benchmark's smoke run.
 
@@ -13,7 +15,7 @@ use testkit::cmd::{heading, Cmd};
 
 use crate::build::{self, workspace_root, Binaries, Profile};
 use crate::cli::TestArgs;
-use crate::{image, setup};
+use crate::{deb, image, setup};
 
 /// Built only for bpfel-unknown-none, by aya-build from redirector's build.rs. For the host it
 /// neither links (`cargo test`) nor reliably checks (`cargo clippy --all-targets`: the test
@@ -77,6 +79,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let binaries = build::build_binaries(Profile::Release).context("test step `build` failed")?;
     let image = image::build_image(&binaries.redirector).context("test step `image` failed")?;
     let kubernetes_validate = setup::kubernetes_validate()?;
+    let debs = deb::test_packages(&binaries.redirector).context("test step `deb` failed")?;
 
     heading("tests");
     let mut totals = TestTotals::default();
@@ -96,6 +99,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("KERNEL_BENCH_BIN", &binaries.kernel_bench)
         .env("SYN_FLOOD_BIN", &binaries.syn_flood)
         .env("REDIRECTOR_IMAGE", &image.name)
+        .env("REDIRECTOR_DEB", &debs.0)
+        .env("REDIRECTOR_DEB_NEXT", &debs.1)
         .env("KUBERNETES_VALIDATE_BIN", &kubernetes_validate)
         .current_dir(workspace_root())
         .run_tee(|line| totals.add(line));
