@@ -103,6 +103,20 @@ fn stop_unit(mut loader: Proc) {
     assert!(status.success(), "{lines:?} {}", loader.stderr_text());
 }
 
+/// The files in /run/redirector of the instance on `iface` in the namespace `inode`.
+fn run_files(inode: u64, iface: &str) -> Vec<PathBuf> {
+    std::fs::read_dir("/run/redirector")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with(&format!("netns-{inode}-{iface}."))
+        })
+        .collect()
+}
+
 /// Every path the package installs, and the ones its scripts create.
 fn installed_paths() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = [
@@ -144,6 +158,8 @@ fn install_upgrade_remove_purge_keeps_connections_and_leaves_nothing() {
     }
     let topo = Topology::new("pkg");
     let _echo = start_echo(&topo, &[]);
+    // A lock file of an earlier loader in a namespace that had the same inode stays.
+    let run_files_before = run_files(netns_inode(&topo.server), topo.server_if);
     let _purge = PurgeOnDrop;
 
     dpkg(&["--install", first.to_str().unwrap()]);
@@ -238,12 +254,9 @@ fn install_upgrade_remove_purge_keeps_connections_and_leaves_nothing() {
         .filter(|p| p.symlink_metadata().is_ok())
         .collect();
     left.extend(
-        std::fs::read_dir("/run/redirector")
+        run_files(inode, topo.server_if)
             .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().contains(&format!("netns-{inode}-"))),
+            .filter(|p| !run_files_before.contains(p)),
     );
     assert!(left.is_empty(), "left behind by the purge: {left:?}");
     assert_no_program_loaded();

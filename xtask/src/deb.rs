@@ -44,10 +44,11 @@ pub fn run(args: &DebArgs) -> Result<()> {
         Some(version) => version.clone(),
         None => binary_version(&binaries.redirector)?,
     };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("target").join("deb"));
+    let out = match &args.out {
+        // The tools run in directories of their own: an absolute path.
+        Some(out) => std::path::absolute(out)?,
+        None => workspace_root().join("target").join("deb"),
+    };
     let deb = build_deb(&binaries.redirector, &version, &out)?;
     lintian(&deb)?;
     println!("  built {}", deb.display());
