@@ -1,6 +1,9 @@
-//! `redirector generate` (hidden; for packaging): the man pages, one per command, and the
-//! bash, zsh and fish completions, written from the same clap definitions as `--help`
+//! `redirector generate` (for packaging): the man pages, one per command, and the bash,
+//! zsh and fish completions, written from the same clap definitions as `--help`
 //! (clap_mangen, clap_complete), so they cannot drift from the command line.
+//!
+//! It is not one of [`super::Command`]'s verbs, so that it appears in neither `--help`,
+//! the man pages nor the completions it writes: [`requested`] recognises it first.
 
 use std::path::PathBuf;
 
@@ -8,7 +11,8 @@ use anyhow::Context as _;
 use clap_complete::Shell;
 
 /// Arguments of `redirector generate`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Parser)]
+#[command(name = "redirector generate")]
 pub struct GenerateArgs {
     /// Write the man pages here: redirector.1 and redirector-COMMAND.1 for every command.
     #[arg(long, value_name = "DIR")]
@@ -17,6 +21,14 @@ pub struct GenerateArgs {
     /// Write the completions here: redirector.bash, _redirector (zsh), redirector.fish.
     #[arg(long, value_name = "DIR")]
     pub completions: Option<PathBuf>,
+}
+
+/// `redirector generate …`: its arguments (clap exits with a message if they are bad);
+/// any other command line: `None`.
+pub fn requested() -> Option<GenerateArgs> {
+    use clap::Parser as _;
+    let mut args = std::env::args_os().skip(1).peekable();
+    (args.peek()? == "generate").then(|| GenerateArgs::parse_from(args))
 }
 
 /// Writes what was asked for.
@@ -44,7 +56,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// Every visible command has its page, and the hidden `generate` none.
+    /// Every command has its page; `generate` is in neither the pages nor the completions.
     #[test]
     fn one_man_page_per_command() {
         let dir = std::env::temp_dir().join(format!("rdr-gen-{}", std::process::id()));
@@ -60,7 +72,6 @@ mod tests {
         pages.sort();
         let mut expected: Vec<String> = super::super::command()
             .get_subcommands()
-            .filter(|c| !c.is_hide_set())
             .map(|c| format!("redirector-{}.1", c.get_name()))
             .chain(["redirector.1".to_string()])
             .collect();
@@ -76,6 +87,11 @@ mod tests {
         assert_eq!(
             completions,
             ["_redirector", "redirector.bash", "redirector.fish"]
+        );
+        let fish = std::fs::read_to_string(dir.join("completions/redirector.fish")).unwrap();
+        assert!(
+            fish.contains("\"disable\"") && !fish.contains("generate"),
+            "{fish}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -6,7 +6,7 @@ mod detach;
 mod doctor;
 mod flows;
 mod flush;
-mod generate;
+pub mod generate;
 mod rules;
 mod run;
 mod sniff;
@@ -131,11 +131,6 @@ pub enum Command {
     ///
     /// Example: ip netns exec srv redirector doctor --iface veth-s --mark 0x42/0xff --json
     Doctor(DoctorArgs),
-    /// Write the man pages and shell completions (for packaging: `cargo xtask deb`).
-    ///
-    /// Example: redirector generate --man target/man --completions target/completions
-    #[command(hide = true)]
-    Generate(generate::GenerateArgs),
 
     /// Proxy one TCP port to a WebSocket and an HTTP backend, by sniffing each connection.
     ///
@@ -346,7 +341,6 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Disallow(args) => sources::disallow(args),
         Command::Detach(args) => detach::run(args),
         Command::Doctor(args) => doctor::run(args),
-        Command::Generate(args) => generate::run(args),
         Command::Sniff(args) => sniff::sniff(*args),
     }
 }
