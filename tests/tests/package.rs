@@ -205,10 +205,17 @@ fn install_upgrade_remove_purge_keeps_connections_and_leaves_nothing() {
     let version = query("${Version}").unwrap();
     assert!(version.ends_with("+next"), "{version}");
     assert_eq!(std::fs::read_to_string(CONFFILE).unwrap(), edited);
+    // dpkg replaced the binary under the running loader: the restart runs the new file.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", loader.pid())).unwrap();
+    assert!(exe.to_string_lossy().ends_with(" (deleted)"), "{exe:?}");
+    let old_pid = loader.pid();
     stop_unit(loader);
     let mut loader = start_unit(&topo);
     let ready = ready_line(&loader);
-    assert!(ready.contains(" adopted "), "{ready}");
+    assert!(
+        ready.contains(" adopted ") && ready.contains(&format!("from pid {old_pid}")),
+        "{ready}"
+    );
     for session in &mut sessions {
         exchange(session, "after the upgrade");
     }
