@@ -6,6 +6,7 @@
 //! Every flag of `run` has its key (the cli's tests check it); the sniffing proxy's
 //! settings are the `[sniff]` table ([`sniff`]).
 
+pub mod reload;
 pub mod sniff;
 
 use std::{
@@ -59,12 +60,24 @@ pub enum ConfigError {
     },
 }
 
+/// The rules of the settings cannot be loaded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RulesSettingError {
+    /// A bad rule set (duplicate FROM port, too many).
+    #[error(transparent)]
+    Rule(#[from] crate::rules::RuleError),
+    /// `--disable PORT` / `disabled` names a port without a rule.
+    #[error("--disable {0} (`disabled`): port {0} has no rule (see --redirect / `redirects`)")]
+    DisabledWithoutRule(u16),
+}
+
 /// The file as written: every key optional, unknown keys rejected.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     ifaces: Option<Vec<String>>,
     redirects: Option<Vec<String>>,
+    disabled: Option<Vec<u16>>,
     mode: Option<String>,
     allow: Option<Vec<String>>,
     conntrack_size: Option<u32>,
@@ -127,6 +140,8 @@ pub struct RunSettings {
     pub ifaces: Vec<String>,
     /// `--redirect` / `redirects`.
     pub redirects: Vec<RedirectRule>,
+    /// `--disable` / `disabled`: FROM ports whose rule is loaded disabled.
+    pub disabled: Vec<u16>,
     /// `--mode` / `mode`.
     pub mode: Option<Mode>,
     /// `--allow` / `allow`.
@@ -219,6 +234,7 @@ impl RunSettings {
         Ok(RunSettings {
             ifaces: file.ifaces.unwrap_or_default(),
             redirects: parse_all("redirects", file.redirects, &invalid)?,
+            disabled: file.disabled.unwrap_or_default(),
             mode: file
                 .mode
                 .map(|m| Mode::parse(&m).map_err(|e| invalid("mode", e)))
@@ -260,6 +276,7 @@ impl RunSettings {
         RunSettings {
             ifaces: first(self.ifaces, file.ifaces),
             redirects: first(self.redirects, file.redirects),
+            disabled: first(self.disabled, file.disabled),
             mode: self.mode.or(file.mode),
             allow: first(self.allow, file.allow),
             conntrack_size: self.conntrack_size.or(file.conntrack_size),
@@ -280,6 +297,29 @@ impl RunSettings {
     /// Whether the programs stay attached when the loader exits; off if not given.
     pub fn persist(&self) -> bool {
         self.persist.unwrap_or(false)
+    }
+
+    /// The rules, [`crate::rules::DEFAULT_RULES`] if none were given.
+    pub fn rules(&self) -> Vec<RedirectRule> {
+        if self.redirects.is_empty() {
+            crate::rules::DEFAULT_RULES.to_vec()
+        } else {
+            self.redirects.clone()
+        }
+    }
+
+    /// Checks the rules as a set, and that every `disabled` port has one.
+    pub fn check_rules(&self) -> Result<(), RulesSettingError> {
+        let rules = self.rules();
+        crate::rules::validate(&rules)?;
+        match self
+            .disabled
+            .iter()
+            .find(|port| !rules.iter().any(|rule| rule.from_port == **port))
+        {
+            Some(port) => Err(RulesSettingError::DisabledWithoutRule(*port)),
+            None => Ok(()),
+        }
     }
 
     /// The ingress mode, `auto` if not given.
@@ -317,6 +357,7 @@ mod tests {
     const FULL: &str = r#"
         ifaces = ["eth0", "eth1"]
         redirects = ["80:8080", "443:8443", "9000:9090"]
+        disabled = [9000]
         mode = "xdp-generic"
         allow = ["10.0.0.0/8", "2001:db8::/32"]
         conntrack_size = 1024
@@ -352,6 +393,8 @@ mod tests {
         assert_eq!(s.ifaces, ["eth0", "eth1"]);
         assert_eq!(s.redirects.len(), 3);
         assert_eq!(s.redirects[2].to_string(), "9000->9090");
+        assert_eq!(s.disabled, [9000]);
+        assert_eq!(s.check_rules(), Ok(()));
         assert_eq!(s.mode(), Mode::XdpGeneric);
         assert_eq!(s.allow[1].to_string(), "2001:db8::/32");
         assert_eq!(s.conntrack_size(), 1024);
@@ -507,6 +550,17 @@ mod tests {
             source = s.source();
         }
         msg
+    }
+
+    #[test]
+    fn a_disabled_port_needs_a_rule() {
+        let s = parse("disabled = [443]").unwrap();
+        assert_eq!(s.check_rules(), Ok(()), "443 has a default rule");
+        let s = parse("redirects = [\"80:8080\"]\ndisabled = [443]").unwrap();
+        assert_eq!(
+            s.check_rules(),
+            Err(RulesSettingError::DisabledWithoutRule(443))
+        );
     }
 
     #[test]

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Quiet unless something is wrong; RUST_LOG=info (or debug) shows what the loader does.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match cli::dispatch(cli::parse().command) {
+    let result = match cli::generate::requested() {
+        Some(args) => cli::generate::run(args),
+        None => cli::dispatch(cli::parse().command),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("redirector: error: {err:#}");

@@ -1,5 +1,5 @@
 //! The sniffing rules side by side with HAProxy: one table of request heads, each sent to
-//! a real `redirector sniff --ws-path /ws/` and to a real HAProxy running the README's
+//! a real `redirector sniff --ws-path /ws/` and to a real HAProxy running docs/GUIDE.md's
 //! configuration (ports changed), both in front of the same two tiny backends that record
 //! which of them got a connection. Every row states the expected outcome of both proxies,
 //! so the test fails when either one changes; docs/SNIFF.md lists and explains every row
@@ -165,14 +165,14 @@ fn start_sniff(ws: SocketAddr, http: SocketAddr) -> (Proc, SocketAddr) {
     (proxy, addr)
 }
 
-/// The HAProxy configuration block of README.md (the one with `frontend web`).
+/// The HAProxy configuration block of docs/GUIDE.md (the one with `frontend web`).
 fn readme_haproxy_config() -> String {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/GUIDE.md")).unwrap();
     readme
         .split("```")
         .find(|block| block.contains("frontend web\n"))
-        .expect("README.md has the HAProxy configuration")
+        .expect("docs/GUIDE.md has the HAProxy configuration")
         .trim()
         .to_string()
 }

@@ -44,6 +44,16 @@ pub enum Command {
     ///
     /// Example: cargo xtask image
     Image,
+    /// Run build, then the Debian package redirector_VERSION_ARCH.deb (dpkg-deb), checked
+    /// with lintian.
+    ///
+    /// The binary, the systemd unit (enabled on installation, restarted on upgrade,
+    /// stopped on removal), /etc/redirector/redirector.toml as a conffile, the man pages
+    /// and bash/zsh/fish completions generated from the command line, and the Grafana
+    /// dashboard. Written to target/deb/ unless --out is given.
+    ///
+    /// Example: cargo xtask deb
+    Deb(DebArgs),
     /// Run setup, lint (rustfmt, clippy), build, then the whole test suite.
     ///
     /// Arguments after `--` go to `cargo test`.
@@ -84,6 +94,16 @@ pub struct DemoArgs {
     /// After the echoes, keep everything up for trying it by hand until Ctrl-C.
     #[arg(long)]
     pub hold: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DebArgs {
+    /// Package version [default: the binary's, from `redirector --version`].
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Directory of the .deb (and its tree) [default: target/deb].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -130,7 +130,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     ));
     failures.extend(send_local_echoes(&binaries.ws_client, cgroup));
     interrupt::check()?;
-    show_sockets(&demo.topology);
+    show_sockets(&demo.topology, &binaries.ws_client);
 
     if args.hold {
         hold(&mut demo, &binaries)?;
@@ -299,22 +299,62 @@ fn run_probes(probes: Vec<Probe>, client: impl Fn(&Probe) -> testkit::cmd::Cmd) 
     failures
 }
 
-/// Shows both views of the same connections: the client talked to 80/443, the server
-/// answered on 8080/8443. Informational only.
-fn show_sockets(topology: &Topology) {
+/// Shows both views of the same connection, held open meanwhile: the client talks to 80,
+/// the server answers on 8080. Informational only.
+fn show_sockets(topology: &Topology, ws_client: &Path) {
     heading("the same connections seen from both ends");
+    let held = match hold_session(topology, ws_client) {
+        Ok(session) => Some(session),
+        Err(err) => {
+            println!("  (no connection held open: {err:#})");
+            None
+        }
+    };
     let views = [
         (&topology.client, "( dport = :80 or dport = :443 )"),
         (&topology.server, "( sport = :8080 or sport = :8443 )"),
     ];
     for (netns, filter) in views {
-        let command = netns.exec("ss").args(["-tn", "state", "connected", filter]);
+        let command = netns
+            .exec("ss")
+            .args(["-tn", "state", "established", filter]);
         println!("$ {command}");
         match command.run_captured() {
             Ok(table) => table.lines().for_each(|line| println!("  {line}")),
             Err(err) => println!("  (not shown: {err:#})"),
         }
     }
+    if let Some(mut session) = held {
+        // End of input: the client sends its close frame and exits.
+        session.close_stdin();
+        let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+        while session.ensure_running().is_ok() && std::time::Instant::now() < deadline {
+            thread::sleep(HOLD_POLL);
+        }
+        match session.stop(Signal::SIGTERM, CLIENT_TIMEOUT) {
+            Ok(status) if status.success() => println!("  held connection closed cleanly"),
+            Ok(status) => println!("  warning: the held connection's client exited with {status}"),
+            Err(err) => println!("  warning: closing the held connection: {err:#}"),
+        }
+    }
+}
+
+/// An interactive WebSocket session to the server's port 80, open until the returned
+/// process's stdin is closed (or it is dropped).
+fn hold_session(topology: &Topology, ws_client: &Path) -> Result<Proc> {
+    let url = format!("ws://{}:80/", SERVER.ipv4);
+    let mut command = topology.client.cmd(ws_client);
+    command.args(["--url", &url, "--interactive"]);
+    println!(
+        "$ ip netns exec {} {} --url {url} --interactive   (held open)",
+        CLIENT.netns,
+        ws_client.display()
+    );
+    let mut session = Proc::spawn("ws-client (held open)", command, true);
+    session.wait_for_stdout("`connected`", CLIENT_TIMEOUT, |line| {
+        line.starts_with("connected")
+    })?;
+    Ok(session)
 }
 
 /// `--hold`: keeps everything up until Ctrl-C, printing how to try it by hand.

@@ -103,7 +103,7 @@ fn image_id(name: &str) -> Option<String> {
 }
 
 /// `0.1.0` from `redirector 0.1.0`.
-fn binary_version(binary: &Path) -> Result<String> {
+pub fn binary_version(binary: &Path) -> Result<String> {
     let out = Cmd::new(binary).arg("--version").run_captured()?;
     match out.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["redirector", version] => Ok((*version).to_owned()),

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod cli;
+mod deb;
 mod demo;
 mod image;
 mod setup;
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(args.profile()).map(|_| ()),
         Command::Demo(args) => demo::run(&args),
         Command::Image => image::run(),
+        Command::Deb(args) => deb::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
     };

@@ -34,6 +34,10 @@ const REQUIRED_PACKAGES: &[&str] = &[
     "podman",       // podman build / image mount (never a registry pull)
     "buildah",      // podman's image builder
     "python3-venv", // the venv of kubernetes-validate
+    // The Debian package (`cargo xtask deb`, tests/tests/package.rs):
+    "dpkg-dev", // dpkg-deb, dpkg-architecture
+    "lintian",  // checks the .deb (no error allowed)
+    "man-db",   // man: renders the generated pages in the package test
 ];
 /// Packages that help with debugging but may be missing from the archive.
 const OPTIONAL_PACKAGES: &[&str] = &["bpftool"];

@@ -1,9 +1,11 @@
 //! `cargo xtask test`: setup, lint (rustfmt, clippy on the host crates and on the eBPF crate
 //! for its BPF target), build, the OCI image (`cargo xtask image`, a few seconds once the
-//! binary is built), then the whole test suite with the built binaries' paths in
-//! REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN, KERNEL_BENCH_BIN, SYN_FLOOD_BIN and
-//! TCP_SPOOF_BIN,
-//! the image's name in REDIRECTOR_IMAGE and the manifests' validator in
+//! binary is built), the Debian packages (`cargo xtask deb`, lintian included, and the same
+//! build as a higher version for the upgrade test), then the whole test suite with the
+//! built binaries' paths in REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN,
+//! KERNEL_BENCH_BIN, SYN_FLOOD_BIN and TCP_SPOOF_BIN, the image's name in REDIRECTOR_IMAGE,
+//! the packages in
+//! REDIRECTOR_DEB and REDIRECTOR_DEB_NEXT and the manifests' validator in
 //! KUBERNETES_VALIDATE_BIN, then a bounded run of each fuzz target of redirector-sniff/fuzz,
 //! then the benchmark's smoke run.
 
@@ -14,7 +16,7 @@ use testkit::cmd::{heading, Cmd};
 
 use crate::build::{self, workspace_root, Binaries, Profile};
 use crate::cli::TestArgs;
-use crate::{image, setup};
+use crate::{deb, image, setup};
 
 /// Built only for bpfel-unknown-none, by aya-build from redirector's build.rs. For the host it
 /// neither links (`cargo test`) nor reliably checks (`cargo clippy --all-targets`: the test
@@ -78,6 +80,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let binaries = build::build_binaries(Profile::Release).context("test step `build` failed")?;
     let image = image::build_image(&binaries.redirector).context("test step `image` failed")?;
     let kubernetes_validate = setup::kubernetes_validate()?;
+    let debs = deb::test_packages(&binaries.redirector).context("test step `deb` failed")?;
 
     heading("tests");
     let mut totals = TestTotals::default();
@@ -98,6 +101,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("SYN_FLOOD_BIN", &binaries.syn_flood)
         .env("TCP_SPOOF_BIN", &binaries.tcp_spoof)
         .env("REDIRECTOR_IMAGE", &image.name)
+        .env("REDIRECTOR_DEB", &debs.0)
+        .env("REDIRECTOR_DEB_NEXT", &debs.1)
         .env("KUBERNETES_VALIDATE_BIN", &kubernetes_validate)
         .current_dir(workspace_root())
         .run_tee(|line| totals.add(line));

@@ -6,6 +6,7 @@ mod detach;
 mod doctor;
 mod flows;
 mod flush;
+pub mod generate;
 mod rules;
 mod run;
 mod sniff;

@@ -108,6 +108,11 @@ impl PinnedInstance {
         &self.dir
     }
 
+    /// The instance file.
+    pub fn info_path(&self) -> &Path {
+        &self.info_path
+    }
+
     /// Leaves everything pinned (`--persist`): `redirector detach` removes it.
     pub fn keep(mut self) {
         self.keep = true;

@@ -12,6 +12,7 @@ use redirector::config::RunSettings;
 const FLAG_KEYS: &[(&str, &str, &str)] = &[
     ("iface", "ifaces", r#"["eth0"]"#),
     ("redirect", "redirects", r#"["81:8081"]"#),
+    ("disable", "disabled", "[443]"),
     ("mode", "mode", r#""tc""#),
     ("allow", "allow", r#"["10.0.0.0/8"]"#),
     ("conntrack-size", "conntrack_size", "1024"),

@@ -10,6 +10,7 @@ mod migrate;
 mod prepare;
 mod proxy_child;
 mod proxy_main;
+mod reload;
 mod serve;
 mod start;
 mod stop;
@@ -46,6 +47,13 @@ pub struct RunArgs {
     /// Default: 80:8080 and 443:8443.
     #[arg(long = "redirect", value_name = "FROM:TO")]
     pub redirects: Vec<RedirectRule>,
+
+    /// Load the rule on FROM port PORT disabled (repeatable): new connections to it are
+    /// not redirected until `redirector enable PORT` (or a reload without it).
+    ///
+    /// Example: --disable 443
+    #[arg(long = "disable", value_name = "PORT")]
+    pub disabled: Vec<u16>,
 
     /// Ingress hook: auto (TC on a veth, whose peer would lose TSO under XDP; elsewhere
     /// native XDP, else generic XDP, else TC), xdp, xdp-generic, tc [default: auto].
@@ -166,6 +174,7 @@ fn flag_settings(args: RunArgs) -> RunSettings {
     RunSettings {
         ifaces: args.ifaces,
         redirects: args.redirects,
+        disabled: args.disabled,
         mode: args.mode,
         allow: args.allow,
         conntrack_size: args.conntrack_size,
@@ -187,21 +196,23 @@ fn flag_settings(args: RunArgs) -> RunSettings {
     }
 }
 
-/// The flags merged over `--config FILE` (if given), checked.
-fn settings(args: RunArgs) -> anyhow::Result<RunSettings> {
-    let config = args.config.clone();
-    let flags = flag_settings(args);
+/// The `flags` merged over the file at `config` (if given), checked.
+fn settings(flags: &RunSettings, config: Option<&std::path::Path>) -> anyhow::Result<RunSettings> {
     let settings = match config {
-        Some(path) => flags.or(RunSettings::load(&path)?),
-        None => flags,
+        Some(path) => flags.clone().or(RunSettings::load(path)?),
+        None => flags.clone(),
     };
+    settings.check_rules()?;
     settings.sniff.validate("sniff-")?;
     Ok(settings)
 }
 
 /// Runs the loader in the foreground.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = settings(args)?;
+    let config = args.config.clone();
+    let flags = flag_settings(args);
+    let settings = settings(&flags, config.as_deref())?;
+    let reloader = reload::Reloader::new(config, flags, settings.clone());
     let sniff = settings.sniff.config();
     // The loader re-executes itself, same arguments (so same file), as the proxy's child.
     if let Ok(spec) = std::env::var(proxy_child::CHILD_ENV) {
@@ -219,7 +230,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let persist = settings.persist();
     let report = Prepared::new(settings, sniff, persist)?
         .start()?
-        .serve()?
+        .serve(reloader)?
         .stop()?;
     print!("{report}");
     if report.sniff_died() {

@@ -25,6 +25,8 @@ use tokio::runtime::Runtime;
 /// What `run` checked and claimed, ready to [`Prepared::start`].
 pub struct Prepared {
     pub(super) rules: Vec<RedirectRule>,
+    /// FROM ports whose rule is loaded disabled (`--disable`).
+    pub(super) disabled: Vec<u16>,
     pub(super) ifaces: Vec<String>,
     pub(super) mode: Mode,
     /// `--mark`, if given.
@@ -110,6 +112,7 @@ impl Prepared {
             mark: settings.mark,
             conntrack_size,
             timeouts: settings.timeouts(),
+            disabled: settings.disabled.clone(),
             allow: settings.allow,
             rules,
             ifaces,

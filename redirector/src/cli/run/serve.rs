@@ -1,18 +1,22 @@
 //! Step 3 of `run`: reap expired flows, serve `/metrics`, publish the sniffing proxy's
-//! counters, until SIGINT or SIGTERM (or the proxy's process dies); then stop the proxy.
+//! counters, reload the config file on SIGHUP ([`super::reload`]), until SIGINT or SIGTERM
+//! (or the proxy's process dies); then stop the proxy.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use redirector::{
     dataplane::{local, Dataplane},
-    observe::{flow_tables::FillWatch, http as metrics_http},
+    observe::flow_tables::FillWatch,
     reaper,
 };
 use tokio::signal::unix::Signal;
 
-use super::start::{Loaded, Started};
+use super::{
+    reload::{Live, MetricsServer, Reloader},
+    start::{Loaded, Started},
+};
 
 /// How often closed and idle flows are reclaimed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -20,21 +24,22 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// Reads the `/metrics` series at each scrape.
 pub type MetricsBody = Box<dyn Fn() -> Result<Registry, String> + Send + Sync>;
 
-/// The signals that stop the loader.
+/// The signals that stop the loader, and the one that reloads its config file.
 pub struct Signals {
     pub(super) interrupt: Signal,
     pub(super) terminate: Signal,
+    pub(super) hangup: Signal,
 }
 
 impl Started {
     /// Serves until a signal or the proxy's death; then stops the sniffing proxy's process
     /// (closing the sniffed connections still open) and the runtime, and hands back what
     /// [`Loaded::stop`] takes down.
-    pub fn serve(self) -> anyhow::Result<Loaded> {
+    pub fn serve(self, mut reloader: Reloader) -> anyhow::Result<Loaded> {
         let Started {
             runtime,
             mut loaded,
-            timeouts,
+            mut timeouts,
             signals,
             metrics,
             mut sniff,
@@ -54,8 +59,9 @@ impl Started {
             };
             let fill = FillWatch::new(loaded.conntrack_size);
             let local = loaded.local;
+            let pins = (loaded.pinned.dir().to_path_buf(), loaded.pinned.info_path().to_path_buf());
             let served = tokio::select! {
-                served = reap_until_signal(&mut loaded.dp, &timeouts, signals, metrics, fill, local) => served,
+                served = reap_until_signal(&mut loaded.dp, &mut timeouts, signals, metrics, fill, local, (&mut reloader, pins)) => served,
                 () = publishing => unreachable!("publishing runs until dropped"),
                 () = sniff_exited => {
                     log::error!("the sniffing proxy's process exited; stopping the loader");
@@ -75,38 +81,31 @@ impl Started {
 }
 
 /// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM (which
-/// also stop the sniffing proxy). With `local` (local clients redirected), also keeps the
-/// namespace's addresses in `LOCAL_ADDRS` current, at the same pace: an address added to
-/// an interface is local within a second.
+/// also stop the sniffing proxy); reloads the config file on SIGHUP. With `local` (local
+/// clients redirected), also keeps the namespace's addresses in `LOCAL_ADDRS` current, at
+/// the same pace: an address added to an interface is local within a second.
 async fn reap_until_signal(
     dp: &mut Dataplane,
-    timeouts: &reaper::Timeouts,
+    timeouts: &mut reaper::Timeouts,
     mut signals: Signals,
-    metrics: Option<(std::net::TcpListener, MetricsBody)>,
+    metrics: (Option<std::net::TcpListener>, MetricsBody),
     mut fill: FillWatch,
     local: bool,
+    (reloader, pins): (&mut Reloader, (PathBuf, PathBuf)),
 ) -> anyhow::Result<()> {
-    let metrics = match metrics {
-        Some((listener, render)) => {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .context("registering the --metrics listener")?;
-            Some(metrics_http::serve(listener, render))
-        }
-        None => None,
-    };
-    let metrics = async move {
-        match metrics {
-            Some(server) => server.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(metrics);
+    let (listener, render) = metrics;
+    let mut metrics = MetricsServer::start(listener, render)?;
     let mut tick = tokio::time::interval(REAP_INTERVAL);
     loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break,
             _ = signals.terminate.recv() => break,
-            () = &mut metrics => unreachable!("the metrics server runs until dropped"),
+            _ = signals.hangup.recv() => reloader.on_hangup(Live {
+                dp: &mut *dp,
+                pins: (&pins.0, &pins.1),
+                timeouts: &mut *timeouts,
+                metrics: &mut metrics,
+            }),
             _ = tick.tick() => {
                 match reaper::reap(dp, timeouts) {
                     Ok(0) => {}

@@ -45,8 +45,8 @@ pub struct Started {
     pub(super) loaded: Loaded,
     pub(super) timeouts: Timeouts,
     pub(super) signals: Signals,
-    /// The `--metrics` listener and what it serves.
-    pub(super) metrics: Option<(std::net::TcpListener, MetricsBody)>,
+    /// The `--metrics` listener (if any) and what it serves (also to one a reload opens).
+    pub(super) metrics: (Option<std::net::TcpListener>, MetricsBody),
     pub(super) sniff: Option<SniffChild>,
 }
 
@@ -77,13 +77,16 @@ impl Prepared {
             .as_ref()
             .map(|listener| anyhow::Ok(format!("http://{}/metrics", listener.local_addr()?)))
             .transpose()?;
-        let (dp, pinned, info, adopted) = match self.adopt.take() {
+        let (mut dp, pinned, info, adopted) = match self.adopt.take() {
             Some(adoption) if adoption.migrate => {
                 self.start_migrated(adoption, metrics_url.clone())?
             }
             Some(adoption) => self.start_adopted(adoption, metrics_url.clone())?,
             None => self.start_fresh(metrics_url.clone())?,
         };
+        for port in &self.disabled {
+            dp.maps_mut().set_rule_enabled(*port, false)?;
+        }
         let sniff_counters = self.sniff.as_ref().map(SniffChild::counters);
         let sniff_shown = self
             .sniff
@@ -99,13 +102,8 @@ impl Prepared {
             })
             .transpose()
             .context("publishing the sniff counters")?;
-        let metrics = match self.metrics.take() {
-            Some(listener) => {
-                let render = self.metrics_body(&pinned, sniff_shown)?;
-                Some((listener, render))
-            }
-            None => None,
-        };
+        let render = self.metrics_body(&pinned, sniff_shown)?;
+        let metrics = (self.metrics.take(), render);
         // Handlers are installed before `ready` is printed: a SIGTERM right after it must
         // still detach cleanly instead of killing the process with its pins in place.
         let signals = {
@@ -113,6 +111,7 @@ impl Prepared {
             Signals {
                 interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
                 terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+                hangup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
             }
         };
         if let Some(child) = &self.sniff {
