@@ -108,6 +108,7 @@ fn check_scaling(report: &Value) {
         positive(row, "spread_pass_ns_per_pkt");
         let ratio = positive(row, "ratio_to_1k");
         let spread_ratio = positive(row, "spread_ratio_to_1k");
+        positive(row, "reaper_tick_ms");
         let flows = row["flows"].as_u64().expect("flows");
         assert!(
             row["max_entries"].as_u64().expect("max_entries") >= flows,

@@ -45,6 +45,7 @@
 //!       "spread_packets": u32,                              per round
 //!       "spread_ns_per_pkt": f64, "spread_pass_ns_per_pkt": f64,
 //!       "spread_ratio_to_1k": f64   single mode, a random tracked flow per packet
+//!       "reaper_tick_ms": f64       one pass of the loader's reaper over the table
 //!   } ],
 //!   "memory": [ {                   default tables first, then one per scaling row
 //!       "part": "default" | "scaling",

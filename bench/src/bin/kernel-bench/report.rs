@@ -119,6 +119,10 @@ pub struct ScaleRow {
     pub spread_pass_ns_per_pkt: f64,
     /// `spread_ns_per_pkt` over that of the smallest table.
     pub spread_ratio_to_1k: f64,
+    /// Median wall time of one pass of the loader's reaper over the filled tables
+    /// (`reaper::reap`: both tables read in batches, the kernel asked, nothing removed),
+    /// milliseconds.
+    pub reaper_tick_ms: f64,
 }
 
 impl ScaleRow {
@@ -129,6 +133,7 @@ impl ScaleRow {
         hot: Paired,
         spread_packets: usize,
         spread: Paired,
+        reaper_tick_ms: f64,
     ) -> Self {
         ScaleRow {
             flows,
@@ -140,6 +145,7 @@ impl ScaleRow {
             spread_ns_per_pkt: spread.prog_ns,
             spread_pass_ns_per_pkt: spread.pass_ns,
             spread_ratio_to_1k: f64::NAN,
+            reaper_tick_ms,
         }
     }
 }
@@ -230,12 +236,20 @@ pub fn print_human(report: &Report) {
     }
     println!("\nXDP hit path against tracked flows: one hot flow (repeat), random flows (spread)");
     println!(
-        "{:>9} {:>11} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6}",
-        "flows", "max_entries", "ns/pkt", "pass ns", "×1k", "spread ns", "pass ns", "×1k"
+        "{:>9} {:>11} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>10}",
+        "flows",
+        "max_entries",
+        "ns/pkt",
+        "pass ns",
+        "×1k",
+        "spread ns",
+        "pass ns",
+        "×1k",
+        "reaper ms"
     );
     for s in &report.scaling {
         println!(
-            "{:>9} {:>11} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>9.1} {:>6.2}",
+            "{:>9} {:>11} {:>9.1} {:>9.1} {:>6.2} {:>9.1} {:>9.1} {:>6.2} {:>10.1}",
             s.flows,
             s.max_entries,
             s.ns_per_pkt,
@@ -243,7 +257,8 @@ pub fn print_human(report: &Report) {
             s.ratio_to_1k,
             s.spread_ns_per_pkt,
             s.spread_pass_ns_per_pkt,
-            s.spread_ratio_to_1k
+            s.spread_ratio_to_1k,
+            s.reaper_tick_ms
         );
     }
     println!("\nconntrack table memory (fdinfo memlock)");
