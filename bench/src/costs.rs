@@ -211,7 +211,7 @@ pub fn targets(costs: &Costs) -> Vec<Target> {
         _ => None,
     };
     vec![judge(
-        "redirector-sniff idle-capacity KiB/connection ≤ haproxy-http's (issue 14; ratio)".into(),
+        "redirector-sniff idle-capacity KiB/connection ≤ haproxy-http's (ratio)".into(),
         value,
         1.0,
         false,

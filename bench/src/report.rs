@@ -248,7 +248,7 @@ fn cpu_text(load: Load, config: Config, cell: Option<&Cell>) -> String {
 }
 
 fn targets_list(md: &mut String, targets: &[Target]) {
-    let _ = writeln!(md, "## Targets (issues 5 and 14)\n");
+    let _ = writeln!(md, "## Targets\n");
     for t in targets {
         let mark = match t.met {
             Some(true) => "met",

@@ -187,7 +187,7 @@ fn paired_ratio(runs: &[Run], load: Load, config: Config, versus: Config) -> Opt
     Some((mid, if mid > 0.0 { (max - min) / mid } else { 0.0 }))
 }
 
-/// The targets of issues 5 and 11 that the load runs decide (the kernel-cost one is added
+/// The targets that the load runs decide (the kernel-cost one is added
 /// by the caller, which has that figure). A target between two configurations takes
 /// their paired ratio ([`paired_ratio`]).
 pub fn targets(cells: &[Cell], runs: &[Run]) -> Vec<Target> {
