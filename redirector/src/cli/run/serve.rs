@@ -18,7 +18,8 @@ use super::{
     start::{Loaded, Started},
 };
 
-/// How often closed and idle flows are reclaimed.
+/// How often closed and idle flows are reclaimed (less often over large tables:
+/// [`reaper::Pace`]).
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Reads the `/metrics` series at each scrape.
@@ -96,6 +97,7 @@ async fn reap_until_signal(
     let (listener, render) = metrics;
     let mut metrics = MetricsServer::start(listener, render)?;
     let mut tick = tokio::time::interval(REAP_INTERVAL);
+    let mut pace = reaper::Pace::default();
     loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break,
@@ -107,7 +109,7 @@ async fn reap_until_signal(
                 metrics: &mut metrics,
             }),
             _ = tick.tick() => {
-                match reaper::reap(dp, timeouts) {
+                match pace.reap(dp, timeouts, std::time::Instant::now()) {
                     Ok(0) => {}
                     Ok(n) => log::debug!("reclaimed {n} closed or idle flows"),
                     Err(e) => log::warn!("reaping flows: {e}"),
