@@ -37,10 +37,10 @@ use crate::{
 pub const GONE_GRACE: Duration = Duration::from_secs(3);
 
 /// The share of one core the reaper's passes may take: after a pass that took `d`, the
-/// next waits at least `d × (1 / MAX_DUTY − 1)`. A pass judges every tracked flow (≈ 0.65 µs
-/// each on a 2-vCPU VM: 7 ms at 1 k flows, 57 ms at 100 k, 0.7 s at 1 M, `kernel-bench`), so
-/// up to about 75 k flows it runs every second and beyond that less often — about every
-/// 13 s at 1 M flows — rather than taking most of a core to answer sooner.
+/// next waits at least `d × (1 / MAX_DUTY − 1)`. A pass judges every tracked flow (≈ 0.7 µs
+/// each on a 2-vCPU VM: 8 ms at 1 k flows, 55 ms at 100 k, 0.69 s at 1 M, `kernel-bench`),
+/// so up to about 70 k flows it runs every second and beyond that less often — about every
+/// 14 s at 1 M flows — rather than taking most of a core to answer sooner.
 pub const MAX_DUTY: f64 = 0.05;
 
 /// The longest wait between two passes, whatever a pass costs.
