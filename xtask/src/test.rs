@@ -91,6 +91,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
             "--workspace",
             "--exclude",
             EBPF_PACKAGE,
+            // Every suite runs even after one fails: one run lists every failure.
+            "--no-fail-fast",
         ])
         .args(&args.cargo_test_args)
         .env("REDIRECTOR_BIN", &binaries.redirector)
