@@ -1,7 +1,7 @@
 //! Spoofed SYN flood against the real loader: idle WebSocket sessions held through :80,
 //! then a flood of spoofed SYNs many times the half-open table's size while new
-//! connections are opened. Every idle session must survive and still echo, nearly every
-//! new connection must succeed, the half-open table must really have overflowed, and it
+//! connections are opened. Every idle session must survive and still echo, every new
+//! connection must succeed, the half-open table must really have overflowed, and it
 //! must drain by itself afterwards, as the kernel gives up each handshake.
 //!
 //! The spoofed sources come from [`SPOOF_V4`] / [`SPOOF_V6`], private prefixes the server
@@ -28,9 +28,9 @@ use testkit::{netns::Topology, process::Proc};
 const SMALL_TABLE: u64 = 4096;
 /// `--conntrack-size` of the XDP case: the default half-open size. With XDP on the
 /// server end, veth hands packets over through a ring the flood overflows, so a client's
-/// handshake ACK can be lost; its retransmission (TCP's minimum RTO is 200 ms) must still
-/// find the half-open entry, which at 4096 entries it did not always (see
-/// docs/ARCHITECTURE.md).
+/// handshake ACK can be lost; its retransmission (TCP's minimum RTO is 200 ms) finds the
+/// half-open entry, or heals from the request socket or the SYN cookie where the flood
+/// evicted it (docs/ARCHITECTURE.md).
 const DEFAULT_TABLE: u64 = 65_536;
 /// The flood must have reached the server at least this many times the half-open size
 /// before the new connections are opened.
@@ -50,8 +50,10 @@ const NEW_WORKERS: usize = 4;
 const NEW_PER_WORKER: usize = 20;
 /// … this long apart, so that they spread over seconds of flood, not milliseconds.
 const NEW_PACE: Duration = Duration::from_millis(100);
-/// Share of the new connections that must succeed, in percent.
-const NEW_SUCCESS_PERCENT: usize = 90;
+/// Share of the new connections that must succeed, in percent: all of them. A handshake
+/// whose half-open entry the flood evicted completes from its request socket or, once the
+/// listener answers with SYN cookies, from the cookie in its ACK.
+const NEW_SUCCESS_PERCENT: usize = 100;
 /// `--timeout-handshake`: the idle limit of a half-open entry the kernel cannot be asked about.
 const HANDSHAKE_TIMEOUT_SECS: u64 = 3;
 /// Spoofed IPv4 sources.
