@@ -87,6 +87,11 @@ impl Unit {
         caps
     }
 
+    /// The capability mask (`CapBnd`, `CapEff` of /proc/PID/status) of the bounding set.
+    pub fn bounding_mask(&self) -> u64 {
+        self.bounding_set().iter().map(|c| 1 << cap_number(c)).sum()
+    }
+
     /// `setpriv` options giving a process started as root exactly the unit's bounding set
     /// (so its effective set is that set, as under systemd) and, with
     /// `NoNewPrivileges=yes`, `no_new_privs`.
@@ -155,6 +160,22 @@ impl Unit {
                 other => panic!("address family {other} not known to this test"),
             })
             .collect()
+    }
+}
+
+/// Capability number of `CAP_NAME` (the ones a loader unit may list).
+pub fn cap_number(name: &str) -> u32 {
+    match name {
+        "CAP_SETGID" => 6,
+        "CAP_SETUID" => 7,
+        "CAP_SETPCAP" => 8,
+        "CAP_NET_BIND_SERVICE" => 10,
+        "CAP_NET_ADMIN" => 12,
+        "CAP_SYS_ADMIN" => 21,
+        "CAP_SYS_RESOURCE" => 24,
+        "CAP_PERFMON" => 38,
+        "CAP_BPF" => 39,
+        other => panic!("capability {other} not known to this test"),
     }
 }
 
