@@ -10,13 +10,18 @@
 //! `NoNewPrivileges=` (setpriv). Under it the loader redirects WebSocket sessions,
 //! `status` reports it, SIGTERM leaves them attached, a second sandboxed start adopts them
 //! and every held session still echoes. Without `bpf` in the filter, or with /sys/fs/bpf
-//! read-only, the loader fails with a clear error: the emulation bites.
+//! read-only, the loader fails with a clear error, and probes run under the same sandbox
+//! see socket(AF_PACKET) fail with EAFNOSUPPORT, a writable executable mapping and
+//! ptrace(2) with EPERM, clone3(2) with ENOSYS, writes to the root and /proc/sys with EROFS and
+//! /root unreadable: the emulation bites.
 //!
 //! Not emulated here: `PrivateDevices=`, `ProtectProc=`, `ProtectHostname=`,
 //! `LockPersonality=`, `RestrictRealtime=`, `RestrictSUIDSGID=`, `RemoveIPC=`,
 //! `AmbientCapabilities=` (as root the bounding set is the effective set, checked), and the
 //! parts of `ProtectKernelModules=`, `ProtectKernelLogs=` and `ProtectClock=` outside the
-//! system-call filter (tests/src/sandbox.rs says why for each).
+//! system-call filter (tests/src/sandbox.rs says why for each); `LimitMEMLOCK=` only where
+//! the test may raise the hard limit (not in a container without CAP_SYS_RESOURCE; kernels
+//! since 5.11 do not charge BPF memory to it).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -34,8 +39,8 @@ fn shipped_config() -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
-/// A directory for the test's config, outside /tmp (which the sandbox replaces), removed
-/// on drop.
+/// A directory of the test outside /tmp (which the sandbox replaces), so on the read-only
+/// root under the sandbox; removed on drop.
 struct ConfigDir(PathBuf);
 
 impl ConfigDir {
@@ -290,8 +295,9 @@ fn the_loader_fails_without_bpf_in_the_filter_or_with_a_read_only_bpffs() {
     assert_no_program_loaded();
 }
 
-/// Each probe of [`PROBES`]: its name, what it does (Python), and the errno it must end
-/// with under the sandbox (0: it succeeds).
+/// The probes of the sandbox: a name, what it does (Python), and the errno it must end
+/// with under the sandbox (0: it succeeds). `DIR` is a directory of the test on the
+/// read-only root (where a write would land if the emulation failed).
 const PROBES: &[(&str, &str, i32)] = &[
     ("socket AF_INET", "socket.socket(socket.AF_INET).close()", 0),
     // Without the family rule: EPERM (no CAP_NET_RAW), never EAFNOSUPPORT.
@@ -311,15 +317,15 @@ const PROBES: &[(&str, &str, i32)] = &[
         "check(libc.ptrace(0, 0, None, None))",
         libc::EPERM,
     ),
-    // clone3 fails with ENOSYS only under RestrictNamespaces='s rule (else EFAULT).
+    // ENOSYS only from the RestrictNamespaces= rule (else EFAULT: no argument struct).
     (
         "clone3",
         "check(libc.syscall(435, None, ctypes.c_size_t(88)))",
         libc::ENOSYS,
     ),
     (
-        "write /etc",
-        "os.close(os.open('/etc/usbx-probe', os.O_WRONLY | os.O_CREAT))",
+        "write the root",
+        "os.close(os.open('DIR/probe', os.O_WRONLY | os.O_CREAT))",
         libc::EROFS,
     ),
     (
@@ -336,7 +342,7 @@ const PROBES: &[(&str, &str, i32)] = &[
 ];
 
 /// The Python program that runs every probe and prints `NAME: ERRNO` for each.
-fn probe_program() -> String {
+fn probe_program(dir: &std::path::Path) -> String {
     let mut program = String::from(
         "import ctypes, mmap, os, socket\n\
          libc = ctypes.CDLL(None, use_errno=True)\n\
@@ -346,6 +352,7 @@ fn probe_program() -> String {
          \x20       raise OSError(e, os.strerror(e))\n",
     );
     for (name, code, _) in PROBES {
+        let code = code.replace("DIR", dir.to_str().unwrap());
         program.push_str(&format!(
             "try:\n    {code}\n    print('{name}: 0')\nexcept OSError as e:\n    print('{name}: %d' % e.errno)\n"
         ));
@@ -358,10 +365,11 @@ fn the_sandbox_denies_other_families_wx_mappings_namespaces_and_writes() {
     let _serial = serial();
     let unit = Unit::shipped();
     let topo = Topology::new("usbx-probe");
+    let dir = ConfigDir::new("probe");
     let sandbox = Sandbox::of_unit(&unit, topo.server.name(), systemd_syscall_group);
     let cmd = sandbox.command(
         std::path::Path::new("/usr/bin/python3"),
-        &["-c".to_string(), probe_program()],
+        &["-c".to_string(), probe_program(&dir.0)],
     );
     let mut probe = Proc::spawn("python3 (unit sandbox probes)", cmd, false);
     let (status, lines) = probe.wait_exit(Duration::from_secs(30));
