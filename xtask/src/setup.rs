@@ -12,18 +12,17 @@ use testkit::cmd::{heading, Cmd};
 
 /// Debian packages the build, the demo or the tests cannot do without.
 const REQUIRED_PACKAGES: &[&str] = &[
-    "iproute2",       // ip, ss: namespaces, veth, sockets
-    "ethtool",        // checksum offload off on the veths
-    "openssl",        // test certificates
-    "procps",         // kill, ps, sysctl
-    "curl",           // plain HTTP probes
-    "util-linux",     // nsenter, mount, setpriv
-    "systemd",        // systemd-analyze security rates dist/redirector.service
-    "gcc",            // linker for rustc, C shim of llvm-sys (bpf-linker)
-    "libc6-dev",      // crt objects and libc for linking
-    "libseccomp-dev", // links the seccomp filter of tests/tests/unit_sandbox.rs
-    "python3",        // http.server: the plain HTTP backend of the sniff tests
-    "nginx", // reads the PROXY header in the sniff tests (run by the test, never a service)
+    "iproute2",   // ip, ss: namespaces, veth, sockets
+    "ethtool",    // checksum offload off on the veths
+    "openssl",    // test certificates
+    "procps",     // kill, ps, sysctl
+    "curl",       // plain HTTP probes
+    "util-linux", // nsenter, mount, setpriv
+    "systemd",    // systemd-analyze security rates dist/redirector.service
+    "gcc",        // linker for rustc, C shim of llvm-sys (bpf-linker)
+    "libc6-dev",  // crt objects and libc for linking
+    "python3",    // http.server: the plain HTTP backend of the sniff tests
+    "nginx",      // reads the PROXY header in the sniff tests (run by the test, never a service)
     // The benchmark (`cargo xtask bench`, whose smoke run is part of `cargo xtask test`):
     "libnginx-mod-stream", // nginx's TCP passthrough of 443
     "haproxy",             // the proxy configurations (run by the bench, never a service)
@@ -39,6 +38,8 @@ const REQUIRED_PACKAGES: &[&str] = &[
     "dpkg-dev", // dpkg-deb, dpkg-architecture
     "lintian",  // checks the .deb (no error allowed)
     "man-db",   // man: renders the generated pages in the package test
+    // The shipped unit's sandbox (tests/tests/unit_sandbox.rs): unit-sandbox links libseccomp.
+    "libseccomp-dev",
 ];
 /// Packages that help with debugging but may be missing from the archive.
 const OPTIONAL_PACKAGES: &[&str] = &["bpftool"];
