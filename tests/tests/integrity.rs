@@ -756,17 +756,22 @@ fn handshake_heals_from_its_syn_cookie(mode: &str, v6: bool) {
     // retransmission while the entry goes.
     let client_ns = topo.client.name().to_owned();
     let opened = std::thread::spawn(move || in_netns(&client_ns, move || ws::open(addr, None)));
+    // The client's socket is established once the SYN-ACK reached it; its ACK is dropped.
     let deadline = Instant::now() + EXCHANGE_TIMEOUT;
-    while stats(&topo)["flows_half_open"] != 1 {
+    let peer = if v6 {
+        format!("[{server}]")
+    } else {
+        server.clone()
+    };
+    let filter = format!("( dport = :80 and dst {peer} )");
+    while established_on(&topo.client, &filter) != 1 {
         assert!(
             Instant::now() < deadline,
-            "no half-open entry: {}",
-            stats(&topo)
+            "the client's handshake did not complete"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The SYN-ACK is out and the client's ACK dropped (one round trip on a veth).
-    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(stats(&topo)["flows_half_open"], 1, "the half-open entry");
     assert_eq!(ctl_ok(&topo.server, &["flush"]).trim(), "flushed 1 flows");
     must(topo.client.cmd(tool).arg("-D").args(&rule));
 
