@@ -198,6 +198,16 @@ pub fn assert_no_program_loaded() {
     }
 }
 
+/// Polls `done` (every 50 ms) until it holds; panics, naming what was awaited, after
+/// `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// How a control command enters the test's network namespace.
 #[derive(Clone, Copy, Debug)]
 pub enum Via {
