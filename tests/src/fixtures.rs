@@ -208,6 +208,13 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The number of established TCP connections in `ns` that match the `ss` filter `filter`
+/// (`( dport = :80 )`).
+pub fn established(ns: &Netns, filter: &str) -> usize {
+    let out = must(ns.cmd("ss").args(["-Htn", "state", "established", filter]));
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// How a control command enters the test's network namespace.
 #[derive(Clone, Copy, Debug)]
 pub enum Via {
