@@ -27,6 +27,9 @@ const TEST_TERM_GRACE: Duration = Duration::from_secs(5);
 const BACKGROUND_TERM_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for the last lines of a process that has exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a process that closed its stdout gets to show its exit, which then is what a
+/// wait reports.
+const EXIT_AFTER_EOF: Duration = Duration::from_secs(1);
 /// Slice of the bounded waits of background processes, to notice an exit or Ctrl-C soon.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Slice of the tests' waits for an exit.
@@ -274,9 +277,15 @@ impl Proc {
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    // Give the exit a moment to become visible, then report it.
-                    thread::sleep(POLL_INTERVAL);
-                    self.ensure_running_before(what)?;
+                    // Stdout closes as the process exits: report the exit if it follows.
+                    let exit_deadline = Instant::now() + EXIT_AFTER_EOF;
+                    loop {
+                        self.ensure_running_before(what)?;
+                        if Instant::now() >= exit_deadline {
+                            break;
+                        }
+                        thread::sleep(TEST_POLL_INTERVAL);
+                    }
                     return Err(Error::StdoutClosed {
                         label: self.label.clone(),
                         what: what.to_owned(),
@@ -513,5 +522,20 @@ fn forward_lines(pipe: impl Read, mut on_line: impl FnMut(String) -> bool) {
         if !on_line(line) {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_reports_an_exit_that_follows_the_end_of_stdout() {
+        let cmd = Cmd::new("sh").args(["-c", "exec >&-; sleep 0.3; exit 3"]);
+        let mut proc = Proc::background("closes-then-exits", cmd).unwrap();
+        let err = proc
+            .wait_for_stdout("a line", Duration::from_secs(5), |_| true)
+            .unwrap_err();
+        assert!(matches!(err, Error::ExitedBefore { .. }), "{err:?}");
     }
 }

@@ -198,6 +198,23 @@ pub fn assert_no_program_loaded() {
     }
 }
 
+/// Polls `done` (every 50 ms) until it holds; panics, naming what was awaited, after
+/// `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The number of established TCP connections in `ns` that match the `ss` filter `filter`
+/// (`( dport = :80 )`).
+pub fn established(ns: &Netns, filter: &str) -> usize {
+    let out = must(ns.cmd("ss").args(["-Htn", "state", "established", filter]));
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// How a control command enters the test's network namespace.
 #[derive(Clone, Copy, Debug)]
 pub enum Via {

@@ -4,7 +4,7 @@
 //! with the old instance left redirecting. Persisted instances live in the host's bpffs:
 //! loaders and control commands enter the namespaces with `nsenter --net=`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redirector::{
     dataplane::{maps::Maps, Dataplane},
@@ -516,18 +516,29 @@ fn ten_restarts_under_traffic_lose_no_echo_and_no_connection() {
     let _cleanup = DetachOnDrop(&topo.server);
     // Long-lived sessions echoing twice a second each, and a loop of short connections
     // (connect, handshake, one echo, close) at 20 per second.
+    let started = Instant::now();
     let held = start_wsload(
         &topo,
         "wsload sessions",
         &["--connections", "20", "--message-rate", "2"],
     );
+    // The restarts begin once every session is open and the loop has made a connection.
+    wait_until("all 20 sessions connected", Duration::from_secs(10), || {
+        established(&topo.client, "( dport = :80 )") >= 20
+    });
     let churn = start_wsload(
         &topo,
         "wsload churn",
         &["--conn-churn", "--connections", "2", "--connect-rate", "20"],
     );
-    let started = std::time::Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until(
+        "the first short connection",
+        Duration::from_secs(10),
+        || {
+            let stats = ctl_json_via(Via::Nsenter, &topo.server, &["stats"]);
+            flows_new(&stats, 80) > 20
+        },
+    );
     for restart in 0..RESTARTS {
         let pid = loader.pid();
         if restart % 2 == 0 {

@@ -13,7 +13,7 @@ use std::{
 
 use redirector_tests::{
     bins,
-    fixtures::{sample, start_http_server, TempDir},
+    fixtures::{sample, start_http_server, wait_until, TempDir},
 };
 use testkit::process::Proc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -274,6 +274,7 @@ fn websocket_echo(addr: SocketAddr, seq: usize, split: bool) {
     if split {
         let cut = 1 + seq % (request.len() - 1);
         stream.write_all(&request.as_bytes()[..cut]).unwrap();
+        // The pause is the point: the two parts reach the proxy as two reads.
         thread::sleep(Duration::from_millis(5));
         stream.write_all(&request.as_bytes()[cut..]).unwrap();
     } else {
@@ -423,7 +424,14 @@ fn thousand_mixed_connections_reach_the_right_backend_intact(relay: Option<&str>
 
 every_relay_mode!(slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout);
 fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout(relay: Option<&str>) {
-    let stack = start_stack("slow", &with_relay(relay, &["--header-timeout", "3"]));
+    let stack = start_stack(
+        "slow",
+        &with_relay(
+            relay,
+            &["--header-timeout", "3", "--metrics", "127.0.0.1:0"],
+        ),
+    );
+    let metrics = metrics_addr(&stack.proxy);
     let addr = stack.addr;
     let slow = thread::spawn(move || {
         let mut stream = connect(addr);
@@ -437,8 +445,8 @@ fn slowloris_does_not_delay_others_and_is_cut_at_the_header_timeout(relay: Optio
         }
         panic!("slow client was never cut off");
     });
-    // Meanwhile, ordinary clients are served at full speed.
-    thread::sleep(Duration::from_millis(300));
+    // Once the proxy holds the slow client, ordinary clients are served at full speed.
+    wait_sample(&metrics, ACCEPTED, 1);
     for i in 0..20 {
         let t = Instant::now();
         if i % 2 == 0 {
@@ -496,10 +504,15 @@ fn backend_down_closes_the_client_quickly_and_is_counted(relay: Option<&str>) {
 #[test]
 fn over_max_conns_is_closed_at_once_and_counted() {
     let (ws_port, http_port) = (free_port(), free_port());
-    let (proxy, addr) = start_proxy(ws_port, http_port, &["--max-conns", "2"]);
+    let (proxy, addr) = start_proxy(
+        ws_port,
+        http_port,
+        &["--max-conns", "2", "--metrics", "127.0.0.1:0"],
+    );
+    let metrics = metrics_addr(&proxy);
     let mut held: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
-    // Let the proxy accept both before the third arrives.
-    thread::sleep(Duration::from_millis(300));
+    // The proxy accepts both before the third arrives.
+    wait_sample(&metrics, ACCEPTED, 2);
     let mut third = connect(addr);
     assert!(closed_within(&mut third, Duration::from_secs(2)));
     for stream in &mut held {
@@ -580,15 +593,19 @@ fn plain_get_from(source: std::net::Ipv4Addr, addr: SocketAddr) {
 
 #[test]
 fn over_max_conns_per_ip_is_closed_for_that_client_only() {
-    let stack = start_stack("perip", &["--max-conns-per-ip", "2"]);
+    let stack = start_stack(
+        "perip",
+        &["--max-conns-per-ip", "2", "--metrics", "127.0.0.1:0"],
+    );
+    let metrics = metrics_addr(&stack.proxy);
     let addr = stack.addr;
     let (busy, other) = (
         std::net::Ipv4Addr::new(127, 0, 0, 2),
         std::net::Ipv4Addr::new(127, 0, 0, 3),
     );
     let mut held: Vec<TcpStream> = (0..2).map(|_| connect_from(busy, addr)).collect();
-    // Let the proxy accept both before the third arrives.
-    thread::sleep(Duration::from_millis(300));
+    // The proxy accepts both before the third arrives.
+    wait_sample(&metrics, ACCEPTED, 2);
     let mut third = connect_from(busy, addr);
     assert!(
         closed_within(&mut third, Duration::from_secs(2)),
@@ -596,10 +613,9 @@ fn over_max_conns_per_ip_is_closed_for_that_client_only() {
     );
     // Other clients are not affected, however many connections they open in turn (each
     // slot is given back when the proxy has finished the relay, just after the client saw
-    // its end: a short pause keeps at most one in that state).
+    // its end).
     for _ in 0..5 {
-        plain_get_from(other, addr);
-        thread::sleep(Duration::from_millis(50));
+        relay_to_end(&metrics, || plain_get_from(other, addr));
     }
     for stream in &mut held {
         assert!(
@@ -607,9 +623,9 @@ fn over_max_conns_per_ip_is_closed_for_that_client_only() {
             "held ones stay open"
         );
     }
-    // A closed connection gives its slot back.
+    // A closed connection gives its slot back (its early close is counted just before).
     drop(held.pop());
-    thread::sleep(Duration::from_millis(300));
+    wait_sample(&metrics, CLOSED_EARLY, 1);
     plain_get_from(busy, addr);
     drop(held);
     let counters = stop_proxy(stack.proxy);
@@ -795,7 +811,10 @@ fn tls_is_routed_by_server_name_without_decrypting() {
 
 every_relay_mode!(idle_relays_are_closed_and_early_closes_counted);
 fn idle_relays_are_closed_and_early_closes_counted(relay: Option<&str>) {
-    let stack = start_stack("idle", &with_relay(relay, &["--idle-timeout", "1"]));
+    let stack = start_stack(
+        "idle",
+        &with_relay(relay, &["--idle-timeout", "1", "--metrics", "127.0.0.1:0"]),
+    );
     let mut stream = connect(stack.addr);
     let request = format!(
         "GET /idle HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -812,7 +831,7 @@ fn idle_relays_are_closed_and_early_closes_counted(relay: Option<&str>) {
     );
     // A client that leaves before sending anything.
     drop(connect(stack.addr));
-    thread::sleep(Duration::from_millis(300));
+    wait_sample(&metrics_addr(&stack.proxy), CLOSED_EARLY, 1);
     let counters = stop_proxy(stack.proxy);
     assert_relay_way(relay, &counters);
     assert_eq!(counters["idle_timeout"], 1, "{counters:?}");
@@ -1141,6 +1160,30 @@ fn wait_relayed(metrics: &str, bytes: u64, limit: Duration) {
     }
 }
 
+/// Connections the proxy has accepted, on its `/metrics`.
+const ACCEPTED: &str = "redirector_sniff_accepted_total";
+/// Connections closed by their client before sending a request head.
+const CLOSED_EARLY: &str = "redirector_sniff_closed_total{reason=\"client_closed_early\"}";
+/// Bytes sent back to clients by finished relays.
+const BYTES_TO_CLIENT: &str = "redirector_sniff_bytes_total{direction=\"backend_to_client\"}";
+
+/// Waits (bounded) until the sample `series` of the proxy's `/metrics` at `metrics` is at
+/// least `value`.
+fn wait_sample(metrics: &str, series: &str, value: u64) {
+    wait_until(&format!("{series} at {value}"), IO_TIMEOUT, || {
+        sample(&scrape(metrics), series) >= value
+    });
+}
+
+/// Runs `client`, the only client of the proxy at the time, and waits until the proxy has
+/// finished its relay (a relay's bytes are counted when it ends, just before its
+/// connection slot is given back).
+fn relay_to_end(metrics: &str, client: impl FnOnce()) {
+    let before = sample(&scrape(metrics), BYTES_TO_CLIENT);
+    client();
+    wait_sample(metrics, BYTES_TO_CLIENT, before + 1);
+}
+
 #[test]
 fn metrics_endpoint_serves_the_live_counters() {
     let mut stack = start_stack(
@@ -1165,22 +1208,21 @@ fn metrics_endpoint_serves_the_live_counters() {
         "redirector sniff limits: max-conns 123"
     );
     assert_eq!(sample(&before, "redirector_sniff_max_connections"), 123);
+    // The proxy gives the client's one slot back when it has finished the relay, just
+    // after the client saw the end.
     for i in 0..4 {
         if i % 2 == 0 {
-            plain_get(stack.addr);
+            relay_to_end(&metrics, || plain_get(stack.addr));
         } else {
-            websocket_echo(stack.addr, i, false);
+            relay_to_end(&metrics, || websocket_echo(stack.addr, i, false));
         }
-        // The proxy gives the client's one slot back when it has finished the relay,
-        // just after the client saw the end.
-        thread::sleep(Duration::from_millis(200));
     }
     // One connection held, a second from the same address refused (another address than
     // the sequential clients above, whose slots are given back only once the proxy has
     // finished their relays).
     let source = std::net::Ipv4Addr::new(127, 0, 0, 4);
     let mut held = connect_from(source, stack.addr);
-    thread::sleep(Duration::from_millis(200));
+    wait_sample(&metrics, ACCEPTED, 5);
     let mut refused = connect_from(source, stack.addr);
     assert!(closed_within(&mut refused, Duration::from_secs(2)));
     let body = scrape(&metrics);

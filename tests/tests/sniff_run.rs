@@ -301,18 +301,24 @@ fn per_ip_limit_groups_ipv6_clients_by_64() {
     let mut cmd = ns.cmd(bins::redirector());
     cmd.args(["sniff", "--listen", "[::]:8081"])
         .args(["--websocket", "[::1]:9", "--http", "[::1]:9"])
-        .args(["--max-conns-per-ip", "1"]);
+        .args(["--max-conns-per-ip", "1", "--metrics", "127.0.0.1:9464"]);
     let mut proxy = Proc::spawn("redirector sniff", cmd, false);
     proxy.wait_line("redirector sniff ready", Duration::from_secs(10));
     // Connections that send nothing stay in the sniffing phase (10 s header timeout) and
-    // hold their slot.
-    let script = "import socket,time\n\
+    // hold their slot; each step waits until the proxy has accepted what came before.
+    let script = "import socket,time,urllib.request\n\
          def conn(src):\n  s=socket.socket(socket.AF_INET6)\n  s.bind((src,0))\n  \
          s.connect(('fd00:64:1::1',8081))\n  return s\n\
          def closed(s):\n  s.settimeout(1.0)\n  try:\n    return s.recv(1)==b''\n  \
          except socket.timeout:\n    return False\n  except ConnectionResetError:\n    return True\n\
-         a=conn('fd00:64:1::1')\ntime.sleep(0.3)\n\
-         b=conn('fd00:64:1::2')\nc=conn('fd00:64:2::1')\ntime.sleep(0.3)\n\
+         web=urllib.request.build_opener(urllib.request.ProxyHandler({}))\n\
+         def accepted(n):\n  for _ in range(200):\n    \
+         body=web.open('http://127.0.0.1:9464/metrics',timeout=5).read().decode()\n    \
+         if int(body.split('\\nredirector_sniff_accepted_total ')[1].split()[0])>=n:\n      \
+         return\n    time.sleep(0.05)\n  \
+         raise SystemExit('the proxy did not accept %d connections within 10 s' % n)\n\
+         a=conn('fd00:64:1::1')\naccepted(1)\n\
+         b=conn('fd00:64:1::2')\nc=conn('fd00:64:2::1')\naccepted(3)\n\
          print(closed(b), closed(c), closed(a))\n";
     let out = must(ns.cmd("timeout").args(["30", "python3", "-c", script]));
     assert_eq!(

@@ -19,8 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector_tests::{bins, fixtures::TempDir};
-use testkit::process::Proc;
+use redirector_tests::{
+    bins,
+    fixtures::{wait_until, TempDir},
+};
+use testkit::{cmd::must, process::Proc};
 
 /// Longest wait for a proxy's first answer byte.
 const FIRST_BYTE_WAIT: Duration = Duration::from_secs(3);
@@ -211,8 +214,16 @@ fn start_haproxy(dir: &TempDir, ws: SocketAddr, http: SocketAddr) -> (Proc, Sock
         assert!(Instant::now() < deadline, "haproxy not listening on {addr}");
         thread::sleep(Duration::from_millis(50));
     }
-    // That probe connection sent nothing; let HAProxy drop it before the first case.
-    thread::sleep(Duration::from_millis(100));
+    // That probe connection sent nothing; HAProxy drops it before the first case.
+    let port = format!("( sport = :{} )", addr.port());
+    wait_until(
+        "HAProxy closing the probe connection",
+        Duration::from_secs(10),
+        || {
+            let out = must(Command::new("ss").args(["-Htn", "state", "connected", &port]));
+            out.stdout.is_empty()
+        },
+    );
     (proxy, addr)
 }
 
@@ -294,6 +305,7 @@ fn observe(proxy: SocketAddr, head: &[u8], send: Send, seen: &Receiver<Backend>)
     let write = match send {
         Send::Whole => stream.write_all(head),
         Send::ByteByByte => head.iter().try_for_each(|byte| {
+            // The pause is the point: each byte reaches the proxy as a read of its own.
             thread::sleep(BYTE_PAUSE);
             stream.write_all(&[*byte])
         }),
