@@ -357,8 +357,8 @@ impl Backend {
     /// Established server sockets of the sessions.
     fn connections(&self, topo: &Topology) -> usize {
         match self {
-            Backend::Local { .. } => established_on(&topo.server, SERVER_PORTS),
-            Backend::Container(container) => established_on(&container.ns, CONTAINER_PORTS),
+            Backend::Local { .. } => established(&topo.server, SERVER_PORTS),
+            Backend::Container(container) => established(&container.ns, CONTAINER_PORTS),
         }
     }
 }
@@ -367,12 +367,6 @@ impl Backend {
 const SERVER_PORTS: &str = "( sport = :8080 or sport = :8443 )";
 /// … or the container's ports they are DNATed to.
 const CONTAINER_PORTS: &str = "( sport = :3000 or sport = :3443 )";
-
-/// Established TCP sockets of `ns` matching the `ss` filter `ports`.
-fn established_on(ns: &Netns, ports: &str) -> usize {
-    let out = must(ns.cmd("ss").args(["-Htn", "state", "established", ports]));
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
 
 // ---------------------------------------------------------------------------------------
 // Blind attacks
@@ -692,7 +686,7 @@ fn deleted_entries_heal(mode: &str) {
     let untracked = untracked(&topo, &held);
     assert!(untracked.is_empty(), "not healed: {untracked:?}");
     assert_eq!(
-        established_on(&topo.server, SERVER_PORTS),
+        established(&topo.server, SERVER_PORTS),
         sessions,
         "server sockets"
     );
@@ -757,20 +751,15 @@ fn handshake_heals_from_its_syn_cookie(mode: &str, v6: bool) {
     let client_ns = topo.client.name().to_owned();
     let opened = std::thread::spawn(move || in_netns(&client_ns, move || ws::open(addr, None)));
     // The client's socket is established once the SYN-ACK reached it; its ACK is dropped.
-    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
     let peer = if v6 {
         format!("[{server}]")
     } else {
         server.clone()
     };
     let filter = format!("( dport = :80 and dst {peer} )");
-    while established_on(&topo.client, &filter) != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the client's handshake did not complete"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the client's handshake", EXCHANGE_TIMEOUT, || {
+        established(&topo.client, &filter) == 1
+    });
     assert_eq!(stats(&topo)["flows_half_open"], 1, "the half-open entry");
     assert_eq!(ctl_ok(&topo.server, &["flush"]).trim(), "flushed 1 flows");
     must(topo.client.cmd(tool).arg("-D").args(&rule));
