@@ -164,9 +164,14 @@ pub fn netns_cookie() -> Result<u64, LocalError> {
         what: "reading the network namespace cookie (SO_NETNS_COOKIE, Linux >= 5.14)",
         source,
     };
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
-        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
-        .map_err(err)?;
+    // Unbound: a namespace whose loopback is down has no address to bind to.
+    // SAFETY: a plain socket call; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut cookie = 0u64;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid socket fd, and `cookie`/`len` describe a writable u64.

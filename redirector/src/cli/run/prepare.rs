@@ -203,6 +203,7 @@ fn find_adoptable(ifaces: &[String], mode: Option<Mode>) -> anyhow::Result<Optio
                     instance::StateError::PersistedElsewhere(old.key_iface().into()).into(),
                 );
             }
+            instance::stale::check_same_namespace(old.netns_cookie, old.key_iface())?;
             let hooks = adopt::check(&old, ifaces, mode)?;
             let migrate = old.format == instance::migrate::MIGRATES_FROM;
             return Ok(Some(Adoption {

@@ -11,7 +11,9 @@ use redirector::{
         attach::{self, Hook},
         bpf_link,
         follow::{self, Follower},
-        iface, local,
+        iface,
+        link_state::InstanceMarker,
+        local,
         maps::Maps,
         Dataplane,
     },
@@ -23,7 +25,7 @@ use redirector::{
         pinned::PinnedInstance,
     },
     observe::{
-        kernel_log,
+        interfaces, kernel_log,
         prometheus::{self, Labels},
         stats::Snapshot,
     },
@@ -281,6 +283,7 @@ impl Prepared {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             netns_inode: paths::netns_inode(),
+            netns_cookie: local::netns_cookie().ok(),
             mode: self.mode.to_string(),
             interfaces,
             conntrack_size: self.conntrack_size,
@@ -306,6 +309,8 @@ impl Prepared {
         sniff: Option<(Arc<Counters>, u64)>,
     ) -> anyhow::Result<MetricsBody> {
         let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
+        let marker = InstanceMarker::from_pins(pinned.dir())?;
+        let ifaces = self.ifaces.clone();
         let labels = Labels {
             iface: self.ifaces[0].clone(),
             conntrack_capacity: self.conntrack_size,
@@ -315,6 +320,10 @@ impl Prepared {
             let snapshot = Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
             let mut registry = Registry::default();
             prometheus::register(&mut registry, snapshot, labels.clone());
+            match marker.states(&ifaces) {
+                Ok(states) => interfaces::register(&mut registry, states),
+                Err(e) => log::warn!("reading the interfaces' links for /metrics: {e}"),
+            }
             if let Some((counters, max_conns)) = &sniff {
                 redirector_sniff::metrics::register(
                     &mut registry,
