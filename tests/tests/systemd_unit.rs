@@ -5,6 +5,8 @@
 
 use std::{path::PathBuf, process::Command};
 
+use std::time::Duration;
+
 use redirector_tests::{bins, fixtures::*};
 use testkit::{netns::Topology, process::Proc};
 
@@ -44,6 +46,17 @@ fn cap_number(name: &str) -> u32 {
     }
 }
 
+/// `setpriv --bounding-set` of `caps`: every capability dropped but those.
+fn setpriv_caps(caps: &[String]) -> String {
+    format!(
+        "-all,{}",
+        caps.iter()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
 #[test]
 fn the_unit_is_rated_at_most_3_5_by_systemd_analyze() {
     let out = Command::new("systemd-analyze")
@@ -81,13 +94,7 @@ fn the_loader_redirects_with_only_the_units_capabilities() {
     let topo = Topology::new("unitcaps");
     let _echo = start_echo(&topo, &[]);
     let caps = bounding_set();
-    let setpriv_caps = format!(
-        "-all,{}",
-        caps.iter()
-            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let setpriv_caps = setpriv_caps(&caps);
     let mut cmd = topo.server.cmd("sh");
     cmd.args([
         "-c",
@@ -130,4 +137,45 @@ fn the_loader_redirects_with_only_the_units_capabilities() {
         lines.iter().any(|l| l == "sniff counter websocket=1"),
         "{lines:?}"
     );
+}
+
+/// `systemctl restart` after a NIC reset: the unit's loader (its capabilities, `--persist`)
+/// stopped, the server's interface deleted and re-created, the loader started again. It
+/// adopts the severed instance (no crash loop) and the connection held across keeps
+/// echoing.
+#[test]
+fn a_restart_after_the_interface_was_recreated_adopts_every_connection() {
+    let _serial = serial();
+    let topo = Topology::new("unitflap");
+    let _detach = DetachOnDrop(&topo.server);
+    let _echo = start_echo(&topo, &[]);
+    let setpriv_caps = setpriv_caps(&bounding_set());
+    let start = || {
+        let mut cmd = topo.server.nsenter_cmd("setpriv");
+        cmd.args([
+            "--bounding-set",
+            &setpriv_caps,
+            "--inh-caps=-all",
+            "--no-new-privs",
+        ])
+        .arg(bins::redirector())
+        .args(["run", "--no-local", "--iface", topo.server_if, "--persist"]);
+        let mut loader = Proc::spawn("redirector (unit, persisted)", cmd, false);
+        loader.wait_line("redirector ready", Duration::from_secs(30));
+        loader
+    };
+    let first = start();
+    let mut session = open_session(&topo, &topo.url("ws", false, 80));
+    // Idle: nothing of the opening left in flight while no program is attached.
+    std::thread::sleep(Duration::from_secs(1));
+    stop_loader(first);
+    topo.delete_link();
+    topo.restore_link();
+    let second = start();
+    let ready = ready_line(&second);
+    assert!(ready.contains("adopted 1 established flows"), "{ready}");
+    exchange(&mut session, "after the flap");
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    close_session(session);
+    stop_loader(second);
 }

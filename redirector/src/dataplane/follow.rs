@@ -9,6 +9,7 @@ use std::{
     fs,
     os::fd::AsFd,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -80,10 +81,15 @@ pub enum Change {
     },
 }
 
+/// Each configured interface and whether the programs are attached to it, as the
+/// follower last left it (for readers without the privilege to list the kernel's links).
+pub type Published = Arc<Mutex<Vec<(String, bool)>>>;
+
 /// The configured interfaces and their links.
 #[derive(Debug)]
 pub struct Follower {
     ifaces: Vec<Followed>,
+    published: Published,
     /// The instance's pinned links directory, if its links are pinned (`--persist`, or an
     /// adopted instance): new links replace the pins there.
     links_dir: Option<PathBuf>,
@@ -94,6 +100,7 @@ impl Follower {
     pub fn new(links_dir: Option<PathBuf>) -> Self {
         Follower {
             ifaces: Vec::new(),
+            published: Published::default(),
             links_dir,
         }
     }
@@ -123,12 +130,22 @@ impl Follower {
     }
 
     /// Each interface's name and whether the programs are attached to it (this process's
-    /// view; `status` asks the kernel).
-    pub fn states(&self) -> Vec<(String, bool)> {
-        self.ifaces
+    /// view, kept current in the handle returned; `status` asks the kernel).
+    pub fn published(&self) -> Published {
+        self.publish();
+        Arc::clone(&self.published)
+    }
+
+    fn publish(&self) {
+        let states = self
+            .ifaces
             .iter()
             .map(|f| (f.name.clone(), matches!(f.state, State::Attached { .. })))
-            .collect()
+            .collect();
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
     }
 
     /// Applies one rtnetlink event; `received` is when it was read. Returns what changed.
@@ -138,12 +155,16 @@ impl Follower {
         event: &Event,
         received: Instant,
     ) -> Vec<Change> {
-        match event {
+        let changes = match event {
             Event::NewLink { index, name } => self.on_new_link(dp, *index, name, received),
             Event::DelLink { index, .. } => self.on_gone(dp, *index, None),
             Event::Addresses => Vec::new(),
             Event::Overrun => self.resync(dp, received),
+        };
+        if !changes.is_empty() {
+            self.publish();
         }
+        changes
     }
 
     /// Compares every interface with what the kernel has now (at start, after lost
@@ -163,6 +184,9 @@ impl Follower {
                 (State::Missing, Some(now)) => changes.extend(self.attach(dp, i, now, started)),
                 (State::Missing, None) => {}
             }
+        }
+        if !changes.is_empty() {
+            self.publish();
         }
         changes
     }

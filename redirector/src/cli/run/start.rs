@@ -10,9 +10,9 @@ use redirector::{
     dataplane::{
         attach::{self, Hook},
         bpf_link,
-        follow::{self, Follower},
+        follow::{self, Follower, Published},
         iface,
-        link_state::InstanceMarker,
+        link_state::{InstanceMarker, LinkState},
         local,
         maps::Maps,
         Dataplane,
@@ -119,7 +119,7 @@ impl Prepared {
             })
             .transpose()
             .context("publishing the sniff counters")?;
-        let render = self.metrics_body(&pinned, sniff_shown)?;
+        let render = self.metrics_body(&pinned, sniff_shown, follower.published())?;
         let metrics = (self.metrics.take(), render);
         // Handlers are installed before `ready` is printed: a SIGTERM right after it must
         // still detach cleanly instead of killing the process with its pins in place.
@@ -307,6 +307,7 @@ impl Prepared {
         &self,
         pinned: &PinnedInstance,
         sniff: Option<(Arc<Counters>, u64)>,
+        followed: Published,
     ) -> anyhow::Result<MetricsBody> {
         let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
         let marker = InstanceMarker::from_pins(pinned.dir())?;
@@ -320,10 +321,27 @@ impl Prepared {
             let snapshot = Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
             let mut registry = Registry::default();
             prometheus::register(&mut registry, snapshot, labels.clone());
-            match marker.states(&ifaces) {
-                Ok(states) => interfaces::register(&mut registry, states),
-                Err(e) => log::warn!("reading the interfaces' links for /metrics: {e}"),
-            }
+            // Listing the kernel's links takes CAP_SYS_ADMIN, which the systemd unit does
+            // not grant: then the loader's own view, which rtnetlink keeps current.
+            let states = marker.states(&ifaces).unwrap_or_else(|e| {
+                log::debug!("reading the interfaces' links for /metrics: {e}");
+                followed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .map(|(name, attached)| {
+                        let state = if *attached {
+                            LinkState::Attached
+                        } else if iface::ifindex(name).is_ok() {
+                            LinkState::Severed
+                        } else {
+                            LinkState::Missing
+                        };
+                        (name.clone(), state)
+                    })
+                    .collect()
+            });
+            interfaces::register(&mut registry, states);
             if let Some((counters, max_conns)) = &sniff {
                 redirector_sniff::metrics::register(
                     &mut registry,
