@@ -166,6 +166,24 @@ fn reattach_millis(loader: &Proc, log: &mut String) -> u64 {
     }
 }
 
+/// The finding of doctor's `interfaces` check (entered `via`).
+fn doctor_interfaces(topo: &Topology, via: Via) -> Value {
+    let out = ctl_via(via, &topo.server, &["doctor", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "interfaces")
+        .cloned()
+        .unwrap_or_else(|| panic!("no interfaces check in {report:#}"))
+}
+
 /// The `redirector_interface_attached` gauge of the loader's `--metrics`.
 fn gauge(topo: &Topology, url: &str) -> u64 {
     let out = must(topo.server.cmd("curl").args(["-s", url]));
@@ -260,6 +278,15 @@ fn persisted_flap_is_adopted(tag: &str, mode: &str, v6: bool) {
     let status = ctl_json_via(Via::Nsenter, &topo.server, &["status"]);
     assert_eq!(status["loader_running"], false, "{status}");
     assert_eq!(status["interfaces"][0]["link"], "severed", "{status}");
+    let finding = doctor_interfaces(&topo, Via::Nsenter);
+    assert_eq!(finding["status"], "fail", "{finding}");
+    assert!(
+        finding["fix"]
+            .as_str()
+            .unwrap()
+            .contains("start the loader"),
+        "{finding}"
+    );
 
     let restarted = Instant::now();
     let loader = start(&topo, true, &[]);
@@ -336,11 +363,18 @@ fn an_interface_gone_for_30_s_comes_back_with_every_session() {
     }
     let mut log = loader.stderr_text();
     assert!(log.contains("went away"), "{log}");
+    let finding = doctor_interfaces(&topo, Via::IpNetnsExec);
+    assert_eq!(finding["status"], "warn", "{finding}");
+    assert!(
+        finding["message"].as_str().unwrap().contains("is missing"),
+        "{finding}"
+    );
     topo.restore_link();
     new_connection_time(&topo, addr, Instant::now());
     reattach_millis(&loader, &mut log);
     all_echo(&mut sessions, "after 30 s");
     assert_eq!(link_state(&topo, Via::IpNetnsExec), "attached");
+    assert_eq!(doctor_interfaces(&topo, Via::IpNetnsExec)["status"], "ok");
     assert_eq!(topo.csum_errors(), 0, "TCP checksum errors");
     drop(sessions);
     stop_loader(loader);
