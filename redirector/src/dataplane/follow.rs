@@ -157,7 +157,7 @@ impl Follower {
     ) -> Vec<Change> {
         let changes = match event {
             Event::NewLink { index, name } => self.on_new_link(dp, *index, name, received),
-            Event::DelLink { index, .. } => self.on_gone(dp, *index, None),
+            Event::DelLink { index, .. } => self.on_gone(dp, *index),
             Event::Addresses => Vec::new(),
             Event::Overrun => self.resync(dp, received),
         };
@@ -221,11 +221,11 @@ impl Follower {
         changes
     }
 
-    fn on_gone(&mut self, dp: &mut Dataplane, index: u32, renamed: Option<String>) -> Vec<Change> {
+    fn on_gone(&mut self, dp: &mut Dataplane, index: u32) -> Vec<Change> {
         let mut changes = Vec::new();
         for i in 0..self.ifaces.len() {
             if matches!(self.ifaces[i].state, State::Attached { ifindex, .. } if ifindex == index) {
-                changes.extend(self.lose(dp, i, renamed.clone()));
+                changes.extend(self.lose(dp, i, None));
             }
         }
         changes
