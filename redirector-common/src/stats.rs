@@ -70,7 +70,8 @@ pub enum Counter {
     FlowRstSeen,
     /// A client's packet of no tracked flow to a rule's FROM port belonged to a live
     /// connection on the rule's TO port (the kernel's socket table, no socket owning the
-    /// tuple on FROM): its entry was re-created and the packet rewritten.
+    /// tuple on FROM), or was a handshake ACK carrying a valid SYN cookie of the kernel for
+    /// the tuple on TO: its entry was re-created and the packet rewritten.
     FlowHealedIngress,
     /// A server's packet of no tracked flow came from a socket recorded as carrying a
     /// redirected connection: its entry was re-created and the packet rewritten.

@@ -6,6 +6,8 @@
 //!   until the server's first packet shows its socket in `REDIRECTED_SOCKETS`: a direct
 //!   connection to the TO port with the same tuple is never taken over by a spoofed packet
 //!   to the FROM port.
+//!   A client's handshake ACK heals at once from its request socket, or, where the
+//!   listener answered with a SYN cookie and kept no request socket, from that cookie.
 //! - Server → client: the packet's socket is recorded in `REDIRECTED_SOCKETS`.
 //!
 //! A disabled rule still heals what it admitted; allow lists are not consulted (the
@@ -24,7 +26,8 @@ use crate::{
     flow::{self, Rewrite, Table},
     maps::{count, ESTABLISHED, REDIRECTED_SOCKETS, RULES},
     parse::TcpPacket,
-    sockets::{self, TCP_ESTABLISHED, TCP_NEW_SYN_RECV},
+    sockets::{self, TCP_ESTABLISHED, TCP_LISTEN, TCP_NEW_SYN_RECV},
+    syncookie,
 };
 
 /// A client's packet of no flow to `dst_port`: re-creates its entry if the kernel holds
@@ -44,19 +47,28 @@ pub fn ingress(
     if pkt.flags & tcp_flags::SYN != 0 || sockets::owns(ctx, pkt, pkt.dst_port_be) {
         return Err(Counter::PassUntracked);
     }
-    let Some(state) = sockets::state_of(ctx, pkt, rule.to_port.to_be()) else {
+    let to_port_be = rule.to_port.to_be();
+    let Some(state) = sockets::state_of(ctx, pkt, to_port_be) else {
         return Err(Counter::PassUntracked);
     };
-    if !sockets::is_connection(state) {
-        return Err(Counter::PassUntracked);
-    }
-    // A request socket completes its handshake with this very packet (its half-open entry
-    // was evicted): no server socket exists yet to confirm it by, nor a direct connection
-    // of the tuple to take over.
     let flags = if state == TCP_NEW_SYN_RECV {
+        // A request socket completes its handshake with this very packet (its half-open
+        // entry was evicted): no server socket exists yet to confirm it by, nor a direct
+        // connection of the tuple to take over.
         0
-    } else {
+    } else if state == TCP_LISTEN {
+        // No socket holds the tuple: under a SYN flood the listener answered the SYN with a
+        // cookie and kept nothing; the client's ACK carrying that cookie completes the
+        // handshake, as it would have with its half-open entry.
+        let ack = pkt.flags & (tcp_flags::ACK | tcp_flags::RST) == tcp_flags::ACK;
+        if !ack || !syncookie::valid(pkt, to_port_be) {
+            return Err(Counter::PassUntracked);
+        }
+        0
+    } else if sockets::is_connection(state) {
         FLOW_F_UNVERIFIED
+    } else {
+        return Err(Counter::PassUntracked);
     };
     if insert(key, dst_port, rule.to_port, rule.slot, flags)? {
         count(Counter::FlowHealedIngress);

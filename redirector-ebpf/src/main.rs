@@ -24,6 +24,7 @@ mod packet;
 mod parse;
 mod reap;
 mod sockets;
+mod syncookie;
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},

@@ -44,6 +44,10 @@ pub const TCP_SPORT_OFF: usize = 0;
 pub const TCP_DPORT_OFF: usize = 2;
 /// Offset of the flags byte inside the TCP header.
 const TCP_FLAGS_OFF: usize = 13;
+/// Offset of the sequence number in the TCP header.
+const TCP_SEQ_OFF: usize = 4;
+/// Offset of the acknowledgment number in the TCP header.
+const TCP_ACK_OFF: usize = 8;
 
 /// The linear packet bytes a program may touch: `[start, end)`.
 #[derive(Clone, Copy)]
@@ -89,6 +93,10 @@ pub struct TcpPacket {
     pub dst_port_be: u16,
     /// TCP flags byte.
     pub flags: u8,
+    /// Sequence number, the header's bytes as read (network order).
+    pub seq_be: u32,
+    /// Acknowledgment number, the header's bytes as read (network order).
+    pub ack_be: u32,
     /// IP datagram length (header + payload), for byte counters.
     pub l3_len: u32,
 }
@@ -263,6 +271,18 @@ fn parse_tcp_header(
         src_port_be: u16::from_ne_bytes([tcp[TCP_SPORT_OFF], tcp[TCP_SPORT_OFF + 1]]),
         dst_port_be: u16::from_ne_bytes([tcp[TCP_DPORT_OFF], tcp[TCP_DPORT_OFF + 1]]),
         flags: tcp[TCP_FLAGS_OFF],
+        seq_be: u32::from_ne_bytes([
+            tcp[TCP_SEQ_OFF],
+            tcp[TCP_SEQ_OFF + 1],
+            tcp[TCP_SEQ_OFF + 2],
+            tcp[TCP_SEQ_OFF + 3],
+        ]),
+        ack_be: u32::from_ne_bytes([
+            tcp[TCP_ACK_OFF],
+            tcp[TCP_ACK_OFF + 1],
+            tcp[TCP_ACK_OFF + 2],
+            tcp[TCP_ACK_OFF + 3],
+        ]),
         l3_len,
     })
 }

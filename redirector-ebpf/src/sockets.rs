@@ -19,7 +19,7 @@ pub const TCP_ESTABLISHED: u32 = 1;
 /// the connection is over, or a kernel control socket that sends RSTs; `TCP_LISTEN` = 10).
 const TCP_LAST_ACK: u32 = 9;
 /// `TCP_LISTEN`: a lookup that finds no connection returns the port's listener, if any.
-const TCP_LISTEN: u32 = 10;
+pub const TCP_LISTEN: u32 = 10;
 /// `TCP_CLOSING`: both sides closed at once, still a connection.
 const TCP_CLOSING: u32 = 11;
 /// `TCP_NEW_SYN_RECV`: a request socket, the handshake not yet complete.

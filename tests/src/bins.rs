@@ -53,6 +53,11 @@ pub fn tcp_spoof() -> PathBuf {
     locate("TCP_SPOOF_BIN", "tcp-spoof")
 }
 
+/// The sandbox of a systemd unit without systemd (tests/tests/unit_sandbox.rs).
+pub fn unit_sandbox() -> PathBuf {
+    locate("UNIT_SANDBOX_BIN", "unit-sandbox")
+}
+
 /// The loader's OCI image (`cargo xtask image`; set by `cargo xtask test`), in podman's
 /// local storage.
 pub fn image() -> String {

@@ -13,4 +13,6 @@ pub mod packets;
 pub mod privileges;
 pub mod raw;
 pub mod releases;
+pub mod sandbox;
+pub mod unit;
 pub mod ws;

@@ -715,6 +715,95 @@ fn flushed_entries_of_idle_sessions_heal_from_either_side_xdp() {
     deleted_entries_heal("xdp");
 }
 
+/// Rule in the client namespace's OUTPUT chain that drops every segment to the server's
+/// :80 but the SYN: the handshake's ACK and the request are held back (and retransmitted).
+fn hold_back_rule(v6: bool, server: &str) -> (&'static str, Vec<String>) {
+    let tool = if v6 { "ip6tables" } else { "iptables" };
+    let rule = [
+        "OUTPUT", "-p", "tcp", "-d", server, "--dport", "80", "!", "--syn", "-j", "DROP",
+    ];
+    (tool, rule.iter().map(|s| s.to_string()).collect())
+}
+
+/// A handshake whose half-open entry is lost between the server's SYN-ACK and the client's
+/// ACK, on a listener that answers every SYN with a cookie (`tcp_syncookies=2`, as a SYN
+/// flood makes it do): the server's kernel keeps no request socket, so only the cookie in
+/// the client's ACK says the handshake is real. The ACK heals the entry and the connection
+/// works; without the heal it would reach :80 and be reset.
+fn handshake_heals_from_its_syn_cookie(mode: &str, v6: bool) {
+    let _serial = serial();
+    let topo = Topology::new(&format!("cookie-{mode}"));
+    topo.server
+        .cmd("sysctl")
+        .args(["-q", "-w", "net.ipv4.tcp_syncookies=2"])
+        .status()
+        .map(|s| assert!(s.success(), "sysctl tcp_syncookies"))
+        .unwrap();
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(&topo, &["--mode", mode]);
+    let server = if v6 {
+        topo.server_v6.clone()
+    } else {
+        topo.server_v4.clone()
+    };
+    let addr = SocketAddr::new(server.parse::<IpAddr>().unwrap(), 80);
+    let (tool, rule) = hold_back_rule(v6, &server);
+    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+    must(topo.client.cmd(tool).arg("-A").args(&rule));
+    let before = stats(&topo);
+
+    // The client's connect() completes (its ACK is dropped) and its request waits for
+    // retransmission while the entry goes.
+    let client_ns = topo.client.name().to_owned();
+    let opened = std::thread::spawn(move || in_netns(&client_ns, move || ws::open(addr, None)));
+    // The client's socket is established once the SYN-ACK reached it; its ACK is dropped.
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+    let peer = if v6 {
+        format!("[{server}]")
+    } else {
+        server.clone()
+    };
+    let filter = format!("( dport = :80 and dst {peer} )");
+    while established_on(&topo.client, &filter) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the client's handshake did not complete"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stats(&topo)["flows_half_open"], 1, "the half-open entry");
+    assert_eq!(ctl_ok(&topo.server, &["flush"]).trim(), "flushed 1 flows");
+    must(topo.client.cmd(tool).arg("-D").args(&rule));
+
+    let mut stream = opened
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{mode} IPv{}: {e}", if v6 { 6 } else { 4 }));
+    ws::echo(&mut stream, "after the cookie heal").unwrap();
+    let after = stats(&topo);
+    let count = |name: &str| counter(&after, name) - counter(&before, name);
+    assert_eq!(count("flow_healed_ingress"), 1, "{after}");
+    assert_eq!(count("flow_heal_withdrawn"), 0, "{after}");
+    assert_eq!(after["flows_established"], 1, "{after}");
+    let syncookies_ok = tcp_ext(&topo.server)["SyncookiesRecv"];
+    assert!(syncookies_ok >= 1, "the server's kernel took no cookie");
+    assert_eq!(topo.csum_errors(), 0, "TCP checksum errors");
+    drop(stream);
+    stop_loader(loader);
+}
+
+/// TC ingress, IPv4: the ACK's cookie heals the lost half-open entry.
+#[test]
+fn a_handshake_completed_by_a_syn_cookie_heals_tc_ipv4() {
+    handshake_heals_from_its_syn_cookie("tc", false);
+}
+
+/// Native XDP, IPv6: the same.
+#[test]
+fn a_handshake_completed_by_a_syn_cookie_heals_xdp_ipv6() {
+    handshake_heals_from_its_syn_cookie("xdp", true);
+}
+
 // ---------------------------------------------------------------------------------------
 // Lifetimes
 
@@ -782,12 +871,16 @@ fn close_as_labelled(session: Held) -> Result<(), String> {
 
 /// Real closes — the client's FIN first, the server's FIN first, an application's RST
 /// (SO_LINGER 0) — have their flows removed within seconds, while idle sessions next to
-/// them stay tracked and echo.
-#[test]
-fn real_closes_are_removed_within_seconds() {
+/// them stay tracked and echo; served in the server namespace (the socket table answers)
+/// or in a `container` behind its DNAT (netfilter conntrack answers).
+fn real_closes_removed(container: bool) {
     let _serial = serial();
-    let topo = Topology::new("int-close");
-    let _echo = start_echo(&topo, &[]);
+    let topo = Topology::new(if container {
+        "int-close-k"
+    } else {
+        "int-close"
+    });
+    let _backend = Backend::start(&topo, container);
     let loader = start_loader(&topo, &["--timeout-closing", &CLOSING_SECS.to_string()]);
     let mut opener = Opener::new(&topo);
     let mut closing = Vec::new();
@@ -843,4 +936,18 @@ fn real_closes_are_removed_within_seconds() {
     assert_none_broken(&held);
     assert!(gone.is_empty(), "idle flows gone: {gone:?}");
     stop_loader(loader);
+}
+
+/// Real closes of connections served in the loader's namespace: the socket table says
+/// when each is over.
+#[test]
+fn real_closes_are_removed_within_seconds() {
+    real_closes_removed(false);
+}
+
+/// Real closes of connections DNATed on to a container (the Docker shape): conntrack says
+/// when each is over.
+#[test]
+fn real_closes_of_dnat_sessions_are_removed_within_seconds() {
+    real_closes_removed(true);
 }

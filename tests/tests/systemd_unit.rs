@@ -3,65 +3,19 @@
 //! capabilities than the unit's `CapabilityBoundingSet=` (applied with `setpriv` in a
 //! test namespace), its sniffing proxy's child dropping to `nobody` from there.
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use std::time::Duration;
-
-use redirector_tests::{bins, fixtures::*};
+use redirector_tests::{bins, fixtures::*, unit::Unit};
 use testkit::{netns::Topology, process::Proc};
 
 /// Highest exposure accepted (systemd rates 0 to 10, lower is better).
 const MAX_EXPOSURE: f64 = 3.5;
 
-/// The unit file of the repository.
-fn unit_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/redirector.service")
-}
-
-/// The capability names (`CAP_BPF` …) of the unit's `CapabilityBoundingSet=` lines.
-fn bounding_set() -> Vec<String> {
-    let unit = std::fs::read_to_string(unit_path()).unwrap();
-    let caps: Vec<String> = unit
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("CapabilityBoundingSet="))
-        .flat_map(|v| v.split_whitespace().map(str::to_string))
-        .collect();
-    assert!(!caps.is_empty(), "no CapabilityBoundingSet= in the unit");
-    caps
-}
-
-/// Capability number of `CAP_NAME` (the ones a loader unit may list).
-fn cap_number(name: &str) -> u32 {
-    match name {
-        "CAP_NET_ADMIN" => 12,
-        "CAP_SETGID" => 6,
-        "CAP_SETUID" => 7,
-        "CAP_SETPCAP" => 8,
-        "CAP_NET_BIND_SERVICE" => 10,
-        "CAP_SYS_ADMIN" => 21,
-        "CAP_SYS_RESOURCE" => 24,
-        "CAP_PERFMON" => 38,
-        "CAP_BPF" => 39,
-        other => panic!("capability {other} not known to this test"),
-    }
-}
-
-/// `setpriv --bounding-set` of `caps`: every capability dropped but those.
-fn setpriv_caps(caps: &[String]) -> String {
-    format!(
-        "-all,{}",
-        caps.iter()
-            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-            .collect::<Vec<_>>()
-            .join(",")
-    )
-}
-
 #[test]
 fn the_unit_is_rated_at_most_3_5_by_systemd_analyze() {
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
-        .arg(unit_path())
+        .arg(Unit::path())
         .output()
         .expect("running systemd-analyze (installed by `cargo xtask setup`)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -93,19 +47,15 @@ fn the_loader_redirects_with_only_the_units_capabilities() {
     let _serial = serial();
     let topo = Topology::new("unitcaps");
     let _echo = start_echo(&topo, &[]);
-    let caps = bounding_set();
-    let setpriv_caps = setpriv_caps(&caps);
+    let unit = Unit::shipped();
     let mut cmd = topo.server.cmd("sh");
     cmd.args([
         "-c",
         "mount -t bpf bpf /sys/fs/bpf && exec \"$@\"",
         "sh",
         "setpriv",
-        "--bounding-set",
-        &setpriv_caps,
-        "--inh-caps=-all",
-        "--no-new-privs",
     ])
+    .args(unit.setpriv_args())
     .arg(bins::redirector())
     .args(["run", "--no-local", "--iface", topo.server_if])
     .args(["--redirect", "443:8443", "--sniff-listen", "0.0.0.0:80"])
@@ -117,7 +67,7 @@ fn the_loader_redirects_with_only_the_units_capabilities() {
     ]);
     let mut loader = Proc::spawn("redirector (unit capabilities)", cmd, false);
     loader.wait_line("redirector ready", std::time::Duration::from_secs(30));
-    let expected: u64 = caps.iter().map(|c| 1u64 << cap_number(c)).sum();
+    let expected = unit.bounding_mask();
     let status = std::fs::read_to_string(format!("/proc/{}/status", loader.pid())).unwrap();
     for field in ["CapEff", "CapBnd"] {
         let value = status
@@ -149,25 +99,24 @@ fn a_restart_after_the_interface_was_recreated_adopts_every_connection() {
     let topo = Topology::new("unitflap");
     let _detach = DetachOnDrop(&topo.server);
     let _echo = start_echo(&topo, &[]);
-    let setpriv_caps = setpriv_caps(&bounding_set());
+    let unit = Unit::shipped();
     let start = || {
         let mut cmd = topo.server.nsenter_cmd("setpriv");
-        cmd.args([
-            "--bounding-set",
-            &setpriv_caps,
-            "--inh-caps=-all",
-            "--no-new-privs",
-        ])
-        .arg(bins::redirector())
-        .args(["run", "--no-local", "--iface", topo.server_if, "--persist"]);
+        cmd.args(unit.setpriv_args()).arg(bins::redirector()).args([
+            "run",
+            "--no-local",
+            "--iface",
+            topo.server_if,
+            "--persist",
+        ]);
         let mut loader = Proc::spawn("redirector (unit, persisted)", cmd, false);
-        loader.wait_line("redirector ready", Duration::from_secs(30));
+        loader.wait_line("redirector ready", std::time::Duration::from_secs(30));
         loader
     };
     let first = start();
     let mut session = open_session(&topo, &topo.url("ws", false, 80));
     // Idle: nothing of the opening left in flight while no program is attached.
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(std::time::Duration::from_secs(1));
     stop_loader(first);
     topo.delete_link();
     topo.restore_link();

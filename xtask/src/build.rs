@@ -1,5 +1,5 @@
 //! `cargo xtask build`: setup, then build the loader, the test helpers (`ws-echo`,
-//! `ws-client`, `syn-flood`, `tcp-spoof`) and the benchmark tools (`wsload`, `kernel-bench`,
+//! `ws-client`, `syn-flood`, `tcp-spoof`, `unit-sandbox`) and the benchmark tools (`wsload`, `kernel-bench`,
 //! `sniff-bench`), and find where cargo put them.
 
 use std::fmt;
@@ -51,6 +51,7 @@ pub struct Binaries {
     pub sniff_bench: PathBuf,
     pub syn_flood: PathBuf,
     pub tcp_spoof: PathBuf,
+    pub unit_sandbox: PathBuf,
 }
 
 impl Binaries {
@@ -97,6 +98,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         sniff_bench: bin_dir.join("sniff-bench"),
         syn_flood: bin_dir.join("syn-flood"),
         tcp_spoof: bin_dir.join("tcp-spoof"),
+        unit_sandbox: bin_dir.join("unit-sandbox"),
     };
     for path in [
         &binaries.redirector,
@@ -107,6 +109,7 @@ pub fn build_binaries(profile: Profile) -> Result<Binaries> {
         &binaries.sniff_bench,
         &binaries.syn_flood,
         &binaries.tcp_spoof,
+        &binaries.unit_sandbox,
     ] {
         ensure!(
             path.is_file(),

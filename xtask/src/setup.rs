@@ -38,6 +38,8 @@ const REQUIRED_PACKAGES: &[&str] = &[
     "dpkg-dev", // dpkg-deb, dpkg-architecture
     "lintian",  // checks the .deb (no error allowed)
     "man-db",   // man: renders the generated pages in the package test
+    // The shipped unit's sandbox (tests/tests/unit_sandbox.rs): unit-sandbox links libseccomp.
+    "libseccomp-dev",
 ];
 /// Packages that help with debugging but may be missing from the archive.
 const OPTIONAL_PACKAGES: &[&str] = &["bpftool"];

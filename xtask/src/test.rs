@@ -3,7 +3,7 @@
 //! binary is built), the Debian packages (`cargo xtask deb`, lintian included, and the same
 //! build as a higher version for the upgrade test), then the whole test suite with the
 //! built binaries' paths in REDIRECTOR_BIN, WS_ECHO_BIN, WS_CLIENT_BIN, WSLOAD_BIN,
-//! KERNEL_BENCH_BIN, SYN_FLOOD_BIN and TCP_SPOOF_BIN, the image's name in REDIRECTOR_IMAGE,
+//! KERNEL_BENCH_BIN, SYN_FLOOD_BIN, TCP_SPOOF_BIN and UNIT_SANDBOX_BIN, the image's name in REDIRECTOR_IMAGE,
 //! the packages in
 //! REDIRECTOR_DEB and REDIRECTOR_DEB_NEXT and the manifests' validator in
 //! KUBERNETES_VALIDATE_BIN, then a bounded run of each fuzz target of redirector-sniff/fuzz,
@@ -91,6 +91,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
             "--workspace",
             "--exclude",
             EBPF_PACKAGE,
+            // Every suite runs even after one fails: one run lists every failure.
+            "--no-fail-fast",
         ])
         .args(&args.cargo_test_args)
         .env("REDIRECTOR_BIN", &binaries.redirector)
@@ -100,6 +102,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("KERNEL_BENCH_BIN", &binaries.kernel_bench)
         .env("SYN_FLOOD_BIN", &binaries.syn_flood)
         .env("TCP_SPOOF_BIN", &binaries.tcp_spoof)
+        .env("UNIT_SANDBOX_BIN", &binaries.unit_sandbox)
         .env("REDIRECTOR_IMAGE", &image.name)
         .env("REDIRECTOR_DEB", &debs.0)
         .env("REDIRECTOR_DEB_NEXT", &debs.1)

@@ -27,7 +27,8 @@ use super::{
     start::{Loaded, Started},
 };
 
-/// How often closed and idle flows are reclaimed.
+/// How often closed and idle flows are reclaimed (less often over large tables:
+/// [`reaper::Pace`]).
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the namespace's addresses and interfaces are compared with the kernel's
 /// anyway: rtnetlink events drive both, this only bounds what a lost event could cost.
@@ -126,6 +127,7 @@ async fn reap_until_signal(
     let mut tick = tokio::time::interval(REAP_INTERVAL);
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.reset();
+    let mut pace = reaper::Pace::default();
     loop {
         tokio::select! {
             _ = signals.interrupt.recv() => break,
@@ -150,7 +152,7 @@ async fn reap_until_signal(
                 }
             }
             _ = tick.tick() => {
-                match reaper::reap(dp, timeouts) {
+                match pace.reap(dp, timeouts, std::time::Instant::now()) {
                     Ok(0) => {}
                     Ok(n) => log::debug!("reclaimed {n} closed or idle flows"),
                     Err(e) => log::warn!("reaping flows: {e}"),
