@@ -240,6 +240,8 @@ pub struct Topology {
     pub server_if: &'static str,
     /// Client IPv4 address.
     pub client_v4: String,
+    /// Client IPv6 address.
+    pub client_v6: String,
     /// Server IPv4 address.
     pub server_v4: String,
     /// Server IPv6 address.
@@ -282,6 +284,7 @@ impl Topology {
             client_if,
             server_if,
             client_v4,
+            client_v6,
             server_v4,
             server_v6,
         }
@@ -319,6 +322,7 @@ impl Topology {
             client_if: client_side.veth,
             server_if: server_side.veth,
             client_v4: client_side.ipv4.to_owned(),
+            client_v6: client_side.ipv6.to_owned(),
             server_v4: server_side.ipv4.to_owned(),
             server_v6: server_side.ipv6.to_owned(),
         })
@@ -331,6 +335,29 @@ impl Topology {
         } else {
             format!("{scheme}://{}:{port}/", self.server_v4)
         }
+    }
+
+    /// Deletes the veth pair (both ends go), as a driver reload or a runtime re-making
+    /// the interface does; panics on failure (tests).
+    pub fn delete_link(&self) {
+        must(self.server.cmd("ip").args(["link", "del", self.server_if]));
+    }
+
+    /// Creates the veth pair again with the same names and addresses (tx checksum offload
+    /// off on both ends, as [`Topology::new`] does); panics on failure (tests).
+    pub fn restore_link(&self) {
+        let client_end = End {
+            veth: self.client_if,
+            ipv4: &self.client_v4,
+            ipv6: &self.client_v6,
+        };
+        let server_end = End {
+            veth: self.server_if,
+            ipv4: &self.server_v4,
+            ipv6: &self.server_v6,
+        };
+        join(&self.client, &client_end, &self.server, &server_end)
+            .unwrap_or_else(|err| panic!("re-creating the veth pair: {}", error_chain(&err)));
     }
 
     /// Checksum errors seen by TCP in either namespace.

@@ -40,7 +40,20 @@ pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 's
 /// Opens a WebSocket session to `addr` (TCP connect, opening handshake, one echo), from
 /// `local_port` if given (bound with SO_REUSEADDR), else from a port the kernel picks.
 pub fn open(addr: SocketAddr, local_port: Option<u16>) -> Result<TcpStream, String> {
-    let mut stream = connect(addr, local_port)?;
+    let stream = connect(addr, local_port)?;
+    upgrade(addr, stream)
+}
+
+/// [`open`] from a port the kernel picks, giving up on the TCP handshake after
+/// `connect_timeout` (a test that retries rather than waits for SYN retransmissions).
+pub fn open_within(addr: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, String> {
+    let stream =
+        TcpStream::connect_timeout(&addr, connect_timeout).map_err(|e| format!("connect: {e}"))?;
+    upgrade(addr, stream)
+}
+
+/// The opening handshake and one echo on a connected `stream`.
+fn upgrade(addr: SocketAddr, mut stream: TcpStream) -> Result<TcpStream, String> {
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     stream.set_nodelay(true).unwrap();

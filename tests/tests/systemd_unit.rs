@@ -88,3 +88,43 @@ fn the_loader_redirects_with_only_the_units_capabilities() {
         "{lines:?}"
     );
 }
+
+/// `systemctl restart` after a NIC reset: the unit's loader (its capabilities, `--persist`)
+/// stopped, the server's interface deleted and re-created, the loader started again. It
+/// adopts the severed instance (no crash loop) and the connection held across keeps
+/// echoing.
+#[test]
+fn a_restart_after_the_interface_was_recreated_adopts_every_connection() {
+    let _serial = serial();
+    let topo = Topology::new("unitflap");
+    let _detach = DetachOnDrop(&topo.server);
+    let _echo = start_echo(&topo, &[]);
+    let unit = Unit::shipped();
+    let start = || {
+        let mut cmd = topo.server.nsenter_cmd("setpriv");
+        cmd.args(unit.setpriv_args()).arg(bins::redirector()).args([
+            "run",
+            "--no-local",
+            "--iface",
+            topo.server_if,
+            "--persist",
+        ]);
+        let mut loader = Proc::spawn("redirector (unit, persisted)", cmd, false);
+        loader.wait_line("redirector ready", std::time::Duration::from_secs(30));
+        loader
+    };
+    let first = start();
+    let mut session = open_session(&topo, &topo.url("ws", false, 80));
+    // Idle: nothing of the opening left in flight while no program is attached.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    stop_loader(first);
+    topo.delete_link();
+    topo.restore_link();
+    let second = start();
+    let ready = ready_line(&second);
+    assert!(ready.contains("adopted 1 established flows"), "{ready}");
+    exchange(&mut session, "after the flap");
+    assert_echo(&topo, &topo.url("ws", false, 80));
+    close_session(session);
+    stop_loader(second);
+}

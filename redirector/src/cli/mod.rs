@@ -115,14 +115,16 @@ pub enum Command {
     /// Remove what `run --persist` left attached (after its loader exited).
     ///
     /// Unpins its links, which detaches the programs, and its maps. In a network namespace
-    /// run it with `nsenter --net=/run/netns/NS` (see docs/CONTROL.md).
+    /// run it with `nsenter --net=/run/netns/NS` (see docs/CONTROL.md). With --stale,
+    /// removes instead the pins of network namespaces that no longer exist.
     ///
     /// Example: redirector detach --iface eth0
-    Detach(Target),
+    Detach(detach::DetachArgs),
     /// Check this host for what would break redirected connections, one line per finding
     /// with its fix: a TO port nobody listens on, a firewall that drops redirected
     /// packets, a conntrack size below the open connections, the ingress hook and why, tx
-    /// checksum offload on a veth, bpffs for --persist, a foreign XDP or tcx program.
+    /// checksum offload on a veth, bpffs for --persist, a foreign XDP or tcx program, an
+    /// interface without the programs, pins of a namespace that is gone.
     ///
     /// Read-only; works with or without a running instance (whose settings are the
     /// defaults). Exit status 1 if a check fails (FAIL), else 0 (warnings included).

@@ -1,7 +1,10 @@
 //! `redirector status`: interfaces, hook mode, rules, conntrack fill (and the sniffing
 //! proxy's connection limit, if the loader runs one).
 
-use redirector::instance::{control, view};
+use redirector::{
+    dataplane::link_state::LinkState,
+    instance::{control, view},
+};
 
 use super::Target;
 
@@ -38,8 +41,18 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         ),
     }
     for iface in &status.interfaces {
+        let link = match iface.link {
+            Some(LinkState::Attached) => "attached",
+            Some(LinkState::Severed) => {
+                "severed (the interface exists, the programs are not on it: see `redirector doctor`)"
+            }
+            Some(LinkState::Missing) => {
+                "missing (no interface of that name: attached again when it appears)"
+            }
+            None => "unknown (the kernel's links could not be read)",
+        };
         println!(
-            "interface {}: ingress {}, egress tc",
+            "interface {}: ingress {}, egress tc, {link}",
             iface.name, iface.ingress_hook
         );
     }

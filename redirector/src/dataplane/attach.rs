@@ -172,7 +172,7 @@ pub fn adopt(
     hook: Hook,
     ingress: &Path,
     egress: &Path,
-) -> Result<(), AdoptLinkError> {
+) -> Result<Attached, AdoptLinkError> {
     let update_err = |direction| {
         let iface = iface.to_string();
         move |source| AdoptLinkError::Update {
@@ -182,27 +182,37 @@ pub fn adopt(
         }
     };
     let ingress_link = open_pinned(ingress)?;
-    match hook {
+    let ingress_id = match hook {
         Hook::XdpNative | Hook::XdpGeneric => {
             let link = XdpLink::try_from(ingress_link).map_err(kind_err(ingress, "XDP"))?;
-            dp.xdp_ingress()?
-                .attach_to_link(link)
-                .map_err(update_err("ingress"))?;
+            IngressLinkId::Xdp(
+                dp.xdp_ingress()?
+                    .attach_to_link(link)
+                    .map_err(update_err("ingress"))?,
+            )
         }
         Hook::TcIngress => {
             let link =
                 SchedClassifierLink::try_from(ingress_link).map_err(kind_err(ingress, "TCX"))?;
-            dp.tc_ingress()?
-                .attach_to_link(link)
-                .map_err(update_err("ingress"))?;
+            IngressLinkId::Tc(
+                dp.tc_ingress()?
+                    .attach_to_link(link)
+                    .map_err(update_err("ingress"))?,
+            )
         }
-    }
+    };
     let link =
         SchedClassifierLink::try_from(open_pinned(egress)?).map_err(kind_err(egress, "TCX"))?;
-    dp.tc_egress()?
+    let egress_id = dp
+        .tc_egress()?
         .attach_to_link(link)
         .map_err(update_err("egress"))?;
-    Ok(())
+    Ok(Attached {
+        hook,
+        iface: iface.to_string(),
+        ingress: ingress_id,
+        egress: egress_id,
+    })
 }
 
 fn open_pinned(path: &Path) -> Result<FdLink, AdoptLinkError> {
@@ -225,6 +235,16 @@ impl Hook {
         [Hook::XdpNative, Hook::XdpGeneric, Hook::TcIngress]
             .into_iter()
             .find(|hook| hook.to_string() == name)
+    }
+
+    /// The `--mode` that attaches exactly this hook (how an interface that comes back gets
+    /// the hook it had).
+    pub fn mode(self) -> Mode {
+        match self {
+            Hook::XdpNative => Mode::Xdp,
+            Hook::XdpGeneric => Mode::XdpGeneric,
+            Hook::TcIngress => Mode::Tc,
+        }
     }
 
     /// True if `mode` (an explicit `--mode`) asks for this hook; `auto` accepts any.
@@ -256,6 +276,27 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// Detaches both links (or, on a severed or pinned link, only closes this process's
+    /// handle: a pinned link stays attached until unpinned or detached by
+    /// [`super::bpf_link::detach`]).
+    pub fn detach(self, dp: &mut Dataplane) -> Result<(), AttachError> {
+        let prog_err = |direction| {
+            let iface = self.iface.clone();
+            move |source| AttachError::Tc {
+                iface,
+                direction,
+                source,
+            }
+        };
+        match self.ingress {
+            IngressLinkId::Xdp(id) => dp.xdp_ingress()?.detach(id).map_err(prog_err("ingress"))?,
+            IngressLinkId::Tc(id) => dp.tc_ingress()?.detach(id).map_err(prog_err("ingress"))?,
+        }
+        dp.tc_egress()?
+            .detach(self.egress)
+            .map_err(prog_err("egress"))
+    }
+
     /// Takes both links out of the programs' ownership, so that dropping the `Dataplane`
     /// no longer detaches them (`--persist` pins them): `(ingress, egress)`.
     pub fn take_links(self, dp: &mut Dataplane) -> Result<(FdLink, FdLink), AttachError> {

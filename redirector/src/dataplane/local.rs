@@ -10,7 +10,7 @@ use std::{
     io,
     net::IpAddr,
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -23,7 +23,7 @@ use aya::programs::{
 };
 use redirector_common::maps::{PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEERNAME4, PROG_GETPEERNAME6};
 
-use super::{Dataplane, DataplaneError};
+use super::{bpf_link, Dataplane, DataplaneError};
 
 /// The four programs, with the name of their pinned link (in `links/`, next to the
 /// interfaces' `<iface>-ingress`/`-egress`, which these names cannot collide with).
@@ -164,9 +164,14 @@ pub fn netns_cookie() -> Result<u64, LocalError> {
         what: "reading the network namespace cookie (SO_NETNS_COOKIE, Linux >= 5.14)",
         source,
     };
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
-        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
-        .map_err(err)?;
+    // Unbound: a namespace whose loopback is down has no address to bind to.
+    // SAFETY: a plain socket call; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut cookie = 0u64;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid socket fd, and `cookie`/`len` describe a writable u64.
@@ -312,7 +317,7 @@ pub fn adopt(dp: &mut Dataplane, links_dir: &Path) -> Result<(), LocalError> {
         if link.info().map_err(open_err)?.link_type().ok() != Some(LinkType::Cgroup) {
             return Err(LocalError::NotCgroupLink { path });
         }
-        let link_fd = bpf_obj_get(&path).map_err(|source| LocalError::OpenLink {
+        let link_fd = bpf_link::obj_get(&path).map_err(|source| LocalError::OpenLink {
             path: path.clone(),
             source,
         })?;
@@ -322,81 +327,8 @@ pub fn adopt(dp: &mut Dataplane, links_dir: &Path) -> Result<(), LocalError> {
             path: path.clone(),
             source,
         })?;
-        bpf_link_update(link_fd.as_fd(), prog_fd.as_fd())
+        bpf_link::update(link_fd.as_fd(), prog_fd.as_fd())
             .map_err(|source| LocalError::Update { path, source })?;
-    }
-    Ok(())
-}
-
-/// `bpf(2)` command numbers (`enum bpf_cmd` of the kernel's UAPI).
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_UPDATE: libc::c_long = 29;
-
-/// `union bpf_attr` for `BPF_OBJ_GET`.
-#[repr(C)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
-
-/// `union bpf_attr` for `BPF_LINK_UPDATE`.
-#[repr(C)]
-struct LinkUpdateAttr {
-    link_fd: u32,
-    new_prog_fd: u32,
-    flags: u32,
-    old_prog_fd: u32,
-}
-
-/// Opens the BPF object pinned at `path` (aya's pinned-link handle does not lend its fd).
-fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let attr = ObjGetAttr {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    // SAFETY: BPF_OBJ_GET reads `attr` (its size passed) and the NUL-terminated path it
-    // points to, both alive for the call; it returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &raw const attr,
-            std::mem::size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Replaces the program of the link `link` by `prog`, atomically (the kernel swaps the
-/// link's program pointer).
-fn bpf_link_update(
-    link: std::os::fd::BorrowedFd<'_>,
-    prog: std::os::fd::BorrowedFd<'_>,
-) -> io::Result<()> {
-    let attr = LinkUpdateAttr {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: prog.as_raw_fd() as u32,
-        flags: 0,
-        old_prog_fd: 0,
-    };
-    // SAFETY: BPF_LINK_UPDATE only reads `attr` (its size passed), alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &raw const attr,
-            std::mem::size_of::<LinkUpdateAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -1,13 +1,19 @@
 //! The kernel side as user space sees it: the loaded eBPF object ([`Dataplane`], its
 //! programs verified by the kernel), typed access to its maps ([`maps`], batched through
-//! [`batch`]), attaching to interfaces ([`attach`], [`iface`]) and to a cgroup for local
-//! clients ([`local`]), and the privileges all of that needs ([`privileges`]).
+//! [`batch`]), attaching to interfaces ([`attach`], [`iface`]) — and following them by
+//! rtnetlink ([`netlink`], [`follow`]), with the kernel's view of the links
+//! ([`bpf_link`], [`link_state`]) — and to a cgroup for local clients ([`local`]), and the
+//! privileges all of that needs ([`privileges`]).
 
 pub mod attach;
 pub mod batch;
+pub mod bpf_link;
+pub mod follow;
 pub mod iface;
+pub mod link_state;
 pub mod local;
 pub mod maps;
+pub mod netlink;
 pub mod privileges;
 
 use std::{

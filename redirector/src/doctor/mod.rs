@@ -7,16 +7,20 @@
 //! redirected packets), [`capacity`] (the established table holds the host's connections),
 //! [`hook`] (which ingress hook `--mode` gets, and why), [`offload`] (tx checksum offload
 //! on a veth), [`bpffs`] (mounted for `--persist`), [`programs`] (no foreign XDP, tcx or tc
-//! program on the interface); [`proc_net`] and [`xdp_features`] read what they share.
+//! program on the interface), [`interfaces`] (the instance's programs are on each of its
+//! interfaces), [`stale`] (no pinned state of a network namespace that is gone);
+//! [`proc_net`] and [`xdp_features`] read what they share.
 
 pub mod bpffs;
 pub mod capacity;
 pub mod firewall;
 pub mod hook;
+pub mod interfaces;
 pub mod listener;
 pub mod offload;
 pub mod proc_net;
 pub mod programs;
+pub mod stale;
 pub mod xdp_features;
 
 use std::fmt;
@@ -57,7 +61,7 @@ impl fmt::Display for Status {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// Which check (`listener`, `firewall`, `conntrack`, `hook`, `offload`, `bpffs`,
-    /// `programs`); a check may report several findings (one per rule or interface).
+    /// `programs`, `interfaces`, `stale`); a check may report several findings (one per rule or interface).
     pub name: &'static str,
     /// Outcome.
     pub status: Status,
@@ -103,7 +107,7 @@ impl fmt::Display for Check {
 }
 
 /// Every check's name, in the order they run (what `--json` always holds).
-pub const CHECK_NAMES: [&str; 7] = [
+pub const CHECK_NAMES: [&str; 9] = [
     "listener",
     "firewall",
     "conntrack",
@@ -111,6 +115,8 @@ pub const CHECK_NAMES: [&str; 7] = [
     "offload",
     "bpffs",
     "programs",
+    "interfaces",
+    "stale",
 ];
 
 /// `doctor` could not run at all (as opposed to a check that found a problem).
@@ -193,6 +199,8 @@ pub fn run_all(settings: &Settings) -> Result<Vec<Check>, DoctorError> {
     for iface in &settings.ifaces {
         checks.extend(programs::check(settings, iface));
     }
+    checks.extend(interfaces::check(settings.instance.as_ref()));
+    checks.push(stale::check());
     Ok(checks)
 }
 

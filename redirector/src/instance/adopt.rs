@@ -200,6 +200,7 @@ mod tests {
             version: "0.1.0".into(),
             pid: 42,
             netns_inode: 1,
+            netns_cookie: None,
             mode: "auto".into(),
             interfaces: vec![
                 InterfaceInfo {

@@ -28,6 +28,10 @@ pub struct InstanceInfo {
     pub pid: u32,
     /// Inode of its network namespace.
     pub netns_inode: u64,
+    /// Cookie of its network namespace (`SO_NETNS_COOKIE`): unlike the inode, never reused
+    /// by a later namespace. Absent in files of older loaders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
     /// Requested `--mode`.
     pub mode: String,
     /// Interfaces, in `--iface` order; the first one keys the instance.
@@ -219,6 +223,7 @@ mod tests {
             version: "0.1.0".into(),
             pid: 42,
             netns_inode: 4026531840,
+            netns_cookie: Some(4096),
             mode: "auto".into(),
             interfaces: vec![
                 InterfaceInfo {

@@ -2,7 +2,7 @@
 //! where its state lives ([`paths`]), the lock that makes it one loader per interface
 //! ([`lock`]), its instance file ([`info`]), its pinned maps and links ([`pinned`]), and
 //! what the control commands read ([`view`]) and change ([`control`]) — every change
-//! through [`Instance::edit`].
+//! through [`Instance::edit`] — and the pins of namespaces that are gone ([`stale`]).
 
 pub mod adopt;
 pub mod control;
@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod paths;
 pub mod pinned;
 mod scan;
+pub mod stale;
 pub mod view;
 
 use std::{
@@ -94,6 +95,16 @@ pub enum StateError {
     /// `detach` while the loader of the instance still runs.
     #[error("redirector (pid {0}) is running on {1}: stop it (SIGTERM) first; with --persist it leaves its programs attached for `detach`")]
     StillRunning(u32, String),
+    /// Pins of this namespace's inode recorded with another namespace cookie.
+    #[error("the persisted redirector on {iface} was pinned by a network namespace that no longer exists (cookie {recorded}; this namespace, which reuses its inode, has cookie {now}): its flows belong to that namespace and are not adopted; remove its pins with `redirector detach --stale`, then start again")]
+    DeadNamespace {
+        /// Its key interface.
+        iface: String,
+        /// The cookie its instance file recorded.
+        recorded: u64,
+        /// This namespace's.
+        now: u64,
+    },
     /// `detach` with no persisted instance.
     #[error("no persisted redirector in this network namespace (nothing to detach)")]
     NothingToDetach,

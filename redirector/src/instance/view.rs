@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::{control::ControlError, info::TimeoutsInfo, paths, Instance};
 use crate::{
+    dataplane::link_state::{InstanceMarker, LinkState},
     observe::{sniff_publish, stats::evicted},
     reaper::monotonic_ns,
 };
@@ -75,6 +76,10 @@ pub struct InterfaceJson {
     pub name: String,
     /// `xdp`, `xdp-generic` or `tc`.
     pub ingress_hook: String,
+    /// `attached`, `severed` (the interface exists, the programs are not on it) or
+    /// `missing` (no interface of that name), from the kernel's links; null if the kernel
+    /// could not be asked.
+    pub link: Option<LinkState>,
 }
 
 /// One rule in [`StatusJson`].
@@ -111,14 +116,25 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
         pid: info.pid,
         version: info.version.clone(),
         mode: info.mode.clone(),
-        interfaces: info
-            .interfaces
-            .iter()
-            .map(|i| InterfaceJson {
-                name: i.name.clone(),
-                ingress_hook: i.ingress_hook.clone(),
-            })
-            .collect(),
+        interfaces: {
+            let names: Vec<String> = info.interfaces.iter().map(|i| i.name.clone()).collect();
+            let states =
+                InstanceMarker::from_pins(&info.pin_dir_from_here(instance.loader_running))
+                    .and_then(|marker| marker.states(&names))
+                    .map_err(|e| log::warn!("reading the interfaces' links: {e}"))
+                    .unwrap_or_default();
+            info.interfaces
+                .iter()
+                .map(|i| InterfaceJson {
+                    name: i.name.clone(),
+                    ingress_hook: i.ingress_hook.clone(),
+                    link: states
+                        .iter()
+                        .find(|(name, _)| *name == i.name)
+                        .map(|(_, state)| *state),
+                })
+                .collect()
+        },
         rules: instance
             .maps
             .rules()?

@@ -4,7 +4,7 @@
 //! namespace. The reaper ([`crate::reaper`]) follows these answers.
 
 pub mod conntrack;
-mod netlink;
+pub(crate) mod netlink;
 pub mod sock_diag;
 
 use std::net::IpAddr;

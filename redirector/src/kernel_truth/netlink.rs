@@ -212,8 +212,9 @@ impl Socket {
 }
 
 /// The fields of a `nlmsghdr` that matter here.
-struct Header {
-    kind: u16,
+pub(crate) struct Header {
+    /// `nlmsg_type`.
+    pub(crate) kind: u16,
     seq: u32,
 }
 
@@ -230,7 +231,9 @@ fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Each message of one datagram: its header (or why it does not parse) and its payload.
-fn messages(mut data: &[u8]) -> impl Iterator<Item = (Result<Header, NetlinkError>, &[u8])> {
+pub(crate) fn messages(
+    mut data: &[u8],
+) -> impl Iterator<Item = (Result<Header, NetlinkError>, &[u8])> {
     std::iter::from_fn(move || {
         if data.is_empty() {
             return None;

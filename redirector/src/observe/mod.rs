@@ -1,10 +1,11 @@
 //! What a running instance reports: a counter snapshot ([`stats`]), its series
-//! ([`prometheus`]), their text in the negotiated format ([`exposition`]) and the
+//! ([`prometheus`], and [`interfaces`]: whether each interface has the programs), their text in the negotiated format ([`exposition`]) and the
 //! `--metrics` HTTP endpoint that serves it ([`http`]).
 
 pub mod exposition;
 pub mod flow_tables;
 pub mod http;
+pub mod interfaces;
 pub mod kernel_log;
 pub mod prometheus;
 pub mod sniff_publish;

@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use redirector::{
-    dataplane::{attach, Dataplane},
+    dataplane::{attach, follow::Follower, iface, Dataplane},
     instance::{
         adopt::{self, AdoptedRule},
         migrate::{self, Copied, OldTables, MIGRATES_FROM},
@@ -59,16 +59,20 @@ impl Prepared {
         };
         self.configure_loaded(&mut dp)?;
         let link_dir = dir.join(paths::LINKS_DIR);
+        let mut follower = Follower::new(Some(link_dir.clone()));
         for (name, hook) in &adoption.hooks {
             let ingress = link_dir.join(paths::link_pin_name(name, "ingress"));
             let egress = link_dir.join(paths::link_pin_name(name, "egress"));
-            attach::adopt(&mut dp, name, *hook, &ingress, &egress).with_context(|| {
-                format!(
-                    "replacing the programs on {name} (interfaces before it already run the \
+            let ifindex = iface::ifindex(name)?;
+            let held =
+                attach::adopt(&mut dp, name, *hook, &ingress, &egress).with_context(|| {
+                    format!(
+                        "replacing the programs on {name} (interfaces before it already run the \
                      new programs; the new pins wait in {})",
-                    tmp.display()
-                )
-            })?;
+                        tmp.display()
+                    )
+                })?;
+            follower.attached(name, *hook, ifindex, Some(held));
             log::info!("migrated the links on {name}: ingress {hook}, egress tc");
         }
         // Flows the old program created, or completed, since the first copy.
@@ -101,7 +105,7 @@ impl Prepared {
             second.established + second.half_open + second.promoted,
             pinned.dir().display()
         );
-        Ok((dp, pinned, info, Some(note)))
+        Ok((dp, pinned, info, Some(note), follower))
     }
 
     /// Everything before the link update: opens the old tables, loads the new object on

@@ -90,9 +90,6 @@ impl Prepared {
         } else {
             settings.ifaces.clone()
         };
-        for name in &ifaces {
-            iface::ifindex(name)?;
-        }
         let metrics = settings.metrics.map(bind_metrics).transpose()?;
         let locks = ifaces
             .iter()
@@ -100,6 +97,12 @@ impl Prepared {
             .collect::<Result<Vec<_>, _>>()?;
         let mode = mode_for_mark(settings.mode, settings.mark)?;
         let adopt = find_adoptable(&ifaces, mode)?;
+        if adopt.is_none() {
+            // A fresh start attaches now; an adopted instance waits for a missing interface.
+            for name in &ifaces {
+                iface::ifindex(name)?;
+            }
+        }
         let conntrack_size = match &adopt {
             Some(adoption) if !adoption.migrate => {
                 adopted_size(&adoption.old, settings.conntrack_size)
@@ -200,6 +203,7 @@ fn find_adoptable(ifaces: &[String], mode: Option<Mode>) -> anyhow::Result<Optio
                     instance::StateError::PersistedElsewhere(old.key_iface().into()).into(),
                 );
             }
+            instance::stale::check_same_namespace(old.netns_cookie, old.key_iface())?;
             let hooks = adopt::check(&old, ifaces, mode)?;
             let migrate = old.format == instance::migrate::MIGRATES_FROM;
             return Ok(Some(Adoption {

@@ -1,13 +1,22 @@
-//! Step 3 of `run`: reap expired flows, serve `/metrics`, publish the sniffing proxy's
-//! counters, reload the config file on SIGHUP ([`super::reload`]), until SIGINT or SIGTERM
-//! (or the proxy's process dies); then stop the proxy.
+//! Step 3 of `run`: reap expired flows, follow the interfaces and the namespace's
+//! addresses by rtnetlink, serve `/metrics`, publish the sniffing proxy's counters, reload
+//! the config file on SIGHUP ([`super::reload`]), until SIGINT or SIGTERM (or the proxy's
+//! process dies); then stop the proxy.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use redirector::{
-    dataplane::{local, Dataplane},
+    dataplane::{
+        follow::{Change, Follower},
+        local,
+        netlink::{Event, Events},
+        Dataplane,
+    },
     observe::flow_tables::FillWatch,
     reaper,
 };
@@ -21,6 +30,9 @@ use super::{
 /// How often closed and idle flows are reclaimed (less often over large tables:
 /// [`reaper::Pace`]).
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the namespace's addresses and interfaces are compared with the kernel's
+/// anyway: rtnetlink events drive both, this only bounds what a lost event could cost.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Reads the `/metrics` series at each scrape.
 pub type MetricsBody = Box<dyn Fn() -> Result<Registry, String> + Send + Sync>;
@@ -62,7 +74,7 @@ impl Started {
             let local = loaded.local;
             let pins = (loaded.pinned.dir().to_path_buf(), loaded.pinned.info_path().to_path_buf());
             let served = tokio::select! {
-                served = reap_until_signal(&mut loaded.dp, &mut timeouts, signals, metrics, fill, local, (&mut reloader, pins)) => served,
+                served = reap_until_signal((&mut loaded.dp, &mut loaded.follower), &mut timeouts, signals, metrics, fill, local, (&mut reloader, pins)) => served,
                 () = publishing => unreachable!("publishing runs until dropped"),
                 () = sniff_exited => {
                     log::error!("the sniffing proxy's process exited; stopping the loader");
@@ -82,11 +94,12 @@ impl Started {
 }
 
 /// Reaps expired flows (and serves `/metrics` if asked) until SIGINT or SIGTERM (which
-/// also stop the sniffing proxy); reloads the config file on SIGHUP. With `local` (local
-/// clients redirected), also keeps the namespace's addresses in `LOCAL_ADDRS` current, at
-/// the same pace: an address added to an interface is local within a second.
+/// also stop the sniffing proxy); reloads the config file on SIGHUP; follows the
+/// interfaces by rtnetlink events (re-attaching one that comes back). With `local` (local
+/// clients redirected), also keeps the namespace's addresses in `LOCAL_ADDRS` current, on
+/// each address event.
 async fn reap_until_signal(
-    dp: &mut Dataplane,
+    (dp, follower): (&mut Dataplane, &mut Follower),
     timeouts: &mut reaper::Timeouts,
     mut signals: Signals,
     metrics: (Option<std::net::TcpListener>, MetricsBody),
@@ -96,7 +109,24 @@ async fn reap_until_signal(
 ) -> anyhow::Result<()> {
     let (listener, render) = metrics;
     let mut metrics = MetricsServer::start(listener, render)?;
+    let mut events = match Events::subscribe(local) {
+        Ok(events) => Some(events),
+        Err(e) => {
+            log::warn!(
+                "{e}: interfaces and addresses are compared with the kernel's every {} s instead",
+                REAP_INTERVAL.as_secs()
+            );
+            None
+        }
+    };
+    // What changed between the attachment and the subscription.
+    log_changes(follower.resync(dp, Instant::now()));
+    if local {
+        refresh_local_addrs(dp);
+    }
     let mut tick = tokio::time::interval(REAP_INTERVAL);
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    resync.reset();
     let mut pace = reaper::Pace::default();
     loop {
         tokio::select! {
@@ -108,6 +138,19 @@ async fn reap_until_signal(
                 timeouts: &mut *timeouts,
                 metrics: &mut metrics,
             }),
+            received = next_events(&mut events) => match received {
+                Ok(batch) => on_events(dp, follower, local, &batch),
+                Err(e) => {
+                    log::warn!("{e}; comparing with the kernel every {} s instead", REAP_INTERVAL.as_secs());
+                    events = None;
+                }
+            },
+            _ = resync.tick() => {
+                log_changes(follower.resync(dp, Instant::now()));
+                if local {
+                    refresh_local_addrs(dp);
+                }
+            }
             _ = tick.tick() => {
                 match pace.reap(dp, timeouts, std::time::Instant::now()) {
                     Ok(0) => {}
@@ -117,12 +160,10 @@ async fn reap_until_signal(
                 if let Err(e) = fill.check(dp.maps()) {
                     log::warn!("reading the flow tables' fill: {e}");
                 }
-                if local {
-                    let refreshed = local::namespace_addrs()
-                        .map_err(anyhow::Error::from)
-                        .and_then(|addrs| Ok(dp.set_local_addrs(&addrs)?));
-                    if let Err(e) = refreshed {
-                        log::warn!("refreshing the namespace's local addresses: {e:#}");
+                if events.is_none() {
+                    log_changes(follower.resync(dp, Instant::now()));
+                    if local {
+                        refresh_local_addrs(dp);
                     }
                 }
             }
@@ -130,4 +171,71 @@ async fn reap_until_signal(
     }
     log::info!("signal received, detaching");
     Ok(())
+}
+
+/// The next batch of rtnetlink events (never, without a subscription), with when it came.
+async fn next_events(
+    events: &mut Option<Events>,
+) -> Result<(Instant, Vec<Event>), redirector::dataplane::netlink::RtnetlinkError> {
+    match events {
+        Some(events) => {
+            let batch = events.next().await?;
+            Ok((Instant::now(), batch))
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies a batch of events: interfaces to the follower, addresses to `LOCAL_ADDRS` (once
+/// per batch).
+fn on_events(
+    dp: &mut Dataplane,
+    follower: &mut Follower,
+    local: bool,
+    batch: &(Instant, Vec<Event>),
+) {
+    let (received, events) = batch;
+    let mut addresses = false;
+    for event in events {
+        addresses |= matches!(event, Event::Addresses | Event::Overrun);
+        log_changes(follower.on_event(dp, event, *received));
+    }
+    if local && addresses {
+        refresh_local_addrs(dp);
+    }
+}
+
+/// Logs what following the interfaces did.
+fn log_changes(changes: Vec<Change>) {
+    for change in changes {
+        match change {
+            Change::Attached { iface, millis } => {
+                log::info!("re-attached to {iface} in {millis} ms");
+            }
+            Change::Lost {
+                iface,
+                renamed_to: Some(new_name),
+            } => log::warn!(
+                "interface {iface} was renamed to {new_name}: detached from it (the redirect \
+                 follows the name {iface}); flows kept, waiting for an interface named {iface}"
+            ),
+            Change::Lost {
+                iface,
+                renamed_to: None,
+            } => log::warn!(
+                "interface {iface} went away: flows kept, the programs will be attached again \
+                 as soon as an interface named {iface} appears"
+            ),
+        }
+    }
+}
+
+/// Makes `LOCAL_ADDRS` the namespace's addresses now.
+fn refresh_local_addrs(dp: &mut Dataplane) {
+    let refreshed = local::namespace_addrs()
+        .map_err(anyhow::Error::from)
+        .and_then(|addrs| Ok(dp.set_local_addrs(&addrs)?));
+    if let Err(e) = refreshed {
+        log::warn!("refreshing the namespace's local addresses: {e:#}");
+    }
 }

@@ -7,7 +7,16 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use redirector::observe::sniff_publish::Publisher;
 use redirector::{
-    dataplane::{attach, local, maps::Maps, Dataplane},
+    dataplane::{
+        attach::{self, Hook},
+        bpf_link,
+        follow::{self, Follower, Published},
+        iface,
+        link_state::{InstanceMarker, LinkState},
+        local,
+        maps::Maps,
+        Dataplane,
+    },
     instance::{
         adopt::{self, AdoptedRule},
         info::{InstanceInfo, InterfaceInfo, RuleInfo, TimeoutsInfo, INSTANCE_FORMAT},
@@ -16,7 +25,7 @@ use redirector::{
         pinned::PinnedInstance,
     },
     observe::{
-        kernel_log,
+        interfaces, kernel_log,
         prometheus::{self, Labels},
         stats::Snapshot,
     },
@@ -35,9 +44,15 @@ use super::{
 };
 use crate::cli::sniff as sniff_cmd;
 
-/// What starting produced: the dataplane, its pins, its instance file, and the adoption
-/// note of the ready line (if it adopted).
-pub(super) type Begun = (Dataplane, PinnedInstance, InstanceInfo, Option<String>);
+/// What starting produced: the dataplane, its pins, its instance file, the adoption note
+/// of the ready line (if it adopted), and where each interface stands.
+pub(super) type Begun = (
+    Dataplane,
+    PinnedInstance,
+    InstanceInfo,
+    Option<String>,
+    Follower,
+);
 
 /// A loaded, attached and pinned redirector, announced ready; [`Started::serve`] runs it.
 pub struct Started {
@@ -53,6 +68,8 @@ pub struct Started {
 /// What stays in place while the loader serves, and [`Loaded::stop`] takes down.
 pub struct Loaded {
     pub(super) dp: Dataplane,
+    /// The configured interfaces and their links, followed by rtnetlink while serving.
+    pub(super) follower: Follower,
     pub(super) pinned: PinnedInstance,
     pub(super) ifaces: Vec<String>,
     pub(super) persist: bool,
@@ -77,7 +94,7 @@ impl Prepared {
             .as_ref()
             .map(|listener| anyhow::Ok(format!("http://{}/metrics", listener.local_addr()?)))
             .transpose()?;
-        let (mut dp, pinned, info, adopted) = match self.adopt.take() {
+        let (mut dp, pinned, info, adopted, follower) = match self.adopt.take() {
             Some(adoption) if adoption.migrate => {
                 self.start_migrated(adoption, metrics_url.clone())?
             }
@@ -102,7 +119,7 @@ impl Prepared {
             })
             .transpose()
             .context("publishing the sniff counters")?;
-        let render = self.metrics_body(&pinned, sniff_shown)?;
+        let render = self.metrics_body(&pinned, sniff_shown, follower.published())?;
         let metrics = (self.metrics.take(), render);
         // Handlers are installed before `ready` is printed: a SIGTERM right after it must
         // still detach cleanly instead of killing the process with its pins in place.
@@ -132,6 +149,7 @@ impl Prepared {
             runtime: self.runtime,
             loaded: Loaded {
                 dp,
+                follower,
                 pinned,
                 ifaces: self.ifaces,
                 persist: self.persist,
@@ -169,13 +187,18 @@ impl Prepared {
         dp.set_allowed_sources(&self.allow)?;
         let mut interfaces = Vec::new();
         let mut links = Vec::new();
+        let mut follower = Follower::new(None);
         for name in &self.ifaces {
+            let ifindex = iface::ifindex(name)?;
             let attached = attach::attach(&mut dp, name, self.mode)?;
             let hook = attached.hook;
             if self.persist {
                 let (ingress, egress) = attached.take_links(&mut dp)?;
                 links.push((paths::link_pin_name(name, "ingress"), ingress));
                 links.push((paths::link_pin_name(name, "egress"), egress));
+                follower.attached(name, hook, ifindex, None);
+            } else {
+                follower.attached(name, hook, ifindex, Some(attached));
             }
             log::info!("attached to {name}: ingress {hook}, egress tc");
             interfaces.push(InterfaceInfo {
@@ -187,7 +210,10 @@ impl Prepared {
         let info = self.info(interfaces, metrics_url);
         let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
         log::info!("maps pinned in {}", pinned.dir().display());
-        Ok((dp, pinned, info, None))
+        if self.persist {
+            follower.pin_links_in(pinned.dir().join(paths::LINKS_DIR));
+        }
+        Ok((dp, pinned, info, None, follower))
     }
 
     /// Adopts the persisted instance `adoption`: loads the programs on its pinned maps,
@@ -222,11 +248,9 @@ impl Prepared {
         adopt::apply_rules(dp.maps_mut(), old, &rules)?;
         adopt::apply_allow(dp.maps_mut(), &self.allow)?;
         let links = dir.join(paths::LINKS_DIR);
+        let mut follower = Follower::new(Some(links.clone()));
         for (name, hook) in &adoption.hooks {
-            let ingress = links.join(paths::link_pin_name(name, "ingress"));
-            let egress = links.join(paths::link_pin_name(name, "egress"));
-            attach::adopt(&mut dp, name, *hook, &ingress, &egress)?;
-            log::info!("adopted the links on {name}: ingress {hook}, egress tc");
+            adopt_links(&mut dp, &mut follower, &links, name, *hook)?;
         }
         self.adopt_local(&mut dp, &dir, old)?;
         let mut info = self.info(old.interfaces.clone(), metrics_url);
@@ -243,7 +267,7 @@ impl Prepared {
             "{note} (maps and links pinned in {})",
             pinned.dir().display()
         );
-        Ok((dp, pinned, info, Some(note)))
+        Ok((dp, pinned, info, Some(note), follower))
     }
 
     /// The instance file of what was attached.
@@ -259,6 +283,7 @@ impl Prepared {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             netns_inode: paths::netns_inode(),
+            netns_cookie: local::netns_cookie().ok(),
             mode: self.mode.to_string(),
             interfaces,
             conntrack_size: self.conntrack_size,
@@ -282,8 +307,11 @@ impl Prepared {
         &self,
         pinned: &PinnedInstance,
         sniff: Option<(Arc<Counters>, u64)>,
+        followed: Published,
     ) -> anyhow::Result<MetricsBody> {
         let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
+        let marker = InstanceMarker::from_pins(pinned.dir())?;
+        let ifaces = self.ifaces.clone();
         let labels = Labels {
             iface: self.ifaces[0].clone(),
             conntrack_capacity: self.conntrack_size,
@@ -293,6 +321,27 @@ impl Prepared {
             let snapshot = Snapshot::read(&maps).map_err(|e| format!("reading the maps: {e}"))?;
             let mut registry = Registry::default();
             prometheus::register(&mut registry, snapshot, labels.clone());
+            // Listing the kernel's links takes CAP_SYS_ADMIN, which the systemd unit does
+            // not grant: then the loader's own view, which rtnetlink keeps current.
+            let states = marker.states(&ifaces).unwrap_or_else(|e| {
+                log::debug!("reading the interfaces' links for /metrics: {e}");
+                followed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .map(|(name, attached)| {
+                        let state = if *attached {
+                            LinkState::Attached
+                        } else if iface::ifindex(name).is_ok() {
+                            LinkState::Severed
+                        } else {
+                            LinkState::Missing
+                        };
+                        (name.clone(), state)
+                    })
+                    .collect()
+            });
+            interfaces::register(&mut registry, states);
             if let Some((counters, max_conns)) = &sniff {
                 redirector_sniff::metrics::register(
                     &mut registry,
@@ -303,6 +352,58 @@ impl Prepared {
             Ok(registry)
         }))
     }
+}
+
+/// Adopts the pinned links of `name` (in `links`) into `dp` and `follower`: links attached
+/// to the interface that now has that name get the new programs in place
+/// (`bpf_link_update`); links severed while no loader ran (the interface went away, or was
+/// renamed) are replaced by new ones attached to the interface of that name, or, if there
+/// is none, the loader waits for it.
+pub(super) fn adopt_links(
+    dp: &mut Dataplane,
+    follower: &mut Follower,
+    links: &std::path::Path,
+    name: &str,
+    hook: Hook,
+) -> anyhow::Result<()> {
+    let ingress = links.join(paths::link_pin_name(name, "ingress"));
+    let egress = links.join(paths::link_pin_name(name, "egress"));
+    let now = iface::ifindex(name).ok();
+    let on = |path: &std::path::Path| bpf_link::pinned_info(path).ok().map(|i| i.ifindex);
+    let (on_ingress, on_egress) = (on(&ingress), on(&egress));
+    if let Some(ifindex) = now.filter(|i| on_ingress == Some(*i) && on_egress == Some(*i)) {
+        let held = attach::adopt(dp, name, hook, &ingress, &egress)?;
+        follower.attached(name, hook, ifindex, Some(held));
+        log::info!("adopted the links on {name}: ingress {hook}, egress tc");
+        return Ok(());
+    }
+    // Still attached to a device renamed away from `name`: it no longer carries the redirect.
+    for (path, on) in [(&ingress, on_ingress), (&egress, on_egress)] {
+        if on.is_some_and(|index| index != 0) {
+            let fd = bpf_link::obj_get(path)?;
+            bpf_link::detach(std::os::fd::AsFd::as_fd(&fd))
+                .with_context(|| format!("detaching {}", path.display()))?;
+        }
+    }
+    match now {
+        Some(ifindex) => {
+            let held = follow::attach_pinned(dp, name, hook, Some(links))?;
+            follower.attached(name, hook, ifindex, held);
+            log::warn!(
+                "the persisted links on {name} were severed (the interface went away or was \
+                 renamed while no loader ran): attached afresh to {name}, ingress {hook}, \
+                 egress tc, with every pinned flow"
+            );
+        }
+        None => {
+            follower.missing(name, hook);
+            log::warn!(
+                "interface {name} is missing (its persisted links were severed): the flows \
+                 are kept and the programs will be attached as soon as {name} appears"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `redirector ready: IFACE (HOOK), … rules FROM->TO … conntrack-size N[ mark V/M][ metrics
