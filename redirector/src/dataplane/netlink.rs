@@ -5,12 +5,12 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use tokio::io::unix::AsyncFd;
 
-use crate::kernel_truth::netlink::{attr, messages, read_u32};
+use crate::kernel_truth::netlink::{attr, messages, open_fd, read_u32, set_socket_option};
 
 /// `RTMGRP_LINK`: link events (include/uapi/linux/rtnetlink.h).
 const RTMGRP_LINK: u32 = 0x1;
@@ -75,34 +75,9 @@ impl Events {
     /// Subscribes to link events, and address events if `addresses`. Must be called on the
     /// tokio runtime (the socket is registered with its reactor).
     pub fn subscribe(addresses: bool) -> Result<Self, RtnetlinkError> {
-        let err = |_| RtnetlinkError::Subscribe(io::Error::last_os_error());
-        // SAFETY: a plain socket call; the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(err(()));
-        }
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let rcvbuf = RCVBUF;
-        // SAFETY: a valid socket, and `rcvbuf` is a readable int of the length passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&raw const rcvbuf).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(err(()));
-        }
+        let fd =
+            open_fd(libc::NETLINK_ROUTE, libc::SOCK_NONBLOCK).map_err(RtnetlinkError::Subscribe)?;
+        set_socket_option(&fd, libc::SO_RCVBUF, &RCVBUF).map_err(RtnetlinkError::Subscribe)?;
         let mut groups = RTMGRP_LINK;
         if addresses {
             groups |= RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR;
@@ -120,7 +95,7 @@ impl Events {
             )
         };
         if rc != 0 {
-            return Err(err(()));
+            return Err(RtnetlinkError::Subscribe(io::Error::last_os_error()));
         }
         // SAFETY: an `OwnedFd` is an open descriptor that stays open, and the same one,
         // for as long as the `AsyncFd` owns it.

@@ -78,36 +78,12 @@ pub struct Socket {
 impl Socket {
     /// Opens a socket of `protocol` (`NETLINK_SOCK_DIAG`, `NETLINK_NETFILTER`, …).
     pub fn open(protocol: i32) -> Result<Self, NetlinkError> {
-        // SAFETY: a plain socket call; the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(NetlinkError::Open(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_fd(protocol, 0).map_err(NetlinkError::Open)?;
         let timeout = libc::timeval {
             tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
         };
-        // SAFETY: a valid socket, and `timeout` is a readable timeval of the length passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(NetlinkError::Open(io::Error::last_os_error()));
-        }
+        set_socket_option(&fd, libc::SO_RCVTIMEO, &timeout).map_err(NetlinkError::Open)?;
         Ok(Socket {
             fd,
             buffer: vec![0; RECV_BUFFER],
@@ -216,6 +192,43 @@ pub(crate) struct Header {
     /// `nlmsg_type`.
     pub(crate) kind: u16,
     seq: u32,
+}
+
+/// A raw netlink socket of `protocol`, close-on-exec, with the extra socket-type `flags`
+/// (`SOCK_NONBLOCK`, or 0).
+pub(crate) fn open_fd(protocol: i32, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain socket call; the descriptor is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets the `SOL_SOCKET` option `name` of `fd` to `value`.
+pub(crate) fn set_socket_option<T>(fd: &OwnedFd, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: a valid socket, and `value` is a readable `T` of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// `nlmsghdr` + `payload`, the length filled in.
