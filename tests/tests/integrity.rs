@@ -711,12 +711,12 @@ fn flushed_entries_of_idle_sessions_heal_from_either_side_xdp() {
 
 /// Rule in the client namespace's OUTPUT chain that drops every segment to the server's
 /// :80 but the SYN: the handshake's ACK and the request are held back (and retransmitted).
-fn hold_back_rule(v6: bool, server: &str) -> (&'static str, Vec<String>) {
+fn hold_back_rule(v6: bool, server: &str) -> (&'static str, [&str; 11]) {
     let tool = if v6 { "ip6tables" } else { "iptables" };
     let rule = [
         "OUTPUT", "-p", "tcp", "-d", server, "--dport", "80", "!", "--syn", "-j", "DROP",
     ];
-    (tool, rule.iter().map(|s| s.to_string()).collect())
+    (tool, rule)
 }
 
 /// A handshake whose half-open entry is lost between the server's SYN-ACK and the client's
@@ -742,8 +742,7 @@ fn handshake_heals_from_its_syn_cookie(mode: &str, v6: bool) {
     };
     let addr = SocketAddr::new(server.parse::<IpAddr>().unwrap(), 80);
     let (tool, rule) = hold_back_rule(v6, &server);
-    let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-    must(topo.client.cmd(tool).arg("-A").args(&rule));
+    must(topo.client.cmd(tool).arg("-A").args(rule));
     let before = stats(&topo);
 
     // The client's connect() completes (its ACK is dropped) and its request waits for
@@ -762,7 +761,7 @@ fn handshake_heals_from_its_syn_cookie(mode: &str, v6: bool) {
     });
     assert_eq!(stats(&topo)["flows_half_open"], 1, "the half-open entry");
     assert_eq!(ctl_ok(&topo.server, &["flush"]).trim(), "flushed 1 flows");
-    must(topo.client.cmd(tool).arg("-D").args(&rule));
+    must(topo.client.cmd(tool).arg("-D").args(rule));
 
     let mut stream = opened
         .join()

@@ -280,21 +280,19 @@ impl Attached {
     /// handle: a pinned link stays attached until unpinned or detached by
     /// [`super::bpf_link::detach`]).
     pub fn detach(self, dp: &mut Dataplane) -> Result<(), AttachError> {
-        let prog_err = |direction| {
-            let iface = self.iface.clone();
-            move |source| AttachError::Tc {
-                iface,
-                direction,
-                source,
-            }
-        };
         match self.ingress {
-            IngressLinkId::Xdp(id) => dp.xdp_ingress()?.detach(id).map_err(prog_err("ingress"))?,
-            IngressLinkId::Tc(id) => dp.tc_ingress()?.detach(id).map_err(prog_err("ingress"))?,
+            IngressLinkId::Xdp(id) => dp
+                .xdp_ingress()?
+                .detach(id)
+                .map_err(program_error(&self.iface, "ingress"))?,
+            IngressLinkId::Tc(id) => dp
+                .tc_ingress()?
+                .detach(id)
+                .map_err(program_error(&self.iface, "ingress"))?,
         }
         dp.tc_egress()?
             .detach(self.egress)
-            .map_err(prog_err("egress"))
+            .map_err(program_error(&self.iface, "egress"))
     }
 
     /// Takes both links out of the programs' ownership, so that dropping the `Dataplane`
@@ -308,36 +306,38 @@ impl Attached {
                 source,
             }
         };
-        let prog_err = |direction| {
-            let iface = self.iface.clone();
-            move |source| AttachError::Tc {
-                iface,
-                direction,
-                source,
-            }
-        };
         let ingress = match self.ingress {
             IngressLinkId::Xdp(id) => {
                 let link = dp
                     .xdp_ingress()?
                     .take_link(id)
-                    .map_err(prog_err("ingress"))?;
+                    .map_err(program_error(&self.iface, "ingress"))?;
                 FdLink::try_from(link).map_err(take_err("ingress"))?
             }
             IngressLinkId::Tc(id) => {
                 let link = dp
                     .tc_ingress()?
                     .take_link(id)
-                    .map_err(prog_err("ingress"))?;
+                    .map_err(program_error(&self.iface, "ingress"))?;
                 FdLink::try_from(link).map_err(take_err("ingress"))?
             }
         };
         let link = dp
             .tc_egress()?
             .take_link(self.egress)
-            .map_err(prog_err("egress"))?;
+            .map_err(program_error(&self.iface, "egress"))?;
         let egress = FdLink::try_from(link).map_err(take_err("egress"))?;
         Ok((ingress, egress))
+    }
+}
+
+/// The error of a program's operation on the `direction` link of `iface`.
+fn program_error(iface: &str, direction: &'static str) -> impl FnOnce(ProgramError) -> AttachError {
+    let iface = iface.to_owned();
+    move |source| AttachError::Tc {
+        iface,
+        direction,
+        source,
     }
 }
 
