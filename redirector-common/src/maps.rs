@@ -36,6 +36,11 @@ pub const RULE_STATS_MAP: &str = "RULE_STATS";
 /// Allocated on demand; the reaper deletes the cookies of sockets the kernel no longer
 /// holds. Pinned, so an adopting loader keeps what earlier loaders recorded.
 pub const REDIRECTED_SOCKETS_MAP: &str = "REDIRECTED_SOCKETS";
+/// SOCKHASH of the listening sockets that socket steering hands new connections to, by
+/// [`ListenerKey`] (`--mode socket`).
+pub const LISTENERS_MAP: &str = "LISTENERS";
+/// Listening sockets [`LISTENERS_MAP`] holds at most.
+pub const MAX_LISTENERS: u32 = 1024;
 
 /// Hash of the addresses of the loader's network namespace (IPv4 as mapped IPv6, network
 /// order) → `u32` (unused, 1): a connect to one of them (or to loopback) on a rule's FROM
@@ -65,6 +70,9 @@ pub const PROG_CONNECT6: &str = "redirector_connect6";
 pub const PROG_GETPEERNAME4: &str = "redirector_getpeername4";
 /// Name of the cgroup `getpeername6` program, the IPv6 counterpart.
 pub const PROG_GETPEERNAME6: &str = "redirector_getpeername6";
+/// Name of the `sk_lookup` program of socket steering (`--mode socket`): hands a new
+/// connection to a rule's FROM port to a listening socket of its TO port.
+pub const PROG_SK_LOOKUP: &str = "redirector_sk_lookup";
 /// Benchmark baseline: an XDP program that returns `XDP_PASS` and does nothing else.
 /// Loaded only on request (`Dataplane::load_baselines`), never attached.
 pub const PROG_PASS_XDP: &str = "redirector_pass_xdp";
@@ -309,4 +317,27 @@ mod pod {
     unsafe impl aya::Pod for super::LocalPeer {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RedirectedSocket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenerKey {}
 }
+
+/// Key of [`LISTENERS_MAP`]: a listening socket of a rule's TO port, by the address it is
+/// bound to (all zero for the wildcard address) and the family the connections it takes
+/// come in on. An IPv6 wildcard socket that also takes IPv4 is stored under both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    /// Bound address (IPv4 as IPv4-mapped IPv6), network order; zero for the wildcard.
+    pub addr: [u8; 16],
+    /// The TO port, host order.
+    pub port: u16,
+    /// [`LISTENER_V4`] or [`LISTENER_V6`]: the family of the connections it takes.
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
+}
+
+/// [`ListenerKey::family`] of IPv4 connections.
+pub const LISTENER_V4: u8 = 4;
+/// [`ListenerKey::family`] of IPv6 connections.
+pub const LISTENER_V6: u8 = 6;

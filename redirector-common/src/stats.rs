@@ -86,11 +86,27 @@ pub enum Counter {
     /// The reaper removed an entry because the kernel no longer holds its connection
     /// (written by user space only; also counted in [`Counter::FlowReaped`]).
     FlowReapedGone,
+    /// Socket steering: a new connection to an enabled rule's FROM port was handed to a
+    /// listening socket of its TO port at socket lookup (`--mode socket`).
+    SteerAssigned,
+    /// Socket steering: a new connection to a rule's FROM port while the rule is disabled:
+    /// left to the kernel's own lookup.
+    SteerPassRuleDisabled,
+    /// Socket steering: a new connection to a rule's FROM port from a source outside the
+    /// allow list: left to the kernel's own lookup.
+    SteerPassSourceDenied,
+    /// Socket steering: no listening socket of the TO port is known for a new connection to
+    /// an enabled rule's FROM port: the connection is refused, as it would be at a closed
+    /// TO port.
+    SteerNoListener,
+    /// Socket steering: the kernel refused the listening socket found (`bpf_sk_assign`,
+    /// e.g. an IPv6-only socket for an IPv4 connection): left to the kernel's own lookup.
+    SteerAssignFailed,
 }
 
 impl Counter {
     /// Number of counters (size of the stats array).
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 38;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -127,6 +143,11 @@ impl Counter {
         Counter::FlowHealWithdrawn,
         Counter::FlowSynOnLive,
         Counter::FlowReapedGone,
+        Counter::SteerAssigned,
+        Counter::SteerPassRuleDisabled,
+        Counter::SteerPassSourceDenied,
+        Counter::SteerNoListener,
+        Counter::SteerAssignFailed,
     ];
 
     /// Stable snake_case name used in output and metrics.
@@ -165,6 +186,11 @@ impl Counter {
             Counter::FlowHealWithdrawn => "flow_heal_withdrawn",
             Counter::FlowSynOnLive => "flow_syn_on_live",
             Counter::FlowReapedGone => "flow_reaped_gone",
+            Counter::SteerAssigned => "steer_assigned",
+            Counter::SteerPassRuleDisabled => "steer_pass_rule_disabled",
+            Counter::SteerPassSourceDenied => "steer_pass_source_denied",
+            Counter::SteerNoListener => "steer_no_listener",
+            Counter::SteerAssignFailed => "steer_assign_failed",
         }
     }
 

@@ -3,6 +3,8 @@
 //! The programs never drop: everything they do not understand passes untouched and is
 //! counted (fail open). XDP ingress (or TC ingress in `tc` mode) rewrites the destination
 //! port of tracked flows FROM→TO; TC egress rewrites the source port of replies TO→FROM.
+//! Socket lookup (`--mode socket`) rewrites nothing: it hands a new connection to the TO
+//! port's listener, and refuses it, as the closed TO port would, when there is none.
 #![no_std]
 #![no_main]
 // aya-ebpf's #[xdp] and #[classifier] emit each exported entry symbol without the doc
@@ -24,12 +26,13 @@ mod packet;
 mod parse;
 mod reap;
 mod sockets;
+mod steer;
 mod syncookie;
 
 use aya_ebpf::{
     bindings::{xdp_action::XDP_PASS, TC_ACT_UNSPEC},
-    macros::{cgroup_sock_addr, classifier, xdp},
-    programs::{SockAddrContext, TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, sk_lookup, xdp},
+    programs::{SkLookupContext, SockAddrContext, TcContext, XdpContext},
 };
 
 /// XDP ingress: the fast path for client→server packets.
@@ -73,6 +76,13 @@ pub fn redirector_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn redirector_getpeername6(ctx: SockAddrContext) -> i32 {
     local::getpeername(&ctx)
+}
+
+/// Socket lookup (`--mode socket`): a new connection to an enabled rule's FROM port is
+/// handed to a listening socket of its TO port.
+#[sk_lookup]
+pub fn redirector_sk_lookup(ctx: SkLookupContext) -> u32 {
+    steer::lookup(&ctx)
 }
 
 /// The reaper's removals, never attached: the loader runs it with `BPF_PROG_TEST_RUN` on

@@ -4,13 +4,13 @@ use crate::events::Event;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
 use redirector_common::{
     maps::{
-        established_max_entries, half_open_size, Config, FlowKey, FlowValue, LocalPeer, MarkConfig,
-        RedirectedSocket, Rule, RuleStats, DEFAULT_CONNTRACK_SIZE, FLOW_COUNT_CELLS,
-        LOCAL_PEERS_SIZE, MAX_ALLOW, MAX_LOCAL_ADDRS, MAX_RULES,
+        established_max_entries, half_open_size, Config, FlowKey, FlowValue, ListenerKey,
+        LocalPeer, MarkConfig, RedirectedSocket, Rule, RuleStats, DEFAULT_CONNTRACK_SIZE,
+        FLOW_COUNT_CELLS, LOCAL_PEERS_SIZE, MAX_ALLOW, MAX_LISTENERS, MAX_LOCAL_ADDRS, MAX_RULES,
     },
     stats::Counter,
 };
@@ -126,6 +126,11 @@ pub fn source_allowed(src_addr: &[u8; 16]) -> bool {
 /// them is local traffic. Filled and kept current by the loader; not pinned.
 #[map]
 pub static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+/// Listening sockets of the rules' TO ports that socket steering hands new connections to
+/// (`--mode socket`); the loader keeps it filled, the kernel removes a socket as it closes.
+#[map]
+pub static LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(MAX_LISTENERS, 0);
 
 /// Redirected local sockets by socket cookie → the ports of that redirect, for
 /// `getpeername`. LRU: sockets leave no trace when they close, so the oldest go first.

@@ -160,6 +160,21 @@ impl Netns {
         Ok(())
     }
 
+    /// The TcpExt counters (/proc/net/netstat, e.g. `SyncookiesSent`) of this namespace;
+    /// panics if it cannot read them (tests).
+    pub fn tcp_ext(&self) -> std::collections::HashMap<String, u64> {
+        let out = must(self.cmd("cat").arg("/proc/net/netstat"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+            .map(|(n, v)| (n.to_string(), v.parse().unwrap()))
+            .collect()
+    }
+
     /// Reads a TCP MIB counter (e.g. `InCsumErrors`) from this namespace's /proc/net/snmp;
     /// panics if it cannot (tests).
     pub fn tcp_counter(&self, name: &str) -> u64 {

@@ -84,13 +84,30 @@ pub fn start_echo_with(topo: &Topology, extra: &[&str], options: &[&str]) -> Pro
 }
 
 /// Starts `redirector run` on the server veth with `args`; returns once it is attached.
+/// Without a `--mode` in `args`, the packet rewrite at TC ingress (`--mode tc`): `auto`
+/// would take socket steering, the server being in the loader's namespace.
 pub fn start_loader(topo: &Topology, args: &[&str]) -> Proc {
     let mut cmd = topo.server.cmd(bins::redirector());
     cmd.args(["run", "--no-local", "--iface", topo.server_if])
+        .args(rewrite_unless_mode(args))
         .args(args);
     let mut loader = Proc::spawn("redirector", cmd, false);
     loader.wait_line("redirector ready", Duration::from_secs(30));
     loader
+}
+
+/// `--mode tc` unless `args` name a mode: the suites of the packet rewrite run their
+/// loaders with it, since `auto` takes socket steering where the server is in the loader's
+/// namespace, as it is in [`Topology`].
+pub fn rewrite_unless_mode(args: &[&str]) -> &'static [&'static str] {
+    if args
+        .iter()
+        .any(|a| *a == "--mode" || a.starts_with("--mode="))
+    {
+        &[]
+    } else {
+        &["--mode", "tc"]
+    }
 }
 
 /// The loader's `redirector ready …` line.

@@ -480,7 +480,8 @@ fn persist_keeps_the_programs_attached_without_a_loader_until_detach() {
     let topo = Topology::new("ctl-persist");
     let _echo = start_echo(&topo, &[]);
     let mut cmd = topo.server.nsenter_cmd(bins::redirector());
-    cmd.args(["run", "--no-local", "--iface", topo.server_if, "--persist"]);
+    cmd.args(["run", "--no-local", "--iface", topo.server_if, "--persist"])
+        .args(rewrite_unless_mode(&[]));
     let mut loader = Proc::spawn("redirector --persist", cmd, false);
     let _cleanup = DetachOnDrop(&topo.server);
     loader.wait_line("redirector ready", Duration::from_secs(30));

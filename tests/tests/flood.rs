@@ -331,3 +331,120 @@ fn spoofed_syn_flood_tc_ipv4_keeps_every_idle_session() {
 fn spoofed_syn_flood_xdp_ipv6_keeps_every_idle_session() {
     flood_keeps_every_established_flow("xdp", true, DEFAULT_TABLE);
 }
+
+/// SYNs the flood must have sent through socket steering before the new connections: far
+/// more than the listener's SYN queue holds, so that the kernel answers with SYN cookies.
+const STEERED_FLOOD_SYNS: u64 = 200_000;
+
+/// The spoofed SYN flood with socket steering (IPv4): no table exists to fill, the kernel's
+/// listener meets the flood with SYN cookies, every idle session survives and every new
+/// connection succeeds.
+#[test]
+fn spoofed_syn_flood_with_socket_steering_keeps_every_idle_session() {
+    let _serial = serial();
+    let topo = Topology::new("flood-sk");
+    let (server_ip, client_ip) = (topo.server_v4.clone(), topo.client_v4.clone());
+    topo.server
+        .ip(&["route", "add", SPOOF_V4, "via", &client_ip])
+        .unwrap();
+    topo.client
+        .ip(&["route", "add", "blackhole", SPOOF_V4])
+        .unwrap();
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(&topo, &["--mode", "socket"]);
+    let addr = SocketAddr::new(server_ip.parse::<IpAddr>().unwrap(), 80);
+    let client_ns = topo.client.name().to_owned();
+    let mut sessions = in_netns(&client_ns, move || {
+        (0..IDLE_SESSIONS)
+            .map(|i| ws::open(addr, None).unwrap_or_else(|e| panic!("idle session {i}: {e}")))
+            .collect::<Vec<_>>()
+    });
+    let before = stats(&topo);
+    let cookies_before = topo.server.tcp_ext()["SyncookiesSent"];
+
+    let mut flood_cmd = topo.client.cmd(bins::syn_flood());
+    flood_cmd.args([
+        "--dst",
+        &server_ip,
+        "--dport",
+        "80",
+        "--src-prefix",
+        SPOOF_V4,
+        "--count",
+        &FLOOD_MAX_SYNS.to_string(),
+        "--seconds",
+        &FLOOD_MAX_SECS.to_string(),
+        "--until-stdin-closes",
+    ]);
+    let mut flood = Proc::spawn("syn-flood", flood_cmd, true);
+    flood.wait_line("flooding", Duration::from_secs(10));
+    let steered_before = counter(&before, "steer_assigned");
+    wait_stats(
+        &topo,
+        "the flood went through socket steering",
+        FLOOD_REACH_LIMIT,
+        |s| counter(s, "steer_assigned") >= steered_before + STEERED_FLOOD_SYNS,
+    );
+    let results = in_netns(&client_ns, move || {
+        let workers: Vec<_> = (0..NEW_WORKERS)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    (0..NEW_PER_WORKER)
+                        .map(|_| {
+                            std::thread::sleep(NEW_PACE);
+                            ws::open(addr, None).map(drop)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let flood_running = flood.ensure_running().is_ok();
+    flood.close_stdin();
+    let (status, lines) = flood.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "syn-flood: {}", flood.stderr_text());
+    println!(
+        "socket steering: {}",
+        lines
+            .iter()
+            .find(|l| l.starts_with("sent "))
+            .cloned()
+            .unwrap_or_default()
+    );
+    assert!(
+        flood_running,
+        "the flood ended before the new connections did"
+    );
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} new connections failed during the flood: {failures:?}",
+        failures.len(),
+        results.len()
+    );
+    let broken: Vec<String> = sessions
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, s)| ws::echo(s, &format!("after the flood {i}")).err())
+        .collect();
+    assert!(broken.is_empty(), "idle sessions broken: {broken:?}");
+    let cookies = topo.server.tcp_ext()["SyncookiesSent"] - cookies_before;
+    println!("SYN cookies sent by the server's listener: {cookies}");
+    assert!(
+        cookies > 0,
+        "the flood never made the listener send SYN cookies"
+    );
+    let after = stats(&topo);
+    assert_eq!(
+        after["flows_established"], 0,
+        "socket steering tracks nothing: {after}"
+    );
+    assert_eq!(counter(&after, "steer_no_listener"), 0, "{after}");
+    assert_eq!(topo.csum_errors(), 0, "TCP checksum errors");
+    drop(sessions);
+    stop_loader(loader);
+}

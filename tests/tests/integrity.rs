@@ -311,20 +311,6 @@ fn untracked(topo: &Topology, held: &[Held]) -> Vec<String> {
     missing
 }
 
-/// The TcpExt counters (/proc/net/netstat) of a namespace.
-fn tcp_ext(ns: &Netns) -> HashMap<String, u64> {
-    let out = must(ns.cmd("cat").arg("/proc/net/netstat"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .skip(1)
-        .map(|(n, v)| (n.to_string(), v.parse().unwrap()))
-        .collect()
-}
-
 /// Where the sessions' server side runs.
 enum Backend {
     /// ws-echo in the server namespace, on the rules' TO ports (stopped on drop).
@@ -455,7 +441,7 @@ fn blind_attack_ends_no_session(mode: &str, container: bool) {
     let mut held = open_attacked(&mut Opener::new(&topo));
     let attacked: Vec<&'static str> = held.iter().filter_map(attack_of).collect();
     let before = stats(&topo);
-    let tcp_before = tcp_ext(backend.ns(&topo));
+    let tcp_before = backend.ns(&topo).tcp_ext();
 
     let lines = attack(&topo, &mut held);
     println!("{mode}: {lines:?}");
@@ -493,7 +479,7 @@ fn blind_attack_ends_no_session(mode: &str, container: bool) {
     );
 
     let after = stats(&topo);
-    let tcp_after = tcp_ext(backend.ns(&topo));
+    let tcp_after = backend.ns(&topo).tcp_ext();
     let delta = |name: &str| tcp_after[name].saturating_sub(tcp_before[name]);
     println!(
         "{mode}: TcpExt deltas where the sessions end: TCPChallengeACK={} TCPACKSkippedChallenge={} \
@@ -580,6 +566,53 @@ fn blind_spoofed_rst_fin_syn_end_no_session_xdp() {
 #[test]
 fn blind_spoofed_rst_fin_syn_end_no_dnat_session_tc() {
     blind_attack_ends_no_session("tc", true);
+}
+
+/// The same blind attack with socket steering (IPv4 and IPv6, :80 and :443): no table
+/// exists for a spoofed packet to end an entry of, the kernel alone judges each packet
+/// (RFC 5961), and every idle session keeps echoing.
+#[test]
+fn blind_spoofed_rst_fin_syn_end_no_steered_session() {
+    let _serial = serial();
+    let topo = Topology::new("int-socket");
+    let backend = Backend::start(&topo, false);
+    let loader = start_loader(&topo, &["--mode", "socket"]);
+    let mut held = open_attacked(&mut Opener::new(&topo));
+    let attacked: Vec<&'static str> = held.iter().filter_map(attack_of).collect();
+    let tcp_before = backend.ns(&topo).tcp_ext();
+    let lines = attack(&topo, &mut held);
+    println!("socket: {lines:?}");
+    echo_all(&topo, &mut held, "right after the attack");
+    std::thread::sleep(Duration::from_secs(2));
+    echo_all(&topo, &mut held, "after a pause");
+    assert_none_broken(&held);
+    let tcp_after = backend.ns(&topo).tcp_ext();
+    let delta = |name: &str| tcp_after[name].saturating_sub(tcp_before[name]);
+    let in_window = attacked.iter().filter(|k| **k == "rst-in-window").count() as u64 * 4;
+    let syns = attacked.iter().filter(|k| **k == "syn-random").count() as u64;
+    assert!(
+        delta("TCPChallengeACK") + delta("TCPACKSkippedChallenge") >= in_window + syns,
+        "challenge ACKs for {in_window} in-window RSTs and {syns} SYNs"
+    );
+    let after = stats(&topo);
+    assert_eq!(
+        counter(&after, "steer_assigned"),
+        held.len() as u64,
+        "every session steered, and only by its own SYN: {after}"
+    );
+    assert_eq!(
+        after["flows_established"], 0,
+        "socket steering tracks nothing: {after}"
+    );
+    // A steered connection's server socket has the port the client dialled.
+    assert_eq!(
+        established(&topo.server, "( sport = :80 or sport = :443 )"),
+        held.len(),
+        "server sockets"
+    );
+    assert_eq!(topo.csum_errors(), 0, "TCP checksum errors");
+    stop_loader(loader);
+    drop(held);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -773,7 +806,7 @@ fn handshake_heals_from_its_syn_cookie(mode: &str, v6: bool) {
     assert_eq!(count("flow_healed_ingress"), 1, "{after}");
     assert_eq!(count("flow_heal_withdrawn"), 0, "{after}");
     assert_eq!(after["flows_established"], 1, "{after}");
-    let syncookies_ok = tcp_ext(&topo.server)["SyncookiesRecv"];
+    let syncookies_ok = topo.server.tcp_ext()["SyncookiesRecv"];
     assert!(syncookies_ok >= 1, "the server's kernel took no cookie");
     assert_eq!(topo.csum_errors(), 0, "TCP checksum errors");
     drop(stream);

@@ -41,6 +41,7 @@ fn start(topo: &Topology, persist: bool, args: &[&str]) -> Proc {
     };
     cmd.env("RUST_LOG", "info")
         .args(["run", "--no-local", "--iface", topo.server_if])
+        .args(rewrite_unless_mode(args))
         .args(args);
     if persist {
         cmd.arg("--persist");
@@ -427,7 +428,15 @@ fn pins_of_a_deleted_namespace_are_found_and_removed_without_touching_a_live_ins
     must(orphan.cmd("ip").args(["link", "set", "ifl-d0", "up"]));
     let inode = {
         let mut cmd = orphan.nsenter_cmd(bins::redirector());
-        cmd.args(["run", "--no-local", "--iface", "ifl-d0", "--persist"]);
+        cmd.args([
+            "run",
+            "--no-local",
+            "--iface",
+            "ifl-d0",
+            "--persist",
+            "--mode",
+            "tc",
+        ]);
         let loader = Proc::spawn("redirector (orphan)", cmd, false);
         let mut loader = loader;
         loader.wait_line("redirector ready", Duration::from_secs(30));

@@ -40,6 +40,11 @@ fn documented_series(name: &str) -> (&'static str, &'static str, String) {
         n if n.starts_with("local_pass_") => {
             ("redirector_local_connects", "result", label("local_pass_"))
         }
+        "steer_assigned" => ("redirector_socket_steering", "result", "steered".into()),
+        n if n.starts_with("steer_pass_") => {
+            ("redirector_socket_steering", "result", label("steer_pass_"))
+        }
+        n if n.starts_with("steer_") => ("redirector_socket_steering", "result", label("steer_")),
         n if n.starts_with("pass_") => ("redirector_packets_passed", "reason", label("pass_")),
         n if n.starts_with("flow_") => ("redirector_flow_events", "event", label("flow_")),
         other => panic!("counter {other}: no documented /metrics series"),

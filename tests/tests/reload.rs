@@ -14,11 +14,15 @@ use serde_json::Value;
 use testkit::{netns::Topology, process::Proc};
 
 /// Writes the config file the loader re-reads: `text`, after the test's interface (unless
-/// `text` names others) and no local clients.
+/// `text` names others), the packet rewrite at TC ingress (unless `text` names a mode) and
+/// no local clients.
 fn write_config(topo: &Topology, path: &Path, text: &str) {
     let mut base = String::from("local = false\n");
     if !text.contains("ifaces =") {
         base.push_str(&format!("ifaces = [\"{}\"]\n", topo.server_if));
+    }
+    if !text.contains("mode =") {
+        base.push_str("mode = \"tc\"\n");
     }
     std::fs::write(path, format!("{base}{text}")).unwrap();
 }

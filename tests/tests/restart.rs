@@ -30,6 +30,7 @@ const SESSIONS_PER_PORT: usize = 10;
 fn start_persist(topo: &Topology, args: &[&str]) -> Proc {
     let mut cmd = topo.server.nsenter_cmd(bins::redirector());
     cmd.args(["run", "--no-local", "--iface", topo.server_if, "--persist"])
+        .args(rewrite_unless_mode(args))
         .args(args);
     let mut loader = Proc::spawn("redirector --persist", cmd, false);
     loader.wait_line("redirector ready", Duration::from_secs(30));

@@ -2,7 +2,7 @@
 //! proxy's connection limit, if the loader runs one).
 
 use redirector::{
-    dataplane::link_state::LinkState,
+    dataplane::{link_state::LinkState, steer},
     instance::{control, view},
 };
 
@@ -51,10 +51,17 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
             }
             None => "unknown (the kernel's links could not be read)",
         };
-        println!(
-            "interface {}: ingress {}, egress tc, {link}",
-            iface.name, iface.ingress_hook
-        );
+        if iface.ingress_hook == steer::HOOK_NAME {
+            println!(
+                "interface {}: names the instance; socket steering on the network namespace, {link}",
+                iface.name
+            );
+        } else {
+            println!(
+                "interface {}: ingress {}, egress tc, {link}",
+                iface.name, iface.ingress_hook
+            );
+        }
     }
     for rule in &status.rules {
         let state = if rule.enabled { "enabled" } else { "disabled" };
@@ -63,21 +70,10 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
             rule.from_port, rule.to_port, rule.slot
         );
     }
-    println!(
-        "conntrack {}/{} flows tracked, {} evicted",
-        status.conntrack.tracked, status.conntrack.size, status.conntrack.evicted
-    );
-    let tables = &status.conntrack.tables;
-    println!(
-        "conntrack established {}/{}, half-open {}/{}, {} refused (table full), kernel memory {:.1} MiB",
-        tables.established,
-        status.conntrack.size,
-        tables.half_open,
-        tables.half_open_size,
-        tables.refused_full,
-        (tables.established_memory_bytes + tables.half_open_memory_bytes) as f64
-            / (1024.0 * 1024.0)
-    );
+    match &status.steering {
+        Some(steering) => print_steering(steering),
+        None => print_conntrack(&status.conntrack),
+    }
     match (status.sources.filtered, status.sources.allow.as_slice()) {
         (false, _) => println!("sources: all"),
         (true, []) => println!("sources: none (the allow list is empty)"),
@@ -90,9 +86,12 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         );
     }
     println!("metrics: {}", status.metrics.as_deref().unwrap_or("off"));
-    match &status.local_cgroup {
-        Some(cgroup) => println!("local clients: redirected in cgroup {cgroup}"),
-        None => println!("local clients: not redirected"),
+    match (&status.local_cgroup, &status.steering) {
+        (_, Some(_)) => {
+            println!("local clients: steered (their connects go through socket lookup)")
+        }
+        (Some(cgroup), None) => println!("local clients: redirected in cgroup {cgroup}"),
+        (None, None) => println!("local clients: not redirected"),
     }
     if let Some(sniff) = &status.sniff {
         match sniff.max_conns {
@@ -101,4 +100,44 @@ pub fn run(args: ReadArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The flow tables of the packet rewrite.
+fn print_conntrack(conntrack: &view::ConntrackJson) {
+    println!(
+        "conntrack {}/{} flows tracked, {} evicted",
+        conntrack.tracked, conntrack.size, conntrack.evicted
+    );
+    let tables = &conntrack.tables;
+    println!(
+        "conntrack established {}/{}, half-open {}/{}, {} refused (table full), kernel memory {:.1} MiB",
+        tables.established,
+        conntrack.size,
+        tables.half_open,
+        tables.half_open_size,
+        tables.refused_full,
+        (tables.established_memory_bytes + tables.half_open_memory_bytes) as f64
+            / (1024.0 * 1024.0)
+    );
+}
+
+/// Socket steering: no flow table; the listening sockets connections are handed to.
+fn print_steering(steering: &view::SteeringJson) {
+    println!("flows: none tracked (socket steering: `redirector flows` lists the connections from the socket table)");
+    let listeners: Vec<String> = steering
+        .listeners
+        .iter()
+        .map(|l| format!("{} ({})", l.addr, l.family))
+        .collect();
+    println!(
+        "steering to: {}",
+        if listeners.is_empty() {
+            "nothing".to_string()
+        } else {
+            listeners.join(", ")
+        }
+    );
+    for port in &steering.ports_without_listener {
+        println!("steering: no listener on TO port {port}: new connections to it are refused");
+    }
 }

@@ -15,7 +15,8 @@ use aya::programs::{
 
 use super::{iface, Dataplane, DataplaneError};
 
-/// Requested ingress hook (`--mode`, `mode =` in a config file); the names are clap's.
+/// Requested strategy and ingress hook (`--mode`, `mode =` in a config file); the names
+/// are clap's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// TC ingress on a veth; elsewhere native XDP, else generic XDP, else TC ingress.
@@ -27,6 +28,9 @@ pub enum Mode {
     XdpGeneric,
     /// TC ingress (TCX) only.
     Tc,
+    /// No program on the interfaces: a new connection to a FROM port is handed to the TO
+    /// port's listener at socket lookup, in the loader's network namespace.
+    Socket,
 }
 
 impl Mode {
@@ -109,6 +113,12 @@ pub enum AttachError {
     /// Program lookup failed.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    /// `--mode socket` puts no program on an interface.
+    #[error("--mode socket steers at socket lookup in the network namespace: nothing attaches to {iface}")]
+    NotAnInterfaceMode {
+        /// Interface name.
+        iface: String,
+    },
     /// A link could not be taken over for pinning (`--persist`).
     #[error("taking over the {direction} link on {iface} for --persist: {source}")]
     TakeLink {
@@ -254,6 +264,7 @@ impl Hook {
             Mode::Xdp => self == Hook::XdpNative,
             Mode::XdpGeneric => self == Hook::XdpGeneric,
             Mode::Tc => self == Hook::TcIngress,
+            Mode::Socket => false,
         }
     }
 }
@@ -359,6 +370,11 @@ pub fn attach(dp: &mut Dataplane, iface: &str, mode: Mode) -> Result<Attached, A
             IngressLinkId::Tc(attach_tc(dp, iface, TcAttachType::Ingress)?),
         ),
         Mode::Auto => attach_auto(dp, iface)?,
+        Mode::Socket => {
+            return Err(AttachError::NotAnInterfaceMode {
+                iface: iface.to_string(),
+            })
+        }
     };
     let egress = attach_tc(dp, iface, TcAttachType::Egress)?;
     Ok(Attached {
@@ -452,10 +468,10 @@ mod tests {
             assert_eq!(Mode::parse(&mode.to_string()), Ok(*mode));
         }
         let names: Vec<String> = Mode::value_variants().iter().map(Mode::to_string).collect();
-        assert_eq!(names, ["auto", "xdp", "xdp-generic", "tc"]);
+        assert_eq!(names, ["auto", "xdp", "xdp-generic", "tc", "socket"]);
         assert_eq!(
             Mode::parse("fast").unwrap_err(),
-            "invalid mode `fast`: expected auto, xdp, xdp-generic or tc"
+            "invalid mode `fast`: expected auto, xdp, xdp-generic, tc or socket"
         );
     }
 }

@@ -23,6 +23,8 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `enum bpf_link_type`: an XDP link.
 pub const LINK_TYPE_XDP: u32 = 6;
+/// `BPF_LINK_TYPE_NETNS`: a link on a network namespace (`sk_lookup`, flow dissector).
+pub const LINK_TYPE_NETNS: u32 = 5;
 /// `enum bpf_link_type`: a TCX link.
 pub const LINK_TYPE_TCX: u32 = 11;
 /// `enum bpf_attach_type`: TCX ingress.

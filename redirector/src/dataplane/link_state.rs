@@ -1,7 +1,8 @@
 //! Whether an instance's programs are attached to each of its interfaces, as the kernel
 //! says — its BPF links (XDP and TCX, with the interface index each is attached to) and the
-//! maps their programs use — not as the instance file remembers: `status`, the
-//! `redirector_interface_attached` gauge and `doctor` read it.
+//! maps their programs use; for socket steering its link on the network namespace) — not as
+//! the instance file remembers: `status`, the `redirector_interface_attached` gauge and
+//! `doctor` read it.
 
 use std::{fmt, io, path::Path};
 
@@ -9,7 +10,9 @@ use aya::maps::MapData;
 use serde::Serialize;
 
 use super::{
-    bpf_link::{self, LinkInfo, LINK_TYPE_TCX, LINK_TYPE_XDP, TCX_EGRESS, TCX_INGRESS},
+    bpf_link::{
+        self, LinkInfo, LINK_TYPE_NETNS, LINK_TYPE_TCX, LINK_TYPE_XDP, TCX_EGRESS, TCX_INGRESS,
+    },
     iface,
 };
 
@@ -93,6 +96,41 @@ impl InstanceMarker {
                 (name.clone(), state)
             })
             .collect())
+    }
+}
+
+impl InstanceMarker {
+    /// The state of each of `names` (in order), for an instance that steers sockets
+    /// (`steering`: its interfaces only name it) or rewrites packets on them. Steering,
+    /// each is `attached` while the program is on the network namespace, else `severed`.
+    pub fn states_for(
+        &self,
+        names: &[String],
+        steering: bool,
+    ) -> Result<Vec<(String, LinkState)>, LinkStateError> {
+        if !steering {
+            return self.states(names);
+        }
+        let state = if self.steering_attached()? {
+            LinkState::Attached
+        } else {
+            LinkState::Severed
+        };
+        Ok(names.iter().map(|name| (name.clone(), state)).collect())
+    }
+
+    /// Socket steering: whether one of the instance's programs is attached to a network
+    /// namespace (its `sk_lookup` link).
+    pub fn steering_attached(&self) -> Result<bool, LinkStateError> {
+        let links = bpf_link::all_links().map_err(LinkStateError::Links)?;
+        Ok(links
+            .iter()
+            .filter(|l| l.kind == LINK_TYPE_NETNS)
+            .any(|link| {
+                bpf_link::prog_map_ids(link.prog_id)
+                    .unwrap_or_default()
+                    .contains(&self.0)
+            }))
     }
 }
 

@@ -3,7 +3,9 @@
 //! [`batch`]), attaching to interfaces ([`attach`], [`iface`]) — and following them by
 //! rtnetlink ([`netlink`], [`follow`]), with the kernel's view of the links
 //! ([`bpf_link`], [`link_state`]) — and to a cgroup for local clients ([`local`]), and the
-//! privileges all of that needs ([`privileges`]).
+//! privileges all of that needs ([`privileges`]). Socket steering ([`steer`], its
+//! listeners kept by [`listeners`]) is the other strategy: one program on the network
+//! namespace instead of programs on interfaces.
 
 pub mod attach;
 pub mod batch;
@@ -11,10 +13,12 @@ pub mod bpf_link;
 pub mod follow;
 pub mod iface;
 pub mod link_state;
+pub mod listeners;
 pub mod local;
 pub mod maps;
 pub mod netlink;
 pub mod privileges;
+pub mod steer;
 
 use std::{
     collections::HashSet,
@@ -24,15 +28,16 @@ use std::{
 
 use aya::{
     maps::{HashMap as AyaHashMap, Map, MapData, MapError},
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, SkLookup, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfError, EbpfLoader,
 };
 use redirector_common::{
     maps::{
         established_max_entries, half_open_size, FlowKey, FlowValue, MarkConfig, RedirectedSocket,
-        ESTABLISHED_CAPACITY_GLOBAL, ESTABLISHED_MAP, HALF_OPEN_MAP, LOADER_NETNS_COOKIE_GLOBAL,
-        LOCAL_ADDRS_MAP, LOCAL_PEERS_MAP, MARK_MAP, PROG_PASS_TC, PROG_PASS_XDP, PROG_TC_EGRESS,
-        PROG_TC_INGRESS, PROG_XDP_INGRESS, REDIRECTED_SOCKETS_MAP,
+        ESTABLISHED_CAPACITY_GLOBAL, ESTABLISHED_MAP, HALF_OPEN_MAP, LISTENERS_MAP,
+        LOADER_NETNS_COOKIE_GLOBAL, LOCAL_ADDRS_MAP, LOCAL_PEERS_MAP, MARK_MAP, PROG_PASS_TC,
+        PROG_PASS_XDP, PROG_SK_LOOKUP, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS,
+        REDIRECTED_SOCKETS_MAP,
     },
     reap::{ReapEntry, ReapRequest, REAP_BATCH, REAP_PROGRAM},
     stats::Counter,
@@ -101,6 +106,8 @@ pub struct Dataplane {
     local_peers: Map,
     /// `REDIRECTED_SOCKETS`: cookies of server sockets that carry a redirected connection.
     redirected_sockets: Map,
+    /// `LISTENERS`: the listening sockets socket steering hands connections to.
+    listeners: Map,
 }
 
 fn local_map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -124,16 +131,16 @@ impl Dataplane {
     /// ones: adopting a persisted instance. `conntrack_size` must be the size the pinned
     /// maps were created with (the instance file's), which a live map cannot change.
     ///
-    /// `LOCAL_PEERS` (getpeername's answers for redirected local sockets) and
-    /// `REDIRECTED_SOCKETS` (the sockets egress may heal) are reused too if pinned; an
-    /// instance pinned before they existed has none, so aya creates them and pins them
-    /// into `dir`.
+    /// `LOCAL_PEERS` (getpeername's answers for redirected local sockets),
+    /// `REDIRECTED_SOCKETS` (the sockets egress may heal) and `LISTENERS` (socket
+    /// steering's listeners) are reused too if pinned; an instance pinned before they
+    /// existed has none, so aya creates them and pins them into `dir`.
     pub fn load_pinned(conntrack_size: u32, dir: &Path) -> Result<Self, DataplaneError> {
         Self::load_reusing(
             conntrack_size,
             dir,
             &maps::PINNED_MAPS,
-            &[LOCAL_PEERS_MAP, REDIRECTED_SOCKETS_MAP],
+            &[LOCAL_PEERS_MAP, REDIRECTED_SOCKETS_MAP, LISTENERS_MAP],
         )
     }
 
@@ -186,7 +193,7 @@ impl Dataplane {
     }
 
     /// Loads the object with `loader` and verifies the three packet programs, the reaping
-    /// program and the four cgroup programs of local clients.
+    /// program, the four cgroup programs of local clients and the socket-lookup program.
     fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(OBJECT)?;
         let maps = Maps::take_from(&mut ebpf)?;
@@ -197,12 +204,14 @@ impl Dataplane {
         let local_addrs = take(LOCAL_ADDRS_MAP)?;
         let local_peers = take(LOCAL_PEERS_MAP)?;
         let redirected_sockets = take(REDIRECTED_SOCKETS_MAP)?;
+        let listeners = take(LISTENERS_MAP)?;
         let mut dp = Dataplane {
             ebpf,
             maps,
             local_addrs,
             local_peers,
             redirected_sockets,
+            listeners,
         };
         dp.xdp_ingress()?
             .load()
@@ -215,6 +224,7 @@ impl Dataplane {
         for (name, _) in local::PROGRAMS {
             dp.cgroup_program(name)?.load().map_err(prog_err(name))?;
         }
+        dp.sk_lookup()?.load().map_err(prog_err(PROG_SK_LOOKUP))?;
         Ok(dp)
     }
 
@@ -248,6 +258,16 @@ impl Dataplane {
     /// The TC egress program.
     pub fn tc_egress(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         self.program(PROG_TC_EGRESS)
+    }
+
+    /// The socket-lookup program of socket steering (`--mode socket`).
+    pub fn sk_lookup(&mut self) -> Result<&mut SkLookup, DataplaneError> {
+        self.program(PROG_SK_LOOKUP)
+    }
+
+    /// `LISTENERS`, the listening sockets socket steering hands connections to.
+    pub fn listeners_map(&mut self) -> &mut Map {
+        &mut self.listeners
     }
 
     /// Loads (verifies) the two benchmark baselines, programs that return the hook's
@@ -317,14 +337,15 @@ impl Dataplane {
         &mut self.maps
     }
 
-    /// Pins every map into `dir` (see `crate::instance::paths`), `LOCAL_PEERS` and
-    /// `REDIRECTED_SOCKETS` included (an adopting loader reuses them; `LOCAL_ADDRS` each
-    /// loader fills anew).
+    /// Pins every map into `dir` (see `crate::instance::paths`), `LOCAL_PEERS`,
+    /// `REDIRECTED_SOCKETS` and `LISTENERS` included (an adopting loader reuses them;
+    /// `LOCAL_ADDRS` each loader fills anew).
     pub fn pin_maps(&self, dir: &std::path::Path) -> Result<(), DataplaneError> {
         self.maps.pin(dir)?;
         for (name, map) in [
             (LOCAL_PEERS_MAP, &self.local_peers),
             (REDIRECTED_SOCKETS_MAP, &self.redirected_sockets),
+            (LISTENERS_MAP, &self.listeners),
         ] {
             map.pin(dir.join(name)).map_err(|error| {
                 local_map_err(name)(MapError::PinError {

@@ -1,8 +1,10 @@
-//! Checks, before touching the kernel, that we hold the capabilities loading needs.
+//! Checks, before touching the kernel, that we hold the capabilities loading needs (and
+//! socket steering's taking of listening sockets).
 
 use std::fs;
 
 const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
@@ -28,6 +30,15 @@ pub fn check() -> Result<(), PrivilegeError> {
     } else {
         Err(PrivilegeError::Missing)
     }
+}
+
+/// True if the effective set holds CAP_SYS_PTRACE, which socket steering needs to take a
+/// listening socket from the process that owns it (`pidfd_getfd`).
+pub fn may_take_sockets() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| parse_cap_eff(&status))
+        .is_some_and(|cap_eff| cap_eff & (1u64 << CAP_SYS_PTRACE) != 0)
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {

@@ -21,13 +21,24 @@ const NAME: &str = "firewall";
 /// Jumps followed at most (nft itself refuses loops; this bounds a malformed ruleset).
 const MAX_DEPTH: usize = 16;
 
-/// The findings: one per rule's TO port (or one saying why it could not look).
-pub fn check(settings: &Settings) -> Vec<Check> {
+/// The findings: one per rule's TO port (or one saying why it could not look). With socket
+/// steering (`steering`) nothing is rewritten and INPUT sees the port the client dialled:
+/// one per FROM port.
+pub fn check(settings: &Settings, steering: bool) -> Vec<Check> {
     let ruleset = match list_ruleset() {
         Ok(ruleset) => ruleset,
         Err(why) => return vec![Check::new(NAME, Status::Skip, why)],
     };
     let ruleset = Ruleset::parse(&ruleset);
+    if steering {
+        let mut ports: Vec<u16> = settings.rules.iter().map(|r| r.from_port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        return ports
+            .into_iter()
+            .map(|port| check_steered_port(&ruleset, settings, port))
+            .collect();
+    }
     let mut ports: Vec<u16> = settings.rules.iter().map(|r| r.to_port).collect();
     ports.sort_unstable();
     ports.dedup();
@@ -35,6 +46,44 @@ pub fn check(settings: &Settings) -> Vec<Check> {
         .into_iter()
         .map(|port| check_port(&ruleset, settings, port))
         .collect()
+}
+
+/// Socket steering: INPUT sees a steered connection's SYN on its FROM port, unmarked.
+fn check_steered_port(ruleset: &Ruleset, settings: &Settings, port: u16) -> Check {
+    let mut worst: Option<(Family, Outcome)> = None;
+    for iface in &settings.ifaces {
+        for family in [Family::V4, Family::V6] {
+            let packet = Packet {
+                family,
+                dport: port,
+                mark: 0,
+                iif: iface.clone(),
+            };
+            let outcome = ruleset.judge(&packet);
+            if worst
+                .as_ref()
+                .is_none_or(|(_, w)| outcome.rank() > w.rank())
+            {
+                worst = Some((family, outcome));
+            }
+        }
+    }
+    match worst {
+        None | Some((_, Outcome::Accepted)) => Check::new(
+            NAME,
+            Status::Ok,
+            format!("the input hook accepts connections to {port} (socket steering: INPUT sees the port clients dial)"),
+        ),
+        Some((family, Outcome::Dropped { chain, how, maybe })) => Check::new(
+            NAME,
+            if maybe { Status::Warn } else { Status::Fail },
+            format!(
+                "chain {chain} ({how}) drops {family} connections to {port}: with socket \
+                 steering INPUT sees the port clients dial"
+            ),
+        )
+        .with_fix(format!("open tcp dport {port} in chain {chain}")),
+    }
 }
 
 fn list_ruleset() -> Result<Value, String> {

@@ -7,7 +7,7 @@
 use super::{xdp_features, Check, Settings, Status};
 use crate::dataplane::{
     attach::{Hook, Mode},
-    iface,
+    iface, steer,
 };
 
 const NAME: &str = "hook";
@@ -76,7 +76,29 @@ fn native(iface: &str) -> Option<bool> {
 /// What `run` with these settings would pick on `iface`.
 fn planned_hook(settings: &Settings, iface: &str, driver: &str, is_veth: bool) -> Check {
     let head = format!("{iface} (driver {driver}), --mode {}", settings.mode);
+    let to_ports: Vec<u16> = settings.rules.iter().map(|r| r.to_port).collect();
+    let auto = (settings.mode == Mode::Auto && settings.mark.is_none())
+        .then(|| steer::auto_choice(&to_ports));
     match (settings.mode, settings.mark) {
+        (Mode::Socket, Some(mark)) => Check::new(
+            NAME,
+            Status::Fail,
+            format!("{head}: --mark {mark} is for the packet rewrite; run refuses it with socket steering"),
+        )
+        .with_fix("drop --mark: with socket steering INPUT sees the FROM port"),
+        (Mode::Socket, None) => Check::new(
+            NAME,
+            Status::Ok,
+            format!("{head}: socket steering: nothing attaches to {iface}; new connections to a FROM port are handed to the TO port's listener at socket lookup"),
+        ),
+        (Mode::Auto, None) if auto.as_ref().is_some_and(|c| c.socket) => Check::new(
+            NAME,
+            Status::Ok,
+            format!(
+                "{head}: socket steering ({}): nothing attaches to {iface}",
+                auto.as_ref().map_or("", |c| c.why.as_str())
+            ),
+        ),
         (Mode::Auto | Mode::Tc, Some(mark)) => Check::new(
             NAME,
             Status::Ok,

@@ -25,14 +25,44 @@ pub fn check(instance: Option<&RunningInstance>) -> Vec<Check> {
         .map(|i| i.name.clone())
         .collect();
     let dir = instance.info.pin_dir_from_here(instance.loader_running);
-    let states = match InstanceMarker::from_pins(&dir).and_then(|m| m.states(&names)) {
+    let steering = instance.info.steers_sockets();
+    let states = match InstanceMarker::from_pins(&dir).and_then(|m| m.states_for(&names, steering))
+    {
         Ok(states) => states,
         Err(e) => return vec![Check::new(NAME, Status::Skip, format!("{e}"))],
     };
+    if steering {
+        let attached = states
+            .iter()
+            .all(|(_, state)| *state == LinkState::Attached);
+        return vec![judge_steering(attached, &names.join(", "))];
+    }
     states
         .into_iter()
         .map(|(name, state)| judge(&name, state, instance.loader_running))
         .collect()
+}
+
+/// Socket steering: one link, on the network namespace; the interfaces only name it.
+fn judge_steering(attached: bool, names: &str) -> Check {
+    if attached {
+        Check::new(
+            NAME,
+            Status::Ok,
+            format!(
+                "socket steering: the sk_lookup program is on the network namespace (no \
+                 program on {names}, which names the instance)"
+            ),
+        )
+    } else {
+        Check::new(
+            NAME,
+            Status::Fail,
+            "socket steering: its program is not on the network namespace: new connections \
+             are not steered",
+        )
+        .with_fix("start the loader again (`systemctl restart redirector`)")
+    }
 }
 
 fn judge(name: &str, state: LinkState, loader_running: bool) -> Check {

@@ -28,7 +28,9 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::{
-    dataplane::attach::Mode, instance::info::InstanceInfo, packet_mark::PacketMark,
+    dataplane::{attach::Mode, steer},
+    instance::info::InstanceInfo,
+    packet_mark::PacketMark,
     rules::RedirectRule,
 };
 
@@ -172,6 +174,24 @@ pub struct RunningInstance {
     pub loader_running: bool,
 }
 
+impl Settings {
+    /// Socket steering is (or would be) in use: asked, or chosen by `auto`
+    /// ([`steer::auto_choice`]), or the running instance's.
+    pub fn steers_sockets(&self) -> bool {
+        if let Some(instance) = &self.instance {
+            return instance.info.steers_sockets();
+        }
+        match (self.mode, self.mark) {
+            (Mode::Socket, _) => true,
+            (Mode::Auto, None) => {
+                let to_ports: Vec<u16> = self.rules.iter().map(|r| r.to_port).collect();
+                steer::auto_choice(&to_ports).socket
+            }
+            _ => false,
+        }
+    }
+}
+
 impl RunningInstance {
     /// The ingress hook it uses on `iface`, if `iface` is one of its interfaces.
     pub fn hook_on(&self, iface: &str) -> Option<&str> {
@@ -186,13 +206,23 @@ impl RunningInstance {
 /// Runs every check against `settings`, in [`CHECK_NAMES`] order.
 pub fn run_all(settings: &Settings) -> Result<Vec<Check>, DoctorError> {
     let sockets = proc_net::tcp_sockets()?;
+    let steering = settings.steers_sockets();
     let mut checks = listener::check(&settings.rules, &sockets);
-    checks.extend(firewall::check(settings));
-    checks.push(capacity::check(settings.conntrack_size, &sockets));
+    checks.extend(firewall::check(settings, steering));
+    if steering {
+        checks.push(Check::new(
+            "conntrack",
+            Status::Ok,
+            "socket steering keeps no flow table: the connections are the kernel's alone",
+        ));
+    } else {
+        checks.push(capacity::check(settings.conntrack_size, &sockets));
+    }
     for iface in &settings.ifaces {
         checks.push(hook::check(settings, iface));
     }
-    for iface in &settings.ifaces {
+    // Socket steering rewrites no packet: no checksum for an offload to hide.
+    for iface in settings.ifaces.iter().filter(|_| !steering) {
         checks.push(offload::check(iface));
     }
     checks.push(bpffs::check(settings.persist));

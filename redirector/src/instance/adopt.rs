@@ -11,6 +11,7 @@ use crate::{
     dataplane::{
         attach::{Hook, Mode},
         maps::{Maps, MapsError},
+        steer,
     },
     rules::{RedirectRule, RuleSlots, Slot},
     source_filter::SourcePrefix,
@@ -40,6 +41,18 @@ pub enum AdoptError {
         iface: String,
         /// Its persisted hook.
         hook: Hook,
+        /// The instance's key interface.
+        key: String,
+    },
+    /// An explicit `--mode` of the other strategy than the persisted instance's.
+    #[error("--mode {mode}: the persisted redirector on {key} {persisted}, which cannot change without a moment with neither; run without --mode (or with --mode {wanted}) to adopt it, or remove it with `redirector detach --iface {key}` first")]
+    Strategy {
+        /// The mode asked for.
+        mode: Mode,
+        /// What the persisted instance does, in words.
+        persisted: &'static str,
+        /// The mode that adopts it.
+        wanted: &'static str,
         /// The instance's key interface.
         key: String,
     },
@@ -82,6 +95,30 @@ pub fn check(
         });
     }
     let mut hooks = Vec::new();
+    if old
+        .interfaces
+        .iter()
+        .any(|i| i.ingress_hook == steer::HOOK_NAME)
+    {
+        // Socket steering: no link per interface, one on the network namespace.
+        return match mode {
+            None | Some(Mode::Auto | Mode::Socket) => Ok(hooks),
+            Some(mode) => Err(AdoptError::Strategy {
+                mode,
+                persisted: "steers sockets (--mode socket)",
+                wanted: "socket",
+                key: old.key_iface().to_string(),
+            }),
+        };
+    }
+    if mode == Some(Mode::Socket) {
+        return Err(AdoptError::Strategy {
+            mode: Mode::Socket,
+            persisted: "rewrites packets on its interfaces",
+            wanted: "auto",
+            key: old.key_iface().to_string(),
+        });
+    }
     for iface in &old.interfaces {
         let hook = Hook::from_name(&iface.ingress_hook).ok_or_else(|| AdoptError::UnknownHook {
             iface: iface.name.clone(),

@@ -3,14 +3,17 @@
 //! tracked keep being rewritten through their conntrack entry whatever happens to their
 //! rule.
 
+use std::collections::HashSet;
+
 use redirector_common::{
-    maps::{FlowKey, MAX_ALLOW, MAX_RULES},
+    maps::{FlowKey, LISTENERS_MAP, MAX_ALLOW, MAX_RULES},
     stats::Counter,
 };
 
 use super::{info::RuleInfo, Instance, StateError};
 use crate::{
     dataplane::{
+        listeners,
         maps::{MapsError, Remover},
         privileges::{self, PrivilegeError},
     },
@@ -57,6 +60,12 @@ pub enum ControlError {
     /// unreadable.
     #[error(transparent)]
     Sniff(#[from] Box<crate::observe::sniff_publish::PublishError>),
+    /// Socket steering's listeners could not be read.
+    #[error(transparent)]
+    Listeners(#[from] Box<crate::dataplane::listeners::ListenersError>),
+    /// The socket table (the connections socket steering made) could not be read.
+    #[error(transparent)]
+    SockDiag(#[from] Box<crate::kernel_truth::sock_diag::SockDiagError>),
 }
 
 impl From<StateError> for ControlError {
@@ -118,6 +127,12 @@ pub fn set_enabled(instance: &mut Instance, port: u16, enabled: bool) -> Result<
 
 /// Adds `rule` (enabled); returns its counter slot, from the instance's [`RuleSlots`].
 pub fn add_rule(instance: &mut Instance, rule: RedirectRule) -> Result<u32, ControlError> {
+    let listeners = instance.info.steers_sockets().then(|| {
+        instance
+            .info
+            .pin_dir_from_here(instance.loader_running)
+            .join(LISTENERS_MAP)
+    });
     instance.edit(|info, maps| {
         let rules = maps.rules()?;
         if rules.iter().any(|(from, _)| *from == rule.from_port) {
@@ -141,6 +156,24 @@ pub fn add_rule(instance: &mut Instance, rule: RedirectRule) -> Result<u32, Cont
                 slot
             }
         };
+        if let Some(path) = &listeners {
+            // Socket steering: the new TO port's listeners first (the loader would take
+            // them within its next sync, refusing connections until then).
+            let mut to_ports: HashSet<u16> = rules.iter().map(|(_, r)| r.to_port).collect();
+            to_ports.insert(rule.to_port);
+            match listeners::sync_pinned(path, &to_ports) {
+                Ok(synced) if synced.untaken.is_empty() => {}
+                Ok(synced) => log::warn!(
+                    "the loader takes the listeners of {} within its next sync: {:?}",
+                    rule.to_port,
+                    synced.untaken
+                ),
+                Err(e) => log::warn!(
+                    "the loader takes the listeners of {} within its next sync: {e}",
+                    rule.to_port
+                ),
+            }
+        }
         maps.insert_rule(rule, slot)?;
         info.next_slot = slots.next_fresh();
         info.rules.push(RuleInfo::new(rule, slot));

@@ -91,7 +91,8 @@ impl From<&Timeouts> for TimeoutsInfo {
 pub struct InterfaceInfo {
     /// Interface name.
     pub name: String,
-    /// Ingress hook in use: `xdp`, `xdp-generic` or `tc`.
+    /// Ingress hook in use: `xdp`, `xdp-generic` or `tc`; `socket` when the instance steers
+    /// sockets (then no program is on the interface, which only names the instance).
     pub ingress_hook: String,
 }
 
@@ -118,6 +119,13 @@ impl RuleInfo {
 }
 
 impl InstanceInfo {
+    /// The instance steers sockets (`--mode socket`) rather than rewriting packets.
+    pub fn steers_sockets(&self) -> bool {
+        self.interfaces
+            .iter()
+            .any(|i| i.ingress_hook == crate::dataplane::steer::HOOK_NAME)
+    }
+
     /// The interface that keys the instance's files.
     pub fn key_iface(&self) -> &str {
         self.interfaces.first().map_or("", |i| i.name.as_str())

@@ -1,18 +1,25 @@
 //! What the noun commands (`status`, `flows`) read from an instance, in the shape their
 //! `--json` prints (field names are stable, see docs/CONTROL.md).
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+};
 
 use redirector_common::{
     addr::as_v4,
     conntrack,
-    maps::{FlowKey, FlowValue},
+    maps::{FlowKey, FlowValue, LISTENERS_MAP, LISTENER_V4},
 };
 use serde::Serialize;
 
 use super::{control::ControlError, info::TimeoutsInfo, paths, Instance};
 use crate::{
-    dataplane::link_state::{InstanceMarker, LinkState},
+    dataplane::{
+        link_state::{InstanceMarker, LinkState},
+        listeners,
+    },
+    kernel_truth::sock_diag::{self, TcpState},
     observe::{sniff_publish, stats::evicted},
     reaper::monotonic_ns,
 };
@@ -49,6 +56,29 @@ pub struct StatusJson {
     pub loader_running: bool,
     /// The sniffing proxy the loader runs (`run --sniff-listen`), else null.
     pub sniff: Option<SniffJson>,
+    /// Socket steering (`mode` `socket`): the listening sockets new connections are
+    /// handed to; null for the packet rewrite.
+    pub steering: Option<SteeringJson>,
+}
+
+/// Socket steering in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct SteeringJson {
+    /// The listening sockets in `LISTENERS`: `ADDR:PORT` (`0.0.0.0`/`[::]` for wildcards)
+    /// and the family of the connections each takes (`ipv4`, `ipv6`).
+    pub listeners: Vec<ListenerJson>,
+    /// TO ports of the rules that no listening socket in `LISTENERS` serves: new
+    /// connections steered there are refused (`steer_no_listener`).
+    pub ports_without_listener: Vec<u16>,
+}
+
+/// One listening socket in [`SteeringJson`].
+#[derive(Debug, Serialize)]
+pub struct ListenerJson {
+    /// Bound address and port.
+    pub addr: String,
+    /// `ipv4` or `ipv6`: the connections it takes.
+    pub family: &'static str,
 }
 
 /// The sniffing proxy in [`StatusJson`], from the file the loader publishes
@@ -74,11 +104,13 @@ pub struct SourcesJson {
 pub struct InterfaceJson {
     /// Interface name.
     pub name: String,
-    /// `xdp`, `xdp-generic` or `tc`.
+    /// `xdp`, `xdp-generic` or `tc`; `socket` for socket steering (no program on the
+    /// interface, which only names the instance).
     pub ingress_hook: String,
     /// `attached`, `severed` (the interface exists, the programs are not on it) or
     /// `missing` (no interface of that name), from the kernel's links; null if the kernel
-    /// could not be asked.
+    /// could not be asked. Socket steering: `attached` while its program is on the network
+    /// namespace, else `severed`.
     pub link: Option<LinkState>,
 }
 
@@ -120,7 +152,7 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
             let names: Vec<String> = info.interfaces.iter().map(|i| i.name.clone()).collect();
             let states =
                 InstanceMarker::from_pins(&info.pin_dir_from_here(instance.loader_running))
-                    .and_then(|marker| marker.states(&names))
+                    .and_then(|marker| marker.states_for(&names, info.steers_sockets()))
                     .map_err(|e| log::warn!("reading the interfaces' links: {e}"))
                     .unwrap_or_default();
             info.interfaces
@@ -184,6 +216,44 @@ pub fn status(instance: &Instance) -> Result<StatusJson, ControlError> {
         .map(|published| SniffJson {
             max_conns: published.max_conns,
         }),
+        steering: info
+            .steers_sockets()
+            .then(|| steering(instance))
+            .transpose()?,
+    })
+}
+
+/// What socket steering hands connections to, from the pinned `LISTENERS`.
+fn steering(instance: &Instance) -> Result<SteeringJson, ControlError> {
+    let dir = instance.info.pin_dir_from_here(instance.loader_running);
+    let keys = listeners::pinned_keys(&dir.join(LISTENERS_MAP)).map_err(Box::new)?;
+    let mut ports_without_listener: Vec<u16> = instance
+        .maps
+        .rules()?
+        .into_iter()
+        .map(|(_, rule)| rule.to_port)
+        .filter(|port| !keys.iter().any(|k| k.port == *port))
+        .collect();
+    ports_without_listener.sort_unstable();
+    ports_without_listener.dedup();
+    let listeners = keys
+        .iter()
+        .map(|key| {
+            let v4 = key.family == LISTENER_V4;
+            let addr = match (key.addr == [0; 16], v4) {
+                (true, true) => IpAddr::from([0, 0, 0, 0]),
+                (true, false) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                (false, _) => ip(&key.addr),
+            };
+            ListenerJson {
+                addr: SocketAddr::new(addr, key.port).to_string(),
+                family: if v4 { "ipv4" } else { "ipv6" },
+            }
+        })
+        .collect();
+    Ok(SteeringJson {
+        listeners,
+        ports_without_listener,
     })
 }
 
@@ -200,7 +270,8 @@ pub struct FlowJson {
     pub target_port: u16,
     /// `syn_sent`, `syn_recv`, `established`, `fin_wait`, `closing` (else `unknown`).
     pub state: &'static str,
-    /// Seconds since the SYN.
+    /// Seconds since the SYN (0 for a connection socket steering made: the socket table
+    /// does not say).
     pub age_secs: u64,
     /// Seconds since the last packet (1 s granularity).
     pub idle_secs: u64,
@@ -228,6 +299,9 @@ fn flow_json(key: &FlowKey, value: &FlowValue, now_ns: u64) -> FlowJson {
 
 /// Tracked flows, to `port` (the FROM port) only if given, oldest first.
 pub fn flows(instance: &Instance, port: Option<u16>) -> Result<Vec<FlowJson>, ControlError> {
+    if instance.info.steers_sockets() {
+        return steered(instance, port);
+    }
     let now = monotonic_ns();
     let mut flows: Vec<(FlowKey, FlowValue)> = instance
         .maps
@@ -237,6 +311,52 @@ pub fn flows(instance: &Instance, port: Option<u16>) -> Result<Vec<FlowJson>, Co
         .collect();
     flows.sort_by_key(|(_, v)| v.created_ns);
     Ok(flows.iter().map(|(k, v)| flow_json(k, v, now)).collect())
+}
+
+/// Socket steering tracks nothing: its connections are the socket table's on the rules'
+/// FROM ports (each local port is the port the client dialled), listed from sock_diag.
+/// `age_secs` is 0: the socket table does not say when a connection opened.
+fn steered(instance: &Instance, port: Option<u16>) -> Result<Vec<FlowJson>, ControlError> {
+    let rules: HashMap<u16, u16> = instance
+        .maps
+        .rules()?
+        .into_iter()
+        .filter(|(from, _)| port.is_none_or(|p| *from == p))
+        .map(|(from, rule)| (from, rule.to_port))
+        .collect();
+    let ports: HashSet<u16> = rules.keys().copied().collect();
+    let mut connections = sock_diag::connections(&ports).map_err(Box::new)?;
+    connections.sort_by_key(|c| {
+        (
+            c.tuple.server_port,
+            c.tuple.client_addr,
+            c.tuple.client_port,
+        )
+    });
+    Ok(connections
+        .iter()
+        .map(|c| FlowJson {
+            client: SocketAddr::new(ip(&c.tuple.client_addr), c.tuple.client_port).to_string(),
+            server_addr: ip(&c.tuple.server_addr).to_string(),
+            orig_port: c.tuple.server_port,
+            target_port: rules[&c.tuple.server_port],
+            state: socket_state_name(c.state),
+            age_secs: 0,
+            idle_secs: u64::from(c.idle_ms.unwrap_or(0) / 1000),
+        })
+        .collect())
+}
+
+/// A socket's state under the names `flows` uses for tracked flows.
+fn socket_state_name(state: TcpState) -> &'static str {
+    match state {
+        TcpState::Established => "established",
+        TcpState::SynSent => "syn_sent",
+        TcpState::SynRecv | TcpState::NewSynRecv => "syn_recv",
+        TcpState::FinWait1 | TcpState::FinWait2 | TcpState::CloseWait => "fin_wait",
+        TcpState::TimeWait | TcpState::Close | TcpState::LastAck | TcpState::Closing => "closing",
+        TcpState::Listen | TcpState::Other(_) => "unknown",
+    }
 }
 
 #[cfg(test)]

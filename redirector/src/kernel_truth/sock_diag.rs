@@ -24,6 +24,15 @@ const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;
 /// `idiag_states`: every state, `TCP_NEW_SYN_RECV` and `TCP_TIME_WAIT` included.
 const ALL_STATES: u32 = u32::MAX;
+/// `idiag_states`: `TCP_LISTEN` only (the kernel then walks its listening hash only).
+const LISTEN_ONLY: u32 = 1 << 10;
+/// `INET_DIAG_SKV6ONLY`: an IPv6 socket's `IPV6_V6ONLY` (u8), sent for every IPv6 socket.
+const INET_DIAG_SKV6ONLY: u16 = 11;
+/// `INET_DIAG_INFO`: the socket's `struct tcp_info`, sent when `idiag_ext` asks for it.
+const INET_DIAG_INFO: u16 = 2;
+/// `struct tcp_info` offsets of `tcpi_last_data_sent` and `tcpi_last_data_recv` (ms ago).
+const TCPI_LAST_DATA_SENT: usize = 44;
+const TCPI_LAST_DATA_RECV: usize = 52;
 /// Ports the kernel filter names at most (12 bytes each in a `u16`-long attribute); past
 /// this the dump is unfiltered and the ports are picked out here.
 const MAX_FILTER_PORTS: usize = 1024;
@@ -139,12 +148,104 @@ pub struct SocketInfo {
 /// The sockets found, by tuple (a listener's client is `::`/`0.0.0.0` port 0).
 pub type SocketTable = HashMap<ServerTuple, SocketInfo>;
 
+/// A listening TCP socket of this network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListeningSocket {
+    /// Its family.
+    pub family: Family,
+    /// The address it is bound to (IPv4 as IPv4-mapped IPv6; all zero for `0.0.0.0`, as
+    /// for `::`).
+    pub addr: [u8; 16],
+    /// Its port.
+    pub port: u16,
+    /// Its inode (`socket:[INODE]` in `/proc/PID/fd`).
+    pub inode: u32,
+    /// An IPv6 socket with `IPV6_V6ONLY` (takes no IPv4 connections).
+    pub v6only: bool,
+}
+
+/// A connection of this network namespace, as the socket table has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// Its tuple (the server side is the local one).
+    pub tuple: ServerTuple,
+    /// Its TCP state.
+    pub state: TcpState,
+    /// Milliseconds since data last went either way (`tcp_info`), if the kernel said.
+    pub idle_ms: Option<u32>,
+}
+
+/// Every TCP connection (not a listener) of this thread's network namespace whose local
+/// port is one of `local_ports`, with how long it has been idle.
+pub fn connections(local_ports: &HashSet<u16>) -> Result<Vec<Connection>, SockDiagError> {
+    let mut found = Vec::new();
+    each_family(
+        local_ports,
+        ALL_STATES & !LISTEN_ONLY,
+        1 << (INET_DIAG_INFO - 1),
+        |body| {
+            let (tuple, info) =
+                parse(body).ok_or(NetlinkError::Malformed("short inet_diag_msg"))?;
+            if local_ports.contains(&tuple.server_port) && info.state != TcpState::Listen {
+                let tcp_info = netlink::attr(&body[INET_DIAG_MSG_LEN..], INET_DIAG_INFO);
+                let idle_ms = tcp_info.and_then(|i| {
+                    let sent = netlink::read_u32(i, TCPI_LAST_DATA_SENT)?;
+                    let recv = netlink::read_u32(i, TCPI_LAST_DATA_RECV)?;
+                    Some(sent.min(recv))
+                });
+                found.push(Connection {
+                    tuple,
+                    state: info.state,
+                    idle_ms,
+                });
+            }
+            Ok(())
+        },
+    )?;
+    Ok(found)
+}
+
+/// Every listening TCP socket of this thread's network namespace on one of `ports`: one
+/// dump per family of the kernel's listening hash only, filtered in the kernel.
+pub fn listening_sockets(ports: &HashSet<u16>) -> Result<Vec<ListeningSocket>, SockDiagError> {
+    let mut found = Vec::new();
+    each_family(ports, LISTEN_ONLY, 0, |body| {
+        if let Some(listener) = parse_listener(body) {
+            if ports.contains(&listener.port) {
+                found.push(listener);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
 /// Every TCP socket of this thread's network namespace whose local port is one of
 /// `local_ports`, in every state: one dump per family, filtered in the kernel.
 pub fn tcp_sockets(local_ports: &HashSet<u16>) -> Result<SocketTable, SockDiagError> {
     let mut table = SocketTable::new();
+    each_family(local_ports, ALL_STATES, 0, |body| {
+        let (tuple, info) = parse(body).ok_or(NetlinkError::Malformed("short inet_diag_msg"))?;
+        // The kernel filter is the fast path; this is the rule (an unfiltered dump, or a
+        // kernel that ignored the filter).
+        if local_ports.contains(&tuple.server_port) {
+            table.insert(tuple, info);
+        }
+        Ok(())
+    })?;
+    Ok(table)
+}
+
+/// Dumps the TCP sockets in `states` on `local_ports` of each family, with the extensions
+/// of `ext` (`idiag_ext`), handing each `inet_diag_msg` (with its attributes) to `each`.
+fn each_family(
+    local_ports: &HashSet<u16>,
+    states: u32,
+    ext: u8,
+    mut each: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
+) -> Result<(), SockDiagError> {
     if local_ports.is_empty() {
-        return Ok(table);
+        return Ok(());
     }
     let mut ports: Vec<u16> = local_ports.iter().copied().collect();
     ports.sort_unstable();
@@ -154,7 +255,7 @@ pub fn tcp_sockets(local_ports: &HashSet<u16>) -> Result<SocketTable, SockDiagEr
     };
     let mut socket = netlink::Socket::open(NETLINK_SOCK_DIAG).map_err(open_err)?;
     for family in [Family::V4, Family::V6] {
-        match dump(&mut socket, family, &ports, local_ports, &mut table) {
+        match dump(&mut socket, family, (&ports, states, ext), &mut each) {
             Ok(()) => {}
             // A kernel without IPv6 has no IPv6 sockets.
             Err(e)
@@ -166,40 +267,34 @@ pub fn tcp_sockets(local_ports: &HashSet<u16>) -> Result<SocketTable, SockDiagEr
             Err(source) => return Err(SockDiagError { family, source }),
         }
     }
-    Ok(table)
+    Ok(())
 }
 
-/// One family's dump into `table`.
+/// One family's dump, each message to `each`.
 fn dump(
     socket: &mut netlink::Socket,
     family: Family,
-    ports: &[u16],
-    wanted: &HashSet<u16>,
-    table: &mut SocketTable,
+    (ports, states, ext): (&[u16], u32, u8),
+    each: &mut impl FnMut(&[u8]) -> Result<(), NetlinkError>,
 ) -> Result<(), NetlinkError> {
-    let request = request(family, ports);
+    let request = request(family, ports, states, ext);
     socket.request(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, &request, |kind, body| {
         if kind != SOCK_DIAG_BY_FAMILY {
             return Ok(());
         }
-        let (tuple, info) = parse(body).ok_or(NetlinkError::Malformed("short inet_diag_msg"))?;
-        // The kernel filter is the fast path; this is the rule (an unfiltered dump, or a
-        // kernel that ignored the filter).
-        if wanted.contains(&tuple.server_port) {
-            table.insert(tuple, info);
-        }
-        Ok(())
+        each(body)
     })
 }
 
-/// `inet_diag_req_v2` for every TCP socket of `family`, with the bytecode of `ports`.
-fn request(family: Family, ports: &[u16]) -> Vec<u8> {
+/// `inet_diag_req_v2` for the TCP sockets in `states` of `family`, with the extensions of
+/// `ext` and the bytecode of `ports`.
+fn request(family: Family, ports: &[u16], states: u32, ext: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(56 + 4 + ports.len() * 12);
     out.push(family.raw());
     out.push(libc::IPPROTO_TCP as u8);
-    out.push(0); // idiag_ext: the base message holds state and cookie
+    out.push(ext); // idiag_ext: 0 when the base message (state, cookie) is enough
     out.push(0); // pad
-    out.extend_from_slice(&ALL_STATES.to_ne_bytes());
+    out.extend_from_slice(&states.to_ne_bytes());
     out.extend_from_slice(&[0; 48]); // inet_diag_sockid: any
     if ports.len() <= MAX_FILTER_PORTS {
         netlink::put_attr(&mut out, INET_DIAG_REQ_BYTECODE, &port_filter(ports));
@@ -230,6 +325,34 @@ fn port_filter(ports: &[u16]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A listening socket's `inet_diag_msg`.
+fn parse_listener(msg: &[u8]) -> Option<ListeningSocket> {
+    let (tuple, info) = parse(msg)?;
+    if info.state != TcpState::Listen {
+        return None;
+    }
+    let family = if i32::from(msg[0]) == libc::AF_INET {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let v6only = family == Family::V6
+        && netlink::attr(&msg[INET_DIAG_MSG_LEN..], INET_DIAG_SKV6ONLY)
+            .is_some_and(|value| value.first() == Some(&1));
+    let any_v4 = mapped_v4([0; 4]);
+    Some(ListeningSocket {
+        family,
+        addr: if tuple.server_addr == any_v4 {
+            [0; 16]
+        } else {
+            tuple.server_addr
+        },
+        port: tuple.server_port,
+        inode: netlink::read_u32(msg, 68)?,
+        v6only,
+    })
 }
 
 /// The tuple and state of one `inet_diag_msg`.

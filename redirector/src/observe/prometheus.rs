@@ -35,6 +35,7 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
     const EVENTS: &str = "redirector_flow_events";
     const REWRITES: &str = "redirector_rewrites";
     const LOCAL: &str = "redirector_local_connects";
+    const STEERED: &str = "redirector_socket_steering";
     match counter {
         Counter::PassNotIp => (PASSED, "reason", "not_ip"),
         Counter::PassNotTcp => (PASSED, "reason", "not_tcp"),
@@ -69,11 +70,16 @@ pub fn global_series(counter: Counter) -> (&'static str, &'static str, &'static 
         Counter::FlowHealWithdrawn => (EVENTS, "event", "heal_withdrawn"),
         Counter::FlowSynOnLive => (EVENTS, "event", "syn_on_live"),
         Counter::FlowReapedGone => (EVENTS, "event", "reaped_gone"),
+        Counter::SteerAssigned => (STEERED, "result", "steered"),
+        Counter::SteerPassRuleDisabled => (STEERED, "result", "rule_disabled"),
+        Counter::SteerPassSourceDenied => (STEERED, "result", "source_denied"),
+        Counter::SteerNoListener => (STEERED, "result", "no_listener"),
+        Counter::SteerAssignFailed => (STEERED, "result", "assign_failed"),
     }
 }
 
 /// Every family, in output order: name (counters without `_total`), type, HELP text.
-const FAMILIES: [(&str, MetricType, &str); 14] = [
+const FAMILIES: [(&str, MetricType, &str); 15] = [
     (
         "redirector_build",
         MetricType::Info,
@@ -118,6 +124,11 @@ const FAMILIES: [(&str, MetricType, &str); 14] = [
         "redirector_local_connects",
         MetricType::Counter,
         "Local TCP connects (loader's namespace, to its own address) to a rule's FROM port: redirected at connect time, or left alone because the rule is disabled or the address is not allowed.",
+    ),
+    (
+        "redirector_socket_steering",
+        MetricType::Counter,
+        "New connections to a rule's FROM port at socket lookup (--mode socket): steered to a listener of the TO port, or not: the rule is disabled, the source is not allowed, no listener (refused), or the kernel refused the listener found.",
     ),
     (
         "redirector_conntrack_entries",

@@ -9,7 +9,7 @@ use redirector::{
     config::{LocalSetting, RunSettings},
     dataplane::{
         attach::{Hook, Mode},
-        iface, local, privileges,
+        iface, local, privileges, steer,
     },
     instance::{self, adopt, info::InstanceInfo, lock},
     packet_mark::PacketMark,
@@ -28,7 +28,11 @@ pub struct Prepared {
     /// FROM ports whose rule is loaded disabled (`--disable`).
     pub(super) disabled: Vec<u16>,
     pub(super) ifaces: Vec<String>,
+    /// The mode in force: `Socket` for socket steering (asked, chosen by `auto`, or
+    /// adopted), else the ingress hook asked of each interface.
     pub(super) mode: Mode,
+    /// With `--mode auto`: what it chose and why, for the ready line.
+    pub(super) auto_note: Option<String>,
     /// `--mark`, if given.
     pub(super) mark: Option<PacketMark>,
     pub(super) conntrack_size: u32,
@@ -52,8 +56,10 @@ pub struct Prepared {
 pub struct Adoption {
     /// Its instance file.
     pub(super) old: InstanceInfo,
-    /// Its interfaces (in its order) and their ingress hooks.
+    /// Its interfaces (in its order) and their ingress hooks (none: it steers sockets).
     pub(super) hooks: Vec<(String, Hook)>,
+    /// It steers sockets: its link is on the network namespace.
+    pub(super) socket: bool,
     /// Pinned by the previous state format ([`instance::migrate::MIGRATES_FROM`]): its
     /// flow table is migrated into today's two.
     pub(super) migrate: bool,
@@ -76,7 +82,6 @@ impl Prepared {
             check_sniff_port(&rules, listen)?;
         }
         privileges::check()?;
-        let local = local_setting(settings.local.clone())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -103,15 +108,41 @@ impl Prepared {
                 iface::ifindex(name)?;
             }
         }
+        let (mode, auto_note) = match &adopt {
+            Some(adoption) if adoption.socket => (Some(Mode::Socket), None),
+            Some(_) => (mode, None),
+            None => resolve_auto(mode, &rules),
+        };
+        if mode == Some(Mode::Socket) && !privileges::may_take_sockets() {
+            anyhow::bail!(
+                "--mode socket needs CAP_SYS_PTRACE: the loader takes each TO port's listening \
+                 socket from the server that owns it (pidfd_getfd); run as root, or grant it \
+                 (the systemd unit: dist/socket-steering.conf)"
+            );
+        }
+        let local = if mode == Some(Mode::Socket) {
+            if matches!(settings.local, Some(LocalSetting::Cgroup(_))) {
+                log::info!(
+                    "socket steering takes local clients too (their connects go through socket \
+                     lookup): --local-cgroup is not needed, no cgroup programs are attached"
+                );
+            }
+            LocalSetting::Off
+        } else {
+            local_setting(settings.local.clone())?
+        };
         let conntrack_size = match &adopt {
             Some(adoption) if !adoption.migrate => {
                 adopted_size(&adoption.old, settings.conntrack_size)
             }
+            // Socket steering tracks no flow: its tables take their least room.
+            _ if mode == Some(Mode::Socket) => 1,
             // A migration creates new flow tables: the asked (or default) size applies.
             _ => settings.conntrack_size(),
         };
         Ok(Prepared {
             mode: mode.unwrap_or_default(),
+            auto_note,
             mark: settings.mark,
             conntrack_size,
             timeouts: settings.timeouts(),
@@ -160,10 +191,38 @@ fn mode_for_mark(mode: Option<Mode>, mark: Option<PacketMark>) -> anyhow::Result
     match (mark, mode) {
         (None, mode) => Ok(mode),
         (Some(_), None | Some(Mode::Auto | Mode::Tc)) => Ok(Some(Mode::Tc)),
+        (Some(mark), Some(Mode::Socket)) => anyhow::bail!(
+            "--mark {mark} is for the packet rewrite: with --mode socket no packet is rewritten \
+             and the firewall's INPUT chain sees the FROM port, so accept that port instead"
+        ),
         (Some(mark), Some(mode)) => anyhow::bail!(
             "--mark {mark} needs the TC ingress hook (the mark lives in the skb, which XDP runs \
              before): use --mode tc or auto, not --mode {mode}"
         ),
+    }
+}
+
+/// `--mode auto` (or none) without `--mark`: socket steering where it is right
+/// ([`steer::auto_choice`]), else the rewrite; with the choice and why for the ready line.
+fn resolve_auto(mode: Option<Mode>, rules: &[RedirectRule]) -> (Option<Mode>, Option<String>) {
+    if !matches!(mode, None | Some(Mode::Auto)) {
+        return (mode, None);
+    }
+    let to_ports: Vec<u16> = rules.iter().map(|r| r.to_port).collect();
+    let choice = steer::auto_choice(&to_ports);
+    log::info!(
+        "--mode auto: {} ({})",
+        if choice.socket {
+            "socket steering"
+        } else {
+            "packet rewrite"
+        },
+        choice.why
+    );
+    if choice.socket {
+        (Some(Mode::Socket), Some(format!("socket: {}", choice.why)))
+    } else {
+        (mode, Some(format!("rewrite: {}", choice.why)))
     }
 }
 
@@ -206,9 +265,11 @@ fn find_adoptable(ifaces: &[String], mode: Option<Mode>) -> anyhow::Result<Optio
             instance::stale::check_same_namespace(old.netns_cookie, old.key_iface())?;
             let hooks = adopt::check(&old, ifaces, mode)?;
             let migrate = old.format == instance::migrate::MIGRATES_FROM;
+            let socket = old.mode == Mode::Socket.to_string();
             return Ok(Some(Adoption {
                 old,
                 hooks,
+                socket,
                 migrate,
             }));
         }

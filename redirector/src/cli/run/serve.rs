@@ -1,5 +1,5 @@
 //! Step 3 of `run`: reap expired flows, follow the interfaces and the namespace's
-//! addresses by rtnetlink, serve `/metrics`, publish the sniffing proxy's counters, reload
+//! addresses by rtnetlink (or, steering sockets, the TO ports' listeners), serve `/metrics`, publish the sniffing proxy's counters, reload
 //! the config file on SIGHUP ([`super::reload`]), until SIGINT or SIGTERM (or the proxy's
 //! process dies); then stop the proxy.
 
@@ -15,6 +15,7 @@ use redirector::{
         follow::{Change, Follower},
         local,
         netlink::{Event, Events},
+        steer::Steering,
         Dataplane,
     },
     observe::flow_tables::FillWatch,
@@ -33,6 +34,10 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the namespace's addresses and interfaces are compared with the kernel's
 /// anyway: rtnetlink events drive both, this only bounds what a lost event could cost.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// How often socket steering looks for listening sockets of the TO ports that are not in
+/// `LISTENERS` (a restarted server's): one dump of the kernel's listening hash, so that a
+/// new listener is steered to within this interval.
+const LISTENER_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Reads the `/metrics` series at each scrape.
 pub type MetricsBody = Box<dyn Fn() -> Result<Registry, String> + Send + Sync>;
@@ -74,7 +79,7 @@ impl Started {
             let local = loaded.local;
             let pins = (loaded.pinned.dir().to_path_buf(), loaded.pinned.info_path().to_path_buf());
             let served = tokio::select! {
-                served = reap_until_signal((&mut loaded.dp, &mut loaded.follower), &mut timeouts, signals, metrics, fill, local, (&mut reloader, pins)) => served,
+                served = reap_until_signal((&mut loaded.dp, &mut loaded.follower, loaded.steering.as_mut()), &mut timeouts, signals, metrics, fill, local, (&mut reloader, pins)) => served,
                 () = publishing => unreachable!("publishing runs until dropped"),
                 () = sniff_exited => {
                     log::error!("the sniffing proxy's process exited; stopping the loader");
@@ -97,9 +102,9 @@ impl Started {
 /// also stop the sniffing proxy); reloads the config file on SIGHUP; follows the
 /// interfaces by rtnetlink events (re-attaching one that comes back). With `local` (local
 /// clients redirected), also keeps the namespace's addresses in `LOCAL_ADDRS` current, on
-/// each address event.
+/// each address event. With `steering`, keeps the TO ports' listeners in `LISTENERS`.
 async fn reap_until_signal(
-    (dp, follower): (&mut Dataplane, &mut Follower),
+    (dp, follower, mut steering): (&mut Dataplane, &mut Follower, Option<&mut Steering>),
     timeouts: &mut reaper::Timeouts,
     mut signals: Signals,
     metrics: (Option<std::net::TcpListener>, MetricsBody),
@@ -128,8 +133,17 @@ async fn reap_until_signal(
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.reset();
     let mut pace = reaper::Pace::default();
+    let mut listeners = tokio::time::interval(LISTENER_INTERVAL);
+    listeners.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = listeners.tick(), if steering.is_some() => {
+                if let Some(steering) = steering.as_deref_mut() {
+                    if let Err(e) = steering.sync(dp) {
+                        log::warn!("socket steering: keeping the listeners: {e}");
+                    }
+                }
+            }
             _ = signals.interrupt.recv() => break,
             _ = signals.terminate.recv() => break,
             _ = signals.hangup.recv() => reloader.on_hangup(Live {

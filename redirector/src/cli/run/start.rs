@@ -8,13 +8,14 @@ use prometheus_client::registry::Registry;
 use redirector::observe::sniff_publish::Publisher;
 use redirector::{
     dataplane::{
-        attach::{self, Hook},
+        attach::{self, Hook, Mode},
         bpf_link,
         follow::{self, Follower, Published},
         iface,
         link_state::{InstanceMarker, LinkState},
         local,
         maps::Maps,
+        steer::{self, Steering},
         Dataplane,
     },
     instance::{
@@ -68,8 +69,11 @@ pub struct Started {
 /// What stays in place while the loader serves, and [`Loaded::stop`] takes down.
 pub struct Loaded {
     pub(super) dp: Dataplane,
-    /// The configured interfaces and their links, followed by rtnetlink while serving.
+    /// The configured interfaces and their links, followed by rtnetlink while serving
+    /// (none with socket steering).
     pub(super) follower: Follower,
+    /// With socket steering: its listeners, kept in `LISTENERS` while serving.
+    pub(super) steering: Option<Steering>,
     pub(super) pinned: PinnedInstance,
     pub(super) ifaces: Vec<String>,
     pub(super) persist: bool,
@@ -104,6 +108,7 @@ impl Prepared {
         for port in &self.disabled {
             dp.maps_mut().set_rule_enabled(*port, false)?;
         }
+        let steering = (self.mode == Mode::Socket).then(Steering::default);
         let sniff_counters = self.sniff.as_ref().map(SniffChild::counters);
         let sniff_shown = self
             .sniff
@@ -140,7 +145,7 @@ impl Prepared {
         }
         print_ready(
             &info,
-            &self.rules,
+            (&self.rules, self.auto_note.as_deref()),
             &metrics_url,
             adopted.as_deref(),
             self.mark,
@@ -150,6 +155,7 @@ impl Prepared {
             loaded: Loaded {
                 dp,
                 follower,
+                steering,
                 pinned,
                 ifaces: self.ifaces,
                 persist: self.persist,
@@ -185,15 +191,61 @@ impl Prepared {
         self.configure_loaded(&mut dp)?;
         dp.set_rules(&self.rules)?;
         dp.set_allowed_sources(&self.allow)?;
-        let mut interfaces = Vec::new();
         let mut links = Vec::new();
         let mut follower = Follower::new(None);
+        let interfaces = if self.mode == Mode::Socket {
+            self.attach_socket(&mut dp, &mut links)?
+        } else {
+            self.attach_interfaces(&mut dp, &mut links, &mut follower)?
+        };
+        links.extend(self.attach_local(&mut dp)?);
+        let info = self.info(interfaces, metrics_url);
+        let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
+        log::info!("maps pinned in {}", pinned.dir().display());
+        if self.persist {
+            follower.pin_links_in(pinned.dir().join(paths::LINKS_DIR));
+        }
+        Ok((dp, pinned, info, None, follower))
+    }
+
+    /// Socket steering: the listeners of the TO ports into `LISTENERS` first (a connection
+    /// steered before would find none and be refused), then the program on the network
+    /// namespace. The interfaces only name the instance.
+    fn attach_socket(
+        &self,
+        dp: &mut Dataplane,
+        links: &mut Vec<(String, aya::programs::links::FdLink)>,
+    ) -> anyhow::Result<Vec<InterfaceInfo>> {
+        Steering::default().sync(dp)?;
+        let held = steer::attach(dp)?;
+        if self.persist {
+            links.push((steer::LINK_PIN_NAME.to_string(), held.take_link(dp)?));
+        }
+        log::info!("socket steering attached to the network namespace");
+        Ok(self
+            .ifaces
+            .iter()
+            .map(|name| InterfaceInfo {
+                name: name.clone(),
+                ingress_hook: steer::HOOK_NAME.to_string(),
+            })
+            .collect())
+    }
+
+    /// The packet rewrite: the programs on every interface, followed by `follower`.
+    fn attach_interfaces(
+        &self,
+        dp: &mut Dataplane,
+        links: &mut Vec<(String, aya::programs::links::FdLink)>,
+        follower: &mut Follower,
+    ) -> anyhow::Result<Vec<InterfaceInfo>> {
+        let mut interfaces = Vec::new();
         for name in &self.ifaces {
             let ifindex = iface::ifindex(name)?;
-            let attached = attach::attach(&mut dp, name, self.mode)?;
+            let attached = attach::attach(dp, name, self.mode)?;
             let hook = attached.hook;
             if self.persist {
-                let (ingress, egress) = attached.take_links(&mut dp)?;
+                let (ingress, egress) = attached.take_links(dp)?;
                 links.push((paths::link_pin_name(name, "ingress"), ingress));
                 links.push((paths::link_pin_name(name, "egress"), egress));
                 follower.attached(name, hook, ifindex, None);
@@ -206,14 +258,7 @@ impl Prepared {
                 ingress_hook: hook.to_string(),
             });
         }
-        links.extend(self.attach_local(&mut dp)?);
-        let info = self.info(interfaces, metrics_url);
-        let pinned = PinnedInstance::create(&dp, &info, links).context("pinning the maps")?;
-        log::info!("maps pinned in {}", pinned.dir().display());
-        if self.persist {
-            follower.pin_links_in(pinned.dir().join(paths::LINKS_DIR));
-        }
-        Ok((dp, pinned, info, None, follower))
+        Ok(interfaces)
     }
 
     /// Adopts the persisted instance `adoption`: loads the programs on its pinned maps,
@@ -252,6 +297,11 @@ impl Prepared {
         for (name, hook) in &adoption.hooks {
             adopt_links(&mut dp, &mut follower, &links, name, *hook)?;
         }
+        if adoption.socket {
+            Steering::default().sync(&mut dp)?;
+            steer::adopt(&mut dp, &links.join(steer::LINK_PIN_NAME))?;
+            log::info!("adopted socket steering on the network namespace");
+        }
         self.adopt_local(&mut dp, &dir, old)?;
         let mut info = self.info(old.interfaces.clone(), metrics_url);
         info.mode.clone_from(&old.mode);
@@ -259,10 +309,14 @@ impl Prepared {
         info.next_slot = next_slot;
         let established = dp.maps().established_count()?;
         let pinned = PinnedInstance::adopt(&info).context("rewriting the instance file")?;
-        let note = format!(
-            "adopted {established} established flows from pid {}",
-            old.pid
-        );
+        let note = if adoption.socket {
+            format!("adopted socket steering from pid {}", old.pid)
+        } else {
+            format!(
+                "adopted {established} established flows from pid {}",
+                old.pid
+            )
+        };
         log::info!(
             "{note} (maps and links pinned in {})",
             pinned.dir().display()
@@ -312,6 +366,7 @@ impl Prepared {
         let maps = Maps::from_pins(pinned.dir()).context("opening the maps for --metrics")?;
         let marker = InstanceMarker::from_pins(pinned.dir())?;
         let ifaces = self.ifaces.clone();
+        let steering = self.mode == Mode::Socket;
         let labels = Labels {
             iface: self.ifaces[0].clone(),
             conntrack_capacity: self.conntrack_size,
@@ -323,8 +378,15 @@ impl Prepared {
             prometheus::register(&mut registry, snapshot, labels.clone());
             // Listing the kernel's links takes CAP_SYS_ADMIN, which the systemd unit does
             // not grant: then the loader's own view, which rtnetlink keeps current.
-            let states = marker.states(&ifaces).unwrap_or_else(|e| {
+            let states = marker.states_for(&ifaces, steering).unwrap_or_else(|e| {
                 log::debug!("reading the interfaces' links for /metrics: {e}");
+                if steering {
+                    // This loader attached (or adopted) the namespace's link and holds it.
+                    return ifaces
+                        .iter()
+                        .map(|name| (name.clone(), LinkState::Attached))
+                        .collect();
+                }
                 followed
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -406,11 +468,12 @@ pub(super) fn adopt_links(
     Ok(())
 }
 
-/// `redirector ready: IFACE (HOOK), … rules FROM->TO … conntrack-size N[ mark V/M][ metrics
-/// URL][ adopted N established flows from pid P]`.
+/// `redirector ready: IFACE (HOOK), …[ [auto: CHOICE: WHY]] rules FROM->TO … conntrack-size
+/// N[ mark V/M][ metrics URL][ adopted N established flows from pid P]`; steering sockets,
+/// `steering sockets (no flow table)` in place of the conntrack size.
 fn print_ready(
     info: &InstanceInfo,
-    rules: &[RedirectRule],
+    (rules, auto_note): (&[RedirectRule], Option<&str>),
     metrics_url: &Option<String>,
     adopted: Option<&str>,
     mark: Option<PacketMark>,
@@ -427,10 +490,17 @@ fn print_ready(
     };
     let adopted_note = adopted.map(|note| format!(" {note}")).unwrap_or_default();
     let mark_note = mark.map(|mark| format!(" mark {mark}")).unwrap_or_default();
+    let auto_note = auto_note
+        .map(|note| format!(" [auto: {note}]"))
+        .unwrap_or_default();
+    let table = if info.steers_sockets() {
+        "steering sockets (no flow table)".to_string()
+    } else {
+        format!("conntrack-size {}", info.conntrack_size)
+    };
     println!(
-        "redirector ready: {} rules {} conntrack-size {}{mark_note}{metrics_note}{adopted_note}",
+        "redirector ready: {}{auto_note} rules {} {table}{mark_note}{metrics_note}{adopted_note}",
         hooks.join(", "),
         rules.join(" "),
-        info.conntrack_size
     );
 }

@@ -11,6 +11,8 @@ use super::start::Loaded;
 /// What `run` prints when it stops.
 pub struct Report {
     ifaces: Vec<String>,
+    /// The instance steered sockets: its program was on the network namespace.
+    steering: bool,
     persist: bool,
     snapshot: Snapshot,
     sniff_counters: Option<Arc<Counters>>,
@@ -37,6 +39,7 @@ impl Loaded {
         drop(self.dp); // Detaches every program it still owns and closes the maps.
         drop(self.locks);
         Ok(Report {
+            steering: self.steering.is_some(),
             ifaces: self.ifaces,
             persist: self.persist,
             snapshot,
@@ -56,7 +59,11 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ifaces = self.ifaces.join(", ");
+        let ifaces = if self.steering {
+            "the network namespace (socket steering)".to_string()
+        } else {
+            self.ifaces.join(", ")
+        };
         if self.persist {
             writeln!(
                 f,
