@@ -137,10 +137,14 @@ pub fn apply(config: Config, testbed: &Testbed, tools: &Tools) -> Result<Applied
                 .processes
                 .push(start_nginx(ns, "nginx-proxy", &conf, 80)?);
         }
-        Config::RedirectorXdp | Config::RedirectorXdpGeneric | Config::RedirectorTc => {
+        Config::RedirectorXdp
+        | Config::RedirectorXdpGeneric
+        | Config::RedirectorTc
+        | Config::RedirectorSocket => {
             let mode = match config {
                 Config::RedirectorXdp => "xdp",
                 Config::RedirectorXdpGeneric => "xdp-generic",
+                Config::RedirectorSocket => "socket",
                 _ => "tc",
             };
             // nsenter, not `ip netns exec`: the loader pins under the host's /sys/fs/bpf.

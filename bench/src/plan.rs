@@ -159,13 +159,15 @@ pub enum Config {
     RedirectorXdpGeneric,
     /// redirector, TC ingress.
     RedirectorTc,
+    /// redirector, socket steering (`--mode socket`): no packet rewritten, no flow state.
+    RedirectorSocket,
     /// redirector's user-space sniffing proxy.
     RedirectorSniff,
 }
 
 impl Config {
     /// Every configuration, in the order runs apply them and reports list them.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Direct,
         Self::PassXdp,
         Self::PassTc,
@@ -177,6 +179,7 @@ impl Config {
         Self::RedirectorXdp,
         Self::RedirectorXdpGeneric,
         Self::RedirectorTc,
+        Self::RedirectorSocket,
         Self::RedirectorSniff,
     ];
 
@@ -194,6 +197,7 @@ impl Config {
             Self::RedirectorXdp => "redirector-xdp",
             Self::RedirectorXdpGeneric => "redirector-xdp-generic",
             Self::RedirectorTc => "redirector-tc",
+            Self::RedirectorSocket => "redirector-socket",
             Self::RedirectorSniff => "redirector-sniff",
         }
     }
@@ -238,6 +242,7 @@ impl Config {
                 | Self::HaproxyHttp
                 | Self::Nginx
                 | Self::RedirectorTc
+                | Self::RedirectorSocket
                 | Self::RedirectorSniff
         );
         self.carries(load) && (load != Load::IdleCapacity || idle_reference)

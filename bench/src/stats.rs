@@ -191,7 +191,10 @@ fn paired_ratio(runs: &[Run], load: Load, config: Config, versus: Config) -> Opt
 /// by the caller, which has that figure). A target between two configurations takes
 /// their paired ratio ([`paired_ratio`]).
 pub fn targets(cells: &[Cell], runs: &[Run]) -> Vec<Target> {
-    use Config::{HaproxyHttp, Iptables, RedirectorSniff, RedirectorTc, RedirectorXdp};
+    use Config::{
+        Direct, HaproxyHttp, Iptables, RedirectorSniff, RedirectorSocket, RedirectorTc,
+        RedirectorXdp,
+    };
     let mut targets = Vec::new();
     for (load, bound) in [
         (Load::HttpKeepAlive, 0.97),
@@ -243,6 +246,26 @@ pub fn targets(cells: &[Cell], runs: &[Run]) -> Vec<Target> {
             _ => None,
         };
         targets.push(with_hook_alone(target, hook_alone));
+    }
+    // Socket steering: new connections at least as fast as direct ones (within 2 %) and
+    // well ahead of iptables; an established connection costs what a direct one does.
+    for (load, versus, bound) in [
+        (Load::HttpConnRate, Direct, 0.98),
+        (Load::WsConnRate, Direct, 0.98),
+        (Load::HttpConnRate, Iptables, 1.15),
+        (Load::WsConnRate, Iptables, 1.15),
+        (Load::HttpKeepAlive, Direct, 0.97),
+        (Load::WsMessages, Direct, 0.97),
+        (Load::Bulk, Direct, 0.95),
+    ] {
+        let paired = paired_ratio(runs, load, RedirectorSocket, versus);
+        targets.push(judge(
+            format!("{RedirectorSocket} {load} ≥ {bound}× {versus} (paired per round)"),
+            paired.map(|(ratio, _)| ratio),
+            bound,
+            true,
+            paired.map(|(_, spread)| spread),
+        ));
     }
     targets
 }

@@ -25,6 +25,7 @@ pub(crate) fn color(config: Config) -> &'static str {
         Config::RedirectorXdp
         | Config::RedirectorXdpGeneric
         | Config::RedirectorTc
+        | Config::RedirectorSocket
         | Config::RedirectorSniff => "#d9480f",
         _ => "#8fa3b8",
     }

@@ -25,11 +25,13 @@ const CHECKS: [&str; 7] = [
     "programs",
 ];
 
-/// `redirector doctor --iface veth-s ARGS` in the server namespace (`ip netns exec`).
+/// `redirector doctor --iface veth-s ARGS` in the server namespace (`ip netns exec`),
+/// explaining the packet rewrite at TC unless `args` name a mode.
 fn doctor(topo: &Topology, args: &[&str]) -> Output {
     topo.server
         .cmd(bins::redirector())
         .args(["doctor", "--iface", topo.server_if])
+        .args(rewrite_unless_mode(args))
         .args(args)
         .output()
         .expect("spawn redirector doctor")
@@ -202,20 +204,33 @@ fn the_hook_of_a_veth_is_explained() {
     let _serial = serial();
     let topo = Topology::new("dr-hook");
     let _echo = start_echo(&topo, &[]);
-    let out = doctor(&topo, &[]);
+    // With listeners on every TO port here, auto takes socket steering …
+    let out = doctor(&topo, &["--mode", "auto"]);
     assert_line(
         &out,
         "ok",
         "hook",
+        "veth-s (driver veth), --mode auto: socket steering (8080, 8443 listen in this namespace and no NAT rule applies to them)",
+    );
+    // … and with a TO port nothing listens on, the rewrite, saying why.
+    let unheard = ["--mode", "auto", "--redirect", "80:9999"];
+    let line = assert_line(
+        &doctor(&topo, &unheard),
+        "ok",
+        "hook",
         "veth-s (driver veth), --mode auto: TC ingress (on a veth",
+    );
+    assert!(
+        line.contains("not socket steering: nothing listens on 9999"),
+        "{line}"
     );
     let out = doctor(&topo, &["--mode", "xdp"]);
     let line = assert_line(&out, "warn", "hook", "native XDP on a veth");
     assert!(line.contains("fix: --mode auto"), "{line}");
     assert_exit(&out, false);
 
-    let loader = start_loader(&topo, &[]);
-    let out = doctor(&topo, &[]);
+    let loader = start_loader(&topo, &unheard);
+    let out = doctor(&topo, &["--mode", "auto"]);
     assert_line(
         &out,
         "ok",
@@ -225,7 +240,7 @@ fn the_hook_of_a_veth_is_explained() {
     stop_loader(loader);
 
     // `lo` has no native XDP (the netdev family's xdp-features): auto would take generic
-    // XDP, and --mode xdp would fail.
+    // XDP (the rewrite: nothing listens on 9999), and --mode xdp would fail.
     let on_lo = |mode: &str| {
         topo.server
             .cmd(bins::redirector())
@@ -234,7 +249,7 @@ fn the_hook_of_a_veth_is_explained() {
                 "--iface",
                 "lo",
                 "--redirect",
-                "80:8080",
+                "80:9999",
                 "--mode",
                 mode,
             ])

@@ -290,7 +290,7 @@ fn persisted_flap_is_adopted(tag: &str, mode: &str, v6: bool) {
     );
 
     let restarted = Instant::now();
-    let loader = start(&topo, true, &[]);
+    let loader = start(&topo, true, &["--mode", mode]);
     let ready = ready_line(&loader);
     assert!(ready.contains("adopted"), "{ready}");
     eprintln!(

@@ -12,6 +12,7 @@
 //! usr/share/fish/vendor_completions.d/redirector.fish
 //! usr/share/redirector/grafana/redirector.json         dist/grafana/redirector.json
 //! usr/share/doc/redirector/{copyright,changelog.gz}
+//! usr/share/doc/redirector/examples/socket-steering.conf  dist/socket-steering.conf
 //! DEBIAN/{control,conffiles,md5sums,postinst,prerm,postrm}  scripts from dist/debian/
 //! ```
 
@@ -110,6 +111,11 @@ pub fn build_deb(binary: &Path, version: &str, out: &Path) -> Result<PathBuf> {
         &format!("{doc}/changelog.gz"),
         0o644,
         &gzip(changelog(version).as_bytes())?,
+    )?;
+    put(
+        &format!("{doc}/examples/socket-steering.conf"),
+        0o644,
+        &fs::read(dist.join("socket-steering.conf"))?,
     )?;
     for script in ["postinst", "prerm", "postrm"] {
         put(

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::Signal;
 
 use crate::build::{self, Binaries, Profile};
@@ -112,11 +112,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     demo.echo_server = Some(start_echo_server(&demo.topology, &binaries.ws_echo)?);
 
     heading(format!(
-        "redirector on {}: 80 -> 8080, 443 -> 8443",
+        "redirector on {}: 80 -> 8080, 443 -> 8443, the packet rewrite (--mode tc)",
         SERVER.veth
     ));
     let cgroup = demo.cgroup.as_ref().expect("created above");
-    demo.loader = Some(start_loader(&demo.topology, &binaries.redirector, cgroup)?);
+    demo.loader = Some(start_loader(
+        &demo.topology,
+        &binaries.redirector,
+        &["--mode", "tc", "--local-cgroup", path_str(cgroup.path())?],
+    )?);
 
     heading(format!(
         "echoes from {} to ports 80 and 443 of the server",
@@ -130,32 +134,65 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     ));
     failures.extend(send_local_echoes(&binaries.ws_client, cgroup));
     interrupt::check()?;
-    show_sockets(&demo.topology, &binaries.ws_client);
+    show_sockets(&demo.topology, &binaries.ws_client, REWRITTEN_SERVER_VIEW);
+    heading("redirect counters");
+    show_stats(&demo.topology, &binaries.redirector);
+    if let Some(mut loader) = demo.loader.take() {
+        stop_loader(&mut loader)?;
+    }
+    interrupt::check()?;
+
+    heading(format!(
+        "redirector on {}, --mode auto: the servers listen in its namespace, so it steers \
+         sockets",
+        SERVER.netns
+    ));
+    demo.loader = Some(start_loader(
+        &demo.topology,
+        &binaries.redirector,
+        &["--mode", "auto"],
+    )?);
+    heading(format!(
+        "echoes from {} and from the server itself, steered at socket lookup",
+        CLIENT.netns
+    ));
+    failures.extend(send_echoes(&demo.topology, &binaries.ws_client));
+    failures.extend(send_local_echoes(&binaries.ws_client, cgroup));
+    interrupt::check()?;
+    show_sockets(&demo.topology, &binaries.ws_client, STEERED_SERVER_VIEW);
 
     if args.hold {
         hold(&mut demo, &binaries)?;
     }
 
-    heading("redirect counters");
+    heading("steering counters");
     show_stats(&demo.topology, &binaries.redirector);
     if let Some(loader) = demo.loader.as_mut() {
         stop_loader(loader)?;
     }
     drop(demo);
 
+    let echoes = 2 * (probes().len() + local_probes().len());
     if !failures.is_empty() {
         bail!(
-            "{} of {} echoes failed: {}",
+            "{} of {echoes} echoes failed: {}",
             failures.len(),
-            probes().len() + local_probes().len(),
             failures.join("; ")
         );
     }
-    heading(format!(
-        "demo passed: all {} echoes came back",
-        probes().len() + local_probes().len()
-    ));
+    heading(format!("demo passed: all {echoes} echoes came back"));
     Ok(())
+}
+
+/// The server's side of a rewritten connection: its socket is on the TO port …
+const REWRITTEN_SERVER_VIEW: &str = "( sport = :8080 or sport = :8443 )";
+/// … and of a steered one: on the port the client dialled.
+const STEERED_SERVER_VIEW: &str = "( sport = :80 or sport = :443 )";
+
+/// `path` as UTF-8, for a command line.
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 fn start_echo_server(topology: &Topology, ws_echo: &Path) -> Result<Proc> {
@@ -180,18 +217,17 @@ fn start_echo_server(topology: &Topology, ws_echo: &Path) -> Result<Proc> {
     Ok(echo_server)
 }
 
-/// Starts `redirector run` in the server's network namespace, its local-client programs
-/// on the demo's cgroup.
+/// Starts `redirector run ARGS` on the server's veth, in the server's network namespace.
 ///
 /// Through nsenter rather than `ip netns exec`: the latter mounts a private /sys, which hides
 /// the bpffs at /sys/fs/bpf (so pins made by `run` would be invisible to `stats`) and the
 /// cgroup mount.
-fn start_loader(topology: &Topology, redirector: &Path, cgroup: &Cgroup) -> Result<Proc> {
+fn start_loader(topology: &Topology, redirector: &Path, args: &[&str]) -> Result<Proc> {
     let command = topology
         .server
         .enter_net_only(redirector)
-        .args(["run", "--iface", SERVER.veth, "--local-cgroup"])
-        .arg(cgroup.path());
+        .args(["run", "--iface", SERVER.veth])
+        .args(args);
     let mut loader = Proc::background("redirector", command)?;
     loader.wait_for_stdout(
         &format!("a `{LOADER_READY_PREFIX}` line"),
@@ -300,8 +336,8 @@ fn run_probes(probes: Vec<Probe>, client: impl Fn(&Probe) -> testkit::cmd::Cmd) 
 }
 
 /// Shows both views of the same connection, held open meanwhile: the client talks to 80,
-/// the server answers on 8080. Informational only.
-fn show_sockets(topology: &Topology, ws_client: &Path) {
+/// the server answers on `server_view` (8080 rewritten, 80 steered). Informational only.
+fn show_sockets(topology: &Topology, ws_client: &Path, server_view: &str) {
     heading("the same connections seen from both ends");
     let held = match hold_session(topology, ws_client) {
         Ok(session) => Some(session),
@@ -312,7 +348,7 @@ fn show_sockets(topology: &Topology, ws_client: &Path) {
     };
     let views = [
         (&topology.client, "( dport = :80 or dport = :443 )"),
-        (&topology.server, "( sport = :8080 or sport = :8443 )"),
+        (&topology.server, server_view),
     ];
     for (netns, filter) in views {
         let command = netns

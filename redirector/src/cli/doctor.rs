@@ -47,7 +47,7 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub persist: bool,
 
-    /// Ingress mode to explain: auto, xdp, xdp-generic, tc. Default: the running
+    /// Mode to explain: auto, xdp, xdp-generic, tc, socket. Default: the running
     /// instance's, else auto.
     #[arg(long, value_name = "MODE", value_parser = Mode::parse)]
     pub mode: Option<Mode>,

@@ -73,12 +73,26 @@ fn native(iface: &str) -> Option<bool> {
     xdp_features::native_xdp(iface::ifindex(iface).ok()?)
 }
 
-/// What `run` with these settings would pick on `iface`.
+/// What `run` with these settings would pick on `iface`; for `auto`, also why it is not
+/// socket steering when it is not.
 fn planned_hook(settings: &Settings, iface: &str, driver: &str, is_veth: bool) -> Check {
-    let head = format!("{iface} (driver {driver}), --mode {}", settings.mode);
     let to_ports: Vec<u16> = settings.rules.iter().map(|r| r.to_port).collect();
     let auto = (settings.mode == Mode::Auto && settings.mark.is_none())
         .then(|| steer::auto_choice(&to_ports));
+    let mut check = planned(settings, iface, (driver, is_veth), auto.as_ref());
+    if let Some(choice) = auto.filter(|c| !c.socket) {
+        check.message = format!("{}; not socket steering: {}", check.message, choice.why);
+    }
+    check
+}
+
+fn planned(
+    settings: &Settings,
+    iface: &str,
+    (driver, is_veth): (&str, bool),
+    auto: Option<&steer::AutoChoice>,
+) -> Check {
+    let head = format!("{iface} (driver {driver}), --mode {}", settings.mode);
     match (settings.mode, settings.mark) {
         (Mode::Socket, Some(mark)) => Check::new(
             NAME,
@@ -91,12 +105,12 @@ fn planned_hook(settings: &Settings, iface: &str, driver: &str, is_veth: bool) -
             Status::Ok,
             format!("{head}: socket steering: nothing attaches to {iface}; new connections to a FROM port are handed to the TO port's listener at socket lookup"),
         ),
-        (Mode::Auto, None) if auto.as_ref().is_some_and(|c| c.socket) => Check::new(
+        (Mode::Auto, None) if auto.is_some_and(|c| c.socket) => Check::new(
             NAME,
             Status::Ok,
             format!(
                 "{head}: socket steering ({}): nothing attaches to {iface}",
-                auto.as_ref().map_or("", |c| c.why.as_str())
+                auto.map_or("", |c| c.why.as_str())
             ),
         ),
         (Mode::Auto | Mode::Tc, Some(mark)) => Check::new(

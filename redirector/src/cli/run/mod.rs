@@ -55,8 +55,13 @@ pub struct RunArgs {
     #[arg(long = "disable", value_name = "PORT")]
     pub disabled: Vec<u16>,
 
-    /// Ingress hook: auto (TC on a veth, whose peer would lose TSO under XDP; elsewhere
-    /// native XDP, else generic XDP, else TC), xdp, xdp-generic, tc [default: auto].
+    /// How to redirect: socket (steer each new connection to the TO port's listener at
+    /// socket lookup; no packet rewritten, no flow state; the servers must listen in this
+    /// network namespace, and the loader needs CAP_SYS_PTRACE to take their listening
+    /// sockets), or the packet rewrite at an ingress hook: xdp, xdp-generic, tc. auto takes
+    /// socket where every TO port has a listener here, no NAT rule applies to it and the
+    /// loader may take its sockets; else TC on a veth (whose peer would lose TSO under XDP),
+    /// elsewhere native XDP, else generic XDP, else TC [default: auto].
     #[arg(long, value_name = "MODE", value_parser = Mode::parse)]
     pub mode: Option<Mode>,
 
