@@ -156,6 +156,34 @@ pub fn assert_echo(topo: &Topology, url: &str) {
     );
 }
 
+/// Asserts that `bytes` sent to `url` (ws-client `--bytes`) come back byte-exact.
+pub fn assert_bulk(topo: &Topology, url: &str, bytes: u64) {
+    let size = bytes.to_string();
+    let out = ws_client(topo, url, &["--bytes", &size]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains(&format!(
+                "sent {size} bytes, received {size} bytes, verified"
+            )),
+        "{url}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `flows_new` counter of the rule on `port` in `redirector stats --json` (with socket
+/// steering: the connections steered).
+pub fn flows_new(stats: &serde_json::Value, port: u64) -> u64 {
+    stats["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["from_port"] == port)
+        .unwrap_or_else(|| panic!("no rule for {port} in {stats}"))["flows_new"]
+        .as_u64()
+        .unwrap()
+}
+
 /// Asserts that no WebSocket session can be opened to `url`.
 pub fn assert_refused(topo: &Topology, url: &str) {
     let out = ws_client(topo, url, &["--message", "x", "--connect-timeout", "3"]);

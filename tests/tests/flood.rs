@@ -131,62 +131,24 @@ fn wait_stats(topo: &Topology, what: &str, limit: Duration, done: impl Fn(&Value
     }
 }
 
-/// The whole scenario in loader mode `mode` over IPv4 or IPv6, with `--conntrack-size
-/// table_size` (at most 65 536, so that it is also the half-open size).
-fn flood_keeps_every_established_flow(mode: &str, v6: bool, table_size: u64) {
-    let _serial = serial();
-    let topo = Topology::new(if v6 { "flood6" } else { "flood4" });
-    let (server_ip, spoof) = if v6 {
-        (topo.server_v6.clone(), SPOOF_V6)
-    } else {
-        (topo.server_v4.clone(), SPOOF_V4)
-    };
-    // The client's IPv6 address is the server's with host part 1 (see `Topology::new`).
-    let client_ip = if v6 {
-        topo.server_v6.replacen("::2", "::1", 1)
-    } else {
-        topo.client_v4.clone()
-    };
-    // SYN-ACKs to the spoofed sources go back to the client namespace, which drops them.
+/// Routes SYN-ACKs to the spoofed sources `spoof` back to the client namespace (at
+/// `client_ip`), which drops them.
+fn route_spoofed(topo: &Topology, spoof: &str, client_ip: &str) {
     topo.server
-        .ip(&["route", "add", spoof, "via", &client_ip])
+        .ip(&["route", "add", spoof, "via", client_ip])
         .unwrap();
     topo.client
         .ip(&["route", "add", "blackhole", spoof])
         .unwrap();
-    let _echo = start_echo(&topo, &[]);
-    let loader = start_loader(
-        &topo,
-        &[
-            "--mode",
-            mode,
-            "--conntrack-size",
-            &table_size.to_string(),
-            "--timeout-handshake",
-            &HANDSHAKE_TIMEOUT_SECS.to_string(),
-        ],
-    );
-    let addr = SocketAddr::new(server_ip.parse::<IpAddr>().unwrap(), 80);
-    let client_ns = topo.client.name().to_owned();
+}
 
-    // Idle sessions through :80, held across the flood.
-    let mut sessions = in_netns(&client_ns, move || {
-        (0..IDLE_SESSIONS)
-            .map(|i| ws::open(addr, None).unwrap_or_else(|e| panic!("idle session {i}: {e}")))
-            .collect::<Vec<_>>()
-    });
-    let before = stats(&topo);
-    assert_eq!(
-        before["flows_established"], IDLE_SESSIONS as u64,
-        "{before}"
-    );
-
-    // The flood, from the client namespace, bounded in count and time; stopped early by
-    // closing its stdin.
+/// Starts the flood of spoofed SYNs from `spoof` to `server_ip`:80, from the client
+/// namespace, bounded in count and time; stopped early by closing its stdin.
+fn start_flood(topo: &Topology, server_ip: &str, spoof: &str) -> Proc {
     let mut flood_cmd = topo.client.cmd(bins::syn_flood());
     flood_cmd.args([
         "--dst",
-        &server_ip,
+        server_ip,
         "--dport",
         "80",
         "--src-prefix",
@@ -199,18 +161,23 @@ fn flood_keeps_every_established_flow(mode: &str, v6: bool, table_size: u64) {
     ]);
     let mut flood = Proc::spawn("syn-flood", flood_cmd, true);
     flood.wait_line("flooding", Duration::from_secs(10));
-    let created_before = counter(&before, "flow_created");
-    let overflowed = created_before + FLOOD_FACTOR * table_size;
-    wait_stats(
-        &topo,
-        "flood reached 10x the half-open table",
-        FLOOD_REACH_LIMIT,
-        |s| counter(s, "flow_created") >= overflowed,
-    );
+    flood
+}
 
-    // New connections while the flood goes on.
-    let started = Instant::now();
-    let results = in_netns(&client_ns, move || {
+/// The [`IDLE_SESSIONS`] idle sessions to `addr` held across the flood, from the client
+/// namespace (`client_ns`).
+fn open_idle(client_ns: &str, addr: SocketAddr) -> Vec<std::net::TcpStream> {
+    in_netns(client_ns, move || {
+        (0..IDLE_SESSIONS)
+            .map(|i| ws::open(addr, None).unwrap_or_else(|e| panic!("idle session {i}: {e}")))
+            .collect()
+    })
+}
+
+/// Opens the new WebSocket connections to `addr` from the client namespace (`client_ns`)
+/// while the flood goes on: each with whether it opened and how long it took.
+fn open_during_flood(client_ns: &str, addr: SocketAddr) -> Vec<(Result<(), String>, Duration)> {
+    in_netns(client_ns, move || {
         let workers: Vec<_> = (0..NEW_WORKERS)
             .map(|_| {
                 std::thread::spawn(move || {
@@ -230,7 +197,62 @@ fn flood_keeps_every_established_flow(mode: &str, v6: bool, table_size: u64) {
             .into_iter()
             .flat_map(|w| w.join().unwrap())
             .collect::<Vec<_>>()
-    });
+    })
+}
+
+/// The whole scenario in loader mode `mode` over IPv4 or IPv6, with `--conntrack-size
+/// table_size` (at most 65 536, so that it is also the half-open size).
+fn flood_keeps_every_established_flow(mode: &str, v6: bool, table_size: u64) {
+    let _serial = serial();
+    let topo = Topology::new(if v6 { "flood6" } else { "flood4" });
+    let (server_ip, spoof) = if v6 {
+        (topo.server_v6.clone(), SPOOF_V6)
+    } else {
+        (topo.server_v4.clone(), SPOOF_V4)
+    };
+    // The client's IPv6 address is the server's with host part 1 (see `Topology::new`).
+    let client_ip = if v6 {
+        topo.server_v6.replacen("::2", "::1", 1)
+    } else {
+        topo.client_v4.clone()
+    };
+    route_spoofed(&topo, spoof, &client_ip);
+    let _echo = start_echo(&topo, &[]);
+    let loader = start_loader(
+        &topo,
+        &[
+            "--mode",
+            mode,
+            "--conntrack-size",
+            &table_size.to_string(),
+            "--timeout-handshake",
+            &HANDSHAKE_TIMEOUT_SECS.to_string(),
+        ],
+    );
+    let addr = SocketAddr::new(server_ip.parse::<IpAddr>().unwrap(), 80);
+    let client_ns = topo.client.name().to_owned();
+
+    // Idle sessions through :80, held across the flood.
+    let mut sessions = open_idle(&client_ns, addr);
+    let before = stats(&topo);
+    assert_eq!(
+        before["flows_established"], IDLE_SESSIONS as u64,
+        "{before}"
+    );
+
+    let mut flood = start_flood(&topo, &server_ip, spoof);
+    let created_before = counter(&before, "flow_created");
+    let overflowed = created_before + FLOOD_FACTOR * table_size;
+    wait_stats(
+        &topo,
+        "flood reached 10x the half-open table",
+        FLOOD_REACH_LIMIT,
+        |s| counter(s, "flow_created") >= overflowed,
+    );
+
+    // New connections while the flood goes on.
+    let started = Instant::now();
+    let results = open_during_flood(&client_ns, addr);
     let new_elapsed = started.elapsed();
     let flood_running = flood.ensure_running().is_ok();
     let during = stats(&topo);
@@ -344,40 +366,16 @@ fn spoofed_syn_flood_with_socket_steering_keeps_every_idle_session() {
     let _serial = serial();
     let topo = Topology::new("flood-sk");
     let (server_ip, client_ip) = (topo.server_v4.clone(), topo.client_v4.clone());
-    topo.server
-        .ip(&["route", "add", SPOOF_V4, "via", &client_ip])
-        .unwrap();
-    topo.client
-        .ip(&["route", "add", "blackhole", SPOOF_V4])
-        .unwrap();
+    route_spoofed(&topo, SPOOF_V4, &client_ip);
     let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &["--mode", "socket"]);
     let addr = SocketAddr::new(server_ip.parse::<IpAddr>().unwrap(), 80);
     let client_ns = topo.client.name().to_owned();
-    let mut sessions = in_netns(&client_ns, move || {
-        (0..IDLE_SESSIONS)
-            .map(|i| ws::open(addr, None).unwrap_or_else(|e| panic!("idle session {i}: {e}")))
-            .collect::<Vec<_>>()
-    });
+    let mut sessions = open_idle(&client_ns, addr);
     let before = stats(&topo);
     let cookies_before = topo.server.tcp_ext()["SyncookiesSent"];
 
-    let mut flood_cmd = topo.client.cmd(bins::syn_flood());
-    flood_cmd.args([
-        "--dst",
-        &server_ip,
-        "--dport",
-        "80",
-        "--src-prefix",
-        SPOOF_V4,
-        "--count",
-        &FLOOD_MAX_SYNS.to_string(),
-        "--seconds",
-        &FLOOD_MAX_SECS.to_string(),
-        "--until-stdin-closes",
-    ]);
-    let mut flood = Proc::spawn("syn-flood", flood_cmd, true);
-    flood.wait_line("flooding", Duration::from_secs(10));
+    let mut flood = start_flood(&topo, &server_ip, SPOOF_V4);
     let steered_before = counter(&before, "steer_assigned");
     wait_stats(
         &topo,
@@ -385,24 +383,7 @@ fn spoofed_syn_flood_with_socket_steering_keeps_every_idle_session() {
         FLOOD_REACH_LIMIT,
         |s| counter(s, "steer_assigned") >= steered_before + STEERED_FLOOD_SYNS,
     );
-    let results = in_netns(&client_ns, move || {
-        let workers: Vec<_> = (0..NEW_WORKERS)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    (0..NEW_PER_WORKER)
-                        .map(|_| {
-                            std::thread::sleep(NEW_PACE);
-                            ws::open(addr, None).map(drop)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap())
-            .collect::<Vec<_>>()
-    });
+    let results = open_during_flood(&client_ns, addr);
     let flood_running = flood.ensure_running().is_ok();
     flood.close_stdin();
     let (status, lines) = flood.wait_exit(Duration::from_secs(20));
@@ -419,7 +400,10 @@ fn spoofed_syn_flood_with_socket_steering_keeps_every_idle_session() {
         flood_running,
         "the flood ended before the new connections did"
     );
-    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let failures: Vec<&String> = results
+        .iter()
+        .filter_map(|(r, _)| r.as_ref().err())
+        .collect();
     assert!(
         failures.is_empty(),
         "{} of {} new connections failed during the flood: {failures:?}",

@@ -82,21 +82,8 @@ fn large_transfer_is_byte_exact_both_ways() {
     let topo = Topology::new("bulk");
     let _echo = start_echo(&topo, &[]);
     let loader = start_loader(&topo, &[]);
-    let size = (64u64 << 20).to_string();
-    for (url, scheme) in [
-        (topo.url("ws", false, 80), "ws"),
-        (topo.url("wss", true, 443), "wss"),
-    ] {
-        let out = ws_client(&topo, &url, &["--bytes", &size]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success()
-                && stdout.contains(&format!(
-                    "sent {size} bytes, received {size} bytes, verified"
-                )),
-            "{scheme}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for url in [topo.url("ws", false, 80), topo.url("wss", true, 443)] {
+        assert_bulk(&topo, &url, 64 << 20);
     }
     let lines = stop_loader(loader);
     assert!(

@@ -89,18 +89,6 @@ fn all_echo(topo: &Topology, sessions: &mut [Proc], text: &str) {
     }
 }
 
-/// The `flows_new` counter of the rule on `port` in `redirector stats --json`.
-fn flows_new(stats: &Value, port: u64) -> u64 {
-    stats["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["from_port"] == port)
-        .unwrap_or_else(|| panic!("no rule for {port} in {stats}"))["flows_new"]
-        .as_u64()
-        .unwrap()
-}
-
 /// The number in `… adopted N established flows from pid P`.
 fn adopted_flows(ready: &str, pid: u32) -> u64 {
     let suffix = format!(" established flows from pid {pid}");

@@ -69,18 +69,6 @@ fn counter(stats: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name}: {stats}"))
 }
 
-/// The `flows_new` (steered, for socket steering) of the rule on `port`.
-fn flows_new(stats: &Value, port: u64) -> u64 {
-    stats["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["from_port"] == port)
-        .unwrap_or_else(|| panic!("no rule for {port}: {stats}"))["flows_new"]
-        .as_u64()
-        .unwrap()
-}
-
 /// Whether a plain TCP connect from the client namespace to the server's `port` succeeds
 /// (a refused one is answered at once by the server's RST).
 fn connects(topo: &Topology, port: u16) -> bool {
@@ -116,21 +104,8 @@ fn steers_ws_and_wss_over_ipv4_and_ipv6_with_no_flow_state() {
         assert_echo(&topo, &topo.url("ws", v6, 80));
         assert_echo(&topo, &topo.url("wss", v6, 443));
     }
-    let size = (16u64 << 20).to_string();
-    for (url, v6) in [
-        (topo.url("ws", false, 80), false),
-        (topo.url("wss", true, 443), true),
-    ] {
-        let out = ws_client(&topo, &url, &["--bytes", &size]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success()
-                && stdout.contains(&format!(
-                    "sent {size} bytes, received {size} bytes, verified"
-                )),
-            "bulk v6={v6}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for url in [topo.url("ws", false, 80), topo.url("wss", true, 443)] {
+        assert_bulk(&topo, &url, 16 << 20);
     }
     // A held session: `flows` lists it from the socket table, with its FROM port.
     let session = open_session(&topo, &topo.url("ws", false, 80));

@@ -50,25 +50,7 @@ pub fn check(settings: &Settings, steering: bool) -> Vec<Check> {
 
 /// Socket steering: INPUT sees a steered connection's SYN on its FROM port, unmarked.
 fn check_steered_port(ruleset: &Ruleset, settings: &Settings, port: u16) -> Check {
-    let mut worst: Option<(Family, Outcome)> = None;
-    for iface in &settings.ifaces {
-        for family in [Family::V4, Family::V6] {
-            let packet = Packet {
-                family,
-                dport: port,
-                mark: 0,
-                iif: iface.clone(),
-            };
-            let outcome = ruleset.judge(&packet);
-            if worst
-                .as_ref()
-                .is_none_or(|(_, w)| outcome.rank() > w.rank())
-            {
-                worst = Some((family, outcome));
-            }
-        }
-    }
-    match worst {
+    match worst_outcome(ruleset, settings, port, 0) {
         None | Some((_, Outcome::Accepted)) => Check::new(
             NAME,
             Status::Ok,
@@ -84,6 +66,35 @@ fn check_steered_port(ruleset: &Ruleset, settings: &Settings, port: u16) -> Chec
         )
         .with_fix(format!("open tcp dport {port} in chain {chain}")),
     }
+}
+
+/// The worst the input hook does to a new connection's SYN to `dport` carrying `mark`, on
+/// any of the interfaces, over IPv4 and IPv6 (`None`: no interface to judge).
+fn worst_outcome(
+    ruleset: &Ruleset,
+    settings: &Settings,
+    dport: u16,
+    mark: u32,
+) -> Option<(Family, Outcome)> {
+    let mut worst: Option<(Family, Outcome)> = None;
+    for iface in &settings.ifaces {
+        for family in [Family::V4, Family::V6] {
+            let packet = Packet {
+                family,
+                dport,
+                mark,
+                iif: iface.clone(),
+            };
+            let outcome = ruleset.judge(&packet);
+            if worst
+                .as_ref()
+                .is_none_or(|(_, w)| outcome.rank() > w.rank())
+            {
+                worst = Some((family, outcome));
+            }
+        }
+    }
+    worst
 }
 
 fn list_ruleset() -> Result<Value, String> {
@@ -112,25 +123,8 @@ fn check_port(ruleset: &Ruleset, settings: &Settings, port: u16) -> Check {
         .map(|r| format!("{}→{port}", r.from_port))
         .collect();
     let rules = format!("rule {}", rules.join(", "));
-    let mut worst: Option<(Family, Outcome)> = None;
-    for iface in &settings.ifaces {
-        for family in [Family::V4, Family::V6] {
-            let packet = Packet {
-                family,
-                dport: port,
-                mark: settings.mark.map_or(0, |m| m.value),
-                iif: iface.clone(),
-            };
-            let outcome = ruleset.judge(&packet);
-            if worst
-                .as_ref()
-                .is_none_or(|(_, w)| outcome.rank() > w.rank())
-            {
-                worst = Some((family, outcome));
-            }
-        }
-    }
-    match worst {
+    let mark = settings.mark.map_or(0, |m| m.value);
+    match worst_outcome(ruleset, settings, port, mark) {
         None | Some((_, Outcome::Accepted)) => Check::new(
             NAME,
             Status::Ok,
