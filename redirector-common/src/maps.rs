@@ -153,7 +153,11 @@ pub struct Rule {
 ///
 /// The server port is deliberately not part of the key: ingress sees the FROM port
 /// and egress the TO port, and both must find the same entry with one lookup. The
-/// value records both ports and each side checks its port against it.
+/// value records both ports and each side checks its port against it. A client may
+/// connect from one port to two of the server's ports at once (the 4-tuples differ): the
+/// first flow of such a client tuple has `lane` 0, a flow to another FROM port while that
+/// one lives has its TO port as `lane`, and each side looks there when the plain key
+/// holds another port's flow, so that neither flow ever replaces the other.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -163,8 +167,9 @@ pub struct FlowKey {
     pub server_addr: [u8; 16],
     /// Client TCP port, network byte order.
     pub client_port_be: u16,
-    /// Explicit padding, always zero.
-    pub _pad: u16,
+    /// 0, or the flow's TO port (host order) when the plain key holds another port's
+    /// flow of the same client tuple. Written as padding (zero) by older loaders.
+    pub lane: u16,
 }
 
 /// State of a tracked flow, the value of [`HALF_OPEN_MAP`] and [`ESTABLISHED_MAP`].

@@ -4,7 +4,9 @@
 //! (an LRU, so a SYN flood only evicts other half-open flows) if the established table
 //! has room; the client's handshake-completing ACK promotes it to `ESTABLISHED` (a plain
 //! hash that never evicts). Lookups try `ESTABLISHED` first: that is where nearly every
-//! packet's flow is.
+//! packet's flow is. Two flows of one client tuple to different FROM ports are kept apart
+//! by the second one's lane (`FlowKey::lane`, its TO port), looked up only when the plain
+//! key holds another port's flow.
 
 use core::ffi::c_void;
 
@@ -51,6 +53,22 @@ pub(crate) enum Table {
     Established,
 }
 
+/// The `(orig_port, target_port)` of a looked-up entry.
+#[inline(always)]
+fn ports(entry: *mut FlowValue) -> (u16, u16) {
+    // SAFETY: `entry` comes from a successful lookup: a pointer to the map value, valid
+    // for this program run (RCU); only read.
+    let flow = unsafe { &*entry };
+    (flow.orig_port, flow.target_port)
+}
+
+/// The TO port of the rule on `from_port`, if there is one.
+#[inline(always)]
+fn rule_to_port(from_port: u16) -> Option<u16> {
+    // SAFETY: the key lives on the stack for the lookup; `Rule` is plain data, copied out.
+    unsafe { RULES.get(from_port) }.map(|rule| rule.to_port)
+}
+
 /// Finds the entry of `key`, established first.
 ///
 /// A promotion on another CPU inserts into `ESTABLISHED` before it removes from
@@ -77,28 +95,43 @@ fn lookup(key: &FlowKey) -> Option<(*mut FlowValue, Table)> {
 /// `ctx` is the program's context pointer, for the kernel's socket lookups.
 #[inline(always)]
 pub fn ingress(ctx: *mut c_void, pkt: &TcpPacket) -> Result<Rewrite, Counter> {
-    let key = FlowKey {
+    let mut key = FlowKey {
         client_addr: pkt.src_addr,
         server_addr: pkt.dst_addr,
         client_port_be: pkt.src_port_be,
-        _pad: 0,
+        lane: 0,
     };
     let dst_port = u16::from_be(pkt.dst_port_be);
     if conntrack::is_initial_syn(pkt.flags) {
         // SAFETY: the key lives on the stack for the lookup; the map is only read here.
         if let Some(rule) = unsafe { RULES.get(dst_port) } {
-            return new_flow(ctx, &key, pkt, dst_port, *rule);
+            return new_flow(ctx, &mut key, pkt, dst_port, *rule);
         }
     }
-    let Some((entry, table)) = lookup(&key) else {
-        return heal::ingress(ctx, &key, pkt, dst_port);
+    let found = lookup(&key);
+    let (entry, table) = match found {
+        Some((entry, table)) if ports(entry).0 == dst_port => (entry, table),
+        // No flow on the plain key, or another port's: this flow may be in its lane (the
+        // key is changed in place: the verifier bounds the stack).
+        _ => {
+            let Some(to_port) = rule_to_port(dst_port) else {
+                return Err(Counter::PassPortMismatch);
+            };
+            key.lane = to_port;
+            match lookup(&key) {
+                Some((entry, table)) if ports(entry).0 == dst_port => (entry, table),
+                Some(_) => return Err(Counter::PassPortMismatch),
+                None if found.is_some() => return heal::ingress(ctx, &key, pkt, dst_port),
+                None => {
+                    key.lane = 0;
+                    return heal::ingress(ctx, &key, pkt, dst_port);
+                }
+            }
+        }
     };
     // SAFETY: a successful lookup returns a pointer to the map value, valid for this
     // program run (RCU); concurrent writers on other CPUs only race on plain integers.
     let flow = unsafe { &mut *entry };
-    if flow.orig_port != dst_port {
-        return Err(Counter::PassPortMismatch);
-    }
     let rewrite = Rewrite {
         old_port_be: pkt.dst_port_be,
         new_port_be: flow.target_port.to_be(),
@@ -112,20 +145,31 @@ pub fn ingress(ctx: *mut c_void, pkt: &TcpPacket) -> Result<Rewrite, Counter> {
 /// packet of no flow from a socket recorded as redirected gets its entry back (`heal`).
 #[inline(always)]
 pub fn egress(ctx: &TcContext, pkt: &TcpPacket) -> Result<Rewrite, Counter> {
-    let key = FlowKey {
+    let mut key = FlowKey {
         client_addr: pkt.dst_addr,
         server_addr: pkt.src_addr,
         client_port_be: pkt.dst_port_be,
-        _pad: 0,
+        lane: 0,
     };
-    let Some((entry, table)) = lookup(&key) else {
-        return heal::egress(ctx, &key, pkt);
+    let src_port = u16::from_be(pkt.src_port_be);
+    let found = lookup(&key);
+    let (entry, table) = match found {
+        Some((entry, table)) if ports(entry).1 == src_port => (entry, table),
+        // No flow on the plain key, or another port's: this flow may be in its lane.
+        _ => {
+            key.lane = src_port;
+            match lookup(&key) {
+                Some(found_in_lane) => found_in_lane,
+                None if found.is_some() => return heal::egress(ctx, &key, pkt),
+                None => {
+                    key.lane = 0;
+                    return heal::egress(ctx, &key, pkt);
+                }
+            }
+        }
     };
     // SAFETY: as in `ingress`.
     let flow = unsafe { &mut *entry };
-    if flow.target_port != u16::from_be(pkt.src_port_be) {
-        return Err(Counter::PassPortMismatch);
-    }
     // Only until the flow's socket is recorded (once per flow) or a heal confirmed.
     if flow.flags & (FLOW_F_UNVERIFIED | FLOW_F_SOCKET_RECORDED) != FLOW_F_SOCKET_RECORDED
         && !heal::confirm(ctx, &key, flow, table)
@@ -146,11 +190,17 @@ pub fn egress(ctx: &TcContext, pkt: &TcpPacket) -> Result<Rewrite, Counter> {
 #[inline(always)]
 fn new_flow(
     ctx: *mut c_void,
-    key: &FlowKey,
+    key: &mut FlowKey,
     pkt: &TcpPacket,
     dst_port: u16,
     rule: Rule,
 ) -> Result<Rewrite, Counter> {
+    // The plain key holds another port's flow of this client tuple: that flow is never
+    // replaced, this one goes in its lane.
+    if lookup(key).is_some_and(|(entry, _)| ports(entry).0 != dst_port) && rule.enabled != 0 {
+        key.lane = rule.to_port;
+    }
+    let key = &*key;
     let existing = lookup(key);
     if let Some((entry, _)) = existing {
         // SAFETY: as in `ingress`; read only.
@@ -182,8 +232,7 @@ fn new_flow(
         return Err(Counter::PassSourceDenied);
     }
     if let Some((_, table)) = existing {
-        // Port reuse after close (or the tuple now to another port): the new flow replaces
-        // the old entry. One created, one gone, none evicted (user space derives evictions
+        // Port reuse after close: the new flow replaces the old entry. One created, one gone, none evicted (user space derives evictions
         // from these counts); an established entry frees its place for the admission below.
         if remove(key, table) {
             count(Counter::FlowReplaced);

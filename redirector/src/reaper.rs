@@ -661,7 +661,7 @@ mod tests {
             client_addr: [0; 16],
             server_addr: [0; 16],
             client_port_be: 0,
-            _pad: 0,
+            lane: 0,
         };
         let flows = [(REAP_TABLE_ESTABLISHED, key, flow(STATE_ESTABLISHED, 0))];
         let recorded = [(

@@ -615,6 +615,78 @@ fn blind_spoofed_rst_fin_syn_end_no_steered_session() {
     drop(held);
 }
 
+/// A client connected from one port to two of the server's FROM ports at once (the kernel
+/// allows it: the 4-tuples differ), over IPv4 and IPv6: each flow keeps an entry of its
+/// own, neither replaces the other, and both sessions echo, idle, and after the first
+/// closes.
+fn one_client_port_to_two_from_ports(mode: &str) {
+    let _serial = serial();
+    let topo = Topology::new(&format!("int-lane-{mode}"));
+    let _echo = start_echo(&topo, &["0.0.0.0:9090", "[::]:9090"]);
+    let loader = start_loader(
+        &topo,
+        &[
+            "--mode",
+            mode,
+            "--redirect",
+            "80:8080",
+            "--redirect",
+            "90:9090",
+        ],
+    );
+    for (v6, client_port) in [(false, 24_000u16), (true, 24_001)] {
+        let server: IpAddr = if v6 { &topo.server_v6 } else { &topo.server_v4 }
+            .parse()
+            .unwrap();
+        let (mut first, mut second) = in_netns(topo.client.name(), move || {
+            let open = |port| {
+                ws::open(SocketAddr::new(server, port), Some(client_port))
+                    .unwrap_or_else(|e| panic!("session to :{port} from :{client_port}: {e}"))
+            };
+            (open(80), open(90))
+        });
+        for text in ["both open", "the other one opened"] {
+            ws::echo(&mut first, text).unwrap_or_else(|e| panic!("v6={v6} :80 at `{text}`: {e}"));
+            ws::echo(&mut second, text).unwrap_or_else(|e| panic!("v6={v6} :90 at `{text}`: {e}"));
+        }
+        let flows = ctl_json(&topo.server, &["flows"]);
+        let ours: Vec<u64> = flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| {
+                f["client"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!(":{client_port}"))
+            })
+            .map(|f| f["orig_port"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ours.len(), 2, "one entry per flow: {flows:#}");
+        assert!(ours.contains(&80) && ours.contains(&90), "{flows:#}");
+        std::thread::sleep(Duration::from_secs(2));
+        ws::echo(&mut first, "idle").unwrap_or_else(|e| panic!("v6={v6} :80 idle: {e}"));
+        ws::close_by_client_fin(first).unwrap_or_else(|e| panic!("v6={v6} closing :80: {e}"));
+        ws::echo(&mut second, "the first closed")
+            .unwrap_or_else(|e| panic!("v6={v6} :90 after :80 closed: {e}"));
+    }
+    let after = stats(&topo);
+    assert_eq!(counter(&after, "flow_replaced"), 0, "{after}");
+    assert_eq!(counter(&after, "pass_port_mismatch"), 0, "{after}");
+    assert_eq!(topo.csum_errors(), 0, "TCP checksum errors");
+    stop_loader(loader);
+}
+
+#[test]
+fn one_client_port_to_two_from_ports_keeps_both_flows_tc() {
+    one_client_port_to_two_from_ports("tc");
+}
+
+#[test]
+fn one_client_port_to_two_from_ports_keeps_both_flows_xdp() {
+    one_client_port_to_two_from_ports("xdp");
+}
+
 // ---------------------------------------------------------------------------------------
 // Healing
 

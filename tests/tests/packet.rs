@@ -677,7 +677,7 @@ fn conntrack_batches_see_every_entry_once_and_skip_missing_keys() {
         client_addr: v4_mapped([10, 3, (i >> 8) as u8, i as u8]),
         server_addr: v4_mapped([10, 3, 255, 1]),
         client_port_be: (20_000 + (i % 1000) as u16).to_be(),
-        _pad: 0,
+        lane: 0,
     };
     let value = |i: u32| FlowValue {
         orig_port: 80,
@@ -1216,7 +1216,7 @@ fn a_syn_on_a_live_closing_flow_keeps_it() {
             client_addr: v4_mapped([127, 0, 0, 1]),
             server_addr: v4_mapped([127, 0, 0, 1]),
             client_port_be: port.to_be(),
-            _pad: 0,
+            lane: 0,
         };
         let closing = FlowValue {
             orig_port: 80,

@@ -25,6 +25,8 @@ use testkit::{
 
 /// Sessions held across restarts, per port (:80 and :443).
 const SESSIONS_PER_PORT: usize = 10;
+/// How long each session's client lives at most (ws-client's `--timeout`).
+const SESSION_LIMIT: Duration = Duration::from_secs(60);
 
 /// Starts `redirector run --persist` on the server veth (host mount namespace).
 fn start_persist(topo: &Topology, args: &[&str]) -> Proc {
@@ -55,13 +57,20 @@ fn must_fail(cmd: &mut std::process::Command) -> std::process::Output {
     out
 }
 
+/// Client ports of the sessions: each session from its own, so that a client tuple is
+/// never that of two flows at once (to :80 and :443), which releases before the lanes of
+/// `FlowKey` did not keep apart.
+const FIRST_CLIENT_PORT: u16 = 23_000;
+
 /// Opens the sessions: half through :80 (ws), half through :443 (wss).
 fn open_sessions(topo: &Topology) -> Vec<Proc> {
     let mut sessions = Vec::new();
-    for (scheme, port) in [("ws", 80), ("wss", 443)] {
-        let url = topo.url(scheme, false, port);
+    let mut port = FIRST_CLIENT_PORT;
+    for (scheme, server_port) in [("ws", 80), ("wss", 443)] {
+        let url = topo.url(scheme, false, server_port);
         for _ in 0..SESSIONS_PER_PORT {
-            sessions.push(open_session(topo, &url));
+            sessions.push(open_session_from(topo, &url, port, SESSION_LIMIT));
+            port += 1;
         }
     }
     sessions
@@ -266,7 +275,7 @@ fn made_up_flow(n: u8, state: u8) -> (FlowKey, FlowValue) {
         client_addr,
         server_addr,
         client_port_be: (4000 + u16::from(n)).to_be(),
-        _pad: 0,
+        lane: 0,
     };
     let value = FlowValue {
         orig_port: 80,
@@ -584,7 +593,7 @@ fn closed_flow(topo: &Topology, port: u16) -> (FlowKey, FlowValue) {
         client_addr: addr(&topo.client_v4),
         server_addr: addr(&topo.server_v4),
         client_port_be: port.to_be(),
-        _pad: 0,
+        lane: 0,
     };
     let value = FlowValue {
         orig_port: 80,

@@ -102,9 +102,25 @@ pub fn supported() -> bool {
 pub struct Steering {
     /// What the last sync found, to log only what changed.
     last: Synced,
+    /// The last sync's error, to log each only once in a row.
+    failing: Option<String>,
 }
 
 impl Steering {
+    /// [`Steering::sync`], its error logged once for as long as it repeats.
+    pub fn sync_logged(&mut self, dp: &mut Dataplane) {
+        match self.sync(dp) {
+            Ok(()) => self.failing = None,
+            Err(e) => {
+                let text = e.to_string();
+                if self.failing.as_deref() != Some(text.as_str()) {
+                    log::warn!("socket steering: keeping the listeners: {text}");
+                }
+                self.failing = Some(text);
+            }
+        }
+    }
+
     /// Puts the listening socket of each rule's TO port (present in the namespace and not
     /// yet in `LISTENERS`) in it; logs what changed since the last sync.
     pub fn sync(&mut self, dp: &mut Dataplane) -> Result<(), ListenersError> {

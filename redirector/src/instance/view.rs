@@ -370,7 +370,7 @@ mod tests {
             client_addr,
             server_addr,
             client_port_be: 40000u16.to_be(),
-            _pad: 0,
+            lane: 0,
         };
         let value = FlowValue {
             orig_port: 443,

@@ -81,7 +81,7 @@ mod tests {
             client_addr: encode_addr("10.0.0.2".parse().unwrap()),
             server_addr: encode_addr("10.0.0.1".parse().unwrap()),
             client_port_be: 40_000u16.to_be(),
-            _pad: 0,
+            lane: 0,
         };
         let flow = FlowValue {
             orig_port: 80,

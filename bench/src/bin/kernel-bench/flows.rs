@@ -39,7 +39,7 @@ pub fn key(client: [u8; 16], server: [u8; 16], client_port: u16) -> FlowKey {
         client_addr: client,
         server_addr: server,
         client_port_be: client_port.to_be(),
-        _pad: 0,
+        lane: 0,
     }
 }
 

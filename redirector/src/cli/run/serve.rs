@@ -139,9 +139,7 @@ async fn reap_until_signal(
         tokio::select! {
             _ = listeners.tick(), if steering.is_some() => {
                 if let Some(steering) = steering.as_deref_mut() {
-                    if let Err(e) = steering.sync(dp) {
-                        log::warn!("socket steering: keeping the listeners: {e}");
-                    }
+                    steering.sync_logged(dp);
                 }
             }
             _ = signals.interrupt.recv() => break,
