@@ -62,6 +62,17 @@ fn ports(entry: *mut FlowValue) -> (u16, u16) {
     (flow.orig_port, flow.target_port)
 }
 
+/// A packet of a tracked client tuple that belongs to none of its flows passed for the
+/// reason `PassPortMismatch` names, not as an untracked one.
+#[inline(always)]
+fn mismatched(reason: Counter) -> Counter {
+    if reason == Counter::PassUntracked {
+        Counter::PassPortMismatch
+    } else {
+        reason
+    }
+}
+
 /// The TO port of the rule on `from_port`, if there is one.
 #[inline(always)]
 fn rule_to_port(from_port: u16) -> Option<u16> {
@@ -113,21 +124,24 @@ pub fn ingress(ctx: *mut c_void, pkt: &TcpPacket) -> Result<Rewrite, Counter> {
         Some((entry, table)) if ports(entry).0 == dst_port => (entry, table),
         // No flow on the plain key, or another port's: this flow may be in its lane (the
         // key is changed in place: the verifier bounds the stack).
-        _ => {
-            let Some(to_port) = rule_to_port(dst_port) else {
-                return Err(Counter::PassPortMismatch);
-            };
-            key.lane = to_port;
-            match lookup(&key) {
-                Some((entry, table)) if ports(entry).0 == dst_port => (entry, table),
-                Some(_) => return Err(Counter::PassPortMismatch),
-                None if found.is_some() => return heal::ingress(ctx, &key, pkt, dst_port),
-                None => {
-                    key.lane = 0;
-                    return heal::ingress(ctx, &key, pkt, dst_port);
+        _ => match rule_to_port(dst_port) {
+            Some(to_port) => {
+                key.lane = to_port;
+                match lookup(&key) {
+                    Some((entry, table)) if ports(entry).0 == dst_port => (entry, table),
+                    Some(_) => return Err(Counter::PassPortMismatch),
+                    None if found.is_some() => {
+                        return heal::ingress(ctx, &key, pkt, dst_port).map_err(mismatched)
+                    }
+                    None => {
+                        key.lane = 0;
+                        return heal::ingress(ctx, &key, pkt, dst_port);
+                    }
                 }
             }
-        }
+            None if found.is_some() => return Err(Counter::PassPortMismatch),
+            None => return heal::ingress(ctx, &key, pkt, dst_port),
+        },
     };
     // SAFETY: a successful lookup returns a pointer to the map value, valid for this
     // program run (RCU); concurrent writers on other CPUs only race on plain integers.
@@ -160,7 +174,7 @@ pub fn egress(ctx: &TcContext, pkt: &TcpPacket) -> Result<Rewrite, Counter> {
             key.lane = src_port;
             match lookup(&key) {
                 Some(found_in_lane) => found_in_lane,
-                None if found.is_some() => return heal::egress(ctx, &key, pkt),
+                None if found.is_some() => return heal::egress(ctx, &key, pkt).map_err(mismatched),
                 None => {
                     key.lane = 0;
                     return heal::egress(ctx, &key, pkt);
@@ -195,10 +209,14 @@ fn new_flow(
     dst_port: u16,
     rule: Rule,
 ) -> Result<Rewrite, Counter> {
-    // The plain key holds another port's flow of this client tuple: that flow is never
-    // replaced, this one goes in its lane.
-    if lookup(key).is_some_and(|(entry, _)| ports(entry).0 != dst_port) && rule.enabled != 0 {
-        key.lane = rule.to_port;
+    // The plain key holds another port's flow of this client tuple, and its connection is
+    // still there: that flow is never replaced, this one goes in its lane.
+    if let Some((entry, _)) = lookup(key) {
+        // SAFETY: as in `ingress`; read only.
+        let entry = unsafe { &*entry };
+        if entry.orig_port != dst_port && rule.enabled != 0 && holds_connection(ctx, pkt, entry) {
+            key.lane = rule.to_port;
+        }
     }
     let key = &*key;
     let existing = lookup(key);
@@ -208,15 +226,10 @@ fn new_flow(
         // A closing entry is replaced only if its connection is gone: a SYN on a live
         // one (blind, or a peer's mistake) gets the endpoint's challenge ACK and must
         // not take the flow from it.
-        let keep = entry.orig_port == dst_port
-            && (!conntrack::is_reusable(entry.state) || {
-                let live = sockets::state_of(ctx, pkt, entry.target_port.to_be())
-                    .is_some_and(sockets::is_connection);
-                if live {
-                    count(Counter::FlowSynOnLive);
-                }
-                live
-            });
+        let keep = entry.orig_port == dst_port && holds_connection(ctx, pkt, entry);
+        if keep && conntrack::is_reusable(entry.state) {
+            count(Counter::FlowSynOnLive);
+        }
         if keep {
             return Ok(Rewrite {
                 old_port_be: pkt.dst_port_be,
@@ -232,7 +245,8 @@ fn new_flow(
         return Err(Counter::PassSourceDenied);
     }
     if let Some((_, table)) = existing {
-        // Port reuse after close: the new flow replaces the old entry. One created, one gone, none evicted (user space derives evictions
+        // Port reuse after close (of this port's flow, or another port's): the new flow
+        // replaces the old entry. One created, one gone, none evicted (user space derives evictions
         // from these counts); an established entry frees its place for the admission below.
         if remove(key, table) {
             count(Counter::FlowReplaced);
@@ -264,6 +278,15 @@ fn new_flow(
         new_port_be: rule.to_port.to_be(),
         rule_slot: rule.slot,
     })
+}
+
+/// The entry's flow still has a connection: it is not closing, or the kernel still holds
+/// its socket on the TO port (for the client tuple of `pkt`).
+#[inline(always)]
+fn holds_connection(ctx: *mut c_void, pkt: &TcpPacket, entry: &FlowValue) -> bool {
+    !conntrack::is_reusable(entry.state)
+        || sockets::state_of(ctx, pkt, entry.target_port.to_be())
+            .is_some_and(sockets::is_connection)
 }
 
 /// Ok if the established table has room for one more flow, else the established count: a
