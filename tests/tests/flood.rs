@@ -174,6 +174,15 @@ fn open_idle(client_ns: &str, addr: SocketAddr) -> Vec<std::net::TcpStream> {
     })
 }
 
+/// Exchanges a message on every idle session; returns the error of each that fails.
+fn broken_after_flood(sessions: &mut [std::net::TcpStream]) -> Vec<String> {
+    sessions
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, s)| ws::echo(s, &format!("after the flood {i}")).err())
+        .collect()
+}
+
 /// Opens the new WebSocket connections to `addr` from the client namespace (`client_ns`)
 /// while the flood goes on: each with whether it opened and how long it took.
 fn open_during_flood(client_ns: &str, addr: SocketAddr) -> Vec<(Result<(), String>, Duration)> {
@@ -304,11 +313,7 @@ fn flood_keeps_every_established_flow(mode: &str, v6: bool, table_size: u64) {
     );
 
     // Every idle session survived and still echoes.
-    let broken: Vec<String> = sessions
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, s)| ws::echo(s, &format!("after the flood {i}")).err())
-        .collect();
+    let broken = broken_after_flood(&mut sessions);
     assert!(
         broken.is_empty(),
         "{} of {IDLE_SESSIONS} idle sessions broken: {broken:?}",
@@ -410,11 +415,7 @@ fn spoofed_syn_flood_with_socket_steering_keeps_every_idle_session() {
         failures.len(),
         results.len()
     );
-    let broken: Vec<String> = sessions
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, s)| ws::echo(s, &format!("after the flood {i}")).err())
-        .collect();
+    let broken = broken_after_flood(&mut sessions);
     assert!(broken.is_empty(), "idle sessions broken: {broken:?}");
     let cookies = topo.server.tcp_ext()["SyncookiesSent"] - cookies_before;
     println!("SYN cookies sent by the server's listener: {cookies}");

@@ -12,8 +12,9 @@ use crate::dataplane::{
 
 const NAME: &str = "hook";
 
-/// One finding for `iface`: the running instance's hook on it, or what `run` would pick.
-pub fn check(settings: &Settings, iface: &str) -> Check {
+/// One finding for `iface`: the running instance's hook on it, or what `run` would pick
+/// (`auto`: what `--mode auto` picks, [`Settings::auto_choice`]).
+pub fn check(settings: &Settings, iface: &str, auto: Option<&steer::AutoChoice>) -> Check {
     let driver = iface::driver(iface);
     let is_veth = driver.as_deref() == Some("veth");
     let driver_text = driver.as_deref().unwrap_or("unknown");
@@ -24,7 +25,7 @@ pub fn check(settings: &Settings, iface: &str) -> Check {
         .and_then(Hook::from_name);
     match running {
         Some(hook) => running_hook(settings.mode, iface, driver_text, is_veth, hook),
-        None => planned_hook(settings, iface, driver_text, is_veth),
+        None => planned_hook(settings, iface, (driver_text, is_veth), auto),
     }
 }
 
@@ -75,11 +76,13 @@ fn native(iface: &str) -> Option<bool> {
 
 /// What `run` with these settings would pick on `iface`; for `auto`, also why it is not
 /// socket steering when it is not.
-fn planned_hook(settings: &Settings, iface: &str, driver: &str, is_veth: bool) -> Check {
-    let to_ports: Vec<u16> = settings.rules.iter().map(|r| r.to_port).collect();
-    let auto = (settings.mode == Mode::Auto && settings.mark.is_none())
-        .then(|| steer::auto_choice(&to_ports));
-    let mut check = planned(settings, iface, (driver, is_veth), auto.as_ref());
+fn planned_hook(
+    settings: &Settings,
+    iface: &str,
+    (driver, is_veth): (&str, bool),
+    auto: Option<&steer::AutoChoice>,
+) -> Check {
+    let mut check = planned(settings, iface, (driver, is_veth), auto);
     if let Some(choice) = auto.filter(|c| !c.socket) {
         check.message = format!("{}; not socket steering: {}", check.message, choice.why);
     }

@@ -175,19 +175,21 @@ pub struct RunningInstance {
 }
 
 impl Settings {
-    /// Socket steering is (or would be) in use: asked, or chosen by `auto`
-    /// ([`steer::auto_choice`]), or the running instance's.
-    pub fn steers_sockets(&self) -> bool {
-        if let Some(instance) = &self.instance {
-            return instance.info.steers_sockets();
-        }
-        match (self.mode, self.mark) {
-            (Mode::Socket, _) => true,
-            (Mode::Auto, None) => {
-                let to_ports: Vec<u16> = self.rules.iter().map(|r| r.to_port).collect();
-                steer::auto_choice(&to_ports).socket
-            }
-            _ => false,
+    /// What `--mode auto` would pick for these rules ([`steer::auto_choice`]); `None` for
+    /// another mode, or with `--mark` (which takes the TC rewrite).
+    pub fn auto_choice(&self) -> Option<steer::AutoChoice> {
+        (self.mode == Mode::Auto && self.mark.is_none()).then(|| {
+            let to_ports: Vec<u16> = self.rules.iter().map(|r| r.to_port).collect();
+            steer::auto_choice(&to_ports)
+        })
+    }
+
+    /// Socket steering is (or would be) in use: the running instance's, or asked, or
+    /// chosen by `auto` (`auto`: [`Settings::auto_choice`]).
+    pub fn steers_sockets(&self, auto: Option<&steer::AutoChoice>) -> bool {
+        match &self.instance {
+            Some(instance) => instance.info.steers_sockets(),
+            None => self.mode == Mode::Socket || auto.is_some_and(|c| c.socket),
         }
     }
 }
@@ -206,7 +208,9 @@ impl RunningInstance {
 /// Runs every check against `settings`, in [`CHECK_NAMES`] order.
 pub fn run_all(settings: &Settings) -> Result<Vec<Check>, DoctorError> {
     let sockets = proc_net::tcp_sockets()?;
-    let steering = settings.steers_sockets();
+    // Asked once: it lists the nftables ruleset and the socket table.
+    let auto = settings.auto_choice();
+    let steering = settings.steers_sockets(auto.as_ref());
     let mut checks = listener::check(&settings.rules, &sockets);
     checks.extend(firewall::check(settings, steering));
     if steering {
@@ -219,7 +223,7 @@ pub fn run_all(settings: &Settings) -> Result<Vec<Check>, DoctorError> {
         checks.push(capacity::check(settings.conntrack_size, &sockets));
     }
     for iface in &settings.ifaces {
-        checks.push(hook::check(settings, iface));
+        checks.push(hook::check(settings, iface, auto.as_ref()));
     }
     // Socket steering rewrites no packet: no checksum for an offload to hide.
     for iface in settings.ifaces.iter().filter(|_| !steering) {
